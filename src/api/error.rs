@@ -1,0 +1,55 @@
+//! The one place where failures become OCI error JSON: `{"errors":[{"code","message","detail"}]}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::oci::NameError;
+use crate::service::Error;
+use crate::store;
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        use StatusCode as S;
+        let (status, code) = match &self {
+            Error::Name(NameError::Repo(_)) => (S::BAD_REQUEST, "NAME_INVALID"),
+            Error::Name(NameError::Tag(_)) => (S::BAD_REQUEST, "TAG_INVALID"),
+            Error::Name(NameError::Digest(_)) | Error::DigestMismatch { .. } | Error::DigestMissing(_) => {
+                (S::BAD_REQUEST, "DIGEST_INVALID")
+            }
+            Error::NameUnknown(_) => (S::NOT_FOUND, "NAME_UNKNOWN"),
+            Error::ManifestUnknown(_) => (S::NOT_FOUND, "MANIFEST_UNKNOWN"),
+            Error::BlobUnknown(_) => (S::NOT_FOUND, "BLOB_UNKNOWN"),
+            Error::ManifestInvalid(_) => (S::BAD_REQUEST, "MANIFEST_INVALID"),
+            Error::ManifestTooLarge => (S::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
+            Error::ManifestBlobUnknown(_) => (S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+            Error::ContentRange(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+            Error::Unsupported(_) => (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            Error::Store(e) => match e {
+                store::Error::UploadUnknown => (S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
+                store::Error::RangeMismatch { .. } => (S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+                store::Error::ChunkLength { .. } => (S::BAD_REQUEST, "SIZE_INVALID"),
+                store::Error::DigestMismatch { .. } => (S::BAD_REQUEST, "DIGEST_INVALID"),
+                store::Error::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
+                store::Error::Body(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+                store::Error::Io(_) | store::Error::Meta(_) => (S::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            },
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = json!({ "errors": [{ "code": code, "message": self.to_string(), "detail": null }] });
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Error::Store(store::Error::RangeMismatch { offset, .. }) = &self {
+            // Tell the client where to resume, as the spec asks for a 416 on uploads.
+            response.headers_mut().insert(header::RANGE, range_value(*offset));
+        }
+        response
+    }
+}
+
+/// The `Range: 0-<last>` header of an upload holding `len` bytes (`0-0` when empty, as
+/// distribution does and clients expect).
+pub fn range_value(len: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("0-{}", len.saturating_sub(1))).expect("ascii")
+}

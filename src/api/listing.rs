@@ -1,0 +1,50 @@
+//! Listing handlers: `_catalog`, tags list (both paginated with `n`, `last` and `Link`), referrers.
+
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::Params;
+use crate::oci::{Digest, RepoName, media};
+use crate::service::{Page, Registry, Result, listing_limit};
+
+/// `n` from the query; without it, one maximal page.
+fn page_size(params: &Params) -> usize {
+    params.n.as_deref().and_then(|n| n.parse().ok()).unwrap_or(listing_limit())
+}
+
+/// Attach `Link: <path?n=N&last=L>; rel="next"` when there is a next page.
+fn with_link(mut response: Response, path: &str, n: usize, page: &Page) -> Response {
+    if let Some(last) = &page.next {
+        let link = format!("<{path}?n={n}&last={last}>; rel=\"next\"");
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(header::LINK, v);
+        }
+    }
+    response
+}
+
+pub fn catalog(reg: &Registry, params: &Params) -> Result<Response> {
+    let n = page_size(params);
+    let page = reg.catalog(params.last.as_deref(), n)?;
+    let response = axum::Json(json!({ "repositories": page.items })).into_response();
+    Ok(with_link(response, "/v2/_catalog", n, &page))
+}
+
+pub fn tags(reg: &Registry, repo: &RepoName, params: &Params) -> Result<Response> {
+    let n = page_size(params);
+    let page = reg.tags(repo, params.last.as_deref(), n)?;
+    let response = axum::Json(json!({ "name": repo.as_str(), "tags": page.items })).into_response();
+    Ok(with_link(response, &format!("/v2/{repo}/tags/list"), n, &page))
+}
+
+pub fn referrers(reg: &Registry, repo: &RepoName, subject: &Digest, params: &Params) -> Result<Response> {
+    let filter = params.artifact_type.as_deref();
+    let body = reg.referrers(repo, subject, filter)?;
+    let mut response = ([(header::CONTENT_TYPE, media::OCI_INDEX)], body).into_response();
+    if filter.is_some() {
+        const FILTERS: HeaderName = HeaderName::from_static("oci-filters-applied");
+        response.headers_mut().insert(FILTERS, HeaderValue::from_static("artifactType"));
+    }
+    Ok(response)
+}

@@ -1,0 +1,68 @@
+//! Manifest handlers: GET, HEAD, PUT, DELETE by tag or digest.
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::CONTENT_DIGEST;
+use crate::oci::{Reference, RepoName};
+use crate::service::{Error, MAX_MANIFEST_BYTES, ManifestHead, Registry, Result};
+
+const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
+
+fn headers(head: &ManifestHead) -> [(HeaderName, String); 3] {
+    [
+        (header::CONTENT_TYPE, head.media_type.clone()),
+        (header::CONTENT_LENGTH, head.size.to_string()),
+        (CONTENT_DIGEST, head.digest.to_string()),
+    ]
+}
+
+pub async fn get(reg: &Registry, repo: &RepoName, reference: &Reference) -> Result<Response> {
+    let m = reg.manifest(repo, reference).await?;
+    Ok((headers(&m.head), m.bytes).into_response())
+}
+
+pub async fn head(reg: &Registry, repo: &RepoName, reference: &Reference) -> Result<Response> {
+    let head = reg.manifest_head(repo, reference).await?;
+    Ok((headers(&head), Body::empty()).into_response())
+}
+
+pub async fn put(reg: &Registry, repo: &RepoName, reference: &Reference, h: &HeaderMap, body: Body) -> Result<Response> {
+    let declared = h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_MANIFEST_BYTES) {
+        return Err(Error::ManifestTooLarge);
+    }
+    let bytes = read_limited(body).await?;
+    let content_type = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let put = reg.put_manifest(repo, reference, content_type, bytes).await?;
+    let location = format!("/v2/{repo}/manifests/{}", put.digest);
+    let mut response = (StatusCode::CREATED, [(header::LOCATION, location), (CONTENT_DIGEST, put.digest.to_string())]).into_response();
+    if let Some(subject) = put.subject {
+        let value = HeaderValue::from_str(&subject.to_string()).expect("digest is ascii");
+        response.headers_mut().insert(OCI_SUBJECT, value);
+    }
+    Ok(response)
+}
+
+/// The body, refused as soon as it grows past the manifest limit (a missing or lying
+/// Content-Length cannot make berth buffer more).
+async fn read_limited(body: Body) -> Result<Bytes> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Error::ManifestInvalid(format!("reading the body failed: {e}")))?;
+        if buf.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::ManifestTooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+pub async fn delete(reg: &Registry, repo: &RepoName, reference: &Reference) -> Result<Response> {
+    reg.delete_manifest(repo, reference).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}

@@ -1,0 +1,16 @@
+//! berth: an OCI Distribution registry and pull-through mirror.
+//!
+//! Dependencies point one way: `api → service → store → oci`. `main` builds the concrete parts.
+
+pub mod api;
+pub mod config;
+pub mod oci;
+pub mod service;
+pub mod store;
+
+use axum::Router;
+
+/// The whole HTTP application over `registry`; tests drive it in-process or over a socket.
+pub fn app(registry: service::Registry) -> Router {
+    api::router(registry)
+}

@@ -1,0 +1,10 @@
+//! Pure OCI types: digests, repository names, references and manifest parsing. No I/O lives here,
+//! so every value that reaches `store` or `service` has already been validated.
+
+mod digest;
+mod manifest;
+mod name;
+
+pub use digest::{Algorithm, Digest, Hasher};
+pub use manifest::{Descriptor, Manifest, ManifestError, media};
+pub use name::{NameError, Reference, RepoName, Tag};

@@ -1,0 +1,119 @@
+//! Blobs and uploads: repository-scoped reads, deletes (unlinks), upload sessions, cross-repo mount.
+
+use std::io;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use super::{Error, Registry, Result, blocking};
+use crate::oci::{Digest, RepoName};
+use crate::store::{self, BlobFile, ChunkRange, Origin, parse_upload_id};
+
+/// Where an upload session stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadState {
+    pub id: String,
+    /// Bytes received so far.
+    pub len: u64,
+}
+
+/// The outcome of a `POST ?mount=&from=`.
+#[derive(Debug)]
+pub enum Mount {
+    Mounted(Digest),
+    /// The blob could not be mounted; a fresh session was started instead.
+    Started(UploadState),
+}
+
+/// Uploads larger than this are refused; far above any real layer, well below a full disk.
+const MAX_UPLOAD_BYTES: u64 = 64 << 30;
+
+impl Registry {
+    /// Open a blob that `repo` holds.
+    pub async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobFile> {
+        if !self.store.meta.blob_linked(repo, digest)? {
+            return Err(Error::BlobUnknown(digest.clone()));
+        }
+        self.store.blobs.open_file(digest).await?.ok_or_else(|| Error::BlobUnknown(digest.clone()))
+    }
+
+    /// Size of a blob that `repo` holds.
+    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
+        if !self.store.meta.blob_linked(repo, digest)? {
+            return Err(Error::BlobUnknown(digest.clone()));
+        }
+        self.store.blobs.size(digest).await?.ok_or_else(|| Error::BlobUnknown(digest.clone()))
+    }
+
+    /// Remove the blob from `repo`. The bytes stay until garbage collection finds them unused.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let (r, d) = (repo.clone(), digest.clone());
+        if !blocking(&self.store.meta, move |m| m.unlink_blob(&r, &d)).await? {
+            return Err(Error::BlobUnknown(digest.clone()));
+        }
+        Ok(())
+    }
+
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadState> {
+        let id = self.store.uploads.create(repo).await?;
+        Ok(UploadState { id, len: 0 })
+    }
+
+    /// Link `digest` from `from` into `repo` when `from` holds it, else start a session.
+    pub async fn mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Mount> {
+        if let Some(from) = from {
+            if self.store.meta.blob_linked(from, digest)? && self.store.blobs.size(digest).await?.is_some() {
+                self.link(repo, digest).await?;
+                return Ok(Mount::Mounted(digest.clone()));
+            }
+        }
+        Ok(Mount::Started(self.start_upload(repo).await?))
+    }
+
+    /// Check that `id` is a live session of `repo`.
+    async fn session(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
+        let id = parse_upload_id(id).ok_or(store::Error::UploadUnknown)?;
+        let (owner, len) = self.store.uploads.status(id).await?;
+        if owner != *repo {
+            return Err(store::Error::UploadUnknown.into());
+        }
+        Ok(UploadState { id: id.to_owned(), len })
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
+        self.session(repo, id).await
+    }
+
+    pub async fn upload_chunk<S>(&self, repo: &RepoName, id: &str, range: Option<ChunkRange>, body: S) -> Result<UploadState>
+    where
+        S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
+    {
+        let state = self.session(repo, id).await?;
+        let len = self.store.uploads.append(&state.id, range, body, MAX_UPLOAD_BYTES).await?;
+        Ok(UploadState { id: state.id, len })
+    }
+
+    /// Append the final body (possibly empty), verify against `digest`, publish and link the blob.
+    pub async fn finish_upload<S>(&self, repo: &RepoName, id: &str, digest: &Digest, range: Option<ChunkRange>, body: S) -> Result<()>
+    where
+        S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
+    {
+        let state = self.session(repo, id).await?;
+        self.store.uploads.append(&state.id, range, body, MAX_UPLOAD_BYTES).await?;
+        self.store.uploads.finish(&state.id, digest).await.map_err(|e| match e {
+            store::Error::DigestMismatch { expected, actual } => Error::DigestMismatch { expected: expected.to_string(), actual },
+            other => other.into(),
+        })?;
+        self.link(repo, digest).await
+    }
+
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
+        let state = self.session(repo, id).await?;
+        Ok(self.store.uploads.cancel(&state.id).await?)
+    }
+
+    async fn link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        let (r, d) = (repo.clone(), digest.clone());
+        blocking(&self.store.meta, move |m| m.link_blob(&r, &d, Origin::Private)).await
+    }
+}

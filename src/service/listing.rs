@@ -1,0 +1,64 @@
+//! Listings: the catalog, tags of a repository, and referrers of a manifest.
+
+use serde_json::json;
+
+use super::{Error, Registry, Result};
+use crate::oci::{Descriptor, Digest, RepoName, media};
+
+/// A page of names, and the cursor for the next page when there is one.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<String>,
+    pub next: Option<String>,
+}
+
+/// Answer at most this many names in one listing, whatever `n` asks for.
+pub const MAX_PAGE: usize = 10_000;
+
+/// The page size used when a listing request does not give `n`.
+pub fn listing_limit() -> usize {
+    MAX_PAGE
+}
+
+fn paginate(mut items: Vec<String>, n: usize) -> Page {
+    let next = (items.len() > n).then(|| {
+        items.truncate(n);
+        items.last().cloned().unwrap_or_default()
+    });
+    Page { items, next }
+}
+
+impl Registry {
+    /// Repository names after `last`, `n` at most.
+    pub fn catalog(&self, last: Option<&str>, n: usize) -> Result<Page> {
+        let n = n.min(MAX_PAGE);
+        Ok(paginate(self.store.meta.repos(last, n + 1)?, n))
+    }
+
+    pub fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Page> {
+        let n = n.min(MAX_PAGE);
+        let tags = self.store.meta.tags(repo, last, n + 1)?.ok_or_else(|| Error::NameUnknown(repo.clone()))?;
+        Ok(paginate(tags, n))
+    }
+
+    /// The referrers index of `subject` as JSON bytes, filtered by `artifact_type` when given.
+    pub fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<u8>> {
+        let manifests: Vec<Descriptor> = self
+            .store
+            .meta
+            .referrers(repo, subject)?
+            .into_iter()
+            .filter(|(_, r)| artifact_type.is_none() || r.artifact_type.as_deref() == artifact_type)
+            .map(|(digest, r)| Descriptor {
+                media_type: r.media_type,
+                digest,
+                size: r.size,
+                artifact_type: r.artifact_type,
+                annotations: r.annotations,
+                platform: None,
+            })
+            .collect();
+        let index = json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
+        Ok(serde_json::to_vec(&index).expect("JSON of plain values"))
+    }
+}

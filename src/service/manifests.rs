@@ -1,0 +1,127 @@
+//! Manifests: resolve, serve the exact stored bytes, validate and store pushes, delete.
+
+use bytes::Bytes;
+
+use super::{Error, MAX_MANIFEST_BYTES, Registry, Result, blocking};
+use crate::oci::{Digest, Hasher, Manifest, Reference, RepoName};
+use crate::store::{ManifestRecord, Origin, unix_now};
+
+/// What a HEAD needs: no body.
+#[derive(Clone, Debug)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// A manifest with its exact bytes.
+#[derive(Clone, Debug)]
+pub struct ManifestBody {
+    pub head: ManifestHead,
+    pub bytes: Bytes,
+}
+
+/// The outcome of a manifest PUT.
+#[derive(Clone, Debug)]
+pub struct PutManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+impl Registry {
+    fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<(Digest, ManifestRecord)> {
+        let meta = &self.store.meta;
+        let unknown = || -> Result<(Digest, ManifestRecord)> {
+            if meta.repo(repo)?.is_none() {
+                return Err(Error::NameUnknown(repo.clone()));
+            }
+            Err(Error::ManifestUnknown(reference.to_string()))
+        };
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => match meta.tag(repo, t)? {
+                Some(d) => d,
+                None => return unknown(),
+            },
+        };
+        match meta.manifest(repo, &digest)? {
+            Some(record) => Ok((digest, record)),
+            None => unknown(),
+        }
+    }
+
+    pub async fn manifest_head(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestHead> {
+        let (digest, record) = self.resolve(repo, reference)?;
+        Ok(ManifestHead { digest, media_type: record.media_type, size: record.size })
+    }
+
+    pub async fn manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestBody> {
+        let head = self.manifest_head(repo, reference).await?;
+        let bytes = self.store.blobs.read(&head.digest).await?.ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
+        Ok(ManifestBody { head, bytes })
+    }
+
+    /// Validate and store a pushed manifest; `reference` is the tag or digest in the URL.
+    pub async fn put_manifest(&self, repo: &RepoName, reference: &Reference, content_type: Option<&str>, bytes: Bytes) -> Result<PutManifest> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::ManifestTooLarge);
+        }
+        let manifest = Manifest::parse(&bytes, content_type).map_err(|e| Error::ManifestInvalid(e.to_string()))?;
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let mut hasher = Hasher::new(expected.algorithm());
+                hasher.update(&bytes);
+                let actual = hasher.finish();
+                if actual != *expected {
+                    return Err(Error::DigestMismatch { expected: expected.to_string(), actual });
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(&bytes),
+        };
+        let meta = &self.store.meta;
+        for blob in manifest.blob_refs() {
+            if !meta.blob_linked(repo, blob)? || self.store.blobs.size(blob).await?.is_none() {
+                return Err(Error::ManifestBlobUnknown(blob.clone()));
+            }
+        }
+        for child in manifest.child_refs() {
+            if meta.manifest(repo, child)?.is_none() {
+                return Err(Error::ManifestBlobUnknown(child.clone()));
+            }
+        }
+        self.store.blobs.write(&digest, &bytes).await?;
+        let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
+        let record = ManifestRecord {
+            media_type: manifest.media_type.clone(),
+            size: bytes.len() as u64,
+            blobs: manifest.blob_refs().cloned().collect(),
+            children: manifest.child_refs().cloned().collect(),
+            subject: subject.clone(),
+            artifact_type: manifest.artifact_type.clone(),
+            annotations: manifest.annotations.clone(),
+            stored_at: unix_now(),
+        };
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.clone()),
+            Reference::Digest(_) => None,
+        };
+        let (repo, d) = (repo.clone(), digest.clone());
+        blocking(meta, move |m| m.put_manifest(&repo, &d, &record, tag.as_ref(), Origin::Private)).await?;
+        Ok(PutManifest { digest, subject })
+    }
+
+    /// Delete by digest removes the manifest and its tags; delete by tag removes only the tag.
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let (repo, r) = (repo.clone(), reference.clone());
+        let removed = blocking(&self.store.meta, move |m| match &r {
+            Reference::Digest(d) => m.delete_manifest(&repo, d),
+            Reference::Tag(t) => m.delete_tag(&repo, t),
+        })
+        .await?;
+        if !removed {
+            return Err(Error::ManifestUnknown(reference.to_string()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! Registry logic between the HTTP API and the store: what may be read or written where, manifest
+//! validation, upload flow, listings. Controllers call services; services never know HTTP.
+
+mod blobs;
+mod listing;
+pub use listing::{Page, listing_limit};
+mod manifests;
+
+use std::sync::Arc;
+
+pub use blobs::{Mount, UploadState};
+pub use manifests::{ManifestBody, ManifestHead, PutManifest};
+
+use crate::oci::{Digest, NameError, RepoName};
+use crate::store::{self, Store};
+
+/// Largest manifest accepted on PUT, as in the reference registry and Docker Hub.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// Every failure a registry operation can report; `api::error` maps each to its OCI code once.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("repository {0} is not known to this registry")]
+    NameUnknown(RepoName),
+    #[error("manifest {0} is not known in this repository")]
+    ManifestUnknown(String),
+    #[error("blob {0} is not known in this repository")]
+    BlobUnknown(Digest),
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    #[error("manifest exceeds the {MAX_MANIFEST_BYTES}-byte limit")]
+    ManifestTooLarge,
+    #[error("manifest references {0}, which is not in this repository")]
+    ManifestBlobUnknown(Digest),
+    #[error("digest mismatch: content is {actual}, not {expected}")]
+    DigestMismatch { expected: String, actual: Digest },
+    #[error("{0}")]
+    DigestMissing(&'static str),
+    #[error("invalid Content-Range {0:?}")]
+    ContentRange(String),
+    #[error("operation unsupported: {0}")]
+    Unsupported(&'static str),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The registry service. Cheap to clone; shared by every request.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+}
+
+impl Registry {
+    pub fn new(store: Store) -> Registry {
+        Registry { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// Run a blocking metadata write off the async workers: redb commits fsync.
+async fn blocking<T: Send + 'static>(
+    meta: &Arc<dyn store::Meta>,
+    f: impl FnOnce(&dyn store::Meta) -> store::Result<T> + Send + 'static,
+) -> Result<T> {
+    let meta = meta.clone();
+    let out = tokio::task::spawn_blocking(move || f(meta.as_ref()))
+        .await
+        .map_err(|e| store::Error::Meta(format!("metadata task failed: {e}")))??;
+    Ok(out)
+}

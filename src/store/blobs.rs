@@ -1,0 +1,120 @@
+//! Content-addressed blob files. A file under `blobs/` always matches its digest: bytes are
+//! written to `tmp/` (or `uploads/`), verified, fsynced, and only then renamed into place.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tokio::fs;
+
+use super::{Error, Result};
+use crate::oci::{Digest, Hasher};
+
+/// The blob directory and its temporary area.
+#[derive(Clone, Debug)]
+pub struct Blobs {
+    blobs: PathBuf,
+    tmp: PathBuf,
+}
+
+/// An open published blob, ready to stream.
+pub struct BlobFile {
+    pub file: fs::File,
+    pub size: u64,
+}
+
+impl Blobs {
+    /// Create the directories and drop any temporary file a crash left behind.
+    pub fn open(root: &Path) -> Result<Blobs> {
+        let blobs = root.join("blobs");
+        let tmp = root.join("tmp");
+        std::fs::create_dir_all(&blobs)?;
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        Ok(Blobs { blobs, tmp })
+    }
+
+    /// `blobs/<alg>/<first two hex>/<hex>`. Safe: a `Digest` is validated lowercase hex.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.blobs.join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
+    }
+
+    /// A fresh path in the temporary area, on the same filesystem as `blobs/` so rename is atomic.
+    pub fn temp_path(&self) -> PathBuf {
+        self.tmp.join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub async fn size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match fs::metadata(self.path(digest)).await {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn open_file(&self, digest: &Digest) -> Result<Option<BlobFile>> {
+        let file = match fs::File::open(self.path(digest)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let size = file.metadata().await?.len();
+        Ok(Some(BlobFile { file, size }))
+    }
+
+    /// The whole blob in memory; for manifests, which are size-limited.
+    pub async fn read(&self, digest: &Digest) -> Result<Option<Bytes>> {
+        match fs::read(self.path(digest)).await {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Verify `bytes` against `digest` and publish them (used for manifests).
+    pub async fn write(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        let mut hasher = Hasher::new(digest.algorithm());
+        hasher.update(bytes);
+        let actual = hasher.finish();
+        if actual != *digest {
+            return Err(Error::DigestMismatch { expected: digest.clone(), actual });
+        }
+        if self.size(digest).await?.is_some() {
+            return Ok(());
+        }
+        let tmp = self.temp_path();
+        let result = async {
+            fs::write(&tmp, bytes).await?;
+            fs::File::open(&tmp).await?.sync_all().await?;
+            self.publish(&tmp, digest).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// Atomically move an fsynced, verified file into place, then fsync the directory so the
+    /// rename itself survives a crash. Publishing a blob that exists already is a no-op.
+    pub async fn publish(&self, verified: &Path, digest: &Digest) -> Result<()> {
+        let dest = self.path(digest);
+        let dir = dest.parent().expect("blob path has a parent").to_owned();
+        fs::create_dir_all(&dir).await?;
+        fs::rename(verified, &dest).await?;
+        fs::File::open(&dir).await?.sync_all().await?;
+        Ok(())
+    }
+
+    /// Remove a blob file (garbage collection).
+    pub async fn remove(&self, digest: &Digest) -> Result<bool> {
+        match fs::remove_file(self.path(digest)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The local store: content-addressed blob files, resumable upload sessions, and the metadata
+//! store behind the narrow [`Meta`] trait. It knows bytes and `oci` types, never HTTP.
+//!
+//! On-disk layout under `[storage] root`:
+//! ```text
+//! blobs/sha256/ab/abcdef…      published blobs, each verified against its name; never partial
+//! uploads/<uuid>               bytes of an upload session in progress (resumable across restarts)
+//! tmp/<uuid>                   partial writes (manifests, cache fills); emptied at startup
+//! meta.redb                    repos, tags, manifest records, blob links, upload sessions
+//! ```
+//! A blob is published by fsync + rename into `blobs/` only after its digest verified, and the
+//! metadata that references it is committed after that, so a crash at any point leaves at worst an
+//! unreferenced blob (reclaimed by GC) or a stale temporary file (removed at startup).
+
+mod blobs;
+mod meta;
+mod redb_meta;
+mod uploads;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use blobs::{BlobFile, Blobs};
+pub use meta::{ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
+pub use redb_meta::RedbMeta;
+pub use uploads::{ChunkRange, Uploads, parse_id as parse_upload_id};
+
+use crate::oci::Digest;
+
+/// Everything that can go wrong below the service layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("storage I/O: {0}")]
+    Io(#[from] io::Error),
+    #[error("metadata store: {0}")]
+    Meta(String),
+    #[error("upload session not found")]
+    UploadUnknown,
+    #[error("chunk starts at {start} but the upload has {offset} bytes")]
+    RangeMismatch { start: u64, offset: u64 },
+    #[error("chunk length {got} does not match its Content-Range length {declared}")]
+    ChunkLength { declared: u64, got: u64 },
+    #[error("content digest {actual} does not match {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("upload exceeds the {limit}-byte limit")]
+    TooLarge { limit: u64 },
+    #[error("request body: {0}")]
+    Body(io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The store as the service uses it.
+#[derive(Clone)]
+pub struct Store {
+    pub blobs: Blobs,
+    pub uploads: Arc<Uploads>,
+    pub meta: Arc<dyn Meta>,
+}
+
+impl Store {
+    /// Open (or create) the filesystem store at `root`, clearing leftovers of a crash.
+    pub fn open(root: &Path) -> Result<Store> {
+        let blobs = Blobs::open(root)?;
+        let meta: Arc<dyn Meta> = Arc::new(RedbMeta::open(&root.join("meta.redb"))?);
+        let uploads = Arc::new(Uploads::open(root, blobs.clone(), meta.clone())?);
+        Ok(Store { blobs, uploads, meta })
+    }
+}

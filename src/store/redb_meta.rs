@@ -1,0 +1,270 @@
+//! [`Meta`] on redb, an embedded, transactional, pure-Rust key-value store.
+//!
+//! Composite keys join validated names with `\0`, which the name grammar never allows, so a prefix
+//! range `"repo\0".."repo\x01"` selects exactly one repository's rows, in lexical order.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::meta::{ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
+use super::{Error, Result};
+use crate::oci::{Digest, RepoName, Tag};
+
+const REPOS: TableDefinition<&str, &[u8]> = TableDefinition::new("repos");
+/// `repo\0tag` → digest
+const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
+/// `repo\0digest` → JSON [`ManifestRecord`]
+const MANIFESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("manifests");
+/// `repo\0digest` → unit: the repository may serve that blob
+const BLOB_LINKS: TableDefinition<&str, ()> = TableDefinition::new("blob_links");
+/// `repo\0subject\0digest` → unit
+const REFERRERS: TableDefinition<&str, ()> = TableDefinition::new("referrers");
+/// upload id → JSON [`UploadRecord`]
+const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+
+fn db_err(e: impl Into<redb::Error>) -> Error {
+    Error::Meta(e.into().to_string())
+}
+
+fn json_err(e: serde_json::Error) -> Error {
+    Error::Meta(format!("corrupt record: {e}"))
+}
+
+fn key(parts: &[&str]) -> String {
+    parts.join("\0")
+}
+
+/// The half-open key range of every row under `prefix\0`.
+fn prefix_range(prefix: &str) -> (String, String) {
+    (format!("{prefix}\0"), format!("{prefix}\x01"))
+}
+
+pub struct RedbMeta {
+    db: Database,
+}
+
+impl RedbMeta {
+    pub fn open(path: &Path) -> Result<RedbMeta> {
+        let db = Database::create(path).map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(REPOS).map_err(db_err)?;
+            txn.open_table(TAGS).map_err(db_err)?;
+            txn.open_table(MANIFESTS).map_err(db_err)?;
+            txn.open_table(BLOB_LINKS).map_err(db_err)?;
+            txn.open_table(REFERRERS).map_err(db_err)?;
+            txn.open_table(UPLOADS).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(RedbMeta { db })
+    }
+
+    /// Run `f` in a write transaction and commit it (durably: redb fsyncs on commit).
+    fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let out = f(&txn)?;
+        txn.commit().map_err(db_err)?;
+        Ok(out)
+    }
+
+    fn read_txn(&self) -> Result<redb::ReadTransaction> {
+        self.db.begin_read().map_err(db_err)
+    }
+}
+
+fn ensure_repo_in(txn: &redb::WriteTransaction, repo: &RepoName, origin: Origin) -> Result<RepoInfo> {
+    let mut repos = txn.open_table(REPOS).map_err(db_err)?;
+    if let Some(v) = repos.get(repo.as_str()).map_err(db_err)? {
+        return serde_json::from_slice(v.value()).map_err(json_err);
+    }
+    let info = RepoInfo { origin, created: unix_now() };
+    let bytes = serde_json::to_vec(&info).map_err(json_err)?;
+    repos.insert(repo.as_str(), bytes.as_slice()).map_err(db_err)?;
+    Ok(info)
+}
+
+/// Collect the keys of one prefix range, after `last` if given, at most `n`, with the prefix cut off.
+fn keys_after<V: redb::Value + 'static>(
+    table: &impl ReadableTable<&'static str, V>,
+    prefix: &str,
+    last: Option<&str>,
+    n: usize,
+) -> Result<Vec<String>> {
+    let (start, end) = prefix_range(prefix);
+    let start = match last {
+        Some(last) => format!("{prefix}\0{last}\0"), // '\0' sorts right after `last` itself
+        None => start,
+    };
+    let mut out = Vec::new();
+    for row in table.range::<&str>(start.as_str()..end.as_str()).map_err(db_err)? {
+        if out.len() >= n {
+            break;
+        }
+        let (k, _) = row.map_err(db_err)?;
+        out.push(k.value()[prefix.len() + 1..].to_owned());
+    }
+    Ok(out)
+}
+
+impl Meta for RedbMeta {
+    fn repo(&self, repo: &RepoName) -> Result<Option<RepoInfo>> {
+        let table = self.read_txn()?.open_table(REPOS).map_err(db_err)?;
+        let value = table.get(repo.as_str()).map_err(db_err)?;
+        value.map(|v| serde_json::from_slice(v.value()).map_err(json_err)).transpose()
+    }
+
+    fn ensure_repo(&self, repo: &RepoName, origin: Origin) -> Result<RepoInfo> {
+        if let Some(info) = self.repo(repo)? {
+            return Ok(info);
+        }
+        self.write(|txn| ensure_repo_in(txn, repo, origin))
+    }
+
+    fn repos(&self, last: Option<&str>, n: usize) -> Result<Vec<String>> {
+        let table = self.read_txn()?.open_table(REPOS).map_err(db_err)?;
+        let mut out = Vec::new();
+        let rows = match last {
+            Some(last) => table.range::<&str>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded)),
+            None => table.range::<&str>(..),
+        };
+        for row in rows.map_err(db_err)?.take(n) {
+            out.push(row.map_err(db_err)?.0.value().to_owned());
+        }
+        Ok(out)
+    }
+
+    fn link_blob(&self, repo: &RepoName, digest: &Digest, origin: Origin) -> Result<()> {
+        self.write(|txn| {
+            ensure_repo_in(txn, repo, origin)?;
+            let mut links = txn.open_table(BLOB_LINKS).map_err(db_err)?;
+            links.insert(key(&[repo.as_str(), &digest.to_string()]).as_str(), ()).map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let table = self.read_txn()?.open_table(BLOB_LINKS).map_err(db_err)?;
+        Ok(table.get(key(&[repo.as_str(), &digest.to_string()]).as_str()).map_err(db_err)?.is_some())
+    }
+
+    fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        self.write(|txn| {
+            let mut links = txn.open_table(BLOB_LINKS).map_err(db_err)?;
+            let removed = links.remove(key(&[repo.as_str(), &digest.to_string()]).as_str()).map_err(db_err)?;
+            Ok(removed.is_some())
+        })
+    }
+
+    fn put_manifest(&self, repo: &RepoName, digest: &Digest, record: &ManifestRecord, tag: Option<&Tag>, origin: Origin) -> Result<()> {
+        let bytes = serde_json::to_vec(record).map_err(json_err)?;
+        let digest = digest.to_string();
+        self.write(|txn| {
+            ensure_repo_in(txn, repo, origin)?;
+            let mut manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
+            manifests.insert(key(&[repo.as_str(), &digest]).as_str(), bytes.as_slice()).map_err(db_err)?;
+            if let Some(subject) = &record.subject {
+                let mut referrers = txn.open_table(REFERRERS).map_err(db_err)?;
+                referrers.insert(key(&[repo.as_str(), &subject.to_string(), &digest]).as_str(), ()).map_err(db_err)?;
+            }
+            if let Some(tag) = tag {
+                let mut tags = txn.open_table(TAGS).map_err(db_err)?;
+                tags.insert(key(&[repo.as_str(), tag.as_str()]).as_str(), digest.as_str()).map_err(db_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>> {
+        let table = self.read_txn()?.open_table(MANIFESTS).map_err(db_err)?;
+        let value = table.get(key(&[repo.as_str(), &digest.to_string()]).as_str()).map_err(db_err)?;
+        value.map(|v| serde_json::from_slice(v.value()).map_err(json_err)).transpose()
+    }
+
+    fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        let digest = digest.to_string();
+        self.write(|txn| {
+            let mut manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
+            let Some(old) = manifests.remove(key(&[repo.as_str(), &digest]).as_str()).map_err(db_err)? else {
+                return Ok(false);
+            };
+            let record: ManifestRecord = serde_json::from_slice(old.value()).map_err(json_err)?;
+            drop(old);
+            if let Some(subject) = &record.subject {
+                let mut referrers = txn.open_table(REFERRERS).map_err(db_err)?;
+                referrers.remove(key(&[repo.as_str(), &subject.to_string(), &digest]).as_str()).map_err(db_err)?;
+            }
+            let mut tags = txn.open_table(TAGS).map_err(db_err)?;
+            let (start, end) = prefix_range(repo.as_str());
+            let doomed: Vec<String> = tags
+                .range::<&str>(start.as_str()..end.as_str())
+                .map_err(db_err)?
+                .filter_map(|row| row.ok())
+                .filter(|(_, v)| v.value() == digest)
+                .map(|(k, _)| k.value().to_owned())
+                .collect();
+            for k in doomed {
+                tags.remove(k.as_str()).map_err(db_err)?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, ManifestRecord)>> {
+        let txn = self.read_txn()?;
+        let referrers = txn.open_table(REFERRERS).map_err(db_err)?;
+        let manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
+        let prefix = key(&[repo.as_str(), &subject.to_string()]);
+        let mut out = Vec::new();
+        for d in keys_after(&referrers, &prefix, None, usize::MAX)? {
+            let Ok(digest) = d.parse::<Digest>() else { continue };
+            if let Some(v) = manifests.get(key(&[repo.as_str(), &d]).as_str()).map_err(db_err)? {
+                out.push((digest, serde_json::from_slice(v.value()).map_err(json_err)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
+        let table = self.read_txn()?.open_table(TAGS).map_err(db_err)?;
+        let value = table.get(key(&[repo.as_str(), tag.as_str()]).as_str()).map_err(db_err)?;
+        value.map(|v| v.value().parse().map_err(|e| Error::Meta(format!("corrupt tag: {e}")))).transpose()
+    }
+
+    fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        self.write(|txn| {
+            let mut tags = txn.open_table(TAGS).map_err(db_err)?;
+            Ok(tags.remove(key(&[repo.as_str(), tag.as_str()]).as_str()).map_err(db_err)?.is_some())
+        })
+    }
+
+    fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<Vec<String>>> {
+        let txn = self.read_txn()?;
+        if txn.open_table(REPOS).map_err(db_err)?.get(repo.as_str()).map_err(db_err)?.is_none() {
+            return Ok(None);
+        }
+        let tags = txn.open_table(TAGS).map_err(db_err)?;
+        keys_after(&tags, repo.as_str(), last, n).map(Some)
+    }
+
+    fn put_upload(&self, id: &str, record: &UploadRecord) -> Result<()> {
+        let bytes = serde_json::to_vec(record).map_err(json_err)?;
+        self.write(|txn| {
+            txn.open_table(UPLOADS).map_err(db_err)?.insert(id, bytes.as_slice()).map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
+        let table = self.read_txn()?.open_table(UPLOADS).map_err(db_err)?;
+        let value = table.get(id).map_err(db_err)?;
+        value.map(|v| serde_json::from_slice(v.value()).map_err(json_err)).transpose()
+    }
+
+    fn delete_upload(&self, id: &str) -> Result<()> {
+        self.write(|txn| {
+            txn.open_table(UPLOADS).map_err(db_err)?.remove(id).map_err(db_err)?;
+            Ok(())
+        })
+    }
+}

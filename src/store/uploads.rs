@@ -1,0 +1,206 @@
+//! Resumable upload sessions. Each session's bytes go to `uploads/<id>` and are hashed as they
+//! arrive; the session row lives in the metadata store, so an upload survives a restart (the hash
+//! state is rebuilt from the file on first use). Finishing verifies the digest, fsyncs, and renames
+//! the file into `blobs/`: unverified bytes are never reachable as a blob.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use tokio::fs;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+
+use super::blobs::Blobs;
+use super::meta::{Meta, UploadRecord, unix_now};
+use super::{Error, Result};
+use crate::oci::{Algorithm, Digest, Hasher, RepoName};
+
+/// Bytes buffered before a write reaches the file; large writes keep a push near disk speed.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// A PATCH's `Content-Range`: the first and last byte offsets, inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// In-memory state of a session: its length and the hash of those bytes.
+struct Session {
+    len: u64,
+    hasher: Hasher,
+}
+
+pub struct Uploads {
+    dir: PathBuf,
+    blobs: Blobs,
+    meta: Arc<dyn Meta>,
+    /// One lock per live session serialises its chunks. Sessions missing here after a restart are
+    /// rebuilt from their file.
+    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Session>>>>>,
+}
+
+impl Uploads {
+    pub fn open(root: &Path, blobs: Blobs, meta: Arc<dyn Meta>) -> Result<Uploads> {
+        let dir = root.join("uploads");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Uploads { dir, blobs, meta, sessions: Mutex::new(HashMap::new()) })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        // `id` is always one we generated (a simple UUID) or checked by `parse_id`.
+        self.dir.join(id)
+    }
+
+    fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Option<Session>>> {
+        self.sessions.lock().expect("sessions lock").entry(id.to_owned()).or_default().clone()
+    }
+
+    fn forget(&self, id: &str) {
+        self.sessions.lock().expect("sessions lock").remove(id);
+    }
+
+    /// Start a session for `repo`; returns its id.
+    pub async fn create(&self, repo: &RepoName) -> Result<String> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        fs::File::create(self.path(&id)).await?;
+        self.meta.put_upload(&id, &UploadRecord { repo: repo.clone(), started: unix_now() })?;
+        Ok(id)
+    }
+
+    /// The session's repository and current length, or `UploadUnknown`.
+    pub async fn status(&self, id: &str) -> Result<(RepoName, u64)> {
+        let record = self.meta.upload(id)?.ok_or(Error::UploadUnknown)?;
+        let len = fs::metadata(self.path(id)).await.map_err(|_| Error::UploadUnknown)?.len();
+        Ok((record.repo, len))
+    }
+
+    /// Append a chunk. With `range`, its start must equal the current length and the body must be
+    /// exactly as long as the range. A rejected or interrupted chunk leaves the session as it was.
+    /// Returns the new length.
+    pub async fn append<S>(&self, id: &str, range: Option<ChunkRange>, body: S, limit: u64) -> Result<u64>
+    where
+        S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
+    {
+        let slot = self.slot(id);
+        let mut guard = slot.lock().await;
+        let session = self.load(id, &mut guard).await?;
+        if let Some(r) = range {
+            if r.start != session.len {
+                return Err(Error::RangeMismatch { start: r.start, offset: session.len });
+            }
+        }
+        let before = (session.len, session.hasher.clone());
+        let declared = range.map(|r| r.end + 1 - r.start);
+        match self.write_chunk(id, session, body, declared, limit).await {
+            Ok(()) => Ok(session.len),
+            Err(e) => {
+                (session.len, session.hasher) = before;
+                let file = fs::OpenOptions::new().write(true).open(self.path(id)).await?;
+                file.set_len(session.len).await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn write_chunk<S>(&self, id: &str, session: &mut Session, mut body: S, declared: Option<u64>, limit: u64) -> Result<()>
+    where
+        S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
+    {
+        let file = fs::OpenOptions::new().append(true).open(self.path(id)).await?;
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
+        let start = session.len;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(Error::Body)?;
+            let written = session.len - start + chunk.len() as u64;
+            if declared.is_some_and(|d| written > d) {
+                return Err(Error::ChunkLength { declared: declared.unwrap_or(0), got: written });
+            }
+            if session.len + chunk.len() as u64 > limit {
+                return Err(Error::TooLarge { limit });
+            }
+            session.hasher.update(&chunk);
+            out.write_all(&chunk).await?;
+            session.len += chunk.len() as u64;
+        }
+        if let Some(d) = declared.filter(|&d| d != session.len - start) {
+            return Err(Error::ChunkLength { declared: d, got: session.len - start });
+        }
+        out.flush().await?;
+        Ok(())
+    }
+
+    /// The in-memory state, rebuilt by hashing the file when berth restarted mid-upload.
+    async fn load<'a>(&self, id: &str, slot: &'a mut Option<Session>) -> Result<&'a mut Session> {
+        if slot.is_none() {
+            self.meta.upload(id)?.ok_or(Error::UploadUnknown)?;
+            let (len, hasher) = self.hash_file(id, Algorithm::Sha256).await?;
+            *slot = Some(Session { len, hasher });
+        }
+        Ok(slot.as_mut().expect("just filled"))
+    }
+
+    async fn hash_file(&self, id: &str, algorithm: Algorithm) -> Result<(u64, Hasher)> {
+        let mut file = fs::File::open(self.path(id)).await.map_err(|_| Error::UploadUnknown)?;
+        let mut hasher = Hasher::new(algorithm);
+        let mut buf = vec![0; WRITE_BUFFER];
+        let mut len = 0;
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                return Ok((len, hasher));
+            }
+            hasher.update(&buf[..n]);
+            len += n as u64;
+        }
+    }
+
+    /// Verify the session's bytes against `digest` and publish them as that blob. The session ends
+    /// either way: a mismatched upload cannot become right by sending more.
+    pub async fn finish(&self, id: &str, digest: &Digest) -> Result<u64> {
+        let slot = self.slot(id);
+        let mut guard = slot.lock().await;
+        let session = self.load(id, &mut guard).await?;
+        let actual = if digest.algorithm() == Algorithm::Sha256 {
+            session.hasher.clone().finish()
+        } else {
+            self.hash_file(id, digest.algorithm()).await?.1.finish()
+        };
+        let len = session.len;
+        let result = if actual == *digest {
+            let path = self.path(id);
+            fs::File::open(&path).await?.sync_all().await?;
+            self.blobs.publish(&path, digest).await
+        } else {
+            Err(Error::DigestMismatch { expected: digest.clone(), actual })
+        };
+        *guard = None;
+        drop(guard);
+        self.end(id).await?;
+        result.map(|()| len)
+    }
+
+    /// Drop a session and its bytes.
+    pub async fn cancel(&self, id: &str) -> Result<()> {
+        self.meta.upload(id)?.ok_or(Error::UploadUnknown)?;
+        self.end(id).await
+    }
+
+    async fn end(&self, id: &str) -> Result<()> {
+        self.forget(id);
+        match fs::remove_file(self.path(id)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.meta.delete_upload(id)
+    }
+}
+
+/// Accept only ids of the shape we hand out (32 lowercase hex digits), so an id is a safe file name.
+pub fn parse_id(id: &str) -> Option<&str> {
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(id)
+}

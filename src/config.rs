@@ -15,7 +15,10 @@ pub const DEFAULT_TOML: &str = include_str!("../mirror.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
     #[error("environment variable {0} does not name a configuration section and key")]
@@ -39,7 +42,9 @@ pub struct Server {
 
 impl Default for Server {
     fn default() -> Self {
-        Server { listen: "127.0.0.1:5000".into() }
+        Server {
+            listen: "127.0.0.1:5000".into(),
+        }
     }
 }
 
@@ -52,7 +57,9 @@ pub struct Storage {
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { root: PathBuf::from("./data") }
+        Storage {
+            root: PathBuf::from("./data"),
+        }
     }
 }
 
@@ -67,7 +74,10 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Log { format: LogFormat::Text, level: "info".into() }
+        Log {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -92,10 +102,17 @@ impl Config {
     }
 
     /// Parse `text` with the overrides in `env` applied.
-    pub fn from_toml(text: &str, env: impl Iterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let mut table: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+    pub fn from_toml(
+        text: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
         apply_env(&mut table, env)?;
-        let config: Config = table.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -106,34 +123,55 @@ impl Config {
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|_| ConfigError::Invalid(format!("server.listen: {:?} is not an address:port", self.server.listen)))
+        self.server.listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "server.listen: {:?} is not an address:port",
+                self.server.listen
+            ))
+        })
     }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Apply `BERTH_<SECTION>_<KEY>=value`. The section is the longest known section name that
 /// prefixes the rest; the value takes the type of the key's default (bool, integer, or string).
-fn apply_env(table: &mut Table, env: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
+fn apply_env(
+    table: &mut Table,
+    env: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
     let defaults = Table::try_from(Config::default()).expect("defaults serialise");
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix("BERTH_") else { continue };
+        let Some(rest) = name.strip_prefix("BERTH_") else {
+            continue;
+        };
         let rest = rest.to_ascii_lowercase();
         let section = defaults
             .keys()
-            .filter(|s| rest.strip_prefix(s.as_str()).is_some_and(|r| r.starts_with('_')))
+            .filter(|s| {
+                rest.strip_prefix(s.as_str())
+                    .is_some_and(|r| r.starts_with('_'))
+            })
             .max_by_key(|s| s.len())
             .ok_or_else(|| ConfigError::UnknownEnv(name.clone()))?;
         let key = &rest[section.len() + 1..];
-        let bad = |what: &str| ConfigError::Invalid(format!("{name}: expected {what}, got {raw:?}"));
+        let bad =
+            |what: &str| ConfigError::Invalid(format!("{name}: expected {what}, got {raw:?}"));
         let value = match defaults[section].get(key) {
-            Some(Value::Boolean(_)) => Value::Boolean(raw.parse().map_err(|_| bad("true or false"))?),
+            Some(Value::Boolean(_)) => {
+                Value::Boolean(raw.parse().map_err(|_| bad("true or false"))?)
+            }
             Some(Value::Integer(_)) => Value::Integer(raw.parse().map_err(|_| bad("an integer"))?),
             _ => Value::String(raw.clone()),
         };
-        let section_table = table.entry(section.clone()).or_insert_with(|| Value::Table(Table::new()));
+        let section_table = table
+            .entry(section.clone())
+            .or_insert_with(|| Value::Table(Table::new()));
         let Value::Table(section_table) = section_table else {
             return Err(ConfigError::Invalid(format!("{section} is not a table")));
         };
@@ -147,7 +185,11 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     #[test]
@@ -161,7 +203,11 @@ mod tests {
     fn environment_overrides_file() {
         let c = Config::from_toml(
             DEFAULT_TOML,
-            env(&[("BERTH_SERVER_LISTEN", "127.0.0.1:6000"), ("BERTH_STORAGE_ROOT", "/tmp/x"), ("OTHER", "1")]),
+            env(&[
+                ("BERTH_SERVER_LISTEN", "127.0.0.1:6000"),
+                ("BERTH_STORAGE_ROOT", "/tmp/x"),
+                ("OTHER", "1"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:6000");
@@ -170,11 +216,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = Config::from_toml("[server]\nlisen = \"x\"\n", env(&[])).unwrap_err().to_string();
+        let err = Config::from_toml("[server]\nlisen = \"x\"\n", env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
-        let err = Config::from_toml("", env(&[("BERTH_SERVER_PORT", "1")])).unwrap_err().to_string();
+        let err = Config::from_toml("", env(&[("BERTH_SERVER_PORT", "1")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("port"), "{err}");
-        let err = Config::from_toml("", env(&[("BERTH_NOPE_X", "1")])).unwrap_err().to_string();
+        let err = Config::from_toml("", env(&[("BERTH_NOPE_X", "1")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("BERTH_NOPE_X"), "{err}");
     }
 

@@ -14,3 +14,9 @@ use axum::Router;
 pub fn app(registry: service::Registry) -> Router {
     api::router(registry)
 }
+
+/// Select rustls' `ring` provider for every TLS client and server in the process. `ring` builds
+/// much faster than the default aws-lc-rs on small build machines. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

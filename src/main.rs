@@ -27,8 +27,11 @@ enum Command {
 }
 
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -37,6 +40,7 @@ fn init_logging(config: &Config) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    berth::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve(Config::load(config.as_deref())?).await,
@@ -45,17 +49,23 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    let store = Store::open(&config.storage.root).with_context(|| format!("opening the store at {}", config.storage.root.display()))?;
-    let listener = tokio::net::TcpListener::bind(config.listen_addr()?).await.with_context(|| format!("binding {}", config.server.listen))?;
+    let store = Store::open(&config.storage.root)
+        .with_context(|| format!("opening the store at {}", config.storage.root.display()))?;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr()?)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
     tracing::info!(listen = %listener.local_addr()?, root = %config.storage.root.display(), "berth serving");
     let app = berth::app(Registry::new(store));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("berth stopped");
     Ok(())
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

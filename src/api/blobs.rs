@@ -24,16 +24,22 @@ pub enum RangeSpec {
 /// Parse `Range: bytes=a-b | a- | -n` against `size`. Multiple ranges and malformed headers are
 /// ignored (RFC 9110 lets a server answer 200 with the whole body).
 pub fn parse_range(value: Option<&str>, size: u64) -> RangeSpec {
-    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else { return RangeSpec::Whole };
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeSpec::Whole;
+    };
     if spec.contains(',') {
         return RangeSpec::Whole;
     }
-    let Some((a, b)) = spec.split_once('-') else { return RangeSpec::Whole };
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeSpec::Whole;
+    };
     let (a, b) = (a.trim(), b.trim());
     let (start, end) = match (a.parse::<u64>(), b.parse::<u64>()) {
         (Ok(start), Ok(end)) if start <= end => (start, end.min(size.saturating_sub(1))),
         (Ok(start), Err(_)) if b.is_empty() => (start, size.saturating_sub(1)),
-        (Err(_), Ok(suffix)) if a.is_empty() && suffix > 0 => (size.saturating_sub(suffix), size.saturating_sub(1)),
+        (Err(_), Ok(suffix)) if a.is_empty() && suffix > 0 => {
+            (size.saturating_sub(suffix), size.saturating_sub(1))
+        }
         _ => return RangeSpec::Whole,
     };
     if start >= size {
@@ -50,7 +56,12 @@ fn common(digest: &Digest) -> [(HeaderName, String); 3] {
     ]
 }
 
-pub async fn get(reg: &Registry, repo: &RepoName, digest: &Digest, h: &HeaderMap) -> Result<Response> {
+pub async fn get(
+    reg: &Registry,
+    repo: &RepoName,
+    digest: &Digest,
+    h: &HeaderMap,
+) -> Result<Response> {
     let blob = reg.blob(repo, digest).await?;
     let range = h.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, len) = match parse_range(range, blob.size) {
@@ -58,15 +69,28 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &Digest, h: &HeaderMap
         RangeSpec::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         RangeSpec::Unsatisfiable => {
             let content_range = format!("bytes */{}", blob.size);
-            return Ok((StatusCode::RANGE_NOT_SATISFIABLE, common(digest), [(header::CONTENT_RANGE, content_range)]).into_response());
+            return Ok((
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                common(digest),
+                [(header::CONTENT_RANGE, content_range)],
+            )
+                .into_response());
         }
     };
     let mut file = blob.file;
     if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start)).await.map_err(crate::store::Error::from)?;
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(crate::store::Error::from)?;
     }
     let body = Body::from_stream(ReaderStream::with_capacity(file.take(len), READ_CHUNK));
-    let mut response = (status, common(digest), [(header::CONTENT_TYPE, "application/octet-stream".to_owned())], body).into_response();
+    let mut response = (
+        status,
+        common(digest),
+        [(header::CONTENT_TYPE, "application/octet-stream".to_owned())],
+        body,
+    )
+        .into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, len.into());
     if status == StatusCode::PARTIAL_CONTENT {
@@ -78,8 +102,14 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &Digest, h: &HeaderMap
 
 pub async fn head(reg: &Registry, repo: &RepoName, digest: &Digest) -> Result<Response> {
     let size = reg.blob_size(repo, digest).await?;
-    let mut response = (common(digest), [(header::CONTENT_TYPE, "application/octet-stream".to_owned())]).into_response();
-    response.headers_mut().insert(header::CONTENT_LENGTH, size.into());
+    let mut response = (
+        common(digest),
+        [(header::CONTENT_TYPE, "application/octet-stream".to_owned())],
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, size.into());
     Ok(response)
 }
 
@@ -95,10 +125,22 @@ mod tests {
     #[test]
     fn ranges() {
         assert_eq!(parse_range(None, 10), RangeSpec::Whole);
-        assert_eq!(parse_range(Some("bytes=0-3"), 10), RangeSpec::Part { start: 0, end: 3 });
-        assert_eq!(parse_range(Some("bytes=5-"), 10), RangeSpec::Part { start: 5, end: 9 });
-        assert_eq!(parse_range(Some("bytes=-4"), 10), RangeSpec::Part { start: 6, end: 9 });
-        assert_eq!(parse_range(Some("bytes=8-100"), 10), RangeSpec::Part { start: 8, end: 9 });
+        assert_eq!(
+            parse_range(Some("bytes=0-3"), 10),
+            RangeSpec::Part { start: 0, end: 3 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=5-"), 10),
+            RangeSpec::Part { start: 5, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-4"), 10),
+            RangeSpec::Part { start: 6, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=8-100"), 10),
+            RangeSpec::Part { start: 8, end: 9 }
+        );
         assert_eq!(parse_range(Some("bytes=10-"), 10), RangeSpec::Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeSpec::Whole);
         assert_eq!(parse_range(Some("items=0-1"), 10), RangeSpec::Whole);

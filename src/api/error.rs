@@ -14,9 +14,9 @@ impl IntoResponse for Error {
         let (status, code) = match &self {
             Error::Name(NameError::Repo(_)) => (S::BAD_REQUEST, "NAME_INVALID"),
             Error::Name(NameError::Tag(_)) => (S::BAD_REQUEST, "TAG_INVALID"),
-            Error::Name(NameError::Digest(_)) | Error::DigestMismatch { .. } | Error::DigestMissing(_) => {
-                (S::BAD_REQUEST, "DIGEST_INVALID")
-            }
+            Error::Name(NameError::Digest(_))
+            | Error::DigestMismatch { .. }
+            | Error::DigestMissing(_) => (S::BAD_REQUEST, "DIGEST_INVALID"),
             Error::NameUnknown(_) => (S::NOT_FOUND, "NAME_UNKNOWN"),
             Error::ManifestUnknown(_) => (S::NOT_FOUND, "MANIFEST_UNKNOWN"),
             Error::BlobUnknown(_) => (S::NOT_FOUND, "BLOB_UNKNOWN"),
@@ -27,22 +27,29 @@ impl IntoResponse for Error {
             Error::Unsupported(_) => (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             Error::Store(e) => match e {
                 store::Error::UploadUnknown => (S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
-                store::Error::RangeMismatch { .. } => (S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+                store::Error::RangeMismatch { .. } => {
+                    (S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID")
+                }
                 store::Error::ChunkLength { .. } => (S::BAD_REQUEST, "SIZE_INVALID"),
                 store::Error::DigestMismatch { .. } => (S::BAD_REQUEST, "DIGEST_INVALID"),
                 store::Error::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
                 store::Error::Body(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
-                store::Error::Io(_) | store::Error::Meta(_) => (S::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+                store::Error::Io(_) | store::Error::Meta(_) => {
+                    (S::INTERNAL_SERVER_ERROR, "UNKNOWN")
+                }
             },
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let body = json!({ "errors": [{ "code": code, "message": self.to_string(), "detail": null }] });
+        let body =
+            json!({ "errors": [{ "code": code, "message": self.to_string(), "detail": null }] });
         let mut response = (status, axum::Json(body)).into_response();
         if let Error::Store(store::Error::RangeMismatch { offset, .. }) = &self {
             // Tell the client where to resume, as the spec asks for a 416 on uploads.
-            response.headers_mut().insert(header::RANGE, range_value(*offset));
+            response
+                .headers_mut()
+                .insert(header::RANGE, range_value(*offset));
         }
         response
     }

@@ -10,7 +10,11 @@ use crate::service::{Page, Registry, Result, listing_limit};
 
 /// `n` from the query; without it, one maximal page.
 fn page_size(params: &Params) -> usize {
-    params.n.as_deref().and_then(|n| n.parse().ok()).unwrap_or(listing_limit())
+    params
+        .n
+        .as_deref()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(listing_limit())
 }
 
 /// Attach `Link: <path?n=N&last=L>; rel="next"` when there is a next page.
@@ -35,16 +39,28 @@ pub fn tags(reg: &Registry, repo: &RepoName, params: &Params) -> Result<Response
     let n = page_size(params);
     let page = reg.tags(repo, params.last.as_deref(), n)?;
     let response = axum::Json(json!({ "name": repo.as_str(), "tags": page.items })).into_response();
-    Ok(with_link(response, &format!("/v2/{repo}/tags/list"), n, &page))
+    Ok(with_link(
+        response,
+        &format!("/v2/{repo}/tags/list"),
+        n,
+        &page,
+    ))
 }
 
-pub fn referrers(reg: &Registry, repo: &RepoName, subject: &Digest, params: &Params) -> Result<Response> {
+pub fn referrers(
+    reg: &Registry,
+    repo: &RepoName,
+    subject: &Digest,
+    params: &Params,
+) -> Result<Response> {
     let filter = params.artifact_type.as_deref();
     let body = reg.referrers(repo, subject, filter)?;
     let mut response = ([(header::CONTENT_TYPE, media::OCI_INDEX)], body).into_response();
     if filter.is_some() {
         const FILTERS: HeaderName = HeaderName::from_static("oci-filters-applied");
-        response.headers_mut().insert(FILTERS, HeaderValue::from_static("artifactType"));
+        response
+            .headers_mut()
+            .insert(FILTERS, HeaderValue::from_static("artifactType"));
     }
     Ok(response)
 }

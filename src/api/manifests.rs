@@ -1,10 +1,10 @@
 //! Manifest handlers: GET, HEAD, PUT, DELETE by tag or digest.
 
 use axum::body::Body;
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 
 use super::CONTENT_DIGEST;
 use crate::oci::{Reference, RepoName};
@@ -30,16 +30,33 @@ pub async fn head(reg: &Registry, repo: &RepoName, reference: &Reference) -> Res
     Ok((headers(&head), Body::empty()).into_response())
 }
 
-pub async fn put(reg: &Registry, repo: &RepoName, reference: &Reference, h: &HeaderMap, body: Body) -> Result<Response> {
-    let declared = h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_MANIFEST_BYTES) {
+pub async fn put(
+    reg: &Registry,
+    repo: &RepoName,
+    reference: &Reference,
+    h: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let declared = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
         return Err(Error::ManifestTooLarge);
     }
     let bytes = read_limited(body).await?;
     let content_type = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let put = reg.put_manifest(repo, reference, content_type, bytes).await?;
+    let put = reg
+        .put_manifest(repo, reference, content_type, bytes)
+        .await?;
     let location = format!("/v2/{repo}/manifests/{}", put.digest);
-    let mut response = (StatusCode::CREATED, [(header::LOCATION, location), (CONTENT_DIGEST, put.digest.to_string())]).into_response();
+    let mut response = (
+        StatusCode::CREATED,
+        [
+            (header::LOCATION, location),
+            (CONTENT_DIGEST, put.digest.to_string()),
+        ],
+    )
+        .into_response();
     if let Some(subject) = put.subject {
         let value = HeaderValue::from_str(&subject.to_string()).expect("digest is ascii");
         response.headers_mut().insert(OCI_SUBJECT, value);
@@ -47,17 +64,29 @@ pub async fn put(reg: &Registry, repo: &RepoName, reference: &Reference, h: &Hea
     Ok(response)
 }
 
-/// The body, refused as soon as it grows past the manifest limit (a missing or lying
-/// Content-Length cannot make berth buffer more).
+/// Oversize bodies up to this length are read and dropped before the 413, so the client sees the
+/// error instead of a reset connection; past it, berth stops reading and closes.
+const DRAIN_LIMIT: usize = 4 * MAX_MANIFEST_BYTES;
+
+/// The body, refused once it grows past the manifest limit (a missing or lying Content-Length
+/// cannot make berth buffer more).
 async fn read_limited(body: Body) -> Result<Bytes> {
     let mut stream = body.into_data_stream();
     let mut buf = BytesMut::new();
+    let mut seen = 0;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Error::ManifestInvalid(format!("reading the body failed: {e}")))?;
-        if buf.len() + chunk.len() > MAX_MANIFEST_BYTES {
-            return Err(Error::ManifestTooLarge);
+        let chunk =
+            chunk.map_err(|e| Error::ManifestInvalid(format!("reading the body failed: {e}")))?;
+        seen += chunk.len();
+        if seen > DRAIN_LIMIT {
+            break;
         }
-        buf.extend_from_slice(&chunk);
+        if seen <= MAX_MANIFEST_BYTES {
+            buf.extend_from_slice(&chunk);
+        }
+    }
+    if seen > MAX_MANIFEST_BYTES {
+        return Err(Error::ManifestTooLarge);
     }
     Ok(buf.freeze())
 }

@@ -37,11 +37,16 @@ pub(crate) const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-co
 
 /// The `/v2/` API as a router with its state applied.
 pub fn router(registry: Registry) -> Router {
-    Router::new().fallback(dispatch).with_state(registry).layer(map_response(add_api_version))
+    Router::new()
+        .fallback(dispatch)
+        .with_state(registry)
+        .layer(map_response(add_api_version))
 }
 
 async fn add_api_version(mut response: Response) -> Response {
-    response.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    response
+        .headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     response
 }
 
@@ -49,10 +54,14 @@ async fn dispatch(State(registry): State<Registry>, request: Request) -> Respons
     let (parts, body) = request.into_parts();
     let endpoint = match endpoint::parse(parts.uri.path()) {
         Ok(e) => e,
-        Err(ParseError::NotFound) => return Error::Unsupported("no such endpoint").into_response_with(StatusCode::NOT_FOUND),
+        Err(ParseError::NotFound) => {
+            return Error::Unsupported("no such endpoint").into_response_with(StatusCode::NOT_FOUND);
+        }
         Err(ParseError::Invalid(e)) => return Error::Name(e).into_response(),
     };
-    let params = Query::<Params>::try_from_uri(&parts.uri).map(|q| q.0).unwrap_or_default();
+    let params = Query::<Params>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
     let (reg, headers) = (&registry, &parts.headers);
     let result = match (parts.method, endpoint) {
         (Method::GET | Method::HEAD, Endpoint::Base) => Ok(base()),
@@ -61,23 +70,38 @@ async fn dispatch(State(registry): State<Registry>, request: Request) -> Respons
         (Method::GET, Endpoint::Referrers(repo, d)) => listing::referrers(reg, &repo, &d, &params),
         (Method::GET, Endpoint::Manifest(repo, r)) => manifests::get(reg, &repo, &r).await,
         (Method::HEAD, Endpoint::Manifest(repo, r)) => manifests::head(reg, &repo, &r).await,
-        (Method::PUT, Endpoint::Manifest(repo, r)) => manifests::put(reg, &repo, &r, headers, body).await,
+        (Method::PUT, Endpoint::Manifest(repo, r)) => {
+            manifests::put(reg, &repo, &r, headers, body).await
+        }
         (Method::DELETE, Endpoint::Manifest(repo, r)) => manifests::delete(reg, &repo, &r).await,
         (Method::GET, Endpoint::Blob(repo, d)) => blobs::get(reg, &repo, &d, headers).await,
         (Method::HEAD, Endpoint::Blob(repo, d)) => blobs::head(reg, &repo, &d).await,
         (Method::DELETE, Endpoint::Blob(repo, d)) => blobs::delete(reg, &repo, &d).await,
-        (Method::POST, Endpoint::Upload(repo, None)) => uploads::start(reg, &repo, &params, headers, body).await,
+        (Method::POST, Endpoint::Upload(repo, None)) => {
+            uploads::start(reg, &repo, &params, headers, body).await
+        }
         (Method::GET, Endpoint::Upload(repo, Some(id))) => uploads::status(reg, &repo, &id).await,
-        (Method::PATCH, Endpoint::Upload(repo, Some(id))) => uploads::patch(reg, &repo, &id, headers, body).await,
-        (Method::PUT, Endpoint::Upload(repo, Some(id))) => uploads::put(reg, &repo, &id, &params, headers, body).await,
-        (Method::DELETE, Endpoint::Upload(repo, Some(id))) => uploads::cancel(reg, &repo, &id).await,
+        (Method::PATCH, Endpoint::Upload(repo, Some(id))) => {
+            uploads::patch(reg, &repo, &id, headers, body).await
+        }
+        (Method::PUT, Endpoint::Upload(repo, Some(id))) => {
+            uploads::put(reg, &repo, &id, &params, headers, body).await
+        }
+        (Method::DELETE, Endpoint::Upload(repo, Some(id))) => {
+            uploads::cancel(reg, &repo, &id).await
+        }
         _ => Err(Error::Unsupported("method not allowed on this endpoint")),
     };
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
 fn base() -> Response {
-    (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "application/json")], Body::from("{}")).into_response()
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        Body::from("{}"),
+    )
+        .into_response()
 }
 
 impl Error {
@@ -90,7 +114,9 @@ impl Error {
 }
 
 /// A request body as the byte stream the store consumes.
-fn body_stream(body: Body) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin {
+fn body_stream(
+    body: Body,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin {
     use futures_util::TryStreamExt;
     body.into_data_stream().map_err(std::io::Error::other)
 }

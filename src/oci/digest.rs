@@ -75,11 +75,16 @@ impl FromStr for Digest {
             _ => return Err(invalid()),
         };
         let well_formed = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !well_formed {
             return Err(invalid());
         }
-        Ok(Digest { algorithm, hex: hex.to_owned() })
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_owned(),
+        })
     }
 }
 

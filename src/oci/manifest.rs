@@ -95,7 +95,10 @@ impl Manifest {
         let header = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_owned());
         let media_type = match (&raw.media_type, &header) {
             (Some(body), Some(h)) if is_manifest_type(h) && h != body => {
-                return Err(ManifestError::MediaTypeMismatch { header: h.clone(), body: body.clone() });
+                return Err(ManifestError::MediaTypeMismatch {
+                    header: h.clone(),
+                    body: body.clone(),
+                });
             }
             (Some(body), _) => body.clone(),
             (None, Some(h)) if is_manifest_type(h) => h.clone(),
@@ -116,14 +119,25 @@ impl Manifest {
         }
         let config = if is_index { None } else { raw.config };
         let artifact_type = raw.artifact_type.or_else(|| {
-            config.as_ref().map(|c| c.media_type.clone()).filter(|_| media_type == media::OCI_MANIFEST)
+            config
+                .as_ref()
+                .map(|c| c.media_type.clone())
+                .filter(|_| media_type == media::OCI_MANIFEST)
         });
         Ok(Manifest {
             media_type,
             artifact_type,
             config,
-            layers: if is_index { Vec::new() } else { raw.layers.unwrap_or_default() },
-            manifests: if is_index { raw.manifests.unwrap_or_default() } else { Vec::new() },
+            layers: if is_index {
+                Vec::new()
+            } else {
+                raw.layers.unwrap_or_default()
+            },
+            manifests: if is_index {
+                raw.manifests.unwrap_or_default()
+            } else {
+                Vec::new()
+            },
             subject: raw.subject,
             annotations: raw.annotations,
         })
@@ -131,7 +145,10 @@ impl Manifest {
 
     /// Blobs this manifest needs in the same repository: its config and distributable layers.
     pub fn blob_refs(&self) -> impl Iterator<Item = &Digest> {
-        let layers = self.layers.iter().filter(|l| !media::FOREIGN_LAYERS.contains(&l.media_type.as_str()));
+        let layers = self
+            .layers
+            .iter()
+            .filter(|l| !media::FOREIGN_LAYERS.contains(&l.media_type.as_str()));
         self.config.iter().chain(layers).map(|d| &d.digest)
     }
 
@@ -143,7 +160,10 @@ impl Manifest {
 
 /// Whether `media_type` is one this registry stores as a manifest.
 pub fn is_manifest_type(media_type: &str) -> bool {
-    matches!(media_type, media::OCI_MANIFEST | media::OCI_INDEX | media::DOCKER_MANIFEST | media::DOCKER_LIST)
+    matches!(
+        media_type,
+        media::OCI_MANIFEST | media::OCI_INDEX | media::DOCKER_MANIFEST | media::DOCKER_LIST
+    )
 }
 
 #[cfg(test)]
@@ -168,7 +188,11 @@ mod tests {
         );
         let m = Manifest::parse(body.as_bytes(), Some(media::DOCKER_MANIFEST)).unwrap();
         let refs: Vec<String> = m.blob_refs().map(|d| d.to_string()).collect();
-        assert_eq!(refs, vec![digest('a'), digest('b')], "foreign layers are not required");
+        assert_eq!(
+            refs,
+            vec![digest('a'), digest('b')],
+            "foreign layers are not required"
+        );
         assert_eq!(m.artifact_type, None);
     }
 
@@ -204,15 +228,24 @@ mod tests {
         let cases: [(&str, Option<&str>); 5] = [
             ("not json", None),
             (r#"{"schemaVersion":1}"#, None),
-            (r#"{"schemaVersion":2,"mediaType":"text/plain","config":{}}"#, None),
-            (r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#, None),
+            (
+                r#"{"schemaVersion":2,"mediaType":"text/plain","config":{}}"#,
+                None,
+            ),
+            (
+                r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#,
+                None,
+            ),
             (
                 r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
                 Some(media::OCI_MANIFEST),
             ),
         ];
         for (body, ct) in cases {
-            assert!(Manifest::parse(body.as_bytes(), ct).is_err(), "{body} should be rejected");
+            assert!(
+                Manifest::parse(body.as_bytes(), ct).is_err(),
+                "{body} should be rejected"
+            );
         }
     }
 }

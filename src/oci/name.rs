@@ -40,7 +40,9 @@ impl RepoName {
 
 fn valid_component(c: &[u8]) -> bool {
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let (Some(&first), Some(&last)) = (c.first(), c.last()) else { return false };
+    let (Some(&first), Some(&last)) = (c.first(), c.last()) else {
+        return false;
+    };
     if !alnum(first) || !alnum(last) {
         return false;
     }
@@ -105,7 +107,9 @@ impl FromStr for Tag {
         let ok = !bytes.is_empty()
             && bytes.len() <= MAX_TAG_LEN
             && word(bytes[0])
-            && bytes[1..].iter().all(|&b| word(b) || b == b'.' || b == b'-');
+            && bytes[1..]
+                .iter()
+                .all(|&b| word(b) || b == b'.' || b == b'-');
         if !ok {
             return Err(NameError::Tag(truncated(s)));
         }
@@ -183,8 +187,19 @@ mod tests {
 
     #[test]
     fn accepts_names_of_any_depth() {
-        for good in ["alpine", "library/alpine", "a/b/c/d/e", "my-org/app_1", "a__b", "a.b-c---d/x", "0"] {
-            assert!(good.parse::<RepoName>().is_ok(), "{good} should be accepted");
+        for good in [
+            "alpine",
+            "library/alpine",
+            "a/b/c/d/e",
+            "my-org/app_1",
+            "a__b",
+            "a.b-c---d/x",
+            "0",
+        ] {
+            assert!(
+                good.parse::<RepoName>().is_ok(),
+                "{good} should be accepted"
+            );
         }
     }
 
@@ -192,10 +207,13 @@ mod tests {
     fn rejects_traversal_and_malformed_names() {
         let long = "a".repeat(256);
         for bad in [
-            "", "..", "../etc", "a/../b", "/abs", "a//b", "a/", "A", "a___b", "-a", "a-", "a.", "a..b",
-            "%2e%2e", "a b", "a\0b", &long,
+            "", "..", "../etc", "a/../b", "/abs", "a//b", "a/", "A", "a___b", "-a", "a-", "a.",
+            "a..b", "%2e%2e", "a b", "a\0b", &long,
         ] {
-            assert!(bad.parse::<RepoName>().is_err(), "{bad:?} should be rejected");
+            assert!(
+                bad.parse::<RepoName>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -34,7 +34,11 @@ impl Registry {
         if !self.store.meta.blob_linked(repo, digest)? {
             return Err(Error::BlobUnknown(digest.clone()));
         }
-        self.store.blobs.open_file(digest).await?.ok_or_else(|| Error::BlobUnknown(digest.clone()))
+        self.store
+            .blobs
+            .open_file(digest)
+            .await?
+            .ok_or_else(|| Error::BlobUnknown(digest.clone()))
     }
 
     /// Size of a blob that `repo` holds.
@@ -42,7 +46,11 @@ impl Registry {
         if !self.store.meta.blob_linked(repo, digest)? {
             return Err(Error::BlobUnknown(digest.clone()));
         }
-        self.store.blobs.size(digest).await?.ok_or_else(|| Error::BlobUnknown(digest.clone()))
+        self.store
+            .blobs
+            .size(digest)
+            .await?
+            .ok_or_else(|| Error::BlobUnknown(digest.clone()))
     }
 
     /// Remove the blob from `repo`. The bytes stay until garbage collection finds them unused.
@@ -60,9 +68,16 @@ impl Registry {
     }
 
     /// Link `digest` from `from` into `repo` when `from` holds it, else start a session.
-    pub async fn mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Mount> {
+    pub async fn mount(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<Mount> {
         if let Some(from) = from {
-            if self.store.meta.blob_linked(from, digest)? && self.store.blobs.size(digest).await?.is_some() {
+            if self.store.meta.blob_linked(from, digest)?
+                && self.store.blobs.size(digest).await?.is_some()
+            {
                 self.link(repo, digest).await?;
                 return Ok(Mount::Mounted(digest.clone()));
             }
@@ -77,33 +92,63 @@ impl Registry {
         if owner != *repo {
             return Err(store::Error::UploadUnknown.into());
         }
-        Ok(UploadState { id: id.to_owned(), len })
+        Ok(UploadState {
+            id: id.to_owned(),
+            len,
+        })
     }
 
     pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
         self.session(repo, id).await
     }
 
-    pub async fn upload_chunk<S>(&self, repo: &RepoName, id: &str, range: Option<ChunkRange>, body: S) -> Result<UploadState>
+    pub async fn upload_chunk<S>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        range: Option<ChunkRange>,
+        body: S,
+    ) -> Result<UploadState>
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
     {
         let state = self.session(repo, id).await?;
-        let len = self.store.uploads.append(&state.id, range, body, MAX_UPLOAD_BYTES).await?;
+        let len = self
+            .store
+            .uploads
+            .append(&state.id, range, body, MAX_UPLOAD_BYTES)
+            .await?;
         Ok(UploadState { id: state.id, len })
     }
 
     /// Append the final body (possibly empty), verify against `digest`, publish and link the blob.
-    pub async fn finish_upload<S>(&self, repo: &RepoName, id: &str, digest: &Digest, range: Option<ChunkRange>, body: S) -> Result<()>
+    pub async fn finish_upload<S>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        body: S,
+    ) -> Result<()>
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
     {
         let state = self.session(repo, id).await?;
-        self.store.uploads.append(&state.id, range, body, MAX_UPLOAD_BYTES).await?;
-        self.store.uploads.finish(&state.id, digest).await.map_err(|e| match e {
-            store::Error::DigestMismatch { expected, actual } => Error::DigestMismatch { expected: expected.to_string(), actual },
-            other => other.into(),
-        })?;
+        self.store
+            .uploads
+            .append(&state.id, range, body, MAX_UPLOAD_BYTES)
+            .await?;
+        self.store
+            .uploads
+            .finish(&state.id, digest)
+            .await
+            .map_err(|e| match e {
+                store::Error::DigestMismatch { expected, actual } => Error::DigestMismatch {
+                    expected: expected.to_string(),
+                    actual,
+                },
+                other => other.into(),
+            })?;
         self.link(repo, digest).await
     }
 
@@ -114,6 +159,9 @@ impl Registry {
 
     async fn link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let (r, d) = (repo.clone(), digest.clone());
-        blocking(&self.store.meta, move |m| m.link_blob(&r, &d, Origin::Private)).await
+        blocking(&self.store.meta, move |m| {
+            m.link_blob(&r, &d, Origin::Private)
+        })
+        .await
     }
 }

@@ -37,12 +37,21 @@ impl Registry {
 
     pub fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Page> {
         let n = n.min(MAX_PAGE);
-        let tags = self.store.meta.tags(repo, last, n + 1)?.ok_or_else(|| Error::NameUnknown(repo.clone()))?;
+        let tags = self
+            .store
+            .meta
+            .tags(repo, last, n + 1)?
+            .ok_or_else(|| Error::NameUnknown(repo.clone()))?;
         Ok(paginate(tags, n))
     }
 
     /// The referrers index of `subject` as JSON bytes, filtered by `artifact_type` when given.
-    pub fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<u8>> {
+    pub fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<u8>> {
         let manifests: Vec<Descriptor> = self
             .store
             .meta
@@ -58,7 +67,8 @@ impl Registry {
                 platform: None,
             })
             .collect();
-        let index = json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
+        let index =
+            json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
         Ok(serde_json::to_vec(&index).expect("JSON of plain values"))
     }
 }

@@ -50,30 +50,53 @@ impl Registry {
         }
     }
 
-    pub async fn manifest_head(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestHead> {
+    pub async fn manifest_head(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<ManifestHead> {
         let (digest, record) = self.resolve(repo, reference)?;
-        Ok(ManifestHead { digest, media_type: record.media_type, size: record.size })
+        Ok(ManifestHead {
+            digest,
+            media_type: record.media_type,
+            size: record.size,
+        })
     }
 
     pub async fn manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestBody> {
         let head = self.manifest_head(repo, reference).await?;
-        let bytes = self.store.blobs.read(&head.digest).await?.ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
+        let bytes = self
+            .store
+            .blobs
+            .read(&head.digest)
+            .await?
+            .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
         Ok(ManifestBody { head, bytes })
     }
 
     /// Validate and store a pushed manifest; `reference` is the tag or digest in the URL.
-    pub async fn put_manifest(&self, repo: &RepoName, reference: &Reference, content_type: Option<&str>, bytes: Bytes) -> Result<PutManifest> {
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<PutManifest> {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(Error::ManifestTooLarge);
         }
-        let manifest = Manifest::parse(&bytes, content_type).map_err(|e| Error::ManifestInvalid(e.to_string()))?;
+        let manifest = Manifest::parse(&bytes, content_type)
+            .map_err(|e| Error::ManifestInvalid(e.to_string()))?;
         let digest = match reference {
             Reference::Digest(expected) => {
                 let mut hasher = Hasher::new(expected.algorithm());
                 hasher.update(&bytes);
                 let actual = hasher.finish();
                 if actual != *expected {
-                    return Err(Error::DigestMismatch { expected: expected.to_string(), actual });
+                    return Err(Error::DigestMismatch {
+                        expected: expected.to_string(),
+                        actual,
+                    });
                 }
                 actual
             }
@@ -107,7 +130,10 @@ impl Registry {
             Reference::Digest(_) => None,
         };
         let (repo, d) = (repo.clone(), digest.clone());
-        blocking(meta, move |m| m.put_manifest(&repo, &d, &record, tag.as_ref(), Origin::Private)).await?;
+        blocking(meta, move |m| {
+            m.put_manifest(&repo, &d, &record, tag.as_ref(), Origin::Private)
+        })
+        .await?;
         Ok(PutManifest { digest, subject })
     }
 

@@ -51,7 +51,10 @@ pub struct UploadRecord {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Repositories, tags, manifests, blob links and upload sessions.
@@ -68,12 +71,20 @@ pub trait Meta: Send + Sync {
     fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
 
     /// Store a manifest record and, if given, point `tag` at it, in one transaction.
-    fn put_manifest(&self, repo: &RepoName, digest: &Digest, record: &ManifestRecord, tag: Option<&Tag>, origin: Origin) -> Result<()>;
+    fn put_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        record: &ManifestRecord,
+        tag: Option<&Tag>,
+        origin: Origin,
+    ) -> Result<()>;
     fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>>;
     /// Remove a manifest, every tag that points at it, and its referrer entry.
     fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
     /// Manifests in `repo` whose subject is `subject`.
-    fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, ManifestRecord)>>;
+    fn referrers(&self, repo: &RepoName, subject: &Digest)
+    -> Result<Vec<(Digest, ManifestRecord)>>;
 
     fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>>;
     fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;

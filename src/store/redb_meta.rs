@@ -73,14 +73,23 @@ impl RedbMeta {
     }
 }
 
-fn ensure_repo_in(txn: &redb::WriteTransaction, repo: &RepoName, origin: Origin) -> Result<RepoInfo> {
+fn ensure_repo_in(
+    txn: &redb::WriteTransaction,
+    repo: &RepoName,
+    origin: Origin,
+) -> Result<RepoInfo> {
     let mut repos = txn.open_table(REPOS).map_err(db_err)?;
     if let Some(v) = repos.get(repo.as_str()).map_err(db_err)? {
         return serde_json::from_slice(v.value()).map_err(json_err);
     }
-    let info = RepoInfo { origin, created: unix_now() };
+    let info = RepoInfo {
+        origin,
+        created: unix_now(),
+    };
     let bytes = serde_json::to_vec(&info).map_err(json_err)?;
-    repos.insert(repo.as_str(), bytes.as_slice()).map_err(db_err)?;
+    repos
+        .insert(repo.as_str(), bytes.as_slice())
+        .map_err(db_err)?;
     Ok(info)
 }
 
@@ -97,7 +106,10 @@ fn keys_after<V: redb::Value + 'static>(
         None => start,
     };
     let mut out = Vec::new();
-    for row in table.range::<&str>(start.as_str()..end.as_str()).map_err(db_err)? {
+    for row in table
+        .range::<&str>(start.as_str()..end.as_str())
+        .map_err(db_err)?
+    {
         if out.len() >= n {
             break;
         }
@@ -111,7 +123,9 @@ impl Meta for RedbMeta {
     fn repo(&self, repo: &RepoName) -> Result<Option<RepoInfo>> {
         let table = self.read_txn()?.open_table(REPOS).map_err(db_err)?;
         let value = table.get(repo.as_str()).map_err(db_err)?;
-        value.map(|v| serde_json::from_slice(v.value()).map_err(json_err)).transpose()
+        value
+            .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
+            .transpose()
     }
 
     fn ensure_repo(&self, repo: &RepoName, origin: Origin) -> Result<RepoInfo> {
@@ -125,7 +139,9 @@ impl Meta for RedbMeta {
         let table = self.read_txn()?.open_table(REPOS).map_err(db_err)?;
         let mut out = Vec::new();
         let rows = match last {
-            Some(last) => table.range::<&str>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded)),
+            Some(last) => {
+                table.range::<&str>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
+            }
             None => table.range::<&str>(..),
         };
         for row in rows.map_err(db_err)?.take(n) {
@@ -138,38 +154,63 @@ impl Meta for RedbMeta {
         self.write(|txn| {
             ensure_repo_in(txn, repo, origin)?;
             let mut links = txn.open_table(BLOB_LINKS).map_err(db_err)?;
-            links.insert(key(&[repo.as_str(), &digest.to_string()]).as_str(), ()).map_err(db_err)?;
+            links
+                .insert(key(&[repo.as_str(), &digest.to_string()]).as_str(), ())
+                .map_err(db_err)?;
             Ok(())
         })
     }
 
     fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         let table = self.read_txn()?.open_table(BLOB_LINKS).map_err(db_err)?;
-        Ok(table.get(key(&[repo.as_str(), &digest.to_string()]).as_str()).map_err(db_err)?.is_some())
+        Ok(table
+            .get(key(&[repo.as_str(), &digest.to_string()]).as_str())
+            .map_err(db_err)?
+            .is_some())
     }
 
     fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         self.write(|txn| {
             let mut links = txn.open_table(BLOB_LINKS).map_err(db_err)?;
-            let removed = links.remove(key(&[repo.as_str(), &digest.to_string()]).as_str()).map_err(db_err)?;
+            let removed = links
+                .remove(key(&[repo.as_str(), &digest.to_string()]).as_str())
+                .map_err(db_err)?;
             Ok(removed.is_some())
         })
     }
 
-    fn put_manifest(&self, repo: &RepoName, digest: &Digest, record: &ManifestRecord, tag: Option<&Tag>, origin: Origin) -> Result<()> {
+    fn put_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        record: &ManifestRecord,
+        tag: Option<&Tag>,
+        origin: Origin,
+    ) -> Result<()> {
         let bytes = serde_json::to_vec(record).map_err(json_err)?;
         let digest = digest.to_string();
         self.write(|txn| {
             ensure_repo_in(txn, repo, origin)?;
             let mut manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
-            manifests.insert(key(&[repo.as_str(), &digest]).as_str(), bytes.as_slice()).map_err(db_err)?;
+            manifests
+                .insert(key(&[repo.as_str(), &digest]).as_str(), bytes.as_slice())
+                .map_err(db_err)?;
             if let Some(subject) = &record.subject {
                 let mut referrers = txn.open_table(REFERRERS).map_err(db_err)?;
-                referrers.insert(key(&[repo.as_str(), &subject.to_string(), &digest]).as_str(), ()).map_err(db_err)?;
+                referrers
+                    .insert(
+                        key(&[repo.as_str(), &subject.to_string(), &digest]).as_str(),
+                        (),
+                    )
+                    .map_err(db_err)?;
             }
             if let Some(tag) = tag {
                 let mut tags = txn.open_table(TAGS).map_err(db_err)?;
-                tags.insert(key(&[repo.as_str(), tag.as_str()]).as_str(), digest.as_str()).map_err(db_err)?;
+                tags.insert(
+                    key(&[repo.as_str(), tag.as_str()]).as_str(),
+                    digest.as_str(),
+                )
+                .map_err(db_err)?;
             }
             Ok(())
         })
@@ -177,22 +218,31 @@ impl Meta for RedbMeta {
 
     fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>> {
         let table = self.read_txn()?.open_table(MANIFESTS).map_err(db_err)?;
-        let value = table.get(key(&[repo.as_str(), &digest.to_string()]).as_str()).map_err(db_err)?;
-        value.map(|v| serde_json::from_slice(v.value()).map_err(json_err)).transpose()
+        let value = table
+            .get(key(&[repo.as_str(), &digest.to_string()]).as_str())
+            .map_err(db_err)?;
+        value
+            .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
+            .transpose()
     }
 
     fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         let digest = digest.to_string();
         self.write(|txn| {
             let mut manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
-            let Some(old) = manifests.remove(key(&[repo.as_str(), &digest]).as_str()).map_err(db_err)? else {
+            let Some(old) = manifests
+                .remove(key(&[repo.as_str(), &digest]).as_str())
+                .map_err(db_err)?
+            else {
                 return Ok(false);
             };
             let record: ManifestRecord = serde_json::from_slice(old.value()).map_err(json_err)?;
             drop(old);
             if let Some(subject) = &record.subject {
                 let mut referrers = txn.open_table(REFERRERS).map_err(db_err)?;
-                referrers.remove(key(&[repo.as_str(), &subject.to_string(), &digest]).as_str()).map_err(db_err)?;
+                referrers
+                    .remove(key(&[repo.as_str(), &subject.to_string(), &digest]).as_str())
+                    .map_err(db_err)?;
             }
             let mut tags = txn.open_table(TAGS).map_err(db_err)?;
             let (start, end) = prefix_range(repo.as_str());
@@ -210,15 +260,24 @@ impl Meta for RedbMeta {
         })
     }
 
-    fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, ManifestRecord)>> {
+    fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<(Digest, ManifestRecord)>> {
         let txn = self.read_txn()?;
         let referrers = txn.open_table(REFERRERS).map_err(db_err)?;
         let manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
         let prefix = key(&[repo.as_str(), &subject.to_string()]);
         let mut out = Vec::new();
         for d in keys_after(&referrers, &prefix, None, usize::MAX)? {
-            let Ok(digest) = d.parse::<Digest>() else { continue };
-            if let Some(v) = manifests.get(key(&[repo.as_str(), &d]).as_str()).map_err(db_err)? {
+            let Ok(digest) = d.parse::<Digest>() else {
+                continue;
+            };
+            if let Some(v) = manifests
+                .get(key(&[repo.as_str(), &d]).as_str())
+                .map_err(db_err)?
+            {
                 out.push((digest, serde_json::from_slice(v.value()).map_err(json_err)?));
             }
         }
@@ -227,20 +286,37 @@ impl Meta for RedbMeta {
 
     fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
         let table = self.read_txn()?.open_table(TAGS).map_err(db_err)?;
-        let value = table.get(key(&[repo.as_str(), tag.as_str()]).as_str()).map_err(db_err)?;
-        value.map(|v| v.value().parse().map_err(|e| Error::Meta(format!("corrupt tag: {e}")))).transpose()
+        let value = table
+            .get(key(&[repo.as_str(), tag.as_str()]).as_str())
+            .map_err(db_err)?;
+        value
+            .map(|v| {
+                v.value()
+                    .parse()
+                    .map_err(|e| Error::Meta(format!("corrupt tag: {e}")))
+            })
+            .transpose()
     }
 
     fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
         self.write(|txn| {
             let mut tags = txn.open_table(TAGS).map_err(db_err)?;
-            Ok(tags.remove(key(&[repo.as_str(), tag.as_str()]).as_str()).map_err(db_err)?.is_some())
+            Ok(tags
+                .remove(key(&[repo.as_str(), tag.as_str()]).as_str())
+                .map_err(db_err)?
+                .is_some())
         })
     }
 
     fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<Vec<String>>> {
         let txn = self.read_txn()?;
-        if txn.open_table(REPOS).map_err(db_err)?.get(repo.as_str()).map_err(db_err)?.is_none() {
+        if txn
+            .open_table(REPOS)
+            .map_err(db_err)?
+            .get(repo.as_str())
+            .map_err(db_err)?
+            .is_none()
+        {
             return Ok(None);
         }
         let tags = txn.open_table(TAGS).map_err(db_err)?;
@@ -250,7 +326,10 @@ impl Meta for RedbMeta {
     fn put_upload(&self, id: &str, record: &UploadRecord) -> Result<()> {
         let bytes = serde_json::to_vec(record).map_err(json_err)?;
         self.write(|txn| {
-            txn.open_table(UPLOADS).map_err(db_err)?.insert(id, bytes.as_slice()).map_err(db_err)?;
+            txn.open_table(UPLOADS)
+                .map_err(db_err)?
+                .insert(id, bytes.as_slice())
+                .map_err(db_err)?;
             Ok(())
         })
     }
@@ -258,12 +337,17 @@ impl Meta for RedbMeta {
     fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
         let table = self.read_txn()?.open_table(UPLOADS).map_err(db_err)?;
         let value = table.get(id).map_err(db_err)?;
-        value.map(|v| serde_json::from_slice(v.value()).map_err(json_err)).transpose()
+        value
+            .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
+            .transpose()
     }
 
     fn delete_upload(&self, id: &str) -> Result<()> {
         self.write(|txn| {
-            txn.open_table(UPLOADS).map_err(db_err)?.remove(id).map_err(db_err)?;
+            txn.open_table(UPLOADS)
+                .map_err(db_err)?
+                .remove(id)
+                .map_err(db_err)?;
             Ok(())
         })
     }

@@ -47,7 +47,12 @@ impl Uploads {
     pub fn open(root: &Path, blobs: Blobs, meta: Arc<dyn Meta>) -> Result<Uploads> {
         let dir = root.join("uploads");
         std::fs::create_dir_all(&dir)?;
-        Ok(Uploads { dir, blobs, meta, sessions: Mutex::new(HashMap::new()) })
+        Ok(Uploads {
+            dir,
+            blobs,
+            meta,
+            sessions: Mutex::new(HashMap::new()),
+        })
     }
 
     fn path(&self, id: &str) -> PathBuf {
@@ -56,7 +61,12 @@ impl Uploads {
     }
 
     fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Option<Session>>> {
-        self.sessions.lock().expect("sessions lock").entry(id.to_owned()).or_default().clone()
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
     }
 
     fn forget(&self, id: &str) {
@@ -67,21 +77,36 @@ impl Uploads {
     pub async fn create(&self, repo: &RepoName) -> Result<String> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         fs::File::create(self.path(&id)).await?;
-        self.meta.put_upload(&id, &UploadRecord { repo: repo.clone(), started: unix_now() })?;
+        self.meta.put_upload(
+            &id,
+            &UploadRecord {
+                repo: repo.clone(),
+                started: unix_now(),
+            },
+        )?;
         Ok(id)
     }
 
     /// The session's repository and current length, or `UploadUnknown`.
     pub async fn status(&self, id: &str) -> Result<(RepoName, u64)> {
         let record = self.meta.upload(id)?.ok_or(Error::UploadUnknown)?;
-        let len = fs::metadata(self.path(id)).await.map_err(|_| Error::UploadUnknown)?.len();
+        let len = fs::metadata(self.path(id))
+            .await
+            .map_err(|_| Error::UploadUnknown)?
+            .len();
         Ok((record.repo, len))
     }
 
     /// Append a chunk. With `range`, its start must equal the current length and the body must be
     /// exactly as long as the range. A rejected or interrupted chunk leaves the session as it was.
     /// Returns the new length.
-    pub async fn append<S>(&self, id: &str, range: Option<ChunkRange>, body: S, limit: u64) -> Result<u64>
+    pub async fn append<S>(
+        &self,
+        id: &str,
+        range: Option<ChunkRange>,
+        body: S,
+        limit: u64,
+    ) -> Result<u64>
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
     {
@@ -90,7 +115,10 @@ impl Uploads {
         let session = self.load(id, &mut guard).await?;
         if let Some(r) = range {
             if r.start != session.len {
-                return Err(Error::RangeMismatch { start: r.start, offset: session.len });
+                return Err(Error::RangeMismatch {
+                    start: r.start,
+                    offset: session.len,
+                });
             }
         }
         let before = (session.len, session.hasher.clone());
@@ -99,25 +127,41 @@ impl Uploads {
             Ok(()) => Ok(session.len),
             Err(e) => {
                 (session.len, session.hasher) = before;
-                let file = fs::OpenOptions::new().write(true).open(self.path(id)).await?;
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(self.path(id))
+                    .await?;
                 file.set_len(session.len).await?;
                 Err(e)
             }
         }
     }
 
-    async fn write_chunk<S>(&self, id: &str, session: &mut Session, mut body: S, declared: Option<u64>, limit: u64) -> Result<()>
+    async fn write_chunk<S>(
+        &self,
+        id: &str,
+        session: &mut Session,
+        mut body: S,
+        declared: Option<u64>,
+        limit: u64,
+    ) -> Result<()>
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
     {
-        let file = fs::OpenOptions::new().append(true).open(self.path(id)).await?;
+        let file = fs::OpenOptions::new()
+            .append(true)
+            .open(self.path(id))
+            .await?;
         let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
         let start = session.len;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(Error::Body)?;
             let written = session.len - start + chunk.len() as u64;
             if declared.is_some_and(|d| written > d) {
-                return Err(Error::ChunkLength { declared: declared.unwrap_or(0), got: written });
+                return Err(Error::ChunkLength {
+                    declared: declared.unwrap_or(0),
+                    got: written,
+                });
             }
             if session.len + chunk.len() as u64 > limit {
                 return Err(Error::TooLarge { limit });
@@ -127,7 +171,10 @@ impl Uploads {
             session.len += chunk.len() as u64;
         }
         if let Some(d) = declared.filter(|&d| d != session.len - start) {
-            return Err(Error::ChunkLength { declared: d, got: session.len - start });
+            return Err(Error::ChunkLength {
+                declared: d,
+                got: session.len - start,
+            });
         }
         out.flush().await?;
         Ok(())
@@ -144,7 +191,9 @@ impl Uploads {
     }
 
     async fn hash_file(&self, id: &str, algorithm: Algorithm) -> Result<(u64, Hasher)> {
-        let mut file = fs::File::open(self.path(id)).await.map_err(|_| Error::UploadUnknown)?;
+        let mut file = fs::File::open(self.path(id))
+            .await
+            .map_err(|_| Error::UploadUnknown)?;
         let mut hasher = Hasher::new(algorithm);
         let mut buf = vec![0; WRITE_BUFFER];
         let mut len = 0;
@@ -175,7 +224,10 @@ impl Uploads {
             fs::File::open(&path).await?.sync_all().await?;
             self.blobs.publish(&path, digest).await
         } else {
-            Err(Error::DigestMismatch { expected: digest.clone(), actual })
+            Err(Error::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            })
         };
         *guard = None;
         drop(guard);
@@ -202,5 +254,9 @@ impl Uploads {
 
 /// Accept only ids of the shape we hand out (32 lowercase hex digits), so an id is a safe file name.
 pub fn parse_id(id: &str) -> Option<&str> {
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(id)
+    (id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(id)
 }

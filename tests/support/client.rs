@@ -1,0 +1,120 @@
+//! Small raw-HTTP helpers for driving the registry API in tests.
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+pub fn client() -> Client {
+    berth::install_crypto_provider();
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The OCI error code of an error response, asserting its status.
+pub async fn error_code(r: Response, status: StatusCode) -> String {
+    assert_eq!(r.status(), status, "unexpected status for {}", r.url());
+    let body: Value = r.json().await.expect("OCI error JSON body");
+    body["errors"][0]["code"]
+        .as_str()
+        .expect("errors[0].code")
+        .to_owned()
+}
+
+pub fn header(r: &Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Monolithic upload of `bytes` to `repo`; returns the digest.
+pub async fn push_blob(base: &str, repo: &str, bytes: &[u8]) -> String {
+    let digest = super::sha256(bytes);
+    let r = client()
+        .post(format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}"))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "push blob");
+    assert_eq!(header(&r, "docker-content-digest"), digest);
+    digest
+}
+
+pub async fn put_manifest(
+    base: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+) -> Response {
+    client()
+        .put(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .header("content-type", media_type)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A descriptor JSON value.
+pub fn descriptor(media_type: &str, digest: &str, size: usize) -> Value {
+    json!({ "mediaType": media_type, "digest": digest, "size": size })
+}
+
+/// Push a config and layers to `repo` and return an OCI image manifest over them (not pushed).
+pub async fn image_manifest(base: &str, repo: &str, layers: &[&[u8]]) -> Vec<u8> {
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"n":{}}}"#,
+        layers.len()
+    );
+    let config_digest = push_blob(base, repo, config.as_bytes()).await;
+    let mut descs = Vec::new();
+    for l in layers {
+        let d = push_blob(base, repo, l).await;
+        descs.push(descriptor(
+            "application/vnd.oci.image.layer.v1.tar",
+            &d,
+            l.len(),
+        ));
+    }
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config_digest, config.len()),
+        "layers": descs,
+    });
+    serde_json::to_vec_pretty(&m).unwrap()
+}
+
+/// Push an image (config + layers + manifest) tagged `tag`; returns the manifest digest.
+pub async fn push_image(base: &str, repo: &str, tag: &str, layers: &[&[u8]]) -> String {
+    let m = image_manifest(base, repo, layers).await;
+    let r = put_manifest(base, repo, tag, OCI_MANIFEST, &m).await;
+    assert_eq!(r.status(), StatusCode::CREATED, "push manifest");
+    header(&r, "docker-content-digest")
+}
+
+/// Send `request` verbatim over TCP and return the status and the raw response text. For paths an
+/// HTTP client would normalise (`..`, `%2e%2e`) and for deliberately malformed requests.
+pub fn raw_request(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

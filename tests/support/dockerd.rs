@@ -1,0 +1,139 @@
+//! An isolated Docker daemon: its own data and exec roots and socket, vfs storage, no bridge or
+//! iptables, and registry traffic other than the given mirror sent to a dead proxy, so a failing
+//! mirror cannot silently fall back to the real Docker Hub.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub struct Dockerd {
+    /// `unix://DIR/sock`, for `docker -H`.
+    pub host: String,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl Dockerd {
+    /// Start dockerd with `--registry-mirror` for each of `mirrors` and `daemon_json` merged into
+    /// its config (for example `"insecure-registries"`).
+    pub fn start(mirrors: &[&str]) -> Dockerd {
+        super::require("dockerd");
+        super::require("docker");
+        let dir = tempfile::Builder::new()
+            .prefix("berth-dockerd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("daemon.json"), "{}").unwrap();
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("pid"))
+            .arg("-H")
+            .arg(format!("unix://{}/sock", d.display()))
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+                "--storage-driver=vfs",
+            ]);
+        for m in mirrors {
+            cmd.args(["--registry-mirror", m]);
+        }
+        let child = cmd
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .env("HTTPS_PROXY", "http://127.0.0.1:9")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn dockerd");
+        let mut dockerd = Dockerd {
+            host: format!("unix://{}/sock", d.display()),
+            child: Some(child),
+            dir,
+        };
+        dockerd.wait_ready();
+        dockerd
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("dockerd exited ({status}):\n{}", self.log());
+            }
+            let ok = Command::new("docker")
+                .args(["-H", &self.host, "info"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if ok.is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("dockerd did not answer within 60 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    /// A `docker` command against this daemon.
+    pub fn docker(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.args(["-H", &self.host]);
+        c
+    }
+
+    /// Run `docker ARGS`; Ok(stdout) or Err(stdout+stderr+the daemon's log tail).
+    pub fn try_docker(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.docker().args(args).output().expect("run docker");
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        Err(format!(
+            "docker {args:?} failed: {}{}\n--- dockerd.log (last lines, newest first) ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail.join("\n")
+        ))
+    }
+
+    /// Run `docker ARGS` and panic with diagnostics on failure.
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.try_docker(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            super::terminate(&mut c, Duration::from_secs(20));
+        }
+        // dockerd stops its containerd; make sure, in case it was killed.
+        if let Ok(pid) =
+            std::fs::read_to_string(self.dir.path().join("exec/containerd/containerd.pid"))
+        {
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
+        // vfs layers can hold read-only files; remove as root without failing the test.
+        let _ = Command::new("rm").arg("-rf").arg(self.dir.path()).status();
+    }
+}

@@ -1,0 +1,146 @@
+//! The project's Docker Hub emulator (`tests/hub/hub.py`): a real distribution registry behind
+//! Docker Hub's token auth, CDN-style blob redirect, rate-limit headers, counters and faults.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub struct Hub {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/hub")
+        .join(name)
+}
+
+impl Hub {
+    /// Start a hub whose CDN redirect stays on 127.0.0.1 (same host as the registry).
+    pub fn start() -> Hub {
+        Hub::start_with(&[])
+    }
+
+    /// Start a hub with extra `hub.py` arguments, e.g. `["--cdn-host", "localhost"]`.
+    pub fn start_with(args: &[&str]) -> Hub {
+        super::require("python3");
+        super::require("docker-registry");
+        let dir = tempfile::Builder::new()
+            .prefix("berth-hub-")
+            .tempdir()
+            .unwrap();
+        let mut child = Command::new("python3")
+            .arg(script("hub.py"))
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--port", "0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tests/hub/hub.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
+            panic!(
+                "hub did not start (printed {line:?}); see {}/hub.log",
+                dir.path().display()
+            )
+        });
+        let url = ready["url"].as_str().expect("hub url").to_owned();
+        Hub {
+            url,
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Push the deterministic test images; returns the seed description (see tests/hub/README.md).
+    pub fn seed(&self, big_mib: u32) -> Value {
+        let out = self.dir.path().join("seed.json");
+        super::run(
+            Command::new("python3")
+                .arg(script("seed.py"))
+                .args([
+                    "--hub",
+                    &self.url,
+                    "--big-mib",
+                    &big_mib.to_string(),
+                    "--out",
+                ])
+                .arg(&out),
+        );
+        serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap()
+    }
+
+    /// Push one random blob of `mib` MiB to `repo`; returns its digest.
+    pub fn push_blob(&self, repo: &str, mib: u32, seed: u32) -> String {
+        let out = super::run(Command::new("python3").arg(script("seed.py")).args([
+            "--hub",
+            &self.url,
+            "--blob-mib",
+            &mib.to_string(),
+            "--repo",
+            repo,
+            "--seed",
+            &seed.to_string(),
+        ]));
+        out.trim().lines().last().unwrap_or("").to_owned()
+    }
+
+    pub async fn stats(&self) -> Value {
+        let r = super::client::client()
+            .get(format!("{}/_hub/stats", self.url))
+            .send()
+            .await
+            .expect("hub stats");
+        r.json().await.expect("hub stats JSON")
+    }
+
+    pub async fn reset_stats(&self) {
+        let r = super::client::client()
+            .post(format!("{}/_hub/reset-stats", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    /// Merge `faults` (e.g. `{"down": true}`) into the hub's fault set; `{}` clears all.
+    pub async fn fault(&self, faults: Value) {
+        let r = super::client::client()
+            .post(format!("{}/_hub/fault", self.url))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "fault {faults}: {}", r.status());
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            super::terminate(&mut c, Duration::from_secs(15));
+        }
+    }
+}

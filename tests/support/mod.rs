@@ -1,0 +1,77 @@
+//! Test support: real processes on 127.0.0.1 — berth itself, the project's Docker Hub emulator
+//! (`tests/hub`, a real distribution registry behind Hub-style token auth), and an isolated dockerd.
+//! Every process is stopped by PID when its guard drops. A missing tool is a loud failure.
+#![allow(dead_code, unused_imports)] // each test crate uses a different part of this module
+
+pub mod berth;
+pub mod client;
+pub mod dockerd;
+pub mod hub;
+
+use std::path::Path;
+use std::process::Command;
+
+pub use berth::Berth;
+pub use dockerd::Dockerd;
+pub use hub::Hub;
+
+/// Panic with a clear message when a tool the test needs is not installed. Tests never skip:
+/// `tests/run` installs everything, so a missing tool means a broken setup.
+pub fn require(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed; run tests/run, which installs the test dependencies"
+    );
+}
+
+/// A free port on 127.0.0.1 (closed again, so the caller can bind it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Run a command to completion; panic with its output if it fails. Returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// sha256 digest string of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    berth::digest_of(bytes)
+}
+
+/// The sha256 of a file's content, streamed.
+pub fn sha256_file(path: &Path) -> String {
+    berth::digest_of(&std::fs::read(path).unwrap())
+}
+
+/// SIGTERM, then SIGKILL after `grace`, and reap.
+pub fn terminate(child: &mut std::process::Child, grace: std::time::Duration) {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

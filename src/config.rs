@@ -4,7 +4,9 @@
 //! key, in the file or the environment, is a startup error that names it.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
@@ -25,12 +27,117 @@ pub enum ConfigError {
     UnknownEnv(String),
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: Server,
     pub storage: Storage,
     pub log: Log,
+    /// `[[upstream]]` registries to pull through. The first is the default for unqualified names.
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: Server::default(),
+            storage: Storage::default(),
+            log: Log::default(),
+            upstreams: vec![UpstreamConfig::docker_hub()],
+        }
+    }
+}
+
+/// A secret string: never printed by `Debug`, so a logged config cannot leak it.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// One `[[upstream]]` entry.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The registry this upstream stands for, e.g. `"docker.io"`. containerd's `?ns=` and a path
+    /// prefix (`/v2/<name>/...`) select it by this name.
+    pub name: String,
+    /// Base URL, e.g. `"https://registry-1.docker.io"`.
+    pub url: String,
+    /// Optional credentials for the upstream's token service (or Basic auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// Name of an environment variable holding the password (keeps it out of the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// How long a cached tag is answered without asking the upstream. Default `"5m"`.
+    #[serde(default = "default_tag_ttl")]
+    pub tag_ttl: String,
+    /// Connect and read timeout for upstream requests. Default `"30s"`.
+    #[serde(default = "default_timeout")]
+    pub timeout: String,
+    /// Request budget: sustained upstream requests per second. Default `20`.
+    #[serde(default = "default_rps")]
+    pub requests_per_second: u32,
+    /// Request budget: burst size above the sustained rate. Default `100`.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_tag_ttl() -> String {
+    "5m".into()
+}
+fn default_timeout() -> String {
+    "30s".into()
+}
+fn default_rps() -> u32 {
+    20
+}
+fn default_burst() -> u32 {
+    100
+}
+
+impl UpstreamConfig {
+    fn docker_hub() -> Self {
+        UpstreamConfig {
+            name: "docker.io".into(),
+            url: "https://registry-1.docker.io".into(),
+            username: None,
+            password: None,
+            password_env: None,
+            tag_ttl: default_tag_ttl(),
+            timeout: default_timeout(),
+            requests_per_second: default_rps(),
+            burst: default_burst(),
+        }
+    }
+}
+
+/// An upstream entry validated into typed values.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    pub name: String,
+    pub url: reqwest::Url,
+    pub credentials: Option<(String, Secret)>,
+    pub tag_ttl: Duration,
+    pub timeout: Duration,
+    pub requests_per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "{key}: {text:?} is not a duration like \"30s\" or \"5m\": {e}"
+        ))
+    })
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -119,7 +226,63 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.upstream_settings()?;
         Ok(())
+    }
+
+    /// The `[[upstream]]` entries as typed settings; reads `password_env` variables.
+    pub fn upstream_settings(&self) -> Result<Vec<UpstreamSettings>, ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        self.upstreams
+            .iter()
+            .map(|u| {
+                let key = |k: &str| format!("upstream {:?}: {k}", u.name);
+                if !seen.insert(u.name.as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "upstream {:?} is configured twice",
+                        u.name
+                    )));
+                }
+                let url = reqwest::Url::parse(&u.url)
+                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", key("url"))))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: must be http or https",
+                        key("url")
+                    )));
+                }
+                let password = match (&u.password, &u.password_env) {
+                    (Some(p), _) => Some(p.clone()),
+                    (None, Some(var)) => Some(Secret(std::env::var(var).map_err(|_| {
+                        ConfigError::Invalid(format!("{}: {var} is not set", key("password_env")))
+                    })?)),
+                    (None, None) => None,
+                };
+                let credentials = match (&u.username, password) {
+                    (Some(user), Some(p)) => Some((user.clone(), p)),
+                    (None, None) => None,
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "{}: username and password go together",
+                            key("username")
+                        )));
+                    }
+                };
+                let nonzero = |k: &str, v: u32| {
+                    NonZeroU32::new(v)
+                        .ok_or_else(|| ConfigError::Invalid(format!("{} must be above 0", key(k))))
+                };
+                Ok(UpstreamSettings {
+                    name: u.name.clone(),
+                    url,
+                    credentials,
+                    tag_ttl: duration(&key("tag_ttl"), &u.tag_ttl)?,
+                    timeout: duration(&key("timeout"), &u.timeout)?,
+                    requests_per_second: nonzero("requests_per_second", u.requests_per_second)?,
+                    burst: nonzero("burst", u.burst)?,
+                })
+            })
+            .collect()
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -197,6 +360,36 @@ mod tests {
         let c = Config::from_toml(DEFAULT_TOML, env(&[])).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:5000");
         assert_eq!(c.storage.root, PathBuf::from("./data"));
+        let upstreams = c.upstream_settings().unwrap();
+        assert_eq!(upstreams.len(), 1);
+        assert_eq!(upstreams[0].name, "docker.io");
+        assert_eq!(upstreams[0].url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(upstreams[0].tag_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn upstream_entries_are_validated_and_secrets_stay_out_of_debug() {
+        let toml = "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\nusername = \"u\"\npassword = \"hunter2\"\ntag_ttl = \"2s\"\n";
+        let c = Config::from_toml(toml, env(&[])).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(
+            c.upstream_settings().unwrap()[0].tag_ttl,
+            Duration::from_secs(2)
+        );
+        for bad in [
+            "tag_ttl = \"soon\"",
+            "url = \"ftp://x\"",
+            "username = \"only\"",
+            "requests_per_second = 0",
+        ] {
+            let toml =
+                format!("[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\n{bad}\n")
+                    .replace("url = \"http://127.0.0.1:1\"\nurl", "url");
+            assert!(
+                Config::from_toml(&toml, env(&[])).is_err(),
+                "{bad} should be refused"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod oci;
 pub mod service;
 pub mod store;
+pub mod upstream;
 
 use axum::Router;
 

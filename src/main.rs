@@ -55,7 +55,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.server.listen))?;
     tracing::info!(listen = %listener.local_addr()?, root = %config.storage.root.display(), "berth serving");
-    let app = berth::app(Registry::new(store));
+    let upstreams = config
+        .upstream_settings()?
+        .into_iter()
+        .map(|settings| {
+            berth::upstream::Upstream::new(settings).context("building an upstream client")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let app = berth::app(Registry::new(store, upstreams));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -6,9 +6,10 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::CONTENT_DIGEST;
+use super::{CONTENT_DIGEST, set_cache};
 use crate::oci::{Digest, RepoName};
-use crate::service::{Registry, Result};
+use crate::service::{BlobBody, Registry, Result, Route};
+use crate::store::BlobFile;
 
 /// Read size when streaming a blob file: large reads keep syscalls per byte low.
 const READ_CHUNK: usize = 256 << 10;
@@ -58,12 +59,40 @@ fn common(digest: &Digest) -> [(HeaderName, String); 3] {
 
 pub async fn get(
     reg: &Registry,
-    repo: &RepoName,
+    route: &Route,
     digest: &Digest,
     h: &HeaderMap,
 ) -> Result<Response> {
-    let blob = reg.blob(repo, digest).await?;
     let range = h.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (mut response, cache) = match reg.blob(route, digest, range.is_some()).await? {
+        BlobBody::File(file, cache) => (file_response(file, digest, range).await?, cache),
+        BlobBody::Stream {
+            size,
+            stream,
+            cache,
+        } => {
+            // A miss streaming in: the body ends in an error (aborting the response) if the
+            // bytes fail to verify.
+            let mut response = (
+                common(digest),
+                [(header::CONTENT_TYPE, "application/octet-stream".to_owned())],
+                Body::from_stream(stream),
+            )
+                .into_response();
+            if let Some(size) = size {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, size.into());
+            }
+            (response, Some(cache))
+        }
+    };
+    set_cache(&mut response, cache);
+    Ok(response)
+}
+
+/// A stored blob, whole or the requested single range.
+async fn file_response(blob: BlobFile, digest: &Digest, range: Option<&str>) -> Result<Response> {
     let (status, start, len) = match parse_range(range, blob.size) {
         RangeSpec::Whole => (StatusCode::OK, 0, blob.size),
         RangeSpec::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
@@ -100,8 +129,8 @@ pub async fn get(
     Ok(response)
 }
 
-pub async fn head(reg: &Registry, repo: &RepoName, digest: &Digest) -> Result<Response> {
-    let size = reg.blob_size(repo, digest).await?;
+pub async fn head(reg: &Registry, route: &Route, digest: &Digest) -> Result<Response> {
+    let (size, cache) = reg.blob_size(route, digest).await?;
     let mut response = (
         common(digest),
         [(header::CONTENT_TYPE, "application/octet-stream".to_owned())],
@@ -110,6 +139,7 @@ pub async fn head(reg: &Registry, repo: &RepoName, digest: &Digest) -> Result<Re
     response
         .headers_mut()
         .insert(header::CONTENT_LENGTH, size.into());
+    set_cache(&mut response, cache);
     Ok(response)
 }
 

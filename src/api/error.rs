@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::oci::NameError;
 use crate::service::Error;
-use crate::store;
+use crate::{store, upstream};
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -25,6 +25,14 @@ impl IntoResponse for Error {
             Error::ManifestBlobUnknown(_) => (S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
             Error::ContentRange(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             Error::Unsupported(_) => (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            Error::Denied(_) => (S::FORBIDDEN, "DENIED"),
+            Error::Upstream(upstream::Error::RateLimited { .. }) => {
+                (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS")
+            }
+            Error::Upstream(upstream::Error::NotFound) => (S::NOT_FOUND, "NAME_UNKNOWN"),
+            Error::Upstream(
+                upstream::Error::Unavailable { .. } | upstream::Error::Invalid { .. },
+            ) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Error::Store(e) => match e {
                 store::Error::UploadUnknown => (S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
                 store::Error::RangeMismatch { .. } => {
@@ -39,8 +47,10 @@ impl IntoResponse for Error {
                 }
             },
         };
-        if status.is_server_error() {
+        if status == S::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "request failed");
+        } else if status.is_server_error() || status == S::TOO_MANY_REQUESTS {
+            tracing::warn!(error = %self, "upstream failure passed on");
         }
         let body =
             json!({ "errors": [{ "code": code, "message": self.to_string(), "detail": null }] });

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::Params;
 use crate::oci::{Digest, RepoName, media};
-use crate::service::{Page, Registry, Result, listing_limit};
+use crate::service::{Page, Registry, Result, Route, listing_limit};
 
 /// `n` from the query; without it, one maximal page.
 fn page_size(params: &Params) -> usize {
@@ -35,9 +35,14 @@ pub fn catalog(reg: &Registry, params: &Params) -> Result<Response> {
     Ok(with_link(response, "/v2/_catalog", n, &page))
 }
 
-pub fn tags(reg: &Registry, repo: &RepoName, params: &Params) -> Result<Response> {
+pub async fn tags(
+    reg: &Registry,
+    route: &Route,
+    repo: &RepoName,
+    params: &Params,
+) -> Result<Response> {
     let n = page_size(params);
-    let page = reg.tags(repo, params.last.as_deref(), n)?;
+    let page = reg.tags(route, params.last.as_deref(), n).await?;
     let response = axum::Json(json!({ "name": repo.as_str(), "tags": page.items })).into_response();
     Ok(with_link(
         response,

@@ -6,9 +6,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use super::CONTENT_DIGEST;
+use super::{CONTENT_DIGEST, set_cache};
 use crate::oci::{Reference, RepoName};
-use crate::service::{Error, MAX_MANIFEST_BYTES, ManifestHead, Registry, Result};
+use crate::service::{Error, MAX_MANIFEST_BYTES, ManifestHead, Registry, Result, Route};
+use crate::upstream::DEFAULT_ACCEPT;
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 
@@ -20,14 +21,44 @@ fn headers(head: &ManifestHead) -> [(HeaderName, String); 3] {
     ]
 }
 
-pub async fn get(reg: &Registry, repo: &RepoName, reference: &Reference) -> Result<Response> {
-    let m = reg.manifest(repo, reference).await?;
-    Ok((headers(&m.head), m.bytes).into_response())
+pub async fn get(
+    reg: &Registry,
+    route: &Route,
+    reference: &Reference,
+    h: &HeaderMap,
+) -> Result<Response> {
+    let m = reg.manifest(route, reference, &accept(h)).await?;
+    let mut response = (headers(&m.head), m.bytes).into_response();
+    set_cache(&mut response, m.head.cache);
+    Ok(response)
 }
 
-pub async fn head(reg: &Registry, repo: &RepoName, reference: &Reference) -> Result<Response> {
-    let head = reg.manifest_head(repo, reference).await?;
-    Ok((headers(&head), Body::empty()).into_response())
+pub async fn head(
+    reg: &Registry,
+    route: &Route,
+    reference: &Reference,
+    h: &HeaderMap,
+) -> Result<Response> {
+    let head = reg.manifest_head(route, reference, &accept(h)).await?;
+    let mut response = (headers(&head), Body::empty()).into_response();
+    set_cache(&mut response, head.cache);
+    Ok(response)
+}
+
+/// The client's `Accept` headers, each as sent (repeated headers are not merged), or a default
+/// list of every manifest type when there are none.
+fn accept(h: &HeaderMap) -> Vec<String> {
+    let sent: Vec<String> = h
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    if sent.is_empty() {
+        DEFAULT_ACCEPT.iter().map(|s| s.to_string()).collect()
+    } else {
+        sent
+    }
 }
 
 pub async fn put(

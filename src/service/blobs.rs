@@ -5,9 +5,10 @@ use std::io;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::{Error, Registry, Result, blocking};
+use super::route::Route;
+use super::{BlobBody, Cache, Error, Registry, Result, blocking};
 use crate::oci::{Digest, RepoName};
-use crate::store::{self, BlobFile, ChunkRange, Origin, parse_upload_id};
+use crate::store::{self, ChunkRange, Origin, parse_upload_id};
 
 /// Where an upload session stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,28 +30,42 @@ pub enum Mount {
 const MAX_UPLOAD_BYTES: u64 = 64 << 30;
 
 impl Registry {
-    /// Open a blob that `repo` holds.
-    pub async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobFile> {
-        if !self.store.meta.blob_linked(repo, digest)? {
-            return Err(Error::BlobUnknown(digest.clone()));
+    /// Open a blob of the routed repository. `whole` asks for a stored file even on a cache miss
+    /// (Range requests are served only from verified bytes).
+    pub async fn blob(&self, route: &Route, digest: &Digest, whole: bool) -> Result<BlobBody> {
+        match route {
+            Route::Private(repo) => {
+                if !self.store.meta.blob_linked(repo, digest)? {
+                    return Err(Error::BlobUnknown(digest.clone()));
+                }
+                let file = self.store.blobs.open_file(digest).await?;
+                Ok(BlobBody::File(
+                    file.ok_or_else(|| Error::BlobUnknown(digest.clone()))?,
+                    None,
+                ))
+            }
+            Route::Proxied(p) => self.proxied_blob(p, digest, whole).await,
         }
-        self.store
-            .blobs
-            .open_file(digest)
-            .await?
-            .ok_or_else(|| Error::BlobUnknown(digest.clone()))
     }
 
-    /// Size of a blob that `repo` holds.
-    pub async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
-        if !self.store.meta.blob_linked(repo, digest)? {
-            return Err(Error::BlobUnknown(digest.clone()));
+    /// Size of a blob of the routed repository.
+    pub async fn blob_size(&self, route: &Route, digest: &Digest) -> Result<(u64, Option<Cache>)> {
+        match route {
+            Route::Private(repo) => {
+                if !self.store.meta.blob_linked(repo, digest)? {
+                    return Err(Error::BlobUnknown(digest.clone()));
+                }
+                let size = self.store.blobs.size(digest).await?;
+                Ok((
+                    size.ok_or_else(|| Error::BlobUnknown(digest.clone()))?,
+                    None,
+                ))
+            }
+            Route::Proxied(p) => Ok(self
+                .proxied_blob_size(p, digest)
+                .await
+                .map(|(s, c)| (s, Some(c)))?),
         }
-        self.store
-            .blobs
-            .size(digest)
-            .await?
-            .ok_or_else(|| Error::BlobUnknown(digest.clone()))
     }
 
     /// Remove the blob from `repo`. The bytes stay until garbage collection finds them unused.

@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use super::route::Route;
 use super::{Error, Registry, Result};
 use crate::oci::{Descriptor, Digest, RepoName, media};
 
@@ -35,8 +36,21 @@ impl Registry {
         Ok(paginate(self.store.meta.repos(last, n + 1)?, n))
     }
 
-    pub fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Page> {
+    /// Tags of the routed repository: the upstream's list for a proxied one (the cached tags when
+    /// the upstream cannot answer).
+    pub async fn tags(&self, route: &Route, last: Option<&str>, n: usize) -> Result<Page> {
         let n = n.min(MAX_PAGE);
+        if let Route::Proxied(p) = route {
+            if let Some(all) = self.proxied_tags(p).await {
+                let after = all
+                    .into_iter()
+                    .filter(|t| last.is_none_or(|l| t.as_str() > l))
+                    .take(n + 1)
+                    .collect();
+                return Ok(paginate(after, n));
+            }
+        }
+        let repo = route.local();
         let tags = self
             .store
             .meta

@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 
-use super::{Error, MAX_MANIFEST_BYTES, Registry, Result, blocking};
+use super::route::Route;
+use super::{Cache, Error, MAX_MANIFEST_BYTES, Registry, Result, blocking};
 use crate::oci::{Digest, Hasher, Manifest, Reference, RepoName};
 use crate::store::{ManifestRecord, Origin, unix_now};
 
@@ -12,6 +13,8 @@ pub struct ManifestHead {
     pub digest: Digest,
     pub media_type: String,
     pub size: u64,
+    /// Set for proxied repositories.
+    pub cache: Option<Cache>,
 }
 
 /// A manifest with its exact bytes.
@@ -50,7 +53,8 @@ impl Registry {
         }
     }
 
-    pub async fn manifest_head(
+    /// A stored manifest's head.
+    pub(super) fn local_head(
         &self,
         repo: &RepoName,
         reference: &Reference,
@@ -60,17 +64,41 @@ impl Registry {
             digest,
             media_type: record.media_type,
             size: record.size,
+            cache: None,
         })
     }
 
-    pub async fn manifest(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestBody> {
-        let head = self.manifest_head(repo, reference).await?;
-        let bytes = self
-            .store
-            .blobs
-            .read(&head.digest)
-            .await?
-            .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
+    pub async fn manifest_head(
+        &self,
+        route: &Route,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<ManifestHead> {
+        match route {
+            Route::Private(repo) => self.local_head(repo, reference),
+            Route::Proxied(p) => Ok(self.proxied_manifest(p, reference, accept).await?.0),
+        }
+    }
+
+    pub async fn manifest(
+        &self,
+        route: &Route,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<ManifestBody> {
+        let (head, fetched) = match route {
+            Route::Private(repo) => (self.local_head(repo, reference)?, None),
+            Route::Proxied(p) => self.proxied_manifest(p, reference, accept).await?,
+        };
+        let bytes = match fetched {
+            Some(bytes) => bytes,
+            None => self
+                .store
+                .blobs
+                .read(&head.digest)
+                .await?
+                .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?,
+        };
         Ok(ManifestBody { head, bytes })
     }
 
@@ -115,16 +143,7 @@ impl Registry {
         }
         self.store.blobs.write(&digest, &bytes).await?;
         let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
-        let record = ManifestRecord {
-            media_type: manifest.media_type.clone(),
-            size: bytes.len() as u64,
-            blobs: manifest.blob_refs().cloned().collect(),
-            children: manifest.child_refs().cloned().collect(),
-            subject: subject.clone(),
-            artifact_type: manifest.artifact_type.clone(),
-            annotations: manifest.annotations.clone(),
-            stored_at: unix_now(),
-        };
+        let record = record_of(&manifest, bytes.len());
         let tag = match reference {
             Reference::Tag(t) => Some(t.clone()),
             Reference::Digest(_) => None,
@@ -149,5 +168,19 @@ impl Registry {
             return Err(Error::ManifestUnknown(reference.to_string()));
         }
         Ok(())
+    }
+}
+
+/// The metadata kept for a parsed manifest of `size` bytes.
+pub(super) fn record_of(manifest: &Manifest, size: usize) -> ManifestRecord {
+    ManifestRecord {
+        media_type: manifest.media_type.clone(),
+        size: size as u64,
+        blobs: manifest.blob_refs().cloned().collect(),
+        children: manifest.child_refs().cloned().collect(),
+        subject: manifest.subject.as_ref().map(|s| s.digest.clone()),
+        artifact_type: manifest.artifact_type.clone(),
+        annotations: manifest.annotations.clone(),
+        stored_at: unix_now(),
     }
 }

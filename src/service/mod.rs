@@ -2,17 +2,54 @@
 //! validation, upload flow, listings. Controllers call services; services never know HTTP.
 
 mod blobs;
+mod fill;
 mod listing;
-pub use listing::{Page, listing_limit};
 mod manifests;
+mod proxy;
+mod route;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 pub use blobs::{Mount, UploadState};
+pub use listing::{Page, listing_limit};
 pub use manifests::{ManifestBody, ManifestHead, PutManifest};
+pub use route::{Proxied, Route};
 
-use crate::oci::{Digest, NameError, RepoName};
-use crate::store::{self, Store};
+use crate::oci::{Digest, NameError, RepoName, Tag};
+use crate::store::{self, BlobFile, Store};
+use crate::upstream::{self, Upstream};
+
+/// How a proxied response was answered, for the `X-Berth-Cache` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cache {
+    Hit,
+    Miss,
+    /// From the cache because the upstream failed.
+    Stale,
+}
+
+impl Cache {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cache::Hit => "hit",
+            Cache::Miss => "miss",
+            Cache::Stale => "stale",
+        }
+    }
+}
+
+/// A blob to send: a stored file, or bytes streaming in from a cache fill.
+pub enum BlobBody {
+    File(BlobFile, Option<Cache>),
+    Stream {
+        size: Option<u64>,
+        stream: Pin<Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>,
+        cache: Cache,
+    },
+}
 
 /// Largest manifest accepted on PUT, as in the reference registry and Docker Hub.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -42,6 +79,10 @@ pub enum Error {
     ContentRange(String),
     #[error("operation unsupported: {0}")]
     Unsupported(&'static str),
+    #[error("{0}")]
+    Denied(String),
+    #[error(transparent)]
+    Upstream(#[from] upstream::Error),
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -52,11 +93,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Registry {
     store: Store,
+    /// Configured upstreams; the first is the default for unqualified names.
+    upstreams: Arc<Vec<Arc<Upstream>>>,
+    fills: Arc<fill::Fills>,
+    /// When each proxied tag was last confirmed with its upstream.
+    fresh_tags: Arc<Mutex<HashMap<(RepoName, Tag), Instant>>>,
 }
 
 impl Registry {
-    pub fn new(store: Store) -> Registry {
-        Registry { store }
+    pub fn new(store: Store, upstreams: Vec<Upstream>) -> Registry {
+        Registry {
+            store,
+            upstreams: Arc::new(upstreams.into_iter().map(Arc::new).collect()),
+            fills: Arc::default(),
+            fresh_tags: Arc::default(),
+        }
     }
 
     pub fn store(&self) -> &Store {

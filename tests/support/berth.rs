@@ -40,8 +40,14 @@ impl Berth {
         let port = super::free_port();
         let root = dir.join("data");
         let config = dir.join("mirror.toml");
+        // No test may reach the internet: without an upstream of its own, a test's berth has none.
+        let upstreams = if extra.contains("[[upstream]]") {
+            ""
+        } else {
+            "upstream = []\n"
+        };
         let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nroot = \"{}\"\n[log]\nlevel = \"info,berth=debug\"\n{extra}",
+            "{upstreams}[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nroot = \"{}\"\n[log]\nlevel = \"info,berth=debug\"\n{extra}",
             root.display()
         );
         std::fs::write(&config, toml).unwrap();

@@ -1,0 +1,325 @@
+//! Single-flight cache fills for blobs. The first miss for a digest starts one upstream fetch in
+//! its own task (a client that disconnects does not cancel it). The bytes go to a temporary file
+//! while they are hashed, and every client waiting for that digest streams from that file as it
+//! grows.
+//!
+//! A reader never gets the last byte before the digest has verified, so a response of unverified
+//! bytes cannot complete normally: on a mismatch the file is deleted and every reader's body ends
+//! in an error, which aborts the HTTP response.
+
+use std::collections::HashMap;
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use tokio::fs;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::oci::{Digest, Hasher, RepoName};
+use crate::store::{Origin, Store};
+use crate::upstream::{self, Upstream};
+
+/// Bytes gathered before each write to the temporary file and progress update.
+const WRITE_CHUNK: usize = 256 << 10;
+/// Largest read a waiting client makes from the growing file.
+const READ_CHUNK: usize = 256 << 10;
+
+/// The progress of one fill, broadcast to its readers.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    Connecting,
+    Streaming { size: Option<u64>, written: u64 },
+    Done { size: u64 },
+    Failed(FillError),
+}
+
+/// Why a fill failed, as waiters report it.
+#[derive(Clone, Debug)]
+pub enum FillError {
+    Upstream(upstream::Error),
+    /// The bytes did not match the digest; nothing was kept.
+    Corrupt(String),
+    Io(String),
+}
+
+pub struct Fill {
+    pub digest: Digest,
+    temp: PathBuf,
+    progress: watch::Sender<Progress>,
+}
+
+/// Fills in flight, by digest.
+#[derive(Default)]
+pub struct Fills {
+    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+impl Fills {
+    /// Join the fill of `digest`, or start one from `upstream`.
+    pub fn join_or_start(
+        self: &Arc<Self>,
+        store: &Store,
+        upstream: &Arc<Upstream>,
+        remote: &str,
+        local: &RepoName,
+        digest: &Digest,
+    ) -> Arc<Fill> {
+        let mut inflight = self.inflight.lock().expect("fills lock");
+        if let Some(fill) = inflight.get(digest) {
+            return fill.clone();
+        }
+        let (progress, _) = watch::channel(Progress::Connecting);
+        let fill = Arc::new(Fill {
+            digest: digest.clone(),
+            temp: store.blobs.temp_path(),
+            progress,
+        });
+        inflight.insert(digest.clone(), fill.clone());
+        let job = Job {
+            fills: self.clone(),
+            fill: fill.clone(),
+            store: store.clone(),
+            upstream: upstream.clone(),
+            remote: remote.to_owned(),
+            local: local.clone(),
+        };
+        tokio::spawn(job.run());
+        fill
+    }
+}
+
+struct Job {
+    fills: Arc<Fills>,
+    fill: Arc<Fill>,
+    store: Store,
+    upstream: Arc<Upstream>,
+    remote: String,
+    local: RepoName,
+}
+
+impl Job {
+    async fn run(self) {
+        let outcome = self.fetch().await;
+        if outcome.is_err() {
+            let _ = fs::remove_file(&self.fill.temp).await;
+        }
+        // Leave the in-flight map before announcing the end, so a request that arrives after the
+        // announcement finds the blob in the store (or starts a fresh fill after a failure).
+        self.fills
+            .inflight
+            .lock()
+            .expect("fills lock")
+            .remove(&self.fill.digest);
+        let final_state = match outcome {
+            Ok(size) => Progress::Done { size },
+            Err(e) => {
+                tracing::warn!(digest = %self.fill.digest, upstream = %self.upstream.name(), error = ?e, "cache fill failed");
+                Progress::Failed(e)
+            }
+        };
+        self.fill.progress.send_replace(final_state);
+    }
+
+    async fn fetch(&self) -> Result<u64, FillError> {
+        let digest = &self.fill.digest;
+        let response = self
+            .upstream
+            .get_blob(&self.remote, digest)
+            .await
+            .map_err(FillError::Upstream)?;
+        let size = response.content_length();
+        let io = |e: std::io::Error| FillError::Io(e.to_string());
+        let mut file = fs::File::create(&self.fill.temp).await.map_err(io)?;
+        self.fill
+            .progress
+            .send_replace(Progress::Streaming { size, written: 0 });
+        let mut hasher = Hasher::new(digest.algorithm());
+        let mut body = response.bytes_stream();
+        let mut buffer = BytesMut::with_capacity(WRITE_CHUNK);
+        let mut written = 0u64;
+        loop {
+            let chunk = body
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| FillError::Upstream(self.unavailable(e)))?;
+            if let Some(chunk) = &chunk {
+                hasher.update(chunk);
+                buffer.extend_from_slice(chunk);
+                if size.is_some_and(|s| written + buffer.len() as u64 > s) {
+                    return Err(FillError::Corrupt(format!(
+                        "upstream sent more than its Content-Length {size:?}"
+                    )));
+                }
+            }
+            if buffer.len() >= WRITE_CHUNK || (chunk.is_none() && !buffer.is_empty()) {
+                file.write_all(&buffer).await.map_err(io)?;
+                written += buffer.len() as u64;
+                buffer.clear();
+                self.fill
+                    .progress
+                    .send_replace(Progress::Streaming { size, written });
+            }
+            if chunk.is_none() {
+                break;
+            }
+        }
+        let actual = hasher.finish();
+        if actual != *digest || size.is_some_and(|s| s != written) {
+            return Err(FillError::Corrupt(format!(
+                "upstream bytes hash to {actual} ({written} bytes), not {digest}"
+            )));
+        }
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        self.store
+            .blobs
+            .publish(&self.fill.temp, digest)
+            .await
+            .map_err(|e| FillError::Io(e.to_string()))?;
+        let (meta, repo, d, origin) = (
+            self.store.meta.clone(),
+            self.local.clone(),
+            digest.clone(),
+            Origin::Proxied {
+                upstream: self.upstream.name().to_owned(),
+            },
+        );
+        tokio::task::spawn_blocking(move || meta.link_blob(&repo, &d, origin))
+            .await
+            .map_err(|e| FillError::Io(e.to_string()))?
+            .map_err(|e| FillError::Io(e.to_string()))?;
+        tracing::info!(%digest, bytes = written, upstream = %self.upstream.name(), "cached blob");
+        Ok(written)
+    }
+
+    fn unavailable(&self, e: reqwest::Error) -> upstream::Error {
+        upstream::Error::Unavailable {
+            upstream: self.upstream.name().to_owned(),
+            reason: format!("reading blob: {e}"),
+        }
+    }
+}
+
+impl Fill {
+    /// Wait until the upstream answered: the blob's size if known, or why the fill failed.
+    pub async fn started(&self) -> Result<Option<u64>, FillError> {
+        let mut rx = self.progress.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                Progress::Connecting => {}
+                Progress::Streaming { size, .. } => return Ok(*size),
+                Progress::Done { size } => return Ok(Some(*size)),
+                Progress::Failed(e) => return Err(e.clone()),
+            }
+            if rx.changed().await.is_err() {
+                return Err(FillError::Io("fill ended without a result".into()));
+            }
+        }
+    }
+
+    /// Wait until the blob is verified and published (or the fill failed).
+    pub async fn finished(&self) -> Result<u64, FillError> {
+        let mut rx = self.progress.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                Progress::Done { size } => return Ok(*size),
+                Progress::Failed(e) => return Err(e.clone()),
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(FillError::Io("fill ended without a result".into()));
+            }
+        }
+    }
+
+    /// The blob's bytes as they arrive; the final byte only after verification. `published` is
+    /// where the blob lives once the fill is done (for readers that join late).
+    pub fn stream(
+        self: Arc<Self>,
+        published: PathBuf,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        let state = Reader {
+            fill: self.clone(),
+            rx: self.progress.subscribe(),
+            file: None,
+            pos: 0,
+            published,
+        };
+        futures_util::stream::unfold(state, |mut r| async move {
+            r.next().await.map(|item| (item, r))
+        })
+    }
+}
+
+struct Reader {
+    fill: Arc<Fill>,
+    rx: watch::Receiver<Progress>,
+    file: Option<fs::File>,
+    pos: u64,
+    published: PathBuf,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        loop {
+            let progress = self.rx.borrow_and_update().clone();
+            let (allowed, done) = match progress {
+                Progress::Connecting => (0, false),
+                // Hold back the last byte until the digest has verified.
+                Progress::Streaming {
+                    size: Some(size),
+                    written,
+                } => (written.min(size.saturating_sub(1)), false),
+                Progress::Streaming {
+                    size: None,
+                    written,
+                } => (written, false),
+                Progress::Done { size } => (size, true),
+                Progress::Failed(e) => {
+                    return Some(Err(std::io::Error::other(format!(
+                        "upstream fill of {} failed: {e:?}",
+                        self.fill.digest
+                    ))));
+                }
+            };
+            if self.pos < allowed {
+                return Some(self.read(allowed, done).await);
+            }
+            if done {
+                return None;
+            }
+            if self.rx.changed().await.is_err() {
+                return Some(Err(std::io::Error::other("cache fill vanished")));
+            }
+        }
+    }
+
+    async fn read(&mut self, allowed: u64, done: bool) -> std::io::Result<Bytes> {
+        if self.file.is_none() {
+            let file = match fs::File::open(&self.fill.temp).await {
+                Ok(f) => f,
+                // Renamed into the store already: read the published blob.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && done => {
+                    fs::File::open(&self.published).await?
+                }
+                Err(e) => return Err(e),
+            };
+            self.file = Some(file);
+        }
+        let file = self.file.as_mut().expect("opened above");
+        file.seek(SeekFrom::Start(self.pos)).await?;
+        let want = (allowed - self.pos).min(READ_CHUNK as u64) as usize;
+        let mut buf = vec![0u8; want];
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("cache file shorter than announced"));
+        }
+        buf.truncate(n);
+        self.pos += n as u64;
+        Ok(Bytes::from(buf))
+    }
+}

@@ -1,0 +1,292 @@
+//! Pull-through for proxied repositories: manifests by tag live for the upstream's `tag_ttl`,
+//! then one HEAD revalidates them; content by digest is immutable; blob misses go through the
+//! single-flight fills. When the upstream fails, cached content is served and marked stale.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::fill::FillError;
+use super::manifests::record_of;
+use super::route::Proxied;
+use super::{BlobBody, Cache, Error, ManifestHead, Registry, Result, blocking};
+use crate::oci::{Digest, Manifest, Reference, Tag};
+use crate::store::Origin;
+use crate::upstream::{self, RemoteManifest};
+
+impl Registry {
+    fn tag_is_fresh(&self, p: &Proxied, tag: &Tag) -> bool {
+        let fresh = self.fresh_tags.lock().expect("fresh tags lock");
+        fresh
+            .get(&(p.local.clone(), tag.clone()))
+            .is_some_and(|at| at.elapsed() < p.upstream.settings.tag_ttl)
+    }
+
+    fn mark_fresh(&self, p: &Proxied, tag: &Tag) {
+        self.fresh_tags
+            .lock()
+            .expect("fresh tags lock")
+            .insert((p.local.clone(), tag.clone()), Instant::now());
+    }
+
+    /// A proxied manifest's head, plus its bytes when they were just fetched.
+    pub(super) async fn proxied_manifest(
+        &self,
+        p: &Proxied,
+        reference: &Reference,
+        accept: &[String],
+    ) -> Result<(ManifestHead, Option<Bytes>)> {
+        let cached = self.local_head(&p.local, reference).ok();
+        let tag = match reference {
+            // Content by digest never changes: a cached copy is always good.
+            Reference::Digest(_) if cached.is_some() => {
+                return Ok((with_cache(cached, Cache::Hit), None));
+            }
+            Reference::Digest(d) => {
+                return self
+                    .fetch_manifest(p, reference, accept, Some(d), None)
+                    .await;
+            }
+            Reference::Tag(t) => t,
+        };
+        if cached.is_some() && self.tag_is_fresh(p, tag) {
+            return Ok((with_cache(cached, Cache::Hit), None));
+        }
+        let checked = p
+            .upstream
+            .head_manifest(&p.remote, tag.as_str(), accept)
+            .await;
+        match (checked, cached) {
+            (Ok(head), Some(cached)) if head.digest.as_ref() == Some(&cached.digest) => {
+                self.mark_fresh(p, tag);
+                Ok((
+                    ManifestHead {
+                        cache: Some(Cache::Hit),
+                        ..cached
+                    },
+                    None,
+                ))
+            }
+            (Ok(head), cached) => {
+                // Changed upstream, or never cached: fetch by digest when the HEAD named one.
+                let by = head
+                    .digest
+                    .clone()
+                    .map(Reference::Digest)
+                    .unwrap_or_else(|| reference.clone());
+                match self
+                    .fetch_manifest(p, &by, accept, head.digest.as_ref(), Some(tag))
+                    .await
+                {
+                    Err(Error::Upstream(e)) if cached.is_some() && is_outage(&e) => {
+                        Ok((self.stale(p, reference, cached, &e), None))
+                    }
+                    other => other,
+                }
+            }
+            (Err(upstream::Error::NotFound), _) => {
+                Err(Error::ManifestUnknown(reference.to_string()))
+            }
+            (Err(e), Some(cached)) => Ok((self.stale(p, reference, Some(cached), &e), None)),
+            (Err(e), None) => Err(Error::Upstream(e)),
+        }
+    }
+
+    fn stale(
+        &self,
+        p: &Proxied,
+        reference: &Reference,
+        cached: Option<ManifestHead>,
+        e: &upstream::Error,
+    ) -> ManifestHead {
+        tracing::warn!(repo = %p.local, %reference, error = %e, "upstream unavailable; serving the cached manifest stale");
+        with_cache(cached, Cache::Stale)
+    }
+
+    /// GET a manifest upstream, verify it, cache it (tagging it when `tag` is given) and return it.
+    async fn fetch_manifest(
+        &self,
+        p: &Proxied,
+        by: &Reference,
+        accept: &[String],
+        expected: Option<&Digest>,
+        tag: Option<&Tag>,
+    ) -> Result<(ManifestHead, Option<Bytes>)> {
+        let remote = p
+            .upstream
+            .get_manifest(&p.remote, &by.to_string(), accept, expected)
+            .await
+            .map_err(|e| match e {
+                upstream::Error::NotFound => Error::ManifestUnknown(by.to_string()),
+                other => Error::Upstream(other),
+            })?;
+        let RemoteManifest {
+            digest,
+            media_type,
+            bytes,
+        } = remote;
+        let head = match Manifest::parse(&bytes, media_type.as_deref()) {
+            Ok(manifest) => {
+                self.store.blobs.write(&digest, &bytes).await?;
+                let record = record_of(&manifest, bytes.len());
+                let (repo, d, t, origin) = (
+                    p.local.clone(),
+                    digest.clone(),
+                    tag.cloned(),
+                    Origin::Proxied {
+                        upstream: p.upstream.name().to_owned(),
+                    },
+                );
+                blocking(&self.store.meta, move |m| {
+                    m.put_manifest(&repo, &d, &record, t.as_ref(), origin)
+                })
+                .await?;
+                if let Some(tag) = tag {
+                    self.mark_fresh(p, tag);
+                }
+                ManifestHead {
+                    digest,
+                    media_type: manifest.media_type,
+                    size: bytes.len() as u64,
+                    cache: Some(Cache::Miss),
+                }
+            }
+            // A manifest kind berth does not model (schema 1, say) is passed through uncached.
+            Err(e) => {
+                tracing::info!(repo = %p.local, reference = %by, error = %e, "passing an unsupported upstream manifest through uncached");
+                let media_type = media_type.unwrap_or_else(|| "application/json".into());
+                ManifestHead {
+                    digest,
+                    media_type,
+                    size: bytes.len() as u64,
+                    cache: Some(Cache::Miss),
+                }
+            }
+        };
+        Ok((head, Some(bytes)))
+    }
+
+    /// A proxied blob: from the store when cached, else streamed through a fill. With `whole`
+    /// (a Range request), wait for the fill to verify and serve the stored file.
+    pub(super) async fn proxied_blob(
+        &self,
+        p: &Proxied,
+        digest: &Digest,
+        whole: bool,
+    ) -> Result<BlobBody> {
+        if let Some(file) = self.cached_blob(p, digest).await? {
+            return Ok(BlobBody::File(file, Some(Cache::Hit)));
+        }
+        let fill = self
+            .fills
+            .join_or_start(&self.store, &p.upstream, &p.remote, &p.local, digest);
+        let size = fill.started().await.map_err(|e| fill_error(e, digest))?;
+        if whole {
+            fill.finished().await.map_err(|e| fill_error(e, digest))?;
+            let file = self
+                .store
+                .blobs
+                .open_file(digest)
+                .await?
+                .ok_or_else(|| Error::BlobUnknown(digest.clone()))?;
+            return Ok(BlobBody::File(file, Some(Cache::Miss)));
+        }
+        let published = self.store.blobs.path(digest);
+        Ok(BlobBody::Stream {
+            size,
+            stream: Box::pin(Arc::clone(&fill).stream(published)),
+            cache: Cache::Miss,
+        })
+    }
+
+    /// The stored blob when this repository may serve it. A blob cached for another repository is
+    /// linked here only after the upstream confirms this repository has it, so a digest alone
+    /// never reveals another repository's (possibly private) content.
+    async fn cached_blob(
+        &self,
+        p: &Proxied,
+        digest: &Digest,
+    ) -> Result<Option<crate::store::BlobFile>> {
+        let Some(file) = self.store.blobs.open_file(digest).await? else {
+            return Ok(None);
+        };
+        if self.store.meta.blob_linked(&p.local, digest)? {
+            return Ok(Some(file));
+        }
+        match p.upstream.head_blob(&p.remote, digest).await {
+            Ok(_) => {
+                let (repo, d, origin) = (
+                    p.local.clone(),
+                    digest.clone(),
+                    Origin::Proxied {
+                        upstream: p.upstream.name().to_owned(),
+                    },
+                );
+                blocking(&self.store.meta, move |m| m.link_blob(&repo, &d, origin)).await?;
+                Ok(Some(file))
+            }
+            Err(upstream::Error::NotFound) => Err(Error::BlobUnknown(digest.clone())),
+            Err(e) => Err(Error::Upstream(e)),
+        }
+    }
+
+    /// Size of a proxied blob, asking the upstream (without caching) on a miss.
+    pub(super) async fn proxied_blob_size(
+        &self,
+        p: &Proxied,
+        digest: &Digest,
+    ) -> Result<(u64, Cache)> {
+        if let Some(file) = self.cached_blob(p, digest).await? {
+            return Ok((file.size, Cache::Hit));
+        }
+        match p.upstream.head_blob(&p.remote, digest).await {
+            Ok(Some(size)) => Ok((size, Cache::Miss)),
+            Ok(None) => Err(Error::Upstream(upstream::Error::Invalid {
+                upstream: p.upstream.name().into(),
+                reason: "blob HEAD without Content-Length".into(),
+            })),
+            Err(upstream::Error::NotFound) => Err(Error::BlobUnknown(digest.clone())),
+            Err(e) => Err(Error::Upstream(e)),
+        }
+    }
+
+    /// The upstream's full tag list, or `None` when the upstream cannot answer.
+    pub(super) async fn proxied_tags(&self, p: &Proxied) -> Option<Vec<String>> {
+        let body = p.upstream.tags(&p.remote, "").await.ok()?;
+        let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        let mut tags: Vec<String> = json["tags"]
+            .as_array()?
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect();
+        tags.sort();
+        Some(tags)
+    }
+}
+
+fn with_cache(head: Option<ManifestHead>, cache: Cache) -> ManifestHead {
+    ManifestHead {
+        cache: Some(cache),
+        ..head.expect("cached head present")
+    }
+}
+
+/// Outages that make a cached copy worth serving stale; a 404 is an answer, not an outage.
+fn is_outage(e: &upstream::Error) -> bool {
+    !matches!(e, upstream::Error::NotFound)
+}
+
+fn fill_error(e: FillError, digest: &Digest) -> Error {
+    match e {
+        FillError::Upstream(upstream::Error::NotFound) => Error::BlobUnknown(digest.clone()),
+        FillError::Upstream(e) => Error::Upstream(e),
+        FillError::Corrupt(reason) => Error::Upstream(upstream::Error::Invalid {
+            upstream: "upstream".into(),
+            reason,
+        }),
+        FillError::Io(reason) => {
+            Error::Store(crate::store::Error::Io(std::io::Error::other(reason)))
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The client for one upstream registry: Bearer token dance (or Basic), redirects followed without
+//! `Authorization` (Docker Hub sends blob GETs to a CDN), retries with backoff on connection
+//! errors for idempotent requests, and a request budget that a 429 pauses.
+//!
+//! Credentials go only to this upstream and its token realm; a client's own credentials are never
+//! forwarded (this module never sees them).
+
+mod auth;
+mod budget;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Method, Response, StatusCode};
+
+use crate::config::UpstreamSettings;
+use crate::oci::{Digest, Hasher};
+
+/// How an upstream request failed, in the terms a client of berth cares about.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    #[error("upstream {upstream} is unavailable: {reason}")]
+    Unavailable { upstream: String, reason: String },
+    #[error("upstream {upstream} is rate limiting; retry after {retry_after} s")]
+    RateLimited { upstream: String, retry_after: u64 },
+    #[error("not found upstream")]
+    NotFound,
+    #[error("upstream {upstream} sent invalid content: {reason}")]
+    Invalid { upstream: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a manifest HEAD told us.
+#[derive(Debug, Clone)]
+pub struct RemoteHead {
+    pub digest: Option<Digest>,
+    pub media_type: Option<String>,
+}
+
+/// A fetched manifest, its digest verified.
+#[derive(Debug, Clone)]
+pub struct RemoteManifest {
+    pub digest: Digest,
+    pub media_type: Option<String>,
+    pub bytes: Bytes,
+}
+
+/// The manifest media types asked for when the client sent no `Accept`.
+pub const DEFAULT_ACCEPT: [&str; 4] = [
+    crate::oci::media::OCI_INDEX,
+    crate::oci::media::OCI_MANIFEST,
+    crate::oci::media::DOCKER_LIST,
+    crate::oci::media::DOCKER_MANIFEST,
+];
+
+/// Attempts for an idempotent request that fails to connect.
+const ATTEMPTS: u32 = 3;
+const MAX_REDIRECTS: usize = 5;
+
+pub struct Upstream {
+    pub settings: UpstreamSettings,
+    http: reqwest::Client,
+    tokens: auth::Tokens,
+    budget: budget::Budget,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.settings.name)
+            .field("url", &self.settings.url.as_str())
+            .finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(settings: UpstreamSettings) -> Result<Upstream, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none()) // followed by hand, without Authorization
+            .connect_timeout(settings.timeout)
+            .read_timeout(settings.timeout)
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let budget = budget::Budget::new(settings.requests_per_second, settings.burst);
+        Ok(Upstream {
+            settings,
+            http,
+            tokens: auth::Tokens::default(),
+            budget,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> Error {
+        Error::Unavailable {
+            upstream: self.settings.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!(
+            "{}{}",
+            self.settings.url.as_str().trim_end_matches('/'),
+            path
+        )
+    }
+
+    /// HEAD a manifest. Docker Hub does not count HEADs against its pull rate limit.
+    pub async fn head_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        accept: &[String],
+    ) -> Result<RemoteHead> {
+        let response = self
+            .send(
+                Method::HEAD,
+                name,
+                &format!("/v2/{name}/manifests/{reference}"),
+                accept,
+            )
+            .await?;
+        let digest = header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
+        Ok(RemoteHead {
+            digest,
+            media_type: header(&response, CONTENT_TYPE.as_str()),
+        })
+    }
+
+    /// GET a manifest and verify its bytes against `expected` (or the upstream's
+    /// `Docker-Content-Digest`, when it sends one).
+    pub async fn get_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        accept: &[String],
+        expected: Option<&Digest>,
+    ) -> Result<RemoteManifest> {
+        let response = self
+            .send(
+                Method::GET,
+                name,
+                &format!("/v2/{name}/manifests/{reference}"),
+                accept,
+            )
+            .await?;
+        let media_type = header(&response, CONTENT_TYPE.as_str());
+        let announced: Option<Digest> =
+            header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
+        if response
+            .content_length()
+            .is_some_and(|n| n > crate::service::MAX_MANIFEST_BYTES as u64)
+        {
+            return Err(Error::Invalid {
+                upstream: self.settings.name.clone(),
+                reason: "manifest exceeds 4 MiB".into(),
+            });
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.unavailable(format!("reading manifest: {e}")))?;
+        let check = expected.or(announced.as_ref());
+        let digest = match check {
+            Some(d) => {
+                let mut h = Hasher::new(d.algorithm());
+                h.update(&bytes);
+                let actual = h.finish();
+                if actual != *d {
+                    let reason = format!("manifest {name}:{reference} hashes to {actual}, not {d}");
+                    return Err(Error::Invalid {
+                        upstream: self.settings.name.clone(),
+                        reason,
+                    });
+                }
+                actual
+            }
+            None => Digest::sha256_of(&bytes),
+        };
+        Ok(RemoteManifest {
+            digest,
+            media_type,
+            bytes,
+        })
+    }
+
+    /// GET a blob; the response body streams. Redirects (CDN) are followed without credentials.
+    pub async fn get_blob(&self, name: &str, digest: &Digest) -> Result<Response> {
+        self.send(
+            Method::GET,
+            name,
+            &format!("/v2/{name}/blobs/{digest}"),
+            &[],
+        )
+        .await
+    }
+
+    /// HEAD a blob: its size, when the upstream has it.
+    pub async fn head_blob(&self, name: &str, digest: &Digest) -> Result<Option<u64>> {
+        let response = self
+            .send(
+                Method::HEAD,
+                name,
+                &format!("/v2/{name}/blobs/{digest}"),
+                &[],
+            )
+            .await?;
+        Ok(header(&response, "content-length").and_then(|n| n.parse().ok()))
+    }
+
+    /// GET the upstream's tag list (query passed through); the JSON body as it came.
+    pub async fn tags(&self, name: &str, query: &str) -> Result<Bytes> {
+        let path = format!(
+            "/v2/{name}/tags/list{}",
+            if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{query}")
+            }
+        );
+        let response = self.send(Method::GET, name, &path, &[]).await?;
+        response
+            .bytes()
+            .await
+            .map_err(|e| self.unavailable(format!("reading tags: {e}")))
+    }
+
+    /// Send an idempotent request for repository `name` through the budget, authenticating on a
+    /// challenge, retrying connection failures, and following redirects without credentials.
+    async fn send(
+        &self,
+        method: Method,
+        name: &str,
+        path: &str,
+        accept: &[String],
+    ) -> Result<Response> {
+        let scope = format!("repository:{name}:pull");
+        let mut auth: Option<Auth> = self.tokens.get(&self.token_key(&scope)).map(Auth::Bearer);
+        let mut authenticated_once = false;
+        let mut attempt = 0;
+        loop {
+            self.budget
+                .acquire()
+                .await
+                .map_err(|retry_after| Error::RateLimited {
+                    upstream: self.settings.name.clone(),
+                    retry_after,
+                })?;
+            let mut request = self.http.request(method.clone(), self.url(path));
+            for a in accept {
+                request = request.header(ACCEPT, a); // appended one by one: repeated Accept headers stay as they are
+            }
+            match (&auth, &self.settings.credentials) {
+                (Some(Auth::Bearer(token)), _) => request = request.bearer_auth(token),
+                (Some(Auth::Basic), Some((user, password))) => {
+                    request = request.basic_auth(user, Some(&password.0))
+                }
+                _ => {}
+            }
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e)
+                    if attempt + 1 < ATTEMPTS
+                        && (e.is_connect() || e.is_timeout() || e.is_request()) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1))).await;
+                    continue;
+                }
+                Err(e) => return Err(self.unavailable(e.to_string())),
+            };
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && !authenticated_once {
+                authenticated_once = true;
+                auth = Some(self.authenticate(&response, &scope).await?);
+                continue;
+            }
+            if status.is_redirection() {
+                return self.follow(method, response).await;
+            }
+            return self.check(response);
+        }
+    }
+
+    fn token_key(&self, scope: &str) -> String {
+        format!("{}|{scope}", self.settings.name)
+    }
+
+    /// Answer a 401 challenge: fetch a Bearer token, or use Basic credentials.
+    async fn authenticate(&self, response: &Response, scope: &str) -> Result<Auth> {
+        let challenge =
+            header(response, WWW_AUTHENTICATE.as_str()).and_then(|h| auth::parse_challenge(&h));
+        match challenge {
+            Some(auth::Challenge::Bearer {
+                realm,
+                service,
+                scope: challenged,
+            }) => {
+                let scope = challenged.unwrap_or_else(|| scope.to_owned());
+                let token = self
+                    .tokens
+                    .fetch(
+                        &self.http,
+                        &self.token_key(&scope),
+                        &realm,
+                        service.as_deref(),
+                        Some(&scope),
+                        self.settings.credentials.as_ref(),
+                    )
+                    .await
+                    .map_err(|e| self.unavailable(e))?;
+                Ok(Auth::Bearer(token))
+            }
+            Some(auth::Challenge::Basic) if self.settings.credentials.is_some() => Ok(Auth::Basic),
+            Some(auth::Challenge::Basic) => {
+                Err(self.unavailable("upstream wants Basic credentials; none configured"))
+            }
+            None => Err(self.unavailable("upstream answered 401 without a usable challenge")),
+        }
+    }
+
+    /// Follow redirects with a plain request: no Authorization ever crosses a redirect.
+    async fn follow(&self, method: Method, mut response: Response) -> Result<Response> {
+        for _ in 0..MAX_REDIRECTS {
+            let location = header(&response, LOCATION.as_str())
+                .ok_or_else(|| self.unavailable("redirect without Location"))?;
+            let next = response
+                .url()
+                .join(&location)
+                .map_err(|e| self.unavailable(format!("bad redirect {location:?}: {e}")))?;
+            response = self
+                .http
+                .request(method.clone(), next)
+                .send()
+                .await
+                .map_err(|e| self.unavailable(e.to_string()))?;
+            if !response.status().is_redirection() {
+                return self.check(response);
+            }
+        }
+        Err(self.unavailable("too many redirects"))
+    }
+
+    /// Map an upstream status to success or to the error a client of berth should see.
+    fn check(&self, response: Response) -> Result<Response> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        match status {
+            StatusCode::NOT_FOUND => Err(Error::NotFound),
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry_after =
+                    header(&response, RETRY_AFTER.as_str()).and_then(|v| v.trim().parse().ok());
+                let retry_after = self.budget.pause(retry_after);
+                tracing::warn!(upstream = %self.settings.name, retry_after, "upstream rate limit hit (429)");
+                Err(Error::RateLimited {
+                    upstream: self.settings.name.clone(),
+                    retry_after,
+                })
+            }
+            _ => Err(self.unavailable(format!("answered {status}"))),
+        }
+    }
+}
+
+/// How a request authenticates to the upstream.
+enum Auth {
+    Bearer(String),
+    /// The configured username and password.
+    Basic,
+}
+
+fn header(response: &Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}

@@ -17,10 +17,7 @@ pub const DEFAULT_TOML: &str = include_str!("../mirror.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid configuration: {0}")]
     Invalid(String),
     #[error("environment variable {0} does not name a configuration section and key")]
@@ -133,11 +130,8 @@ pub struct UpstreamSettings {
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text).map_err(|e| {
-        ConfigError::Invalid(format!(
-            "{key}: {text:?} is not a duration like \"30s\" or \"5m\": {e}"
-        ))
-    })
+    humantime::parse_duration(text)
+        .map_err(|e| ConfigError::Invalid(format!("{key}: {text:?} is not a duration like \"30s\" or \"5m\": {e}")))
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -209,10 +203,7 @@ impl Config {
     }
 
     /// Parse `text` with the overrides in `env` applied.
-    pub fn from_toml(
-        text: &str,
-        env: impl Iterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_toml(text: &str, env: impl Iterator<Item = (String, String)>) -> Result<Config, ConfigError> {
         let mut table: Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
@@ -243,21 +234,19 @@ impl Config {
                         u.name
                     )));
                 }
-                let url = reqwest::Url::parse(&u.url)
-                    .map_err(|e| ConfigError::Invalid(format!("{}: {e}", key("url"))))?;
+                let url =
+                    reqwest::Url::parse(&u.url).map_err(|e| ConfigError::Invalid(format!("{}: {e}", key("url"))))?;
                 if !matches!(url.scheme(), "http" | "https") {
-                    return Err(ConfigError::Invalid(format!(
-                        "{}: must be http or https",
-                        key("url")
-                    )));
+                    return Err(ConfigError::Invalid(format!("{}: must be http or https", key("url"))));
                 }
-                let password = match (&u.password, &u.password_env) {
-                    (Some(p), _) => Some(p.clone()),
-                    (None, Some(var)) => Some(Secret(std::env::var(var).map_err(|_| {
-                        ConfigError::Invalid(format!("{}: {var} is not set", key("password_env")))
-                    })?)),
-                    (None, None) => None,
-                };
+                let password =
+                    match (&u.password, &u.password_env) {
+                        (Some(p), _) => Some(p.clone()),
+                        (None, Some(var)) => Some(Secret(std::env::var(var).map_err(|_| {
+                            ConfigError::Invalid(format!("{}: {var} is not set", key("password_env")))
+                        })?)),
+                        (None, None) => None,
+                    };
                 let credentials = match (&u.username, password) {
                     (Some(user), Some(p)) => Some((user.clone(), p)),
                     (None, None) => None,
@@ -269,8 +258,7 @@ impl Config {
                     }
                 };
                 let nonzero = |k: &str, v: u32| {
-                    NonZeroU32::new(v)
-                        .ok_or_else(|| ConfigError::Invalid(format!("{} must be above 0", key(k))))
+                    NonZeroU32::new(v).ok_or_else(|| ConfigError::Invalid(format!("{} must be above 0", key(k))))
                 };
                 Ok(UpstreamSettings {
                     name: u.name.clone(),
@@ -304,10 +292,7 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 /// Apply `BERTH_<SECTION>_<KEY>=value`. The section is the longest known section name that
 /// prefixes the rest; the value takes the type of the key's default (bool, integer, or string).
-fn apply_env(
-    table: &mut Table,
-    env: impl Iterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+fn apply_env(table: &mut Table, env: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
     let defaults = Table::try_from(Config::default()).expect("defaults serialise");
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("BERTH_") else {
@@ -316,19 +301,13 @@ fn apply_env(
         let rest = rest.to_ascii_lowercase();
         let section = defaults
             .keys()
-            .filter(|s| {
-                rest.strip_prefix(s.as_str())
-                    .is_some_and(|r| r.starts_with('_'))
-            })
+            .filter(|s| rest.strip_prefix(s.as_str()).is_some_and(|r| r.starts_with('_')))
             .max_by_key(|s| s.len())
             .ok_or_else(|| ConfigError::UnknownEnv(name.clone()))?;
         let key = &rest[section.len() + 1..];
-        let bad =
-            |what: &str| ConfigError::Invalid(format!("{name}: expected {what}, got {raw:?}"));
+        let bad = |what: &str| ConfigError::Invalid(format!("{name}: expected {what}, got {raw:?}"));
         let value = match defaults[section].get(key) {
-            Some(Value::Boolean(_)) => {
-                Value::Boolean(raw.parse().map_err(|_| bad("true or false"))?)
-            }
+            Some(Value::Boolean(_)) => Value::Boolean(raw.parse().map_err(|_| bad("true or false"))?),
             Some(Value::Integer(_)) => Value::Integer(raw.parse().map_err(|_| bad("an integer"))?),
             _ => Value::String(raw.clone()),
         };
@@ -372,23 +351,16 @@ mod tests {
         let toml = "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\nusername = \"u\"\npassword = \"hunter2\"\ntag_ttl = \"2s\"\n";
         let c = Config::from_toml(toml, env(&[])).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(
-            c.upstream_settings().unwrap()[0].tag_ttl,
-            Duration::from_secs(2)
-        );
+        assert_eq!(c.upstream_settings().unwrap()[0].tag_ttl, Duration::from_secs(2));
         for bad in [
             "tag_ttl = \"soon\"",
             "url = \"ftp://x\"",
             "username = \"only\"",
             "requests_per_second = 0",
         ] {
-            let toml =
-                format!("[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\n{bad}\n")
-                    .replace("url = \"http://127.0.0.1:1\"\nurl", "url");
-            assert!(
-                Config::from_toml(&toml, env(&[])).is_err(),
-                "{bad} should be refused"
-            );
+            let toml = format!("[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\n{bad}\n")
+                .replace("url = \"http://127.0.0.1:1\"\nurl", "url");
+            assert!(Config::from_toml(&toml, env(&[])).is_err(), "{bad} should be refused");
         }
     }
 

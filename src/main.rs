@@ -27,8 +27,7 @@ enum Command {
 }
 
 fn init_logging(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -58,9 +57,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let upstreams = config
         .upstream_settings()?
         .into_iter()
-        .map(|settings| {
-            berth::upstream::Upstream::new(settings).context("building an upstream client")
-        })
+        .map(|settings| berth::upstream::Upstream::new(settings).context("building an upstream client"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let app = berth::app(Registry::new(store, upstreams));
     axum::serve(listener, app)
@@ -71,8 +68,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -13,10 +13,7 @@ async fn base_endpoint_announces_the_api_version() {
     let b = Berth::start("");
     let r = client().get(b.at("/v2/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(
-        header(&r, "docker-distribution-api-version"),
-        "registry/2.0"
-    );
+    assert_eq!(header(&r, "docker-distribution-api-version"), "registry/2.0");
 }
 
 #[tokio::test]
@@ -36,17 +33,9 @@ async fn blob_get_head_range_and_delete() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "content-length"), data.len().to_string());
 
-    let r = client()
-        .get(&url)
-        .header("range", "bytes=10-19")
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(&url).header("range", "bytes=10-19").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(
-        header(&r, "content-range"),
-        format!("bytes 10-19/{}", data.len())
-    );
+    assert_eq!(header(&r, "content-range"), format!("bytes 10-19/{}", data.len()));
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[10..20]);
 
     let r = client()
@@ -76,17 +65,10 @@ async fn blob_get_head_range_and_delete() {
 #[tokio::test]
 async fn post_then_put_upload() {
     let b = Berth::start("");
-    let r = client()
-        .post(b.at("/v2/team/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = client().post(b.at("/v2/team/app/blobs/uploads/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let location = header(&r, "location");
-    assert!(
-        location.starts_with("/v2/team/app/blobs/uploads/"),
-        "{location}"
-    );
+    assert!(location.starts_with("/v2/team/app/blobs/uploads/"), "{location}");
     let data = b"monolithic after POST";
     let digest = sha256(data);
     let r = client()
@@ -96,10 +78,7 @@ async fn post_then_put_upload() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(
-        header(&r, "location"),
-        format!("/v2/team/app/blobs/{digest}")
-    );
+    assert_eq!(header(&r, "location"), format!("/v2/team/app/blobs/{digest}"));
     let got = client()
         .get(b.at(&format!("/v2/team/app/blobs/{digest}")))
         .send()
@@ -115,11 +94,7 @@ async fn post_then_put_upload() {
 async fn chunked_upload_with_status_out_of_order_and_cancel() {
     let b = Berth::start("");
     let c = client();
-    let r = c
-        .post(b.at("/v2/team/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(b.at("/v2/team/app/blobs/uploads/")).send().await.unwrap();
     let location = header(&r, "location");
     let data: Vec<u8> = (0..30_000u32).map(|i| (i * 7 % 256) as u8).collect();
 
@@ -187,21 +162,14 @@ async fn chunked_upload_with_status_out_of_order_and_cancel() {
     assert_eq!(sha256(&got), digest);
 
     // Cancel: the session is gone afterwards.
-    let r = c
-        .post(b.at("/v2/team/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(b.at("/v2/team/app/blobs/uploads/")).send().await.unwrap();
     let location = header(&r, "location");
     assert_eq!(
         c.delete(b.at(&location)).send().await.unwrap().status(),
         StatusCode::NO_CONTENT
     );
     let r = c.get(b.at(&location)).send().await.unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::NOT_FOUND).await,
-        "BLOB_UPLOAD_UNKNOWN"
-    );
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "BLOB_UPLOAD_UNKNOWN");
 }
 
 #[tokio::test]
@@ -214,10 +182,7 @@ async fn digest_mismatch_stores_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "DIGEST_INVALID"
-    );
+    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "DIGEST_INVALID");
     let r = client()
         .head(b.at(&format!("/v2/team/app/blobs/{wrong}")))
         .send()
@@ -229,11 +194,7 @@ async fn digest_mismatch_stores_nothing() {
     for d in [&wrong, &actual] {
         let hex = d.trim_start_matches("sha256:");
         assert!(
-            !b.root
-                .join("blobs/sha256")
-                .join(&hex[..2])
-                .join(hex)
-                .exists(),
+            !b.root.join("blobs/sha256").join(&hex[..2]).join(hex).exists(),
             "{d} was stored"
         );
     }
@@ -244,36 +205,22 @@ async fn digest_mismatch_stores_nothing() {
 async fn malformed_input_gets_the_spec_error_codes() {
     let b = Berth::start("");
     let c = client();
-    let r = c
-        .get(b.at("/v2/team/app/blobs/sha256:nothex"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "DIGEST_INVALID"
-    );
+    let r = c.get(b.at("/v2/team/app/blobs/sha256:nothex")).send().await.unwrap();
+    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "DIGEST_INVALID");
     let r = c
         .post(b.at("/v2/team/app/blobs/uploads/?digest=md5:abc"))
         .body("x")
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "DIGEST_INVALID"
-    );
+    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "DIGEST_INVALID");
     for name in ["Team/App", "a//b", "-x"] {
         let r = c
             .get(b.at(&format!("/v2/{name}/manifests/latest")))
             .send()
             .await
             .unwrap();
-        assert_eq!(
-            error_code(r, StatusCode::BAD_REQUEST).await,
-            "NAME_INVALID",
-            "{name}"
-        );
+        assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "NAME_INVALID", "{name}");
     }
     // HTTP clients normalise dot segments away, so traversal attempts go over a raw socket.
     for path in [
@@ -289,17 +236,9 @@ async fn malformed_input_gets_the_spec_error_codes() {
         assert!(body.contains("NAME_INVALID"), "{path}: {body}");
     }
     let long = "a".repeat(300);
-    let r = c
-        .get(b.at(&format!("/v2/{long}/tags/list")))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(b.at(&format!("/v2/{long}/tags/list"))).send().await.unwrap();
     assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "NAME_INVALID");
-    let r = c
-        .get(b.at("/v2/team/app/manifests/latest"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(b.at("/v2/team/app/manifests/latest")).send().await.unwrap();
     assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "NAME_UNKNOWN");
     let r = c
         .get(b.at(&format!("/v2/team/app/blobs/{}", sha256(b"nope"))))
@@ -308,10 +247,7 @@ async fn malformed_input_gets_the_spec_error_codes() {
         .unwrap();
     assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "BLOB_UNKNOWN");
     let r = c.post(b.at("/v2/team/app/tags/list")).send().await.unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::METHOD_NOT_ALLOWED).await,
-        "UNSUPPORTED"
-    );
+    assert_eq!(error_code(r, StatusCode::METHOD_NOT_ALLOWED).await, "UNSUPPORTED");
 }
 
 #[tokio::test]
@@ -322,10 +258,7 @@ async fn manifests_keep_exact_bytes_and_resolve_by_tag_and_digest() {
     let r = put_manifest(&b.url, "team/app", "1.0", OCI_MANIFEST, &body).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(header(&r, "docker-content-digest"), digest);
-    assert_eq!(
-        header(&r, "location"),
-        format!("/v2/team/app/manifests/{digest}")
-    );
+    assert_eq!(header(&r, "location"), format!("/v2/team/app/manifests/{digest}"));
 
     for reference in ["1.0", digest.as_str()] {
         let r = client()
@@ -353,15 +286,8 @@ async fn manifests_keep_exact_bytes_and_resolve_by_tag_and_digest() {
         assert_eq!(header(&r, "docker-content-digest"), digest);
     }
 
-    let r = client()
-        .get(b.at("/v2/team/app/manifests/2.0"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::NOT_FOUND).await,
-        "MANIFEST_UNKNOWN"
-    );
+    let r = client().get(b.at("/v2/team/app/manifests/2.0")).send().await.unwrap();
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "MANIFEST_UNKNOWN");
 
     // Delete by tag removes the tag only; delete by digest removes the manifest.
     let r = client()
@@ -370,15 +296,8 @@ async fn manifests_keep_exact_bytes_and_resolve_by_tag_and_digest() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = client()
-        .get(b.at("/v2/team/app/manifests/1.0"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::NOT_FOUND).await,
-        "MANIFEST_UNKNOWN"
-    );
+    let r = client().get(b.at("/v2/team/app/manifests/1.0")).send().await.unwrap();
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "MANIFEST_UNKNOWN");
     assert_eq!(
         client()
             .get(b.at(&format!("/v2/team/app/manifests/{digest}")))
@@ -399,21 +318,13 @@ async fn manifests_keep_exact_bytes_and_resolve_by_tag_and_digest() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        error_code(r, StatusCode::NOT_FOUND).await,
-        "MANIFEST_UNKNOWN"
-    );
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "MANIFEST_UNKNOWN");
 }
 
 #[tokio::test]
 async fn docker_schema2_and_indexes_are_validated() {
     let b = Berth::start("");
-    let config = push_blob(
-        &b.url,
-        "team/app",
-        br#"{"architecture":"arm64","os":"linux"}"#,
-    )
-    .await;
+    let config = push_blob(&b.url, "team/app", br#"{"architecture":"arm64","os":"linux"}"#).await;
     let layer = push_blob(&b.url, "team/app", b"gzip bytes").await;
     let schema2 = json!({
         "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
@@ -427,7 +338,8 @@ async fn docker_schema2_and_indexes_are_validated() {
 
     // An index whose child is missing is refused; once the child exists it is accepted.
     let missing = sha256(b"no such manifest");
-    let bad_index = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor(OCI_MANIFEST, &missing, 9)] });
+    let bad_index =
+        json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor(OCI_MANIFEST, &missing, 9)] });
     let r = put_manifest(
         &b.url,
         "team/app",
@@ -436,21 +348,14 @@ async fn docker_schema2_and_indexes_are_validated() {
         &serde_json::to_vec(&bad_index).unwrap(),
     )
     .await;
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "MANIFEST_BLOB_UNKNOWN"
-    );
+    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "MANIFEST_BLOB_UNKNOWN");
     let index = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
         { "mediaType": DOCKER_MANIFEST, "digest": child, "size": schema2.len(), "platform": { "os": "linux", "architecture": "arm64" } }
     ]});
     let index = serde_json::to_vec(&index).unwrap();
     let r = put_manifest(&b.url, "team/app", "multi", OCI_INDEX, &index).await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = client()
-        .get(b.at("/v2/team/app/manifests/multi"))
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(b.at("/v2/team/app/manifests/multi")).send().await.unwrap();
     assert_eq!(header(&r, "content-type"), OCI_INDEX);
     assert_eq!(r.bytes().await.unwrap().as_ref(), &index[..]);
 
@@ -468,47 +373,25 @@ async fn docker_schema2_and_indexes_are_validated() {
         &serde_json::to_vec(&orphan).unwrap(),
     )
     .await;
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "MANIFEST_BLOB_UNKNOWN"
-    );
+    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "MANIFEST_BLOB_UNKNOWN");
     // The same blobs pushed to another repository do not count.
     let r = put_manifest(&b.url, "other/app", "arm64", DOCKER_MANIFEST, &schema2).await;
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "MANIFEST_BLOB_UNKNOWN"
-    );
+    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "MANIFEST_BLOB_UNKNOWN");
 
     for (body, ct) in [
         (&b"{not json"[..], OCI_MANIFEST),
-        (
-            br#"{"schemaVersion":2,"mediaType":"text/plain"}"#,
-            "text/plain",
-        ),
+        (br#"{"schemaVersion":2,"mediaType":"text/plain"}"#, "text/plain"),
     ] {
         let r = put_manifest(&b.url, "team/app", "bad", ct, body).await;
-        assert_eq!(
-            error_code(r, StatusCode::BAD_REQUEST).await,
-            "MANIFEST_INVALID"
-        );
+        assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "MANIFEST_INVALID");
     }
     // Content-Type disagreeing with the body's mediaType.
     let r = put_manifest(&b.url, "team/app", "bad", OCI_MANIFEST, &schema2).await;
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "MANIFEST_INVALID"
-    );
+    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "MANIFEST_INVALID");
     // PUT by a digest that is not the body's.
     let r = put_manifest(&b.url, "team/app", &missing, DOCKER_MANIFEST, &schema2).await;
-    assert_eq!(
-        error_code(r, StatusCode::BAD_REQUEST).await,
-        "DIGEST_INVALID"
-    );
-    let r = client()
-        .get(b.at("/v2/team/app/manifests/bad"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(error_code(r, StatusCode::BAD_REQUEST).await, "DIGEST_INVALID");
+    let r = client().get(b.at("/v2/team/app/manifests/bad")).send().await.unwrap();
     assert_eq!(
         r.status(),
         StatusCode::NOT_FOUND,
@@ -519,7 +402,8 @@ async fn docker_schema2_and_indexes_are_validated() {
 #[tokio::test]
 async fn oversize_manifest_is_refused_with_413() {
     let b = Berth::start("");
-    let mut big = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"x":""#.to_vec();
+    let mut big =
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"x":""#.to_vec();
     big.extend(std::iter::repeat_n(b'a', 4 << 20));
     big.extend(br#""}}"#);
     let r = put_manifest(&b.url, "team/app", "big", OCI_MANIFEST, &big).await;
@@ -533,17 +417,12 @@ async fn cross_repo_mount() {
     let b = Berth::start("");
     let digest = push_blob(&b.url, "team/base", b"shared layer").await;
     let r = client()
-        .post(b.at(&format!(
-            "/v2/team/app/blobs/uploads/?mount={digest}&from=team/base"
-        )))
+        .post(b.at(&format!("/v2/team/app/blobs/uploads/?mount={digest}&from=team/base")))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(
-        header(&r, "location"),
-        format!("/v2/team/app/blobs/{digest}")
-    );
+    assert_eq!(header(&r, "location"), format!("/v2/team/app/blobs/{digest}"));
     let r = client()
         .get(b.at(&format!("/v2/team/app/blobs/{digest}")))
         .send()
@@ -554,9 +433,7 @@ async fn cross_repo_mount() {
     // Not in the source repository: a new upload session instead.
     let other = sha256(b"not anywhere");
     let r = client()
-        .post(b.at(&format!(
-            "/v2/team/app/blobs/uploads/?mount={other}&from=team/base"
-        )))
+        .post(b.at(&format!("/v2/team/app/blobs/uploads/?mount={other}&from=team/base")))
         .send()
         .await
         .unwrap();
@@ -570,24 +447,15 @@ async fn tags_and_catalog_paginate_with_link() {
     let m = image_manifest(&b.url, "team/app", &[b"l"]).await;
     for tag in ["a", "b", "c", "d", "e"] {
         assert_eq!(
-            put_manifest(&b.url, "team/app", tag, OCI_MANIFEST, &m)
-                .await
-                .status(),
+            put_manifest(&b.url, "team/app", tag, OCI_MANIFEST, &m).await.status(),
             StatusCode::CREATED
         );
     }
     for repo in ["team/x", "team/y"] {
         push_blob(&b.url, repo, b"l").await;
     }
-    let r = client()
-        .get(b.at("/v2/team/app/tags/list?n=2"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        header(&r, "link"),
-        "</v2/team/app/tags/list?n=2&last=b>; rel=\"next\""
-    );
+    let r = client().get(b.at("/v2/team/app/tags/list?n=2")).send().await.unwrap();
+    assert_eq!(header(&r, "link"), "</v2/team/app/tags/list?n=2&last=b>; rel=\"next\"");
     let body: Value = r.json().await.unwrap();
     assert_eq!(body, json!({ "name": "team/app", "tags": ["a", "b"] }));
     let r = client()
@@ -597,40 +465,22 @@ async fn tags_and_catalog_paginate_with_link() {
         .unwrap();
     assert_eq!(header(&r, "link"), "");
     assert_eq!(r.json::<Value>().await.unwrap()["tags"], json!(["e"]));
-    let r = client()
-        .get(b.at("/v2/team/app/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(b.at("/v2/team/app/tags/list")).send().await.unwrap();
     assert_eq!(
         r.json::<Value>().await.unwrap()["tags"],
         json!(["a", "b", "c", "d", "e"])
     );
-    let r = client()
-        .get(b.at("/v2/team/none/tags/list"))
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(b.at("/v2/team/none/tags/list")).send().await.unwrap();
     assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "NAME_UNKNOWN");
 
     let r = client().get(b.at("/v2/_catalog?n=2")).send().await.unwrap();
-    assert_eq!(
-        header(&r, "link"),
-        "</v2/_catalog?n=2&last=team/x>; rel=\"next\""
-    );
+    assert_eq!(header(&r, "link"), "</v2/_catalog?n=2&last=team/x>; rel=\"next\"");
     assert_eq!(
         r.json::<Value>().await.unwrap(),
         json!({ "repositories": ["team/app", "team/x"] })
     );
-    let r = client()
-        .get(b.at("/v2/_catalog?n=2&last=team/x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.json::<Value>().await.unwrap(),
-        json!({ "repositories": ["team/y"] })
-    );
+    let r = client().get(b.at("/v2/_catalog?n=2&last=team/x")).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({ "repositories": ["team/y"] }));
 }
 
 #[tokio::test]
@@ -639,10 +489,7 @@ async fn referrers_list_subjects_with_artifact_type_filter() {
     let subject = push_image(&b.url, "team/app", "1.0", &[b"base layer"]).await;
     let empty = push_blob(&b.url, "team/app", b"{}").await;
     let mut referrer_digests = Vec::new();
-    for artifact_type in [
-        "application/vnd.example.sbom",
-        "application/vnd.example.sig",
-    ] {
+    for artifact_type in ["application/vnd.example.sbom", "application/vnd.example.sig"] {
         let m = json!({
             "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
             "config": descriptor("application/vnd.oci.empty.v1+json", &empty, 2),
@@ -707,11 +554,7 @@ async fn upload_survives_a_restart_and_resumes() {
     let mut b = Berth::start_in(dir.path(), "");
     let c = client();
     let data: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
-    let r = c
-        .post(b.at("/v2/team/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(b.at("/v2/team/app/blobs/uploads/")).send().await.unwrap();
     let location = header(&r, "location");
     let r = c
         .patch(b.at(&location))

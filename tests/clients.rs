@@ -14,26 +14,59 @@ use support::{Berth, Dockerd, run, sha256};
 async fn oci_client_crate_pushes_and_pulls() {
     berth::install_crypto_provider();
     let b = Berth::start("");
-    let client = Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() });
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
     let reference: Reference = format!("{}/team/oci-client:v1", b.addr).parse().unwrap();
     let layers = vec![
-        ImageLayer::new(b"first layer bytes".to_vec(), "application/vnd.oci.image.layer.v1.tar".into(), None),
-        ImageLayer::new(vec![7u8; 3 << 20], "application/vnd.oci.image.layer.v1.tar".into(), None),
+        ImageLayer::new(
+            b"first layer bytes".to_vec(),
+            "application/vnd.oci.image.layer.v1.tar".into(),
+            None,
+        ),
+        ImageLayer::new(
+            vec![7u8; 3 << 20],
+            "application/vnd.oci.image.layer.v1.tar".into(),
+            None,
+        ),
     ];
-    let config = Config::new(br#"{"architecture":"amd64","os":"linux"}"#.to_vec(), "application/vnd.oci.image.config.v1+json".into(), None);
-    let pushed = client.push(&reference, &layers, config, &RegistryAuth::Anonymous, None).await.expect("push");
-    assert!(pushed.manifest_url.contains("/v2/team/oci-client/manifests/"), "{}", pushed.manifest_url);
+    let config = Config::new(
+        br#"{"architecture":"amd64","os":"linux"}"#.to_vec(),
+        "application/vnd.oci.image.config.v1+json".into(),
+        None,
+    );
+    let pushed = client
+        .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+        .await
+        .expect("push");
+    assert!(
+        pushed.manifest_url.contains("/v2/team/oci-client/manifests/"),
+        "{}",
+        pushed.manifest_url
+    );
 
-    let fresh = Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() });
+    let fresh = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
     let image = fresh
-        .pull(&reference, &RegistryAuth::Anonymous, vec!["application/vnd.oci.image.layer.v1.tar"])
+        .pull(
+            &reference,
+            &RegistryAuth::Anonymous,
+            vec!["application/vnd.oci.image.layer.v1.tar"],
+        )
         .await
         .expect("pull");
     assert_eq!(image.layers.len(), 2);
     assert_eq!(image.layers[0].data.as_ref(), b"first layer bytes");
     assert_eq!(sha256(&image.layers[1].data), sha256(&vec![7u8; 3 << 20]));
     let digest = image.digest.expect("pulled manifest digest");
-    let head = support::client::client().head(b.at("/v2/team/oci-client/manifests/v1")).send().await.unwrap();
+    let head = support::client::client()
+        .head(b.at("/v2/team/oci-client/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(support::client::header(&head, "docker-content-digest"), digest);
 }
 
@@ -57,16 +90,37 @@ async fn docker_pushes_and_pulls_a_private_image() {
     let image = format!("{}/team/app:1", b.addr);
     d.ok(&["import", tar.to_str().unwrap(), &image]);
     let push = d.ok(&["push", &image]);
-    let pushed_digest = push.split_whitespace().find(|w| w.starts_with("sha256:")).expect("push prints the digest").to_owned();
+    let pushed_digest = push
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .expect("push prints the digest")
+        .to_owned();
 
-    let tags: serde_json::Value = support::client::client().get(b.at("/v2/team/app/tags/list")).send().await.unwrap().json().await.unwrap();
+    let tags: serde_json::Value = support::client::client()
+        .get(b.at("/v2/team/app/tags/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(tags["tags"], serde_json::json!(["1"]));
 
     d.ok(&["rmi", &image]);
-    assert!(d.try_docker(&["image", "inspect", &image]).is_err(), "image is gone locally");
+    assert!(
+        d.try_docker(&["image", "inspect", &image]).is_err(),
+        "image is gone locally"
+    );
     d.ok(&["pull", &image]);
     let repo_digests = d.ok(&["image", "inspect", "--format", "{{json .RepoDigests}}", &image]);
-    assert!(repo_digests.contains(&pushed_digest), "pulled digest {repo_digests} is the pushed {pushed_digest}");
-    let head = support::client::client().head(b.at("/v2/team/app/manifests/1")).send().await.unwrap();
+    assert!(
+        repo_digests.contains(&pushed_digest),
+        "pulled digest {repo_digests} is the pushed {pushed_digest}"
+    );
+    let head = support::client::client()
+        .head(b.at("/v2/team/app/manifests/1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(support::client::header(&head, "docker-content-digest"), pushed_digest);
 }

@@ -15,9 +15,7 @@ use support::{Berth, sha256};
 const MIB: usize = 1 << 20;
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -71,10 +69,7 @@ async fn assert_registry_consistent(base: &str) -> usize {
             .unwrap();
         for tag in tags["tags"].as_array().unwrap() {
             let r = c
-                .get(format!(
-                    "{base}/v2/{repo}/manifests/{}",
-                    tag.as_str().unwrap()
-                ))
+                .get(format!("{base}/v2/{repo}/manifests/{}", tag.as_str().unwrap()))
                 .send()
                 .await
                 .unwrap();
@@ -92,17 +87,9 @@ async fn assert_registry_consistent(base: &str) -> usize {
                     .map(|l| l["digest"].as_str().unwrap().to_owned()),
             );
             for d in refs {
-                let r = c
-                    .get(format!("{base}/v2/{repo}/blobs/{d}"))
-                    .send()
-                    .await
-                    .unwrap();
+                let r = c.get(format!("{base}/v2/{repo}/blobs/{d}")).send().await.unwrap();
                 assert_eq!(r.status(), StatusCode::OK, "{repo}:{tag} blob {d}");
-                assert_eq!(
-                    sha256(&r.bytes().await.unwrap()),
-                    d,
-                    "{repo}:{tag} blob {d} verifies"
-                );
+                assert_eq!(sha256(&r.bytes().await.unwrap()), d, "{repo}:{tag} blob {d} verifies");
             }
             tags_checked += 1;
         }
@@ -116,23 +103,14 @@ async fn sigkill_mid_chunked_upload_then_resume() {
     let mut b = Berth::start_in(dir.path(), "");
     for i in 0..3u64 {
         let layer = pseudo_random(2 * MIB + i as usize, i);
-        push_image(
-            &b.url,
-            &format!("team/app{i}"),
-            "v1",
-            &[&layer, b"small layer"],
-        )
-        .await;
+        push_image(&b.url, &format!("team/app{i}"), "v1", &[&layer, b"small layer"]).await;
     }
 
     let data = pseudo_random(48 * MIB, 99);
     let digest = sha256(&data);
     let c = client();
     let location = header(
-        &c.post(b.at("/v2/team/big/blobs/uploads/"))
-            .send()
-            .await
-            .unwrap(),
+        &c.post(b.at("/v2/team/big/blobs/uploads/")).send().await.unwrap(),
         "location",
     );
     let r = c
@@ -189,17 +167,8 @@ async fn sigkill_mid_chunked_upload_then_resume() {
     // The session resumes from what reached the disk before the kill.
     let r = c.get(b.at(&location)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let have: usize = header(&r, "range")
-        .split('-')
-        .nth(1)
-        .unwrap()
-        .parse::<usize>()
-        .unwrap()
-        + 1;
-    assert!(
-        (16 * MIB..=24 * MIB).contains(&have),
-        "resumable offset {have}"
-    );
+    let have: usize = header(&r, "range").split('-').nth(1).unwrap().parse::<usize>().unwrap() + 1;
+    assert!((16 * MIB..=24 * MIB).contains(&have), "resumable offset {have}");
     let r = c
         .patch(b.at(&location))
         .header("content-range", format!("{have}-{}", data.len() - 1))
@@ -214,14 +183,7 @@ async fn sigkill_mid_chunked_upload_then_resume() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let got = c
-        .get(&blob_url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = c.get(&blob_url).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(sha256(&got), digest);
     assert_blob_files_verify(&b.root);
 }
@@ -239,14 +201,7 @@ async fn repeated_sigkill_during_pushes_never_corrupts_the_store() {
                 let layer = pseudo_random(MIB / 2 + (i as usize) * 1000, round * 100 + i);
                 let shared = pseudo_random(100_000, 7); // a layer every image shares
                 let m = image_manifest(&url, &format!("team/r{round}"), &[&layer, &shared]).await;
-                put_manifest(
-                    &url,
-                    &format!("team/r{round}"),
-                    &format!("t{i}"),
-                    OCI_MANIFEST,
-                    &m,
-                )
-                .await;
+                put_manifest(&url, &format!("team/r{round}"), &format!("t{i}"), OCI_MANIFEST, &m).await;
             }
         });
         tokio::time::sleep(Duration::from_millis(150 + 97 * round)).await;
@@ -261,15 +216,9 @@ async fn repeated_sigkill_during_pushes_never_corrupts_the_store() {
         committed = tags;
         assert_blob_files_verify(&b.root);
     }
+    assert!(committed > 0, "no push completed in any round; the test proved nothing");
     assert!(
-        committed > 0,
-        "no push completed in any round; the test proved nothing"
-    );
-    assert!(
-        std::fs::read_dir(b.root.join("tmp"))
-            .unwrap()
-            .next()
-            .is_none(),
+        std::fs::read_dir(b.root.join("tmp")).unwrap().next().is_none(),
         "temporary files are cleared at startup"
     );
 }

@@ -38,9 +38,7 @@ pub fn parse_range(value: Option<&str>, size: u64) -> RangeSpec {
     let (start, end) = match (a.parse::<u64>(), b.parse::<u64>()) {
         (Ok(start), Ok(end)) if start <= end => (start, end.min(size.saturating_sub(1))),
         (Ok(start), Err(_)) if b.is_empty() => (start, size.saturating_sub(1)),
-        (Err(_), Ok(suffix)) if a.is_empty() && suffix > 0 => {
-            (size.saturating_sub(suffix), size.saturating_sub(1))
-        }
+        (Err(_), Ok(suffix)) if a.is_empty() && suffix > 0 => (size.saturating_sub(suffix), size.saturating_sub(1)),
         _ => return RangeSpec::Whole,
     };
     if start >= size {
@@ -57,20 +55,11 @@ fn common(digest: &Digest) -> [(HeaderName, String); 3] {
     ]
 }
 
-pub async fn get(
-    reg: &Registry,
-    route: &Route,
-    digest: &Digest,
-    h: &HeaderMap,
-) -> Result<Response> {
+pub async fn get(reg: &Registry, route: &Route, digest: &Digest, h: &HeaderMap) -> Result<Response> {
     let range = h.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (mut response, cache) = match reg.blob(route, digest, range.is_some()).await? {
         BlobBody::File(file, cache) => (file_response(file, digest, range).await?, cache),
-        BlobBody::Stream {
-            size,
-            stream,
-            cache,
-        } => {
+        BlobBody::Stream { size, stream, cache } => {
             // A miss streaming in: the body ends in an error (aborting the response) if the
             // bytes fail to verify.
             let mut response = (
@@ -80,9 +69,7 @@ pub async fn get(
             )
                 .into_response();
             if let Some(size) = size {
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_LENGTH, size.into());
+                response.headers_mut().insert(header::CONTENT_LENGTH, size.into());
             }
             (response, Some(cache))
         }
@@ -136,9 +123,7 @@ pub async fn head(reg: &Registry, route: &Route, digest: &Digest) -> Result<Resp
         [(header::CONTENT_TYPE, "application/octet-stream".to_owned())],
     )
         .into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_LENGTH, size.into());
+    response.headers_mut().insert(header::CONTENT_LENGTH, size.into());
     set_cache(&mut response, cache);
     Ok(response)
 }
@@ -155,18 +140,9 @@ mod tests {
     #[test]
     fn ranges() {
         assert_eq!(parse_range(None, 10), RangeSpec::Whole);
-        assert_eq!(
-            parse_range(Some("bytes=0-3"), 10),
-            RangeSpec::Part { start: 0, end: 3 }
-        );
-        assert_eq!(
-            parse_range(Some("bytes=5-"), 10),
-            RangeSpec::Part { start: 5, end: 9 }
-        );
-        assert_eq!(
-            parse_range(Some("bytes=-4"), 10),
-            RangeSpec::Part { start: 6, end: 9 }
-        );
+        assert_eq!(parse_range(Some("bytes=0-3"), 10), RangeSpec::Part { start: 0, end: 3 });
+        assert_eq!(parse_range(Some("bytes=5-"), 10), RangeSpec::Part { start: 5, end: 9 });
+        assert_eq!(parse_range(Some("bytes=-4"), 10), RangeSpec::Part { start: 6, end: 9 });
         assert_eq!(
             parse_range(Some("bytes=8-100"), 10),
             RangeSpec::Part { start: 8, end: 9 }

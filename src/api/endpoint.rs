@@ -92,25 +92,16 @@ mod tests {
         assert_eq!(parse("/v2/"), Ok(Endpoint::Base));
         assert_eq!(parse("/v2"), Ok(Endpoint::Base));
         assert_eq!(parse("/v2/_catalog"), Ok(Endpoint::Catalog));
-        assert_eq!(
-            parse("/v2/a/b/c/d/e/tags/list"),
-            Ok(Endpoint::Tags(repo("a/b/c/d/e")))
-        );
+        assert_eq!(parse("/v2/a/b/c/d/e/tags/list"), Ok(Endpoint::Tags(repo("a/b/c/d/e"))));
         assert_eq!(
             parse("/v2/library/alpine/manifests/latest"),
-            Ok(Endpoint::Manifest(
-                repo("library/alpine"),
-                "latest".parse().unwrap()
-            ))
+            Ok(Endpoint::Manifest(repo("library/alpine"), "latest".parse().unwrap()))
         );
         assert_eq!(
             parse(&format!("/v2/x/blobs/{d}")),
             Ok(Endpoint::Blob(repo("x"), d.parse().unwrap()))
         );
-        assert_eq!(
-            parse("/v2/x/blobs/uploads/"),
-            Ok(Endpoint::Upload(repo("x"), None))
-        );
+        assert_eq!(parse("/v2/x/blobs/uploads/"), Ok(Endpoint::Upload(repo("x"), None)));
         assert_eq!(
             parse("/v2/x/y/blobs/uploads/abc"),
             Ok(Endpoint::Upload(repo("x/y"), Some("abc".into())))
@@ -125,10 +116,7 @@ mod tests {
     fn keywords_inside_names_are_fine() {
         assert_eq!(
             parse("/v2/manifests/blobs/manifests/v1"),
-            Ok(Endpoint::Manifest(
-                repo("manifests/blobs"),
-                "v1".parse().unwrap()
-            ))
+            Ok(Endpoint::Manifest(repo("manifests/blobs"), "v1".parse().unwrap()))
         );
     }
 
@@ -142,13 +130,7 @@ mod tests {
         ] {
             assert!(matches!(parse(p), Err(ParseError::Invalid(_))), "{p}");
         }
-        for p in [
-            "/v3/",
-            "/v2/x",
-            "/v2/x/unknown/y",
-            "/v2/manifests/x",
-            "/other",
-        ] {
+        for p in ["/v3/", "/v2/x", "/v2/x/unknown/y", "/v2/manifests/x", "/other"] {
             assert_eq!(parse(p), Err(ParseError::NotFound), "{p}");
         }
     }

@@ -14,9 +14,9 @@ impl IntoResponse for Error {
         let (status, code) = match &self {
             Error::Name(NameError::Repo(_)) => (S::BAD_REQUEST, "NAME_INVALID"),
             Error::Name(NameError::Tag(_)) => (S::BAD_REQUEST, "TAG_INVALID"),
-            Error::Name(NameError::Digest(_))
-            | Error::DigestMismatch { .. }
-            | Error::DigestMissing(_) => (S::BAD_REQUEST, "DIGEST_INVALID"),
+            Error::Name(NameError::Digest(_)) | Error::DigestMismatch { .. } | Error::DigestMissing(_) => {
+                (S::BAD_REQUEST, "DIGEST_INVALID")
+            }
             Error::NameUnknown(_) => (S::NOT_FOUND, "NAME_UNKNOWN"),
             Error::ManifestUnknown(_) => (S::NOT_FOUND, "MANIFEST_UNKNOWN"),
             Error::BlobUnknown(_) => (S::NOT_FOUND, "BLOB_UNKNOWN"),
@@ -26,25 +26,19 @@ impl IntoResponse for Error {
             Error::ContentRange(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             Error::Unsupported(_) => (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             Error::Denied(_) => (S::FORBIDDEN, "DENIED"),
-            Error::Upstream(upstream::Error::RateLimited { .. }) => {
-                (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS")
-            }
+            Error::Upstream(upstream::Error::RateLimited { .. }) => (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             Error::Upstream(upstream::Error::NotFound) => (S::NOT_FOUND, "NAME_UNKNOWN"),
-            Error::Upstream(
-                upstream::Error::Unavailable { .. } | upstream::Error::Invalid { .. },
-            ) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            Error::Upstream(upstream::Error::Unavailable { .. } | upstream::Error::Invalid { .. }) => {
+                (S::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+            }
             Error::Store(e) => match e {
                 store::Error::UploadUnknown => (S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
-                store::Error::RangeMismatch { .. } => {
-                    (S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID")
-                }
+                store::Error::RangeMismatch { .. } => (S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
                 store::Error::ChunkLength { .. } => (S::BAD_REQUEST, "SIZE_INVALID"),
                 store::Error::DigestMismatch { .. } => (S::BAD_REQUEST, "DIGEST_INVALID"),
                 store::Error::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
                 store::Error::Body(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
-                store::Error::Io(_) | store::Error::Meta(_) => {
-                    (S::INTERNAL_SERVER_ERROR, "UNKNOWN")
-                }
+                store::Error::Io(_) | store::Error::Meta(_) => (S::INTERNAL_SERVER_ERROR, "UNKNOWN"),
             },
         };
         if status == S::INTERNAL_SERVER_ERROR {
@@ -52,14 +46,14 @@ impl IntoResponse for Error {
         } else if status.is_server_error() || status == S::TOO_MANY_REQUESTS {
             tracing::warn!(error = %self, "upstream failure passed on");
         }
-        let body =
-            json!({ "errors": [{ "code": code, "message": self.to_string(), "detail": null }] });
+        let body = json!({ "errors": [{ "code": code, "message": self.to_string(), "detail": null }] });
         let mut response = (status, axum::Json(body)).into_response();
         if let Error::Store(store::Error::RangeMismatch { offset, .. }) = &self {
             // Tell the client where to resume, as the spec asks for a 416 on uploads.
-            response
-                .headers_mut()
-                .insert(header::RANGE, range_value(*offset));
+            response.headers_mut().insert(header::RANGE, range_value(*offset));
+        }
+        if let Error::Upstream(upstream::Error::RateLimited { retry_after, .. }) = &self {
+            response.headers_mut().insert(header::RETRY_AFTER, (*retry_after).into());
         }
         response
     }

@@ -35,29 +35,14 @@ pub fn catalog(reg: &Registry, params: &Params) -> Result<Response> {
     Ok(with_link(response, "/v2/_catalog", n, &page))
 }
 
-pub async fn tags(
-    reg: &Registry,
-    route: &Route,
-    repo: &RepoName,
-    params: &Params,
-) -> Result<Response> {
+pub async fn tags(reg: &Registry, route: &Route, repo: &RepoName, params: &Params) -> Result<Response> {
     let n = page_size(params);
     let page = reg.tags(route, params.last.as_deref(), n).await?;
     let response = axum::Json(json!({ "name": repo.as_str(), "tags": page.items })).into_response();
-    Ok(with_link(
-        response,
-        &format!("/v2/{repo}/tags/list"),
-        n,
-        &page,
-    ))
+    Ok(with_link(response, &format!("/v2/{repo}/tags/list"), n, &page))
 }
 
-pub fn referrers(
-    reg: &Registry,
-    repo: &RepoName,
-    subject: &Digest,
-    params: &Params,
-) -> Result<Response> {
+pub fn referrers(reg: &Registry, repo: &RepoName, subject: &Digest, params: &Params) -> Result<Response> {
     let filter = params.artifact_type.as_deref();
     let body = reg.referrers(repo, subject, filter)?;
     let mut response = ([(header::CONTENT_TYPE, media::OCI_INDEX)], body).into_response();

@@ -21,32 +21,23 @@ fn headers(head: &ManifestHead) -> [(HeaderName, String); 3] {
     ]
 }
 
-pub async fn get(
-    reg: &Registry,
-    route: &Route,
-    reference: &Reference,
-    h: &HeaderMap,
-) -> Result<Response> {
+pub async fn get(reg: &Registry, route: &Route, reference: &Reference, h: &HeaderMap) -> Result<Response> {
     let m = reg.manifest(route, reference, &accept(h)).await?;
     let mut response = (headers(&m.head), m.bytes).into_response();
     set_cache(&mut response, m.head.cache);
     Ok(response)
 }
 
-pub async fn head(
-    reg: &Registry,
-    route: &Route,
-    reference: &Reference,
-    h: &HeaderMap,
-) -> Result<Response> {
+pub async fn head(reg: &Registry, route: &Route, reference: &Reference, h: &HeaderMap) -> Result<Response> {
     let head = reg.manifest_head(route, reference, &accept(h)).await?;
     let mut response = (headers(&head), Body::empty()).into_response();
     set_cache(&mut response, head.cache);
     Ok(response)
 }
 
-/// The client's `Accept` headers, each as sent (repeated headers are not merged), or a default
-/// list of every manifest type when there are none.
+/// The client's `Accept` headers, each as sent (repeated headers are not merged). When they name
+/// no manifest type (curl's `*/*`, or none at all), every type berth stores: a bare `*/*` makes the
+/// reference registry answer with a schema-1 conversion.
 fn accept(h: &HeaderMap) -> Vec<String> {
     let sent: Vec<String> = h
         .get_all(header::ACCEPT)
@@ -54,10 +45,10 @@ fn accept(h: &HeaderMap) -> Vec<String> {
         .filter_map(|v| v.to_str().ok())
         .map(str::to_owned)
         .collect();
-    if sent.is_empty() {
-        DEFAULT_ACCEPT.iter().map(|s| s.to_string()).collect()
-    } else {
+    if sent.iter().any(|a| DEFAULT_ACCEPT.iter().any(|m| a.contains(m))) {
         sent
+    } else {
+        DEFAULT_ACCEPT.iter().map(|s| s.to_string()).collect()
     }
 }
 
@@ -76,16 +67,11 @@ pub async fn put(
     }
     let bytes = read_limited(body).await?;
     let content_type = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let put = reg
-        .put_manifest(repo, reference, content_type, bytes)
-        .await?;
+    let put = reg.put_manifest(repo, reference, content_type, bytes).await?;
     let location = format!("/v2/{repo}/manifests/{}", put.digest);
     let mut response = (
         StatusCode::CREATED,
-        [
-            (header::LOCATION, location),
-            (CONTENT_DIGEST, put.digest.to_string()),
-        ],
+        [(header::LOCATION, location), (CONTENT_DIGEST, put.digest.to_string())],
     )
         .into_response();
     if let Some(subject) = put.subject {
@@ -106,8 +92,7 @@ async fn read_limited(body: Body) -> Result<Bytes> {
     let mut buf = BytesMut::new();
     let mut seen = 0;
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| Error::ManifestInvalid(format!("reading the body failed: {e}")))?;
+        let chunk = chunk.map_err(|e| Error::ManifestInvalid(format!("reading the body failed: {e}")))?;
         seen += chunk.len();
         if seen > DRAIN_LIMIT {
             break;

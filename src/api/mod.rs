@@ -57,8 +57,7 @@ async fn dispatch(State(registry): State<Registry>, request: Request) -> Respons
     let endpoint = match endpoint::parse(parts.uri.path()) {
         Ok(e) => e,
         Err(ParseError::NotFound) => {
-            return Error::Unsupported("no such endpoint")
-                .into_response_with(StatusCode::NOT_FOUND);
+            return Error::Unsupported("no such endpoint").into_response_with(StatusCode::NOT_FOUND);
         }
         Err(ParseError::Invalid(e)) => return Error::Name(e).into_response(),
     };
@@ -109,25 +108,15 @@ async fn writes(
         (Method::PUT, Endpoint::Manifest(repo, r)) => {
             manifests::put(reg, &reg.route_push(&repo)?, &r, headers, body).await
         }
-        (Method::DELETE, Endpoint::Manifest(repo, r)) => {
-            manifests::delete(reg, &reg.route_push(&repo)?, &r).await
-        }
-        (Method::DELETE, Endpoint::Blob(repo, d)) => {
-            blobs::delete(reg, &reg.route_push(&repo)?, &d).await
-        }
+        (Method::DELETE, Endpoint::Manifest(repo, r)) => manifests::delete(reg, &reg.route_push(&repo)?, &r).await,
+        (Method::DELETE, Endpoint::Blob(repo, d)) => blobs::delete(reg, &reg.route_push(&repo)?, &d).await,
         (Method::POST, Endpoint::Upload(repo, None)) => {
             uploads::start(reg, &reg.route_push(&repo)?, params, headers, body).await
         }
         (Method::GET, Endpoint::Upload(repo, Some(id))) => uploads::status(reg, &repo, &id).await,
-        (Method::PATCH, Endpoint::Upload(repo, Some(id))) => {
-            uploads::patch(reg, &repo, &id, headers, body).await
-        }
-        (Method::PUT, Endpoint::Upload(repo, Some(id))) => {
-            uploads::put(reg, &repo, &id, params, headers, body).await
-        }
-        (Method::DELETE, Endpoint::Upload(repo, Some(id))) => {
-            uploads::cancel(reg, &repo, &id).await
-        }
+        (Method::PATCH, Endpoint::Upload(repo, Some(id))) => uploads::patch(reg, &repo, &id, headers, body).await,
+        (Method::PUT, Endpoint::Upload(repo, Some(id))) => uploads::put(reg, &repo, &id, params, headers, body).await,
+        (Method::DELETE, Endpoint::Upload(repo, Some(id))) => uploads::cancel(reg, &repo, &id).await,
         _ => Err(Error::Unsupported("method not allowed on this endpoint")),
     }
 }
@@ -162,9 +151,7 @@ impl Error {
 }
 
 /// A request body as the byte stream the store consumes.
-fn body_stream(
-    body: Body,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin {
+fn body_stream(body: Body) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Unpin {
     use futures_util::TryStreamExt;
     body.into_data_stream().map_err(std::io::Error::other)
 }

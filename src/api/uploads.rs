@@ -15,20 +15,9 @@ const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 /// 202 with the session's location and progress.
 fn session(repo: &RepoName, state: &UploadState, status: StatusCode) -> Response {
     let location = format!("/v2/{repo}/blobs/uploads/{}", state.id);
-    let mut response = (
-        status,
-        [
-            (header::LOCATION, location),
-            (UPLOAD_UUID, state.id.clone()),
-        ],
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::RANGE, range_value(state.len));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_LENGTH, 0.into());
+    let mut response = (status, [(header::LOCATION, location), (UPLOAD_UUID, state.id.clone())]).into_response();
+    response.headers_mut().insert(header::RANGE, range_value(state.len));
+    response.headers_mut().insert(header::CONTENT_LENGTH, 0.into());
     response
 }
 
@@ -37,10 +26,7 @@ fn created(repo: &RepoName, digest: &Digest) -> Response {
     let location = format!("/v2/{repo}/blobs/{digest}");
     (
         StatusCode::CREATED,
-        [
-            (header::LOCATION, location),
-            (CONTENT_DIGEST, digest.to_string()),
-        ],
+        [(header::LOCATION, location), (CONTENT_DIGEST, digest.to_string())],
     )
         .into_response()
 }
@@ -60,12 +46,7 @@ fn chunk_range(h: &HeaderMap) -> Result<Option<ChunkRange>> {
     };
     let text = value.to_str().unwrap_or("");
     let bad = || Error::ContentRange(text.chars().take(100).collect());
-    let spec = text
-        .trim()
-        .trim_start_matches("bytes ")
-        .split('/')
-        .next()
-        .unwrap_or("");
+    let spec = text.trim().trim_start_matches("bytes ").split('/').next().unwrap_or("");
     let (a, b) = spec.split_once('-').ok_or_else(bad)?;
     let (start, end) = (
         a.trim().parse::<u64>().map_err(|_| bad())?,
@@ -77,20 +58,10 @@ fn chunk_range(h: &HeaderMap) -> Result<Option<ChunkRange>> {
     Ok(Some(ChunkRange { start, end }))
 }
 
-pub async fn start(
-    reg: &Registry,
-    repo: &RepoName,
-    params: &Params,
-    h: &HeaderMap,
-    body: Body,
-) -> Result<Response> {
+pub async fn start(reg: &Registry, repo: &RepoName, params: &Params, h: &HeaderMap, body: Body) -> Result<Response> {
     if let Some(mount) = &params.mount {
         let digest: Digest = mount.parse()?;
-        let from = params
-            .from
-            .as_deref()
-            .map(str::parse::<RepoName>)
-            .transpose()?;
+        let from = params.from.as_deref().map(str::parse::<RepoName>).transpose()?;
         return Ok(match reg.mount(repo, &digest, from.as_ref()).await? {
             Mount::Mounted(d) => created(repo, &d),
             Mount::Started(state) => session(repo, &state, StatusCode::ACCEPTED),
@@ -112,16 +83,8 @@ pub async fn status(reg: &Registry, repo: &RepoName, id: &str) -> Result<Respons
     Ok(session(repo, &state, StatusCode::NO_CONTENT))
 }
 
-pub async fn patch(
-    reg: &Registry,
-    repo: &RepoName,
-    id: &str,
-    h: &HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    let state = reg
-        .upload_chunk(repo, id, chunk_range(h)?, body_stream(body))
-        .await?;
+pub async fn patch(reg: &Registry, repo: &RepoName, id: &str, h: &HeaderMap, body: Body) -> Result<Response> {
+    let state = reg.upload_chunk(repo, id, chunk_range(h)?, body_stream(body)).await?;
     Ok(session(repo, &state, StatusCode::ACCEPTED))
 }
 

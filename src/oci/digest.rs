@@ -74,10 +74,8 @@ impl FromStr for Digest {
             "sha512" => Algorithm::Sha512,
             _ => return Err(invalid()),
         };
-        let well_formed = hex.len() == algorithm.hex_len()
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let well_formed =
+            hex.len() == algorithm.hex_len() && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !well_formed {
             return Err(invalid());
         }

@@ -188,11 +188,7 @@ mod tests {
         );
         let m = Manifest::parse(body.as_bytes(), Some(media::DOCKER_MANIFEST)).unwrap();
         let refs: Vec<String> = m.blob_refs().map(|d| d.to_string()).collect();
-        assert_eq!(
-            refs,
-            vec![digest('a'), digest('b')],
-            "foreign layers are not required"
-        );
+        assert_eq!(refs, vec![digest('a'), digest('b')], "foreign layers are not required");
         assert_eq!(m.artifact_type, None);
     }
 
@@ -228,10 +224,7 @@ mod tests {
         let cases: [(&str, Option<&str>); 5] = [
             ("not json", None),
             (r#"{"schemaVersion":1}"#, None),
-            (
-                r#"{"schemaVersion":2,"mediaType":"text/plain","config":{}}"#,
-                None,
-            ),
+            (r#"{"schemaVersion":2,"mediaType":"text/plain","config":{}}"#, None),
             (
                 r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}"#,
                 None,

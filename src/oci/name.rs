@@ -107,9 +107,7 @@ impl FromStr for Tag {
         let ok = !bytes.is_empty()
             && bytes.len() <= MAX_TAG_LEN
             && word(bytes[0])
-            && bytes[1..]
-                .iter()
-                .all(|&b| word(b) || b == b'.' || b == b'-');
+            && bytes[1..].iter().all(|&b| word(b) || b == b'.' || b == b'-');
         if !ok {
             return Err(NameError::Tag(truncated(s)));
         }
@@ -196,10 +194,7 @@ mod tests {
             "a.b-c---d/x",
             "0",
         ] {
-            assert!(
-                good.parse::<RepoName>().is_ok(),
-                "{good} should be accepted"
-            );
+            assert!(good.parse::<RepoName>().is_ok(), "{good} should be accepted");
         }
     }
 
@@ -207,13 +202,10 @@ mod tests {
     fn rejects_traversal_and_malformed_names() {
         let long = "a".repeat(256);
         for bad in [
-            "", "..", "../etc", "a/../b", "/abs", "a//b", "a/", "A", "a___b", "-a", "a-", "a.",
-            "a..b", "%2e%2e", "a b", "a\0b", &long,
+            "", "..", "../etc", "a/../b", "/abs", "a//b", "a/", "A", "a___b", "-a", "a-", "a.", "a..b", "%2e%2e",
+            "a b", "a\0b", &long,
         ] {
-            assert!(
-                bad.parse::<RepoName>().is_err(),
-                "{bad:?} should be rejected"
-            );
+            assert!(bad.parse::<RepoName>().is_err(), "{bad:?} should be rejected");
         }
     }
 

@@ -56,15 +56,9 @@ impl Registry {
                     return Err(Error::BlobUnknown(digest.clone()));
                 }
                 let size = self.store.blobs.size(digest).await?;
-                Ok((
-                    size.ok_or_else(|| Error::BlobUnknown(digest.clone()))?,
-                    None,
-                ))
+                Ok((size.ok_or_else(|| Error::BlobUnknown(digest.clone()))?, None))
             }
-            Route::Proxied(p) => Ok(self
-                .proxied_blob_size(p, digest)
-                .await
-                .map(|(s, c)| (s, Some(c)))?),
+            Route::Proxied(p) => Ok(self.proxied_blob_size(p, digest).await.map(|(s, c)| (s, Some(c)))?),
         }
     }
 
@@ -83,16 +77,9 @@ impl Registry {
     }
 
     /// Link `digest` from `from` into `repo` when `from` holds it, else start a session.
-    pub async fn mount(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        from: Option<&RepoName>,
-    ) -> Result<Mount> {
+    pub async fn mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Mount> {
         if let Some(from) = from {
-            if self.store.meta.blob_linked(from, digest)?
-                && self.store.blobs.size(digest).await?.is_some()
-            {
+            if self.store.meta.blob_linked(from, digest)? && self.store.blobs.size(digest).await?.is_some() {
                 self.link(repo, digest).await?;
                 return Ok(Mount::Mounted(digest.clone()));
             }
@@ -107,10 +94,7 @@ impl Registry {
         if owner != *repo {
             return Err(store::Error::UploadUnknown.into());
         }
-        Ok(UploadState {
-            id: id.to_owned(),
-            len,
-        })
+        Ok(UploadState { id: id.to_owned(), len })
     }
 
     pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
@@ -174,9 +158,6 @@ impl Registry {
 
     async fn link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let (r, d) = (repo.clone(), digest.clone());
-        blocking(&self.store.meta, move |m| {
-            m.link_blob(&r, &d, Origin::Private)
-        })
-        .await
+        blocking(&self.store.meta, move |m| m.link_blob(&r, &d, Origin::Private)).await
     }
 }

@@ -159,9 +159,7 @@ impl Job {
                 file.write_all(&buffer).await.map_err(io)?;
                 written += buffer.len() as u64;
                 buffer.clear();
-                self.fill
-                    .progress
-                    .send_replace(Progress::Streaming { size, written });
+                self.fill.progress.send_replace(Progress::Streaming { size, written });
             }
             if chunk.is_none() {
                 break;
@@ -238,10 +236,7 @@ impl Fill {
 
     /// The blob's bytes as they arrive; the final byte only after verification. `published` is
     /// where the blob lives once the fill is done (for readers that join late).
-    pub fn stream(
-        self: Arc<Self>,
-        published: PathBuf,
-    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    pub fn stream(self: Arc<Self>, published: PathBuf) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
         let state = Reader {
             fill: self.clone(),
             rx: self.progress.subscribe(),
@@ -249,9 +244,7 @@ impl Fill {
             pos: 0,
             published,
         };
-        futures_util::stream::unfold(state, |mut r| async move {
-            r.next().await.map(|item| (item, r))
-        })
+        futures_util::stream::unfold(state, |mut r| async move { r.next().await.map(|item| (item, r)) })
     }
 }
 
@@ -274,10 +267,7 @@ impl Reader {
                     size: Some(size),
                     written,
                 } => (written.min(size.saturating_sub(1)), false),
-                Progress::Streaming {
-                    size: None,
-                    written,
-                } => (written, false),
+                Progress::Streaming { size: None, written } => (written, false),
                 Progress::Done { size } => (size, true),
                 Progress::Failed(e) => {
                     return Some(Err(std::io::Error::other(format!(
@@ -303,9 +293,7 @@ impl Reader {
             let file = match fs::File::open(&self.fill.temp).await {
                 Ok(f) => f,
                 // Renamed into the store already: read the published blob.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && done => {
-                    fs::File::open(&self.published).await?
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && done => fs::File::open(&self.published).await?,
                 Err(e) => return Err(e),
             };
             self.file = Some(file);

@@ -60,12 +60,7 @@ impl Registry {
     }
 
     /// The referrers index of `subject` as JSON bytes, filtered by `artifact_type` when given.
-    pub fn referrers(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-        artifact_type: Option<&str>,
-    ) -> Result<Vec<u8>> {
+    pub fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<u8>> {
         let manifests: Vec<Descriptor> = self
             .store
             .meta
@@ -81,8 +76,7 @@ impl Registry {
                 platform: None,
             })
             .collect();
-        let index =
-            json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
+        let index = json!({ "schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": manifests });
         Ok(serde_json::to_vec(&index).expect("JSON of plain values"))
     }
 }

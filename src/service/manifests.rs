@@ -54,11 +54,7 @@ impl Registry {
     }
 
     /// A stored manifest's head.
-    pub(super) fn local_head(
-        &self,
-        repo: &RepoName,
-        reference: &Reference,
-    ) -> Result<ManifestHead> {
+    pub(super) fn local_head(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestHead> {
         let (digest, record) = self.resolve(repo, reference)?;
         Ok(ManifestHead {
             digest,
@@ -68,24 +64,14 @@ impl Registry {
         })
     }
 
-    pub async fn manifest_head(
-        &self,
-        route: &Route,
-        reference: &Reference,
-        accept: &[String],
-    ) -> Result<ManifestHead> {
+    pub async fn manifest_head(&self, route: &Route, reference: &Reference, accept: &[String]) -> Result<ManifestHead> {
         match route {
             Route::Private(repo) => self.local_head(repo, reference),
             Route::Proxied(p) => Ok(self.proxied_manifest(p, reference, accept).await?.0),
         }
     }
 
-    pub async fn manifest(
-        &self,
-        route: &Route,
-        reference: &Reference,
-        accept: &[String],
-    ) -> Result<ManifestBody> {
+    pub async fn manifest(&self, route: &Route, reference: &Reference, accept: &[String]) -> Result<ManifestBody> {
         let (head, fetched) = match route {
             Route::Private(repo) => (self.local_head(repo, reference)?, None),
             Route::Proxied(p) => self.proxied_manifest(p, reference, accept).await?,
@@ -113,8 +99,7 @@ impl Registry {
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(Error::ManifestTooLarge);
         }
-        let manifest = Manifest::parse(&bytes, content_type)
-            .map_err(|e| Error::ManifestInvalid(e.to_string()))?;
+        let manifest = Manifest::parse(&bytes, content_type).map_err(|e| Error::ManifestInvalid(e.to_string()))?;
         let digest = match reference {
             Reference::Digest(expected) => {
                 let mut hasher = Hasher::new(expected.algorithm());

@@ -44,19 +44,14 @@ impl Registry {
                 return Ok((with_cache(cached, Cache::Hit), None));
             }
             Reference::Digest(d) => {
-                return self
-                    .fetch_manifest(p, reference, accept, Some(d), None)
-                    .await;
+                return self.fetch_manifest(p, reference, accept, Some(d), None).await;
             }
             Reference::Tag(t) => t,
         };
         if cached.is_some() && self.tag_is_fresh(p, tag) {
             return Ok((with_cache(cached, Cache::Hit), None));
         }
-        let checked = p
-            .upstream
-            .head_manifest(&p.remote, tag.as_str(), accept)
-            .await;
+        let checked = p.upstream.head_manifest(&p.remote, tag.as_str(), accept).await;
         match (checked, cached) {
             (Ok(head), Some(cached)) if head.digest.as_ref() == Some(&cached.digest) => {
                 self.mark_fresh(p, tag);
@@ -85,9 +80,7 @@ impl Registry {
                     other => other,
                 }
             }
-            (Err(upstream::Error::NotFound), _) => {
-                Err(Error::ManifestUnknown(reference.to_string()))
-            }
+            (Err(upstream::Error::NotFound), _) => Err(Error::ManifestUnknown(reference.to_string())),
             (Err(e), Some(cached)) => Ok((self.stale(p, reference, Some(cached), &e), None)),
             (Err(e), None) => Err(Error::Upstream(e)),
         }
@@ -169,12 +162,7 @@ impl Registry {
 
     /// A proxied blob: from the store when cached, else streamed through a fill. With `whole`
     /// (a Range request), wait for the fill to verify and serve the stored file.
-    pub(super) async fn proxied_blob(
-        &self,
-        p: &Proxied,
-        digest: &Digest,
-        whole: bool,
-    ) -> Result<BlobBody> {
+    pub(super) async fn proxied_blob(&self, p: &Proxied, digest: &Digest, whole: bool) -> Result<BlobBody> {
         if let Some(file) = self.cached_blob(p, digest).await? {
             return Ok(BlobBody::File(file, Some(Cache::Hit)));
         }
@@ -203,11 +191,7 @@ impl Registry {
     /// The stored blob when this repository may serve it. A blob cached for another repository is
     /// linked here only after the upstream confirms this repository has it, so a digest alone
     /// never reveals another repository's (possibly private) content.
-    async fn cached_blob(
-        &self,
-        p: &Proxied,
-        digest: &Digest,
-    ) -> Result<Option<crate::store::BlobFile>> {
+    async fn cached_blob(&self, p: &Proxied, digest: &Digest) -> Result<Option<crate::store::BlobFile>> {
         let Some(file) = self.store.blobs.open_file(digest).await? else {
             return Ok(None);
         };
@@ -232,11 +216,7 @@ impl Registry {
     }
 
     /// Size of a proxied blob, asking the upstream (without caching) on a miss.
-    pub(super) async fn proxied_blob_size(
-        &self,
-        p: &Proxied,
-        digest: &Digest,
-    ) -> Result<(u64, Cache)> {
+    pub(super) async fn proxied_blob_size(&self, p: &Proxied, digest: &Digest) -> Result<(u64, Cache)> {
         if let Some(file) = self.cached_blob(p, digest).await? {
             return Ok((file.size, Cache::Hit));
         }
@@ -285,8 +265,6 @@ fn fill_error(e: FillError, digest: &Digest) -> Error {
             upstream: "upstream".into(),
             reason,
         }),
-        FillError::Io(reason) => {
-            Error::Store(crate::store::Error::Io(std::io::Error::other(reason)))
-        }
+        FillError::Io(reason) => Error::Store(crate::store::Error::Io(std::io::Error::other(reason))),
     }
 }

@@ -44,10 +44,7 @@ impl Route {
 
 impl Registry {
     fn upstream_named(&self, name: &str) -> Option<(usize, &Arc<Upstream>)> {
-        self.upstreams
-            .iter()
-            .enumerate()
-            .find(|(_, u)| u.name() == name)
+        self.upstreams.iter().enumerate().find(|(_, u)| u.name() == name)
     }
 
     /// Route a read of `requested`, with containerd's `ns` query parameter if sent.

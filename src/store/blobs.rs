@@ -39,10 +39,7 @@ impl Blobs {
     /// `blobs/<alg>/<first two hex>/<hex>`. Safe: a `Digest` is validated lowercase hex.
     pub fn path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
-        self.blobs
-            .join(digest.algorithm().as_str())
-            .join(&hex[..2])
-            .join(hex)
+        self.blobs.join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
     }
 
     /// A fresh path in the temporary area, on the same filesystem as `blobs/` so rename is atomic.

@@ -83,8 +83,7 @@ pub trait Meta: Send + Sync {
     /// Remove a manifest, every tag that points at it, and its referrer entry.
     fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
     /// Manifests in `repo` whose subject is `subject`.
-    fn referrers(&self, repo: &RepoName, subject: &Digest)
-    -> Result<Vec<(Digest, ManifestRecord)>>;
+    fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, ManifestRecord)>>;
 
     fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>>;
     fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;

@@ -65,10 +65,6 @@ impl Store {
         let blobs = Blobs::open(root)?;
         let meta: Arc<dyn Meta> = Arc::new(RedbMeta::open(&root.join("meta.redb"))?);
         let uploads = Arc::new(Uploads::open(root, blobs.clone(), meta.clone())?);
-        Ok(Store {
-            blobs,
-            uploads,
-            meta,
-        })
+        Ok(Store { blobs, uploads, meta })
     }
 }

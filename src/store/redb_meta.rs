@@ -73,11 +73,7 @@ impl RedbMeta {
     }
 }
 
-fn ensure_repo_in(
-    txn: &redb::WriteTransaction,
-    repo: &RepoName,
-    origin: Origin,
-) -> Result<RepoInfo> {
+fn ensure_repo_in(txn: &redb::WriteTransaction, repo: &RepoName, origin: Origin) -> Result<RepoInfo> {
     let mut repos = txn.open_table(REPOS).map_err(db_err)?;
     if let Some(v) = repos.get(repo.as_str()).map_err(db_err)? {
         return serde_json::from_slice(v.value()).map_err(json_err);
@@ -87,9 +83,7 @@ fn ensure_repo_in(
         created: unix_now(),
     };
     let bytes = serde_json::to_vec(&info).map_err(json_err)?;
-    repos
-        .insert(repo.as_str(), bytes.as_slice())
-        .map_err(db_err)?;
+    repos.insert(repo.as_str(), bytes.as_slice()).map_err(db_err)?;
     Ok(info)
 }
 
@@ -106,10 +100,7 @@ fn keys_after<V: redb::Value + 'static>(
         None => start,
     };
     let mut out = Vec::new();
-    for row in table
-        .range::<&str>(start.as_str()..end.as_str())
-        .map_err(db_err)?
-    {
+    for row in table.range::<&str>(start.as_str()..end.as_str()).map_err(db_err)? {
         if out.len() >= n {
             break;
         }
@@ -139,9 +130,7 @@ impl Meta for RedbMeta {
         let table = self.read_txn()?.open_table(REPOS).map_err(db_err)?;
         let mut out = Vec::new();
         let rows = match last {
-            Some(last) => {
-                table.range::<&str>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
-            }
+            Some(last) => table.range::<&str>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded)),
             None => table.range::<&str>(..),
         };
         for row in rows.map_err(db_err)?.take(n) {
@@ -198,19 +187,13 @@ impl Meta for RedbMeta {
             if let Some(subject) = &record.subject {
                 let mut referrers = txn.open_table(REFERRERS).map_err(db_err)?;
                 referrers
-                    .insert(
-                        key(&[repo.as_str(), &subject.to_string(), &digest]).as_str(),
-                        (),
-                    )
+                    .insert(key(&[repo.as_str(), &subject.to_string(), &digest]).as_str(), ())
                     .map_err(db_err)?;
             }
             if let Some(tag) = tag {
                 let mut tags = txn.open_table(TAGS).map_err(db_err)?;
-                tags.insert(
-                    key(&[repo.as_str(), tag.as_str()]).as_str(),
-                    digest.as_str(),
-                )
-                .map_err(db_err)?;
+                tags.insert(key(&[repo.as_str(), tag.as_str()]).as_str(), digest.as_str())
+                    .map_err(db_err)?;
             }
             Ok(())
         })
@@ -260,11 +243,7 @@ impl Meta for RedbMeta {
         })
     }
 
-    fn referrers(
-        &self,
-        repo: &RepoName,
-        subject: &Digest,
-    ) -> Result<Vec<(Digest, ManifestRecord)>> {
+    fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, ManifestRecord)>> {
         let txn = self.read_txn()?;
         let referrers = txn.open_table(REFERRERS).map_err(db_err)?;
         let manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
@@ -274,10 +253,7 @@ impl Meta for RedbMeta {
             let Ok(digest) = d.parse::<Digest>() else {
                 continue;
             };
-            if let Some(v) = manifests
-                .get(key(&[repo.as_str(), &d]).as_str())
-                .map_err(db_err)?
-            {
+            if let Some(v) = manifests.get(key(&[repo.as_str(), &d]).as_str()).map_err(db_err)? {
                 out.push((digest, serde_json::from_slice(v.value()).map_err(json_err)?));
             }
         }
@@ -290,11 +266,7 @@ impl Meta for RedbMeta {
             .get(key(&[repo.as_str(), tag.as_str()]).as_str())
             .map_err(db_err)?;
         value
-            .map(|v| {
-                v.value()
-                    .parse()
-                    .map_err(|e| Error::Meta(format!("corrupt tag: {e}")))
-            })
+            .map(|v| v.value().parse().map_err(|e| Error::Meta(format!("corrupt tag: {e}"))))
             .transpose()
     }
 
@@ -344,10 +316,7 @@ impl Meta for RedbMeta {
 
     fn delete_upload(&self, id: &str) -> Result<()> {
         self.write(|txn| {
-            txn.open_table(UPLOADS)
-                .map_err(db_err)?
-                .remove(id)
-                .map_err(db_err)?;
+            txn.open_table(UPLOADS).map_err(db_err)?.remove(id).map_err(db_err)?;
             Ok(())
         })
     }

@@ -100,13 +100,7 @@ impl Uploads {
     /// Append a chunk. With `range`, its start must equal the current length and the body must be
     /// exactly as long as the range. A rejected or interrupted chunk leaves the session as it was.
     /// Returns the new length.
-    pub async fn append<S>(
-        &self,
-        id: &str,
-        range: Option<ChunkRange>,
-        body: S,
-        limit: u64,
-    ) -> Result<u64>
+    pub async fn append<S>(&self, id: &str, range: Option<ChunkRange>, body: S, limit: u64) -> Result<u64>
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
     {
@@ -127,10 +121,7 @@ impl Uploads {
             Ok(()) => Ok(session.len),
             Err(e) => {
                 (session.len, session.hasher) = before;
-                let file = fs::OpenOptions::new()
-                    .write(true)
-                    .open(self.path(id))
-                    .await?;
+                let file = fs::OpenOptions::new().write(true).open(self.path(id)).await?;
                 file.set_len(session.len).await?;
                 Err(e)
             }
@@ -148,10 +139,7 @@ impl Uploads {
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
     {
-        let file = fs::OpenOptions::new()
-            .append(true)
-            .open(self.path(id))
-            .await?;
+        let file = fs::OpenOptions::new().append(true).open(self.path(id)).await?;
         let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
         let start = session.len;
         while let Some(chunk) = body.next().await {
@@ -191,9 +179,7 @@ impl Uploads {
     }
 
     async fn hash_file(&self, id: &str, algorithm: Algorithm) -> Result<(u64, Hasher)> {
-        let mut file = fs::File::open(self.path(id))
-            .await
-            .map_err(|_| Error::UploadUnknown)?;
+        let mut file = fs::File::open(self.path(id)).await.map_err(|_| Error::UploadUnknown)?;
         let mut hasher = Hasher::new(algorithm);
         let mut buf = vec![0; WRITE_BUFFER];
         let mut len = 0;
@@ -254,9 +240,5 @@ impl Uploads {
 
 /// Accept only ids of the shape we hand out (32 lowercase hex digits), so an id is a safe file name.
 pub fn parse_id(id: &str) -> Option<&str> {
-    (id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-    .then_some(id)
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(id)
 }

@@ -34,11 +34,7 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let mut s = rest.trim();
     while !s.is_empty() {
         let (key, after) = s.split_once('=')?;
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
         let after = after.trim_start();
         let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
             let end = quoted.find('"')?;
@@ -91,8 +87,7 @@ impl Tokens {
         scope: Option<&str>,
         credentials: Option<&(String, Secret)>,
     ) -> Result<String, String> {
-        let mut url =
-            reqwest::Url::parse(realm).map_err(|e| format!("bad token realm {realm:?}: {e}"))?;
+        let mut url = reqwest::Url::parse(realm).map_err(|e| format!("bad token realm {realm:?}: {e}"))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(service) = service {
@@ -106,10 +101,7 @@ impl Tokens {
         if let Some((user, password)) = credentials {
             request = request.basic_auth(user, Some(&password.0));
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("token request failed: {e}"))?;
+        let response = request.send().await.map_err(|e| format!("token request failed: {e}"))?;
         if !response.status().is_success() {
             return Err(format!("token service answered {}", response.status()));
         }
@@ -117,10 +109,7 @@ impl Tokens {
             .json()
             .await
             .map_err(|e| format!("token response is not JSON: {e}"))?;
-        let token = body
-            .token
-            .or(body.access_token)
-            .ok_or("token response has no token")?;
+        let token = body.token.or(body.access_token).ok_or("token response has no token")?;
         // Renew a little early so a token never expires between the check and its use.
         let ttl = body.expires_in.unwrap_or(DEFAULT_TOKEN_TTL).max(10);
         let expires = Instant::now() + Duration::from_secs(ttl - ttl / 10);
@@ -149,10 +138,7 @@ mod tests {
                 scope: Some("repository:library/alpine:pull,push".into()),
             })
         );
-        assert_eq!(
-            parse_challenge(r#"Basic realm="x""#),
-            Some(Challenge::Basic)
-        );
+        assert_eq!(parse_challenge(r#"Basic realm="x""#), Some(Challenge::Basic));
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(parse_challenge(r#"Bearer service="no realm""#), None);
     }

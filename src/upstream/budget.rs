@@ -46,9 +46,7 @@ impl Budget {
 
     /// Record a 429: stop sending for `retry_after` seconds (or the default). Returns the pause.
     pub fn pause(&self, retry_after: Option<u64>) -> u64 {
-        let pause = retry_after
-            .map(Duration::from_secs)
-            .unwrap_or(DEFAULT_PAUSE);
+        let pause = retry_after.map(Duration::from_secs).unwrap_or(DEFAULT_PAUSE);
         *self.paused_until.lock().expect("budget lock") = Some(Instant::now() + pause);
         pause.as_secs().max(1)
     }

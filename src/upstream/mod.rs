@@ -104,27 +104,13 @@ impl Upstream {
     }
 
     fn url(&self, path: &str) -> String {
-        format!(
-            "{}{}",
-            self.settings.url.as_str().trim_end_matches('/'),
-            path
-        )
+        format!("{}{}", self.settings.url.as_str().trim_end_matches('/'), path)
     }
 
     /// HEAD a manifest. Docker Hub does not count HEADs against its pull rate limit.
-    pub async fn head_manifest(
-        &self,
-        name: &str,
-        reference: &str,
-        accept: &[String],
-    ) -> Result<RemoteHead> {
+    pub async fn head_manifest(&self, name: &str, reference: &str, accept: &[String]) -> Result<RemoteHead> {
         let response = self
-            .send(
-                Method::HEAD,
-                name,
-                &format!("/v2/{name}/manifests/{reference}"),
-                accept,
-            )
+            .send(Method::HEAD, name, &format!("/v2/{name}/manifests/{reference}"), accept)
             .await?;
         let digest = header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
         Ok(RemoteHead {
@@ -143,16 +129,10 @@ impl Upstream {
         expected: Option<&Digest>,
     ) -> Result<RemoteManifest> {
         let response = self
-            .send(
-                Method::GET,
-                name,
-                &format!("/v2/{name}/manifests/{reference}"),
-                accept,
-            )
+            .send(Method::GET, name, &format!("/v2/{name}/manifests/{reference}"), accept)
             .await?;
         let media_type = header(&response, CONTENT_TYPE.as_str());
-        let announced: Option<Digest> =
-            header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
+        let announced: Option<Digest> = header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
         if response
             .content_length()
             .is_some_and(|n| n > crate::service::MAX_MANIFEST_BYTES as u64)
@@ -192,24 +172,14 @@ impl Upstream {
 
     /// GET a blob; the response body streams. Redirects (CDN) are followed without credentials.
     pub async fn get_blob(&self, name: &str, digest: &Digest) -> Result<Response> {
-        self.send(
-            Method::GET,
-            name,
-            &format!("/v2/{name}/blobs/{digest}"),
-            &[],
-        )
-        .await
+        self.send(Method::GET, name, &format!("/v2/{name}/blobs/{digest}"), &[])
+            .await
     }
 
     /// HEAD a blob: its size, when the upstream has it.
     pub async fn head_blob(&self, name: &str, digest: &Digest) -> Result<Option<u64>> {
         let response = self
-            .send(
-                Method::HEAD,
-                name,
-                &format!("/v2/{name}/blobs/{digest}"),
-                &[],
-            )
+            .send(Method::HEAD, name, &format!("/v2/{name}/blobs/{digest}"), &[])
             .await?;
         Ok(header(&response, "content-length").and_then(|n| n.parse().ok()))
     }
@@ -233,42 +203,28 @@ impl Upstream {
 
     /// Send an idempotent request for repository `name` through the budget, authenticating on a
     /// challenge, retrying connection failures, and following redirects without credentials.
-    async fn send(
-        &self,
-        method: Method,
-        name: &str,
-        path: &str,
-        accept: &[String],
-    ) -> Result<Response> {
+    async fn send(&self, method: Method, name: &str, path: &str, accept: &[String]) -> Result<Response> {
         let scope = format!("repository:{name}:pull");
         let mut auth: Option<Auth> = self.tokens.get(&self.token_key(&scope)).map(Auth::Bearer);
         let mut authenticated_once = false;
         let mut attempt = 0;
         loop {
-            self.budget
-                .acquire()
-                .await
-                .map_err(|retry_after| Error::RateLimited {
-                    upstream: self.settings.name.clone(),
-                    retry_after,
-                })?;
+            self.budget.acquire().await.map_err(|retry_after| Error::RateLimited {
+                upstream: self.settings.name.clone(),
+                retry_after,
+            })?;
             let mut request = self.http.request(method.clone(), self.url(path));
             for a in accept {
                 request = request.header(ACCEPT, a); // appended one by one: repeated Accept headers stay as they are
             }
             match (&auth, &self.settings.credentials) {
                 (Some(Auth::Bearer(token)), _) => request = request.bearer_auth(token),
-                (Some(Auth::Basic), Some((user, password))) => {
-                    request = request.basic_auth(user, Some(&password.0))
-                }
+                (Some(Auth::Basic), Some((user, password))) => request = request.basic_auth(user, Some(&password.0)),
                 _ => {}
             }
             let response = match request.send().await {
                 Ok(r) => r,
-                Err(e)
-                    if attempt + 1 < ATTEMPTS
-                        && (e.is_connect() || e.is_timeout() || e.is_request()) =>
-                {
+                Err(e) if attempt + 1 < ATTEMPTS && (e.is_connect() || e.is_timeout() || e.is_request()) => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1))).await;
                     continue;
@@ -294,8 +250,7 @@ impl Upstream {
 
     /// Answer a 401 challenge: fetch a Bearer token, or use Basic credentials.
     async fn authenticate(&self, response: &Response, scope: &str) -> Result<Auth> {
-        let challenge =
-            header(response, WWW_AUTHENTICATE.as_str()).and_then(|h| auth::parse_challenge(&h));
+        let challenge = header(response, WWW_AUTHENTICATE.as_str()).and_then(|h| auth::parse_challenge(&h));
         match challenge {
             Some(auth::Challenge::Bearer {
                 realm,
@@ -318,9 +273,7 @@ impl Upstream {
                 Ok(Auth::Bearer(token))
             }
             Some(auth::Challenge::Basic) if self.settings.credentials.is_some() => Ok(Auth::Basic),
-            Some(auth::Challenge::Basic) => {
-                Err(self.unavailable("upstream wants Basic credentials; none configured"))
-            }
+            Some(auth::Challenge::Basic) => Err(self.unavailable("upstream wants Basic credentials; none configured")),
             None => Err(self.unavailable("upstream answered 401 without a usable challenge")),
         }
     }
@@ -328,8 +281,8 @@ impl Upstream {
     /// Follow redirects with a plain request: no Authorization ever crosses a redirect.
     async fn follow(&self, method: Method, mut response: Response) -> Result<Response> {
         for _ in 0..MAX_REDIRECTS {
-            let location = header(&response, LOCATION.as_str())
-                .ok_or_else(|| self.unavailable("redirect without Location"))?;
+            let location =
+                header(&response, LOCATION.as_str()).ok_or_else(|| self.unavailable("redirect without Location"))?;
             let next = response
                 .url()
                 .join(&location)
@@ -356,8 +309,7 @@ impl Upstream {
         match status {
             StatusCode::NOT_FOUND => Err(Error::NotFound),
             StatusCode::TOO_MANY_REQUESTS => {
-                let retry_after =
-                    header(&response, RETRY_AFTER.as_str()).and_then(|v| v.trim().parse().ok());
+                let retry_after = header(&response, RETRY_AFTER.as_str()).and_then(|v| v.trim().parse().ok());
                 let retry_after = self.budget.pause(retry_after);
                 tracing::warn!(upstream = %self.settings.name, retry_after, "upstream rate limit hit (429)");
                 Err(Error::RateLimited {

@@ -26,10 +26,7 @@ pub struct Berth {
 impl Berth {
     /// A fresh berth with an empty store and `extra` appended to its mirror.toml.
     pub fn start(extra: &str) -> Berth {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-test-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap();
         let mut b = Berth::start_in(dir.path(), extra);
         b._dir = Some(dir);
         b
@@ -105,11 +102,7 @@ impl Berth {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!(
-            "berth did not listen on {} within 30 s:\n{}",
-            self.addr,
-            self.log()
-        );
+        panic!("berth did not listen on {} within 30 s:\n{}", self.addr, self.log());
     }
 
     /// SIGKILL: no chance to clean up, as in a crash.

@@ -19,10 +19,7 @@ pub fn client() -> Client {
 pub async fn error_code(r: Response, status: StatusCode) -> String {
     assert_eq!(r.status(), status, "unexpected status for {}", r.url());
     let body: Value = r.json().await.expect("OCI error JSON body");
-    body["errors"][0]["code"]
-        .as_str()
-        .expect("errors[0].code")
-        .to_owned()
+    body["errors"][0]["code"].as_str().expect("errors[0].code").to_owned()
 }
 
 pub fn header(r: &Response, name: &str) -> String {
@@ -46,13 +43,7 @@ pub async fn push_blob(base: &str, repo: &str, bytes: &[u8]) -> String {
     digest
 }
 
-pub async fn put_manifest(
-    base: &str,
-    repo: &str,
-    reference: &str,
-    media_type: &str,
-    body: &[u8],
-) -> Response {
+pub async fn put_manifest(base: &str, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
     client()
         .put(format!("{base}/v2/{repo}/manifests/{reference}"))
         .header("content-type", media_type)
@@ -77,11 +68,7 @@ pub async fn image_manifest(base: &str, repo: &str, layers: &[&[u8]]) -> Vec<u8>
     let mut descs = Vec::new();
     for l in layers {
         let d = push_blob(base, repo, l).await;
-        descs.push(descriptor(
-            "application/vnd.oci.image.layer.v1.tar",
-            &d,
-            l.len(),
-        ));
+        descs.push(descriptor("application/vnd.oci.image.layer.v1.tar", &d, l.len()));
     }
     let m = json!({
         "schemaVersion": 2,
@@ -105,16 +92,11 @@ pub async fn push_image(base: &str, repo: &str, tag: &str, layers: &[&[u8]]) -> 
 pub fn raw_request(addr: &str, request: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
     s.write_all(request.as_bytes()).unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, text)
 }

@@ -44,6 +44,8 @@ impl Dockerd {
                 "--ip6tables=false",
                 "--bridge=none",
                 "--storage-driver=vfs",
+                // One attempt per layer: a failing pull should fail fast, not retry with back-off.
+                "--max-download-attempts=1",
             ]);
         for m in mirrors {
             cmd.args(["--registry-mirror", m]);
@@ -128,9 +130,7 @@ impl Drop for Dockerd {
             super::terminate(&mut c, Duration::from_secs(20));
         }
         // dockerd stops its containerd; make sure, in case it was killed.
-        if let Ok(pid) =
-            std::fs::read_to_string(self.dir.path().join("exec/containerd/containerd.pid"))
-        {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("exec/containerd/containerd.pid")) {
             let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
         }
         // vfs layers can hold read-only files; remove as root without failing the test.

@@ -17,9 +17,7 @@ pub struct Hub {
 }
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/hub")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hub").join(name)
 }
 
 impl Hub {
@@ -32,10 +30,7 @@ impl Hub {
     pub fn start_with(args: &[&str]) -> Hub {
         super::require("python3");
         super::require("docker-registry");
-        let dir = tempfile::Builder::new()
-            .prefix("berth-hub-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("berth-hub-").tempdir().unwrap();
         let mut child = Command::new("python3")
             .arg(script("hub.py"))
             .arg("--dir")
@@ -80,13 +75,7 @@ impl Hub {
         super::run(
             Command::new("python3")
                 .arg(script("seed.py"))
-                .args([
-                    "--hub",
-                    &self.url,
-                    "--big-mib",
-                    &big_mib.to_string(),
-                    "--out",
-                ])
+                .args(["--hub", &self.url, "--big-mib", &big_mib.to_string(), "--out"])
                 .arg(&out),
         );
         serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap()
@@ -134,6 +123,60 @@ impl Hub {
             .await
             .unwrap();
         assert!(r.status().is_success(), "fault {faults}: {}", r.status());
+    }
+}
+
+impl Hub {
+    /// A push-scoped token for `repo` as the hub's user (hubuser:hubpass).
+    async fn push_token(&self, repo: &str) -> String {
+        let url = format!(
+            "{}/token?service=registry.docker.io&scope=repository:{repo}:pull,push",
+            self.url
+        );
+        let r = super::client::client()
+            .get(url)
+            .basic_auth("hubuser", Some("hubpass"))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// Point `repo:to_tag` at the manifest `repo:from` has, as a re-push to Docker Hub would.
+    /// Returns the manifest digest.
+    pub async fn retag(&self, repo: &str, from: &str, to_tag: &str) -> String {
+        let token = self.push_token(repo).await;
+        let c = super::client::client();
+        let accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json";
+        let r = c
+            .get(format!("{}/v2/{repo}/manifests/{from}", self.url))
+            .bearer_auth(&token)
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "hub GET manifest {repo}:{from}: {}",
+            r.status()
+        );
+        let media_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+        let body = r.bytes().await.unwrap();
+        let r = c
+            .put(format!("{}/v2/{repo}/manifests/{to_tag}", self.url))
+            .bearer_auth(&token)
+            .header("content-type", media_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "hub PUT manifest {repo}:{to_tag}: {}",
+            r.status()
+        );
+        super::sha256(&body)
     }
 }
 

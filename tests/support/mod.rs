@@ -7,6 +7,7 @@ pub mod berth;
 pub mod client;
 pub mod dockerd;
 pub mod hub;
+pub mod podman;
 
 use std::path::Path;
 use std::process::Command;
@@ -14,6 +15,7 @@ use std::process::Command;
 pub use berth::Berth;
 pub use dockerd::Dockerd;
 pub use hub::Hub;
+pub use podman::Podman;
 
 /// Panic with a clear message when a tool the test needs is not installed. Tests never skip:
 /// `tests/run` installs everything, so a missing tool means a broken setup.
@@ -38,9 +40,7 @@ pub fn free_port() -> u16 {
 
 /// Run a command to completion; panic with its output if it fails. Returns stdout.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",

@@ -53,7 +53,9 @@ impl IntoResponse for Error {
             response.headers_mut().insert(header::RANGE, range_value(*offset));
         }
         if let Error::Upstream(upstream::Error::RateLimited { retry_after, .. }) = &self {
-            response.headers_mut().insert(header::RETRY_AFTER, (*retry_after).into());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, (*retry_after).into());
         }
         response
     }

@@ -33,6 +33,9 @@ pub struct Config {
     /// `[[upstream]]` registries to pull through. The first is the default for unqualified names.
     #[serde(rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    pub private: Private,
+    pub auth: AuthConfig,
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -42,6 +45,113 @@ impl Default for Config {
             storage: Storage::default(),
             log: Log::default(),
             upstreams: vec![UpstreamConfig::docker_hub()],
+            private: Private::default(),
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `[private]`: repositories that take pushes and never reach an upstream.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Private {
+    /// Repository patterns (`*` matches any run of characters, `/` included), e.g. `["team/*"]`.
+    /// A repository that already holds pushed content is private too. Default `[]`.
+    pub namespaces: Vec<String>,
+}
+
+/// `[auth]`: who may pull, push and delete.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// An htpasswd file with bcrypt entries (`htpasswd -B`). Empty: no authentication at all.
+    /// Default `""`.
+    pub htpasswd: String,
+    /// `"token"`: Bearer challenges and the built-in `/token` endpoint (what docker, containerd and
+    /// podman use for Docker Hub). `"basic"`: Basic challenges, as registry:2 with htpasswd.
+    /// Default `"token"`.
+    pub scheme: AuthScheme,
+    /// File holding the secret that signs tokens. Empty: a random secret per start, so tokens
+    /// end with a restart and clients fetch new ones. Default `""`.
+    pub token_key: String,
+    /// Lifetime of an issued token. Default `"5m"`.
+    pub token_ttl: String,
+    /// The `service` in challenges and tokens. Default `"berth"`.
+    pub service: String,
+    /// The token endpoint URL put in challenges. Empty: derived from the request's Host header.
+    /// Default `""`.
+    pub realm: String,
+    /// Whether clients that did not log in may pull mirrored (proxied) content. Default `true`.
+    pub anonymous_pull: bool,
+    /// Groups of users: `[auth.groups] devs = ["alice", "bob"]`. Default none.
+    pub groups: std::collections::BTreeMap<String, Vec<String>>,
+    /// Access rules. Without any, every logged-in user may pull, push and delete everything.
+    pub access: Vec<AccessRule>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            htpasswd: String::new(),
+            scheme: AuthScheme::Token,
+            token_key: String::new(),
+            token_ttl: "5m".into(),
+            service: "berth".into(),
+            realm: String::new(),
+            anonymous_pull: true,
+            groups: Default::default(),
+            access: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthScheme {
+    Token,
+    Basic,
+}
+
+/// One `[[auth.access]]` rule: these users and groups may do these actions on matching repositories.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// Repository pattern; `*` matches any run of characters.
+    pub repository: String,
+    /// User names; `"*"` is any logged-in user, `"anonymous"` a client that did not log in.
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Any of `"pull"`, `"push"`, `"delete"`.
+    pub actions: Vec<String>,
+}
+
+/// `[limits]`: protection against a single client.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Requests per second per client IP; 0 turns the limit off. Default `0`.
+    pub requests_per_second: u32,
+    /// Requests per second per logged-in user; 0 turns the limit off. Default `0`.
+    pub user_requests_per_second: u32,
+    /// Burst allowed above either rate. Default `100`.
+    pub burst: u32,
+    /// Take the client IP from `X-Forwarded-For` (only behind a proxy you trust). Default `false`.
+    pub trust_forwarded_for: bool,
+    /// Upload sessions one client may hold open at once. Default `64`.
+    pub max_upload_sessions: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            requests_per_second: 0,
+            user_requests_per_second: 0,
+            burst: 100,
+            trust_forwarded_for: false,
+            max_upload_sessions: 64,
         }
     }
 }
@@ -139,14 +249,27 @@ fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
 pub struct Server {
     /// Address to listen on. Default `"127.0.0.1:5000"`.
     pub listen: String,
+    /// `[server.tls]`: serve HTTPS (HTTP/2 and HTTP/1.1) with these PEM files.
+    pub tls: Tls,
 }
 
 impl Default for Server {
     fn default() -> Self {
         Server {
             listen: "127.0.0.1:5000".into(),
+            tls: Tls::default(),
         }
     }
+}
+
+/// `[server.tls]`. Both empty: plain HTTP. The files are re-read when they change or on SIGHUP.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Certificate chain (PEM). Default `""`.
+    pub cert: String,
+    /// Private key (PEM). Default `""`.
+    pub key: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -290,36 +413,64 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// Apply `BERTH_<SECTION>_<KEY>=value`. The section is the longest known section name that
-/// prefixes the rest; the value takes the type of the key's default (bool, integer, or string).
+/// Apply `BERTH_<SECTION>_<KEY>=value` (nested tables too: `BERTH_SERVER_TLS_CERT` sets
+/// `[server.tls] cert`). The path is resolved against the defaults: at each level the longest table
+/// name that prefixes the rest is taken. The value takes the type of the key's default (bool,
+/// integer, or string).
 fn apply_env(table: &mut Table, env: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
     let defaults = Table::try_from(Config::default()).expect("defaults serialise");
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("BERTH_") else {
             continue;
         };
-        let rest = rest.to_ascii_lowercase();
-        let section = defaults
-            .keys()
-            .filter(|s| rest.strip_prefix(s.as_str()).is_some_and(|r| r.starts_with('_')))
-            .max_by_key(|s| s.len())
-            .ok_or_else(|| ConfigError::UnknownEnv(name.clone()))?;
-        let key = &rest[section.len() + 1..];
+        let path =
+            resolve(&defaults, &rest.to_ascii_lowercase()).ok_or_else(|| ConfigError::UnknownEnv(name.clone()))?;
+        if path.len() < 2 {
+            return Err(ConfigError::UnknownEnv(name.clone())); // names no [section]
+        }
+        let (key, tables) = path.split_last().expect("resolve returns a key");
+        let mut default = &defaults;
+        let mut target = &mut *table;
+        for t in tables {
+            default = default[t.as_str()].as_table().expect("resolved through tables");
+            let entry = target.entry(t.clone()).or_insert_with(|| Value::Table(Table::new()));
+            target = entry
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::Invalid(format!("{name}: {t} is not a table")))?;
+        }
         let bad = |what: &str| ConfigError::Invalid(format!("{name}: expected {what}, got {raw:?}"));
-        let value = match defaults[section].get(key) {
+        let value = match default.get(key.as_str()) {
             Some(Value::Boolean(_)) => Value::Boolean(raw.parse().map_err(|_| bad("true or false"))?),
             Some(Value::Integer(_)) => Value::Integer(raw.parse().map_err(|_| bad("an integer"))?),
+            Some(Value::Array(_)) | Some(Value::Table(_)) => {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: {key} cannot be set from the environment (use password_env for secrets)"
+                )));
+            }
             _ => Value::String(raw.clone()),
         };
-        let section_table = table
-            .entry(section.clone())
-            .or_insert_with(|| Value::Table(Table::new()));
-        let Value::Table(section_table) = section_table else {
-            return Err(ConfigError::Invalid(format!("{section} is not a table")));
-        };
-        section_table.insert(key.to_owned(), value);
+        target.insert(key.clone(), value);
     }
     Ok(())
+}
+
+/// Split `rest` (e.g. `server_tls_cert`) into a path of table names and a final key, guided by
+/// the tables in `defaults`. A final key that is not in the defaults is kept, so that
+/// `deny_unknown_fields` reports it by name.
+fn resolve(defaults: &Table, rest: &str) -> Option<Vec<String>> {
+    let table_prefix = defaults
+        .iter()
+        .filter(|(k, v)| v.is_table() && rest.strip_prefix(k.as_str()).is_some_and(|r| r.starts_with('_')))
+        .max_by_key(|(k, _)| k.len());
+    match table_prefix {
+        Some((k, Value::Table(inner))) => {
+            let mut path = vec![k.clone()];
+            path.extend(resolve(inner, &rest[k.len() + 1..])?);
+            Some(path)
+        }
+        _ if defaults.contains_key(rest) || !rest.is_empty() => Some(vec![rest.to_owned()]),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -393,6 +544,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("BERTH_NOPE_X"), "{err}");
+    }
+
+    #[test]
+    fn nested_tables_and_typed_values_come_from_the_environment() {
+        let c = Config::from_toml(
+            DEFAULT_TOML,
+            env(&[
+                ("BERTH_SERVER_TLS_CERT", "/etc/berth/cert.pem"),
+                ("BERTH_AUTH_ANONYMOUS_PULL", "false"),
+                ("BERTH_LIMITS_REQUESTS_PER_SECOND", "7"),
+                ("BERTH_PRIVATE_NAMESPACES", "team/*"),
+            ]),
+        );
+        let err = c.unwrap_err().to_string();
+        assert!(
+            err.contains("BERTH_PRIVATE_NAMESPACES"),
+            "a list cannot come from the environment: {err}"
+        );
+        let c = Config::from_toml(
+            DEFAULT_TOML,
+            env(&[
+                ("BERTH_SERVER_TLS_CERT", "/c.pem"),
+                ("BERTH_AUTH_ANONYMOUS_PULL", "false"),
+                ("BERTH_LIMITS_REQUESTS_PER_SECOND", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.tls.cert, "/c.pem");
+        assert!(!c.auth.anonymous_pull);
+        assert_eq!(c.limits.requests_per_second, 7);
+        assert!(Config::from_toml(DEFAULT_TOML, env(&[("BERTH_LIMITS_BURST", "many")])).is_err());
     }
 
     #[test]

@@ -3,17 +3,19 @@
 //! Dependencies point one way: `api → service → store → oci`. `main` builds the concrete parts.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod oci;
+pub mod server;
 pub mod service;
 pub mod store;
 pub mod upstream;
 
 use axum::Router;
 
-/// The whole HTTP application over `registry`; tests drive it in-process or over a socket.
-pub fn app(registry: service::Registry) -> Router {
-    api::router(registry)
+/// The whole HTTP application; tests drive it in-process or over a socket.
+pub fn app(state: api::AppState) -> Router {
+    api::router(state)
 }
 
 /// Select rustls' `ring` provider for every TLS client and server in the process. `ring` builds

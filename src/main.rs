@@ -3,7 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use std::sync::Arc;
+
+use berth::api::{AppState, ClientLimits};
+use berth::auth::Auth;
 use berth::config::{Config, LogFormat};
+use berth::server::TlsFiles;
 use berth::service::Registry;
 use berth::store::Store;
 use clap::{Parser, Subcommand};
@@ -48,29 +53,40 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
-    let store = Store::open(&config.storage.root)
-        .with_context(|| format!("opening the store at {}", config.storage.root.display()))?;
-    let listener = tokio::net::TcpListener::bind(config.listen_addr()?)
-        .await
-        .with_context(|| format!("binding {}", config.server.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, root = %config.storage.root.display(), "berth serving");
+    let root = &config.storage.root;
+    let store = Store::open(root).with_context(|| format!("opening the store at {}", root.display()))?;
     let upstreams = config
         .upstream_settings()?
         .into_iter()
         .map(|settings| berth::upstream::Upstream::new(settings).context("building an upstream client"))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let app = berth::app(Registry::new(store, upstreams));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let registry = Registry::new(store, upstreams)
+        .with_private_namespaces(config.private.namespaces.clone())
+        .with_upload_session_limit(config.limits.max_upload_sessions);
+    let auth = Auth::new(&config.auth).map_err(anyhow::Error::msg)?;
+    let addr = config.listen_addr()?;
+    if !auth.enabled() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "authentication is off ([auth] htpasswd is empty): anyone who reaches this address may push");
+    }
+    let tls = &config.server.tls;
+    let tls = match (tls.cert.is_empty(), tls.key.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(TlsFiles {
+            cert: tls.cert.clone().into(),
+            key: tls.key.clone().into(),
+        }),
+        _ => anyhow::bail!("[server.tls] needs both cert and key"),
+    };
+    let state = AppState {
+        registry,
+        auth: Arc::new(auth),
+        limits: Arc::new(ClientLimits::new(&config.limits)),
+        tls: tls.is_some(),
+    };
+    tracing::info!(listen = %addr, root = %root.display(), tls = tls.is_some(), "berth serving");
+    berth::server::serve(berth::app(state), addr, tls)
+        .await
+        .with_context(|| format!("serving on {addr}"))?;
     tracing::info!("berth stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

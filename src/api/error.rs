@@ -26,6 +26,8 @@ impl IntoResponse for Error {
             Error::ContentRange(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             Error::Unsupported(_) => (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             Error::Denied(_) => (S::FORBIDDEN, "DENIED"),
+            Error::Unauthorized { .. } => (S::UNAUTHORIZED, "UNAUTHORIZED"),
+            Error::TooManyRequests { .. } => (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             Error::Upstream(upstream::Error::RateLimited { .. }) => (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
             Error::Upstream(upstream::Error::NotFound) => (S::NOT_FOUND, "NAME_UNKNOWN"),
             Error::Upstream(upstream::Error::Unavailable { .. } | upstream::Error::Invalid { .. }) => {
@@ -51,6 +53,19 @@ impl IntoResponse for Error {
         if let Error::Store(store::Error::RangeMismatch { offset, .. }) = &self {
             // Tell the client where to resume, as the spec asks for a 416 on uploads.
             response.headers_mut().insert(header::RANGE, range_value(*offset));
+        }
+        match &self {
+            Error::Unauthorized { challenge } if !challenge.is_empty() => {
+                if let Ok(v) = HeaderValue::from_str(challenge) {
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            Error::TooManyRequests { retry_after, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, (*retry_after).into());
+            }
+            _ => {}
         }
         if let Error::Upstream(upstream::Error::RateLimited { retry_after, .. }) = &self {
             response

@@ -1,24 +1,55 @@
-//! The OCI Distribution HTTP API: one fallback route parses the path into an [`Endpoint`] and a
-//! single `match` dispatches it to a thin handler that calls one service method.
+//! The OCI Distribution HTTP API: one fallback route parses the path into an [`Endpoint`], the
+//! request is authorized for what the endpoint does, and a single `match` dispatches it to a thin
+//! handler that calls one service method.
 
 mod blobs;
 mod endpoint;
 mod error;
+mod limits;
 mod listing;
 mod manifests;
+mod token;
 mod uploads;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::map_response;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use serde::Deserialize;
 
 pub use endpoint::{Endpoint, ParseError};
+pub use limits::ClientLimits;
 
-use crate::service::{Error, Registry};
+use crate::auth::{Action, Auth, Denied, Identity, Scope};
+use crate::oci::RepoName;
+use crate::service::{Error, Registry, Route};
+
+/// Everything a request handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Registry,
+    pub auth: Arc<Auth>,
+    pub limits: Arc<ClientLimits>,
+    /// Whether berth itself terminates TLS (for the token realm's scheme).
+    pub tls: bool,
+}
+
+impl AppState {
+    /// A registry with authentication and client limits off.
+    pub fn open(registry: Registry) -> AppState {
+        AppState {
+            registry,
+            auth: Arc::new(Auth::disabled()),
+            limits: Arc::new(ClientLimits::off()),
+            tls: false,
+        }
+    }
+}
 
 /// Query parameters any endpoint may take; each handler reads the ones it knows.
 #[derive(Debug, Default, Deserialize)]
@@ -36,13 +67,16 @@ struct Params {
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 pub(crate) const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+const CACHE_STATUS: HeaderName = HeaderName::from_static("x-berth-cache");
 
-/// The `/v2/` API as a router with its state applied.
-pub fn router(registry: Registry) -> Router {
+/// The `/v2/` API and the token endpoint, with their state applied.
+pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/token", get(token::token).post(token::token))
         .fallback(dispatch)
-        .with_state(registry)
+        .layer(from_fn_with_state(state.clone(), limits::per_ip))
         .layer(map_response(add_api_version))
+        .with_state(state)
 }
 
 async fn add_api_version(mut response: Response) -> Response {
@@ -52,7 +86,19 @@ async fn add_api_version(mut response: Response) -> Response {
     response
 }
 
-async fn dispatch(State(registry): State<Registry>, request: Request) -> Response {
+/// One request, as the handlers see it.
+struct Call<'a> {
+    app: &'a AppState,
+    who: Identity,
+    /// The token endpoint to name in challenges.
+    realm: String,
+    /// Who owns upload sessions this request opens: the user, else the client address.
+    owner: String,
+    params: Params,
+    headers: &'a HeaderMap,
+}
+
+async fn dispatch(State(app): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let endpoint = match endpoint::parse(parts.uri.path()) {
         Ok(e) => e,
@@ -61,67 +107,132 @@ async fn dispatch(State(registry): State<Registry>, request: Request) -> Respons
         }
         Err(ParseError::Invalid(e)) => return Error::Name(e).into_response(),
     };
-    let params = Query::<Params>::try_from_uri(&parts.uri)
-        .map(|q| q.0)
-        .unwrap_or_default();
-    let (reg, headers) = (&registry, &parts.headers);
-    let ns = params.ns.as_deref();
-    let result = match (parts.method, endpoint) {
-        (Method::GET | Method::HEAD, Endpoint::Base) => Ok(base()),
-        (Method::GET, Endpoint::Catalog) => listing::catalog(reg, &params),
-        (Method::GET, Endpoint::Tags(repo)) => match reg.route(&repo, ns) {
-            Ok(route) => listing::tags(reg, &route, &repo, &params).await,
-            Err(e) => Err(e),
-        },
-        (Method::GET, Endpoint::Referrers(repo, d)) => listing::referrers(reg, &repo, &d, &params),
-        (Method::GET, Endpoint::Manifest(repo, r)) => match reg.route(&repo, ns) {
-            Ok(route) => manifests::get(reg, &route, &r, headers).await,
-            Err(e) => Err(e),
-        },
-        (Method::HEAD, Endpoint::Manifest(repo, r)) => match reg.route(&repo, ns) {
-            Ok(route) => manifests::head(reg, &route, &r, headers).await,
-            Err(e) => Err(e),
-        },
-        (Method::GET, Endpoint::Blob(repo, d)) => match reg.route(&repo, ns) {
-            Ok(route) => blobs::get(reg, &route, &d, headers).await,
-            Err(e) => Err(e),
-        },
-        (Method::HEAD, Endpoint::Blob(repo, d)) => match reg.route(&repo, ns) {
-            Ok(route) => blobs::head(reg, &route, &d).await,
-            Err(e) => Err(e),
-        },
-        (method, endpoint) => writes(reg, method, endpoint, &params, headers, body).await,
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let who = app.auth.identify(authorization).await;
+    if let Some(user) = &who.user {
+        if let Err(e) = app.limits.check_user(user) {
+            return e.into_response();
+        }
+    }
+    let client = app
+        .limits
+        .client_ip(&parts.headers, &parts.extensions)
+        .map(|ip| ip.to_string());
+    let call = Call {
+        app: &app,
+        owner: who.user.clone().or(client).unwrap_or_else(|| "unknown".into()),
+        who,
+        realm: realm(&parts.headers, app.tls),
+        params: Query::<Params>::try_from_uri(&parts.uri)
+            .map(|q| q.0)
+            .unwrap_or_default(),
+        headers: &parts.headers,
     };
-    result.unwrap_or_else(IntoResponse::into_response)
+    call.handle(parts.method, endpoint, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Endpoints that change the store; they act on private repositories only.
-async fn writes(
-    reg: &Registry,
-    method: Method,
-    endpoint: Endpoint,
-    params: &Params,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, Error> {
-    match (method, endpoint) {
-        (Method::PUT, Endpoint::Manifest(repo, r)) => {
-            manifests::put(reg, &reg.route_push(&repo)?, &r, headers, body).await
+/// `http(s)://<Host>/token`: where clients of this host fetch tokens.
+fn realm(headers: &HeaderMap, tls: bool) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("{}://{host}/token", if tls { "https" } else { "http" })
+}
+
+impl Call<'_> {
+    fn authorize(&self, scope: Scope) -> Result<(), Error> {
+        self.app
+            .auth
+            .authorize(&self.who, &scope, &self.realm)
+            .map_err(|d| match d {
+                Denied::Challenge(challenge) => Error::Unauthorized { challenge },
+                Denied::Forbidden(message) => Error::Denied(message),
+            })
+    }
+
+    /// Route a read of `repo` and check that the caller may pull it.
+    fn readable(&self, repo: &RepoName) -> Result<Route, Error> {
+        let route = self.app.registry.route(repo, self.params.ns.as_deref())?;
+        let proxied = matches!(route, Route::Proxied(_));
+        self.authorize(Scope::Repository {
+            name: repo.as_str(),
+            action: Action::Pull,
+            proxied,
+        })?;
+        Ok(route)
+    }
+
+    /// Check that the caller may `action` in `repo`, then route it as a write.
+    fn writable(&self, repo: &RepoName, action: Action) -> Result<RepoName, Error> {
+        self.authorize(Scope::Repository {
+            name: repo.as_str(),
+            action,
+            proxied: false,
+        })?;
+        self.app.registry.route_push(repo)
+    }
+
+    async fn handle(self, method: Method, endpoint: Endpoint, body: Body) -> Result<Response, Error> {
+        let (reg, h, params) = (&self.app.registry, self.headers, &self.params);
+        match (method, endpoint) {
+            (Method::GET | Method::HEAD, Endpoint::Base) => {
+                self.authorize(Scope::Base)?;
+                Ok(base())
+            }
+            (Method::GET, Endpoint::Catalog) => {
+                self.authorize(Scope::Catalog)?;
+                listing::catalog(reg, params)
+            }
+            (Method::GET, Endpoint::Tags(repo)) => listing::tags(reg, &self.readable(&repo)?, &repo, params).await,
+            (Method::GET, Endpoint::Referrers(repo, d)) => {
+                let route = self.readable(&repo)?;
+                listing::referrers(reg, route.local(), &d, params)
+            }
+            (Method::GET, Endpoint::Manifest(repo, r)) => manifests::get(reg, &self.readable(&repo)?, &r, h).await,
+            (Method::HEAD, Endpoint::Manifest(repo, r)) => manifests::head(reg, &self.readable(&repo)?, &r, h).await,
+            (Method::GET, Endpoint::Blob(repo, d)) => blobs::get(reg, &self.readable(&repo)?, &d, h).await,
+            (Method::HEAD, Endpoint::Blob(repo, d)) => blobs::head(reg, &self.readable(&repo)?, &d).await,
+            (Method::PUT, Endpoint::Manifest(repo, r)) => {
+                manifests::put(reg, &self.writable(&repo, Action::Push)?, &r, h, body).await
+            }
+            (Method::DELETE, Endpoint::Manifest(repo, r)) => {
+                manifests::delete(reg, &self.writable(&repo, Action::Delete)?, &r).await
+            }
+            (Method::DELETE, Endpoint::Blob(repo, d)) => {
+                blobs::delete(reg, &self.writable(&repo, Action::Delete)?, &d).await
+            }
+            (Method::POST, Endpoint::Upload(repo, None)) => {
+                let repo = self.writable(&repo, Action::Push)?;
+                let from = self.mount_source(params)?;
+                uploads::start(reg, &repo, params, from.as_ref(), &self.owner, h, body).await
+            }
+            (method, Endpoint::Upload(repo, Some(id))) => {
+                let repo = self.writable(&repo, Action::Push)?;
+                match method {
+                    Method::GET => uploads::status(reg, &repo, &id).await,
+                    Method::PATCH => uploads::patch(reg, &repo, &id, h, body).await,
+                    Method::PUT => uploads::put(reg, &repo, &id, params, h, body).await,
+                    Method::DELETE => uploads::cancel(reg, &repo, &id).await,
+                    _ => Err(Error::Unsupported("method not allowed on this endpoint")),
+                }
+            }
+            _ => Err(Error::Unsupported("method not allowed on this endpoint")),
         }
-        (Method::DELETE, Endpoint::Manifest(repo, r)) => manifests::delete(reg, &reg.route_push(&repo)?, &r).await,
-        (Method::DELETE, Endpoint::Blob(repo, d)) => blobs::delete(reg, &reg.route_push(&repo)?, &d).await,
-        (Method::POST, Endpoint::Upload(repo, None)) => {
-            uploads::start(reg, &reg.route_push(&repo)?, params, headers, body).await
-        }
-        (Method::GET, Endpoint::Upload(repo, Some(id))) => uploads::status(reg, &repo, &id).await,
-        (Method::PATCH, Endpoint::Upload(repo, Some(id))) => uploads::patch(reg, &repo, &id, headers, body).await,
-        (Method::PUT, Endpoint::Upload(repo, Some(id))) => uploads::put(reg, &repo, &id, params, headers, body).await,
-        (Method::DELETE, Endpoint::Upload(repo, Some(id))) => uploads::cancel(reg, &repo, &id).await,
-        _ => Err(Error::Unsupported("method not allowed on this endpoint")),
+    }
+
+    /// The `from` of a cross-repository mount, when the caller may read it; otherwise `None`, and
+    /// the mount becomes a plain upload session, as the spec asks.
+    fn mount_source(&self, params: &Params) -> Result<Option<RepoName>, Error> {
+        let (Some(_), Some(from)) = (&params.mount, &params.from) else {
+            return Ok(None);
+        };
+        let from: RepoName = from.parse()?;
+        Ok(self.readable(&from).ok().map(|route| route.local().clone()))
     }
 }
-
-const CACHE_STATUS: HeaderName = HeaderName::from_static("x-berth-cache");
 
 /// `X-Berth-Cache: hit | miss | stale` on proxied responses.
 fn set_cache(response: &mut Response, cache: Option<crate::service::Cache>) {
@@ -135,7 +246,7 @@ fn set_cache(response: &mut Response, cache: Option<crate::service::Cache>) {
 fn base() -> Response {
     (
         StatusCode::OK,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        [(header::CONTENT_TYPE, "application/json")],
         Body::from("{}"),
     )
         .into_response()

@@ -58,16 +58,23 @@ fn chunk_range(h: &HeaderMap) -> Result<Option<ChunkRange>> {
     Ok(Some(ChunkRange { start, end }))
 }
 
-pub async fn start(reg: &Registry, repo: &RepoName, params: &Params, h: &HeaderMap, body: Body) -> Result<Response> {
+pub async fn start(
+    reg: &Registry,
+    repo: &RepoName,
+    params: &Params,
+    readable_from: Option<&RepoName>,
+    owner: &str,
+    h: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
     if let Some(mount) = &params.mount {
         let digest: Digest = mount.parse()?;
-        let from = params.from.as_deref().map(str::parse::<RepoName>).transpose()?;
-        return Ok(match reg.mount(repo, &digest, from.as_ref()).await? {
+        return Ok(match reg.mount(repo, &digest, readable_from, owner).await? {
             Mount::Mounted(d) => created(repo, &d),
             Mount::Started(state) => session(repo, &state, StatusCode::ACCEPTED),
         });
     }
-    let state = reg.start_upload(repo).await?;
+    let state = reg.start_upload(repo, owner).await?;
     match digest_param(params)? {
         Some(digest) => {
             reg.finish_upload(repo, &state.id, &digest, chunk_range(h)?, body_stream(body))

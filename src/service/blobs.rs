@@ -71,20 +71,29 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadState> {
-        let id = self.store.uploads.create(repo).await?;
+    /// Start an upload session for `owner` (a user name or client address).
+    pub async fn start_upload(&self, repo: &RepoName, owner: &str) -> Result<UploadState> {
+        self.sessions.admit(owner)?;
+        let id = match self.store.uploads.create(repo).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.sessions.release_one(owner);
+                return Err(e.into());
+            }
+        };
+        self.sessions.record(owner, &id);
         Ok(UploadState { id, len: 0 })
     }
 
     /// Link `digest` from `from` into `repo` when `from` holds it, else start a session.
-    pub async fn mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>) -> Result<Mount> {
+    pub async fn mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>, owner: &str) -> Result<Mount> {
         if let Some(from) = from {
             if self.store.meta.blob_linked(from, digest)? && self.store.blobs.size(digest).await?.is_some() {
                 self.link(repo, digest).await?;
                 return Ok(Mount::Mounted(digest.clone()));
             }
         }
-        Ok(Mount::Started(self.start_upload(repo).await?))
+        Ok(Mount::Started(self.start_upload(repo, owner).await?))
     }
 
     /// Check that `id` is a live session of `repo`.
@@ -137,6 +146,7 @@ impl Registry {
             .uploads
             .append(&state.id, range, body, MAX_UPLOAD_BYTES)
             .await?;
+        self.sessions.end(&state.id); // finishing ends the session, verified or not
         self.store
             .uploads
             .finish(&state.id, digest)
@@ -153,11 +163,74 @@ impl Registry {
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         let state = self.session(repo, id).await?;
+        self.sessions.end(&state.id);
         Ok(self.store.uploads.cancel(&state.id).await?)
     }
 
     async fn link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         let (r, d) = (repo.clone(), digest.clone());
         blocking(&self.store.meta, move |m| m.link_blob(&r, &d, Origin::Private)).await
+    }
+}
+
+/// Open upload sessions per client, so one client cannot exhaust the uploads area. Counts live in
+/// memory: sessions left over from before a restart are not counted (GC purges them by age).
+pub(super) struct Sessions {
+    limit: u32,
+    state: std::sync::Mutex<SessionCounts>,
+}
+
+#[derive(Default)]
+struct SessionCounts {
+    open: std::collections::HashMap<String, u32>,
+    /// Reserved by `admit`, not yet created.
+    owner_of: std::collections::HashMap<String, String>,
+}
+
+impl Sessions {
+    pub(super) fn new(limit: u32) -> Sessions {
+        Sessions {
+            limit,
+            state: Default::default(),
+        }
+    }
+
+    /// Reserve a session for `owner`, or refuse with 429.
+    fn admit(&self, owner: &str) -> Result<()> {
+        let mut s = self.state.lock().expect("sessions lock");
+        let open = s.open.entry(owner.to_owned()).or_default();
+        if *open >= self.limit {
+            return Err(Error::TooManyRequests {
+                retry_after: 30,
+                reason: format!(
+                    "{owner} already has {} upload sessions open; finish or cancel one",
+                    self.limit
+                ),
+            });
+        }
+        *open += 1;
+        Ok(())
+    }
+
+    fn record(&self, owner: &str, id: &str) {
+        self.state
+            .lock()
+            .expect("sessions lock")
+            .owner_of
+            .insert(id.to_owned(), owner.to_owned());
+    }
+
+    fn release_one(&self, owner: &str) {
+        let mut s = self.state.lock().expect("sessions lock");
+        if let Some(n) = s.open.get_mut(owner) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn end(&self, id: &str) {
+        let owner = self.state.lock().expect("sessions lock").owner_of.remove(id);
+        if let Some(owner) = owner {
+            self.release_one(&owner);
+        }
     }
 }

@@ -81,6 +81,10 @@ pub enum Error {
     Unsupported(&'static str),
     #[error("{0}")]
     Denied(String),
+    #[error("authentication required")]
+    Unauthorized { challenge: String },
+    #[error("{reason}; retry after {retry_after} s")]
+    TooManyRequests { retry_after: u64, reason: String },
     #[error(transparent)]
     Upstream(#[from] upstream::Error),
     #[error(transparent)]
@@ -95,9 +99,12 @@ pub struct Registry {
     store: Store,
     /// Configured upstreams; the first is the default for unqualified names.
     upstreams: Arc<Vec<Arc<Upstream>>>,
+    /// `[private] namespaces` patterns.
+    private: Arc<Vec<String>>,
     fills: Arc<fill::Fills>,
     /// When each proxied tag was last confirmed with its upstream.
     fresh_tags: Arc<Mutex<HashMap<(RepoName, Tag), Instant>>>,
+    sessions: Arc<blobs::Sessions>,
 }
 
 impl Registry {
@@ -105,9 +112,23 @@ impl Registry {
         Registry {
             store,
             upstreams: Arc::new(upstreams.into_iter().map(Arc::new).collect()),
+            private: Arc::default(),
             fills: Arc::default(),
             fresh_tags: Arc::default(),
+            sessions: Arc::new(blobs::Sessions::new(u32::MAX)),
         }
+    }
+
+    /// Repositories matching these patterns are private even before anything is pushed.
+    pub fn with_private_namespaces(mut self, patterns: Vec<String>) -> Registry {
+        self.private = Arc::new(patterns);
+        self
+    }
+
+    /// At most `limit` open upload sessions per client.
+    pub fn with_upload_session_limit(mut self, limit: u32) -> Registry {
+        self.sessions = Arc::new(blobs::Sessions::new(limit));
+        self
     }
 
     pub fn store(&self) -> &Store {

@@ -1,0 +1,275 @@
+//! Authentication and authorization: htpasswd (bcrypt) users, Basic or Bearer challenges, the
+//! tokens of the built-in `/token` endpoint, and per-repository access rules.
+//!
+//! Without an htpasswd file, authentication is off and every request is allowed, as with a plain
+//! registry:2. Credentials a client presents are checked here and never leave berth: nothing in
+//! this module is ever sent upstream.
+//!
+//! Mirror clients need care (moby#42022): a Docker daemon that is logged in to Docker Hub sends
+//! those credentials to its mirror. So a pull of mirrored content with credentials berth does not
+//! know is served as an anonymous pull (when anonymous pulls are allowed), not refused.
+
+mod htpasswd;
+mod rules;
+mod token;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+
+pub use rules::{Action, Actions, matches};
+pub use token::{Claims, Grant};
+
+use crate::config::{AuthConfig, AuthScheme};
+
+/// How long a failed login waits before its 401: slows password guessing to a crawl.
+const FAILED_LOGIN_DELAY: Duration = Duration::from_millis(400);
+
+/// Who sent a request.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    /// The logged-in user; `None` for an anonymous client.
+    pub user: Option<String>,
+    /// With a Bearer token: exactly what the token grants.
+    pub grants: Option<Vec<Grant>>,
+    /// Credentials were presented and did not verify.
+    pub rejected: bool,
+}
+
+/// What a request is for.
+#[derive(Clone, Debug)]
+pub enum Scope<'a> {
+    /// `GET /v2/`: the login check.
+    Base,
+    Catalog,
+    Repository {
+        name: &'a str,
+        action: Action,
+        proxied: bool,
+    },
+}
+
+/// Why a request may not proceed.
+#[derive(Debug, Clone)]
+pub enum Denied {
+    /// 401 with this `WWW-Authenticate` value.
+    Challenge(String),
+    /// 403: logged in, but not allowed.
+    Forbidden(String),
+}
+
+pub struct Auth {
+    htpasswd: Option<Arc<htpasswd::Htpasswd>>,
+    rules: rules::Rules,
+    signer: token::Signer,
+    scheme: AuthScheme,
+    token_ttl: u64,
+    service: String,
+    realm: String,
+}
+
+impl Auth {
+    /// Authentication off: every request allowed.
+    pub fn disabled() -> Auth {
+        Auth::new(&AuthConfig::default()).expect("the default auth config is valid")
+    }
+
+    pub fn new(config: &AuthConfig) -> Result<Auth, String> {
+        let htpasswd = if config.htpasswd.is_empty() {
+            None
+        } else {
+            let file = htpasswd::Htpasswd::load(config.htpasswd.as_ref())
+                .map_err(|e| format!("auth.htpasswd {}: {e}", config.htpasswd))?;
+            if file.is_empty() {
+                return Err(format!(
+                    "auth.htpasswd {} has no bcrypt entries (create them with htpasswd -B)",
+                    config.htpasswd
+                ));
+            }
+            Some(Arc::new(file))
+        };
+        let key = if config.token_key.is_empty() {
+            let mut key = vec![0u8; 32];
+            key.iter_mut()
+                .zip(
+                    uuid::Uuid::new_v4()
+                        .into_bytes()
+                        .into_iter()
+                        .chain(uuid::Uuid::new_v4().into_bytes()),
+                )
+                .for_each(|(k, r)| *k = r);
+            key
+        } else {
+            std::fs::read(&config.token_key).map_err(|e| format!("auth.token_key {}: {e}", config.token_key))?
+        };
+        let token_ttl = humantime::parse_duration(&config.token_ttl)
+            .map_err(|e| format!("auth.token_ttl: {e}"))?
+            .as_secs()
+            .max(1);
+        Ok(Auth {
+            htpasswd,
+            rules: rules::Rules::new(config)?,
+            signer: token::Signer::new(key, config.service.clone()),
+            scheme: config.scheme,
+            token_ttl,
+            service: config.service.clone(),
+            realm: config.realm.clone(),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.htpasswd.is_some()
+    }
+
+    /// Check a username and password (the `/token` endpoint's login). A failure waits first.
+    pub async fn login(&self, user: &str, password: &str) -> bool {
+        let ok = match &self.htpasswd {
+            Some(h) => h.verify(user, password).await,
+            None => false,
+        };
+        if !ok {
+            tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+        }
+        ok
+    }
+
+    /// Identify the sender of a request from its `Authorization` header.
+    pub async fn identify(&self, authorization: Option<&str>) -> Identity {
+        if !self.enabled() {
+            return Identity::default();
+        }
+        let Some(value) = authorization else {
+            return Identity::default();
+        };
+        let rejected = Identity {
+            rejected: true,
+            ..Identity::default()
+        };
+        let (scheme, credentials) = value.split_once(' ').unwrap_or((value, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            let Some((user, password)) = decode_basic(credentials) else {
+                return rejected;
+            };
+            if self.login(&user, &password).await {
+                return Identity {
+                    user: Some(user),
+                    ..Identity::default()
+                };
+            }
+            return rejected;
+        }
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return match self.signer.verify(credentials.trim()) {
+                Some(claims) => Identity {
+                    user: (!claims.sub.is_empty()).then_some(claims.sub),
+                    grants: Some(claims.access),
+                    rejected: false,
+                },
+                None => rejected,
+            };
+        }
+        rejected
+    }
+
+    /// Decide whether `who` may do what `scope` says. `realm` is the token endpoint to name in a
+    /// Bearer challenge when the config does not fix one.
+    pub fn authorize(&self, who: &Identity, scope: &Scope, realm: &str) -> Result<(), Denied> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let challenge = |error: bool| Denied::Challenge(self.challenge(scope, realm, error));
+        match scope {
+            Scope::Base if who.user.is_some() => Ok(()),
+            Scope::Base => Err(challenge(who.rejected)),
+            Scope::Catalog if who.user.is_some() => Ok(()),
+            Scope::Catalog => Err(challenge(who.rejected)),
+            Scope::Repository { name, action, proxied } => {
+                let anonymous = self.rules.allowed(None, name, *proxied);
+                if who.rejected {
+                    // Foreign credentials (a Docker Hub login sent to its mirror) pull as anonymous.
+                    return if anonymous.contains(*action) {
+                        Ok(())
+                    } else {
+                        Err(challenge(true))
+                    };
+                }
+                let allowed = match &who.grants {
+                    Some(grants) => granted(grants, name),
+                    None => self.rules.allowed(who.user.as_deref(), name, *proxied),
+                };
+                if allowed.union(anonymous).contains(*action) {
+                    Ok(())
+                } else if who.user.is_none() {
+                    Err(challenge(false))
+                } else {
+                    Err(Denied::Forbidden(format!(
+                        "{} may not {} {name}",
+                        who.user.as_deref().unwrap_or(""),
+                        action.as_str()
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The `WWW-Authenticate` value for `scope`.
+    pub fn challenge(&self, scope: &Scope, realm: &str, invalid: bool) -> String {
+        match self.scheme {
+            AuthScheme::Basic => format!("Basic realm=\"{}\"", self.service),
+            AuthScheme::Token => {
+                let realm = if self.realm.is_empty() { realm } else { &self.realm };
+                let mut value = format!("Bearer realm=\"{realm}\",service=\"{}\"", self.service);
+                match scope {
+                    Scope::Base => {}
+                    Scope::Catalog => value.push_str(",scope=\"registry:catalog:*\""),
+                    Scope::Repository { name, action, .. } => {
+                        let actions = if *action == Action::Push {
+                            "pull,push"
+                        } else {
+                            action.as_str()
+                        };
+                        value.push_str(&format!(",scope=\"repository:{name}:{actions}\""));
+                    }
+                }
+                if invalid {
+                    value.push_str(",error=\"invalid_token\"");
+                }
+                value
+            }
+        }
+    }
+
+    /// What `user` may do in `name`, for a token request.
+    pub fn allowed(&self, user: Option<&str>, name: &str, proxied: bool) -> Actions {
+        if !self.enabled() {
+            return Actions::ALL;
+        }
+        self.rules.allowed(user, name, proxied)
+    }
+
+    /// A signed token for `user` with `grants`, and its lifetime in seconds.
+    pub fn issue(&self, user: Option<&str>, grants: Vec<Grant>) -> (String, u64) {
+        (
+            self.signer.issue(user.unwrap_or(""), grants, self.token_ttl),
+            self.token_ttl,
+        )
+    }
+}
+
+/// The actions a token grants on repository `name`.
+fn granted(grants: &[Grant], name: &str) -> Actions {
+    grants
+        .iter()
+        .filter(|g| g.kind == "repository" && g.name == name)
+        .flat_map(|g| g.actions.iter().filter_map(|a| Action::parse(a)))
+        .fold(Actions::NONE, Actions::with)
+}
+
+/// `user:password` from a Basic credential.
+pub fn decode_basic(encoded: &str) -> Option<(String, String)> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}

@@ -1,0 +1,79 @@
+//! Serving: plain HTTP or TLS (rustls, HTTP/2 and HTTP/1.1 by ALPN), certificate reload when the
+//! files change or on SIGHUP, and graceful shutdown on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// How often the certificate files are checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(10);
+/// How long transfers in flight may take to finish after SIGTERM.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Serve `app` on `addr` until SIGTERM or Ctrl-C, then drain connections.
+pub async fn serve(app: Router, addr: SocketAddr, tls: Option<TlsFiles>) -> std::io::Result<()> {
+    let handle = Handle::new();
+    tokio::spawn(shutdown_on_signal(handle.clone()));
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => axum_server::bind(addr).handle(handle).serve(service).await,
+        Some(files) => {
+            let config = RustlsConfig::from_pem_file(&files.cert, &files.key).await?;
+            tokio::spawn(reload_certificates(config.clone(), files));
+            axum_server::bind_rustls(addr, config)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
+    }
+}
+
+async fn shutdown_on_signal(handle: Handle<SocketAddr>) {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!(drain_timeout = ?DRAIN_TIMEOUT, "shutting down: no new connections, draining transfers");
+    handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
+}
+
+fn modified(files: &TlsFiles) -> Option<(SystemTime, SystemTime)> {
+    let m = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(&files.cert)?, m(&files.key)?))
+}
+
+/// Reload the certificate when its files change (a Let's Encrypt renewal) or on SIGHUP. A bad
+/// pair is logged and the current certificate stays in use.
+async fn reload_certificates(config: RustlsConfig, files: TlsFiles) {
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let mut seen = modified(&files);
+    let mut poll = tokio::time::interval(CERT_POLL);
+    loop {
+        let by_signal = tokio::select! {
+            _ = hup.recv() => true,
+            _ = poll.tick() => false,
+        };
+        let now = modified(&files);
+        if !by_signal && now == seen {
+            continue;
+        }
+        seen = now;
+        match config.reload_from_pem_file(&files.cert, &files.key).await {
+            Ok(()) => tracing::info!(cert = %files.cert.display(), by_signal, "TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(cert = %files.cert.display(), error = %e, "TLS certificate reload failed; keeping the current one")
+            }
+        }
+    }
+}

@@ -9,11 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::oci::Digest;
 
-/// A real bcrypt hash (cost 10, as `htpasswd -B` writes), made once, so an unknown user costs the
-/// same bcrypt work as a known one.
-fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| bcrypt::hash("no such user", 10).expect("bcrypt"))
+/// The bcrypt cost of an entry (`$2y$05$…` → 5).
+fn cost_of(hash: &str) -> Option<u32> {
+    hash.split('$').nth(2)?.parse().ok()
 }
 /// Remembered successful verifications; cleared when full.
 const CACHE_LIMIT: usize = 4096;
@@ -21,6 +19,9 @@ const CACHE_LIMIT: usize = 4096;
 #[derive(Default)]
 pub struct Htpasswd {
     users: HashMap<String, String>,
+    /// A real hash at the file's own cost, so an unknown user costs the same bcrypt work as a
+    /// known one.
+    dummy: String,
     verified: Mutex<HashSet<Digest>>,
 }
 
@@ -42,8 +43,11 @@ impl Htpasswd {
                 tracing::warn!(user, file = %path.display(), "htpasswd entry is not bcrypt; ignored (create it with htpasswd -B)");
             }
         }
+        let cost = users.values().find_map(|h| cost_of(h)).unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy = bcrypt::hash("no such user", cost).map_err(std::io::Error::other)?;
         Ok(Htpasswd {
             users,
+            dummy,
             verified: Mutex::default(),
         })
     }
@@ -58,14 +62,13 @@ impl Htpasswd {
         if self.verified.lock().expect("htpasswd cache").contains(&key) {
             return true;
         }
-        let hash = self.users.get(user).cloned();
+        let known = self.users.get(user).cloned();
+        let hash = known.clone().unwrap_or_else(|| self.dummy.clone());
         let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || {
-            let matched = bcrypt::verify(&password, hash.as_deref().unwrap_or_else(|| dummy_hash())).unwrap_or(false);
-            matched && hash.is_some()
-        })
-        .await
-        .unwrap_or(false);
+        let ok =
+            tokio::task::spawn_blocking(move || bcrypt::verify(&password, &hash).unwrap_or(false) && known.is_some())
+                .await
+                .unwrap_or(false);
         if ok {
             let mut verified = self.verified.lock().expect("htpasswd cache");
             if verified.len() >= CACHE_LIMIT {

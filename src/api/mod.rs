@@ -165,13 +165,21 @@ impl Call<'_> {
         Ok(route)
     }
 
-    /// Check that the caller may `action` in `repo`, then route it as a write.
+    /// Check that the caller may `action` in `repo` and route it as a write. A logged-in user is
+    /// told first when the name is a mirror (with how to make it private); an anonymous caller
+    /// is challenged first.
     fn writable(&self, repo: &RepoName, action: Action) -> Result<RepoName, Error> {
-        self.authorize(Scope::Repository {
+        let scope = Scope::Repository {
             name: repo.as_str(),
             action,
             proxied: false,
-        })?;
+        };
+        if self.who.user.is_some() {
+            let routed = self.app.registry.route_push(repo)?;
+            self.authorize(scope)?;
+            return Ok(routed);
+        }
+        self.authorize(scope)?;
         self.app.registry.route_push(repo)
     }
 

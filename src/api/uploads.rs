@@ -74,15 +74,21 @@ pub async fn start(
             Mount::Started(state) => session(repo, &state, StatusCode::ACCEPTED),
         });
     }
+    // Check the digest before opening a session, so a bad request leaves nothing behind.
+    let digest = digest_param(params)?;
     let state = reg.start_upload(repo, owner).await?;
-    match digest_param(params)? {
-        Some(digest) => {
-            reg.finish_upload(repo, &state.id, &digest, chunk_range(h)?, body_stream(body))
-                .await?;
-            Ok(created(repo, &digest))
-        }
-        None => Ok(session(repo, &state, StatusCode::ACCEPTED)),
+    let Some(digest) = digest else {
+        return Ok(session(repo, &state, StatusCode::ACCEPTED));
+    };
+    // Monolithic: the client never saw the session, so a failure must not leave it open.
+    if let Err(e) = reg
+        .finish_upload(repo, &state.id, &digest, chunk_range(h)?, body_stream(body))
+        .await
+    {
+        let _ = reg.cancel_upload(repo, &state.id).await;
+        return Err(e);
     }
+    Ok(created(repo, &digest))
 }
 
 pub async fn status(reg: &Registry, repo: &RepoName, id: &str) -> Result<Response> {

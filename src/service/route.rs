@@ -84,17 +84,29 @@ impl Registry {
         }))
     }
 
-    /// Route a write: only private repositories take pushes.
+    /// Route a write: only private repositories take pushes. A name that would be served from an
+    /// upstream is refused with a message that says how to make it private.
     pub fn route_push(&self, requested: &RepoName) -> Result<RepoName> {
-        match self.store.meta.repo(requested)? {
-            Some(info) if info.origin != Origin::Private => Err(Error::Denied(format!(
-                "{requested} is a cache of an upstream registry and does not accept pushes; push to a repository that is not cached"
-            ))),
-            _ => Ok(requested.clone()),
+        if self.is_private(requested)? {
+            return Ok(requested.clone());
+        }
+        match self.route(requested, None)? {
+            Route::Private(_) => Ok(requested.clone()),
+            Route::Proxied(p) => {
+                let first = requested.as_str().split('/').next().unwrap_or("team");
+                Err(Error::Denied(format!(
+                    "{requested} is mirrored from upstream {}, so it does not accept pushes; to push here, add a pattern such as \"{first}/*\" to [private] namespaces in mirror.toml",
+                    p.upstream.name()
+                )))
+            }
         }
     }
 
+    /// Private: it matches a `[private] namespaces` pattern, or holds pushed content.
     fn is_private(&self, repo: &RepoName) -> Result<bool> {
+        if self.private.iter().any(|p| crate::auth::matches(p, repo.as_str())) {
+            return Ok(true);
+        }
         Ok(self
             .store
             .meta

@@ -13,6 +13,7 @@ pub struct Dockerd {
     pub host: String,
     child: Option<Child>,
     dir: TempDir,
+    trusted: Vec<PathBuf>,
 }
 
 impl Dockerd {
@@ -63,6 +64,7 @@ impl Dockerd {
             host: format!("unix://{}/sock", d.display()),
             child: Some(child),
             dir,
+            trusted: Vec::new(),
         };
         dockerd.wait_ready();
         dockerd
@@ -95,11 +97,21 @@ impl Dockerd {
         self.dir.path().to_owned()
     }
 
-    /// A `docker` command against this daemon.
+    /// A `docker` command against this daemon, with its own client config (logins stay here).
     pub fn docker(&self) -> Command {
         let mut c = Command::new("docker");
-        c.args(["-H", &self.host]);
+        c.args(["-H", &self.host])
+            .env("DOCKER_CONFIG", self.dir.path().join("client"));
         c
+    }
+
+    /// Trust `ca` for the registry at `host_port`, the way users do: a file in
+    /// `/etc/docker/certs.d/<host:port>/ca.crt` (dockerd reads that path only). Removed on drop.
+    pub fn trust_ca(&mut self, host_port: &str, ca: &std::path::Path) {
+        let dir = std::path::Path::new("/etc/docker/certs.d").join(host_port);
+        std::fs::create_dir_all(&dir).expect("write /etc/docker/certs.d (tests run as root)");
+        std::fs::copy(ca, dir.join("ca.crt")).unwrap();
+        self.trusted.push(dir);
     }
 
     /// Run `docker ARGS`; Ok(stdout) or Err(stdout+stderr+the daemon's log tail).
@@ -126,6 +138,9 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
+        for dir in &self.trusted {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         if let Some(mut c) = self.child.take() {
             super::terminate(&mut c, Duration::from_secs(20));
         }

@@ -8,6 +8,7 @@ pub mod client;
 pub mod dockerd;
 pub mod hub;
 pub mod podman;
+pub mod tls;
 
 use std::path::Path;
 use std::process::Command;

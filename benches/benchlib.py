@@ -243,8 +243,9 @@ class Table:
 
 
 def compare(tables, baseline, threshold):
-    """Print, per row and metric, the baseline's ratio, today's and the change. A ratio that moved
-    more than `threshold` in the bad direction is flagged. Returns the number of regressions."""
+    """Print, per berth row and metric, the baseline's ratio, today's and the change. A ratio that
+    moved more than `threshold` in the bad direction is flagged. Returns the number of regressions.
+    The reference rows are left out: they are what berth is measured against, not what changes."""
     old = {(t["workload"], r["system"]): (t, r) for t in baseline["tables"] for r in t["rows"]}
     regressions = 0
     print(f"\n**Compared with the baseline** ({baseline.get('meta', {}).get('date', '?')}; "
@@ -252,7 +253,7 @@ def compare(tables, baseline, threshold):
     print("| workload | system | metric | baseline | now | change | |\n|---|---|---|--:|--:|--:|---|")
     for t in tables:
         for r in t["rows"]:
-            if (t["workload"], r["system"]) not in old:
+            if not r["system"].startswith("berth") or (t["workload"], r["system"]) not in old:
                 continue
             ot, orow = old[(t["workload"], r["system"])]
             metrics = [("vs ref", r.get("ratio"), orow.get("ratio")), (f"vs {t['vs']}", r.get("vs"), orow.get("vs"))]

@@ -36,6 +36,55 @@ pub struct Config {
     pub private: Private,
     pub auth: AuthConfig,
     pub limits: Limits,
+    pub cache: CacheConfig,
+    pub gc: GcConfig,
+}
+
+/// `[cache]`: how long cached content lives, and how much disk it may use.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Cached tags and manifests nobody pulled for this long are evicted. Default `"168h"`.
+    pub ttl: String,
+    /// Store size cap, e.g. `"50GiB"`; empty for no cap. Default `""`.
+    pub max_size: String,
+    /// Above the cap, evict down to this percentage of it. Default `90`.
+    pub low_water: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            ttl: "168h".into(),
+            max_size: String::new(),
+            low_water: 90,
+        }
+    }
+}
+
+/// `[gc]`: online garbage collection.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// How often eviction and collection run while serving. Default `"1h"`.
+    pub interval: String,
+    /// Blobs younger than this are never collected (covers pushes in flight). Default `"1h"`.
+    pub grace: String,
+    /// Upload sessions older than this are purged. Default `"24h"`.
+    pub upload_ttl: String,
+    /// Also delete untagged manifests of private repositories. Default `false`.
+    pub delete_untagged: bool,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval: "1h".into(),
+            grace: "1h".into(),
+            upload_ttl: "24h".into(),
+            delete_untagged: false,
+        }
+    }
 }
 
 impl Default for Config {
@@ -48,6 +97,8 @@ impl Default for Config {
             private: Private::default(),
             auth: AuthConfig::default(),
             limits: Limits::default(),
+            cache: CacheConfig::default(),
+            gc: GcConfig::default(),
         }
     }
 }
@@ -341,7 +392,44 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.upstream_settings()?;
+        self.gc_policy()?;
+        self.gc_interval()?;
         Ok(())
+    }
+
+    /// `[cache]` and `[gc]` as a collection policy.
+    pub fn gc_policy(&self) -> Result<crate::gc::Policy, ConfigError> {
+        let max_size = match self.cache.max_size.trim() {
+            "" => None,
+            text => Some(
+                text.parse::<bytesize::ByteSize>()
+                    .map_err(|e| {
+                        ConfigError::Invalid(format!("cache.max_size: {text:?} is not a size like \"50GiB\": {e}"))
+                    })?
+                    .as_u64(),
+            ),
+        };
+        if !(1..=100).contains(&self.cache.low_water) {
+            return Err(ConfigError::Invalid(
+                "cache.low_water must be a percentage from 1 to 100".into(),
+            ));
+        }
+        Ok(crate::gc::Policy {
+            ttl: duration("cache.ttl", &self.cache.ttl)?,
+            max_size,
+            low_water_percent: self.cache.low_water.into(),
+            grace: duration("gc.grace", &self.gc.grace)?,
+            upload_ttl: duration("gc.upload_ttl", &self.gc.upload_ttl)?,
+            delete_untagged: self.gc.delete_untagged,
+        })
+    }
+
+    pub fn gc_interval(&self) -> Result<Duration, ConfigError> {
+        let interval = duration("gc.interval", &self.gc.interval)?;
+        if interval.is_zero() {
+            return Err(ConfigError::Invalid("gc.interval must be above 0".into()));
+        }
+        Ok(interval)
     }
 
     /// The `[[upstream]]` entries as typed settings; reads `password_env` variables.

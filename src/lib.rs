@@ -4,7 +4,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod config;
+pub mod gc;
 pub mod oci;
 pub mod server;
 pub mod service;

@@ -1,10 +1,15 @@
 //! The `berth` binary: parse the command line, load the configuration, run the chosen command.
 
+mod cli;
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use std::sync::Arc;
-
+use berth::api::admin::{Admin, TOKEN_FILE};
 use berth::api::{AppState, ClientLimits};
 use berth::auth::Auth;
 use berth::config::{Config, LogFormat};
@@ -14,9 +19,15 @@ use berth::store::Store;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// How often pull times noted in memory are written to the metadata store.
+const PULL_FLUSH: Duration = Duration::from_secs(30);
+
 #[derive(Parser)]
 #[command(version, about = "An OCI registry and pull-through mirror")]
 struct Cli {
+    /// Configuration file; default ./mirror.toml, or the built-in defaults when that is absent.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,11 +35,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the registry.
-    Serve {
-        /// Configuration file; default ./mirror.toml, or the built-in defaults when that is absent.
+    Serve,
+    /// Evict expired cached images and collect unreferenced blobs now. Talks to the running
+    /// server when there is one, else works on the store directly.
+    Gc {
+        /// List what would be removed, and remove nothing.
         #[arg(long)]
-        config: Option<PathBuf>,
+        dry_run: bool,
     },
+    /// Delete REPO:TAG (the tag) or REPO@DIGEST (the manifest and all its tags). `berth gc`
+    /// then reclaims the blobs only it used.
+    Delete { reference: String },
+    /// Disk use per repository, private vs cached.
+    Du,
 }
 
 fn init_logging(config: &Config) {
@@ -46,9 +65,28 @@ fn init_logging(config: &Config) {
 async fn main() -> anyhow::Result<()> {
     berth::install_crypto_provider();
     let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { config } => serve(Config::load(config.as_deref())?).await,
+        Command::Serve => serve(config).await,
+        Command::Gc { dry_run } => cli::gc(&config, dry_run).await,
+        Command::Delete { reference } => cli::delete(&config, &reference).await,
+        Command::Du => cli::du(&config).await,
     }
+}
+
+/// A fresh admin token in `<root>/admin.token`, readable by this user only.
+fn write_admin_token(root: &std::path::Path) -> anyhow::Result<String> {
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let path = root.join(TOKEN_FILE);
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    Ok(token)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -60,7 +98,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .into_iter()
         .map(|settings| berth::upstream::Upstream::new(settings).context("building an upstream client"))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let registry = Registry::new(store, upstreams)
+    let registry = Registry::new(store.clone(), upstreams)
         .with_private_namespaces(config.private.namespaces.clone())
         .with_upload_session_limit(config.limits.max_upload_sessions);
     let auth = Auth::new(&config.auth).map_err(anyhow::Error::msg)?;
@@ -77,16 +115,58 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }),
         _ => anyhow::bail!("[server.tls] needs both cert and key"),
     };
+    let policy = config.gc_policy()?;
+    let admin = Admin {
+        token: write_admin_token(root)?,
+        policy: policy.clone(),
+    };
     let state = AppState {
-        registry,
+        registry: registry.clone(),
         auth: Arc::new(auth),
         limits: Arc::new(ClientLimits::new(&config.limits)),
         tls: tls.is_some(),
+        admin: Some(Arc::new(admin)),
     };
+    tokio::spawn(flush_pulls(registry.clone()));
+    tokio::spawn(collect_periodically(registry.clone(), policy, config.gc_interval()?));
     tracing::info!(listen = %addr, root = %root.display(), tls = tls.is_some(), "berth serving");
     berth::server::serve(berth::app(state), addr, tls)
         .await
         .with_context(|| format!("serving on {addr}"))?;
+    write_pulls(&registry).await;
     tracing::info!("berth stopped");
     Ok(())
+}
+
+async fn write_pulls(registry: &Registry) {
+    let batch = registry.pulls().drain();
+    if batch.is_empty() {
+        return;
+    }
+    let meta = registry.store().meta.clone();
+    match tokio::task::spawn_blocking(move || meta.record_pulls(&batch)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not record pull times"),
+        Err(e) => tracing::warn!(error = %e, "could not record pull times"),
+    }
+}
+
+/// Pull times reach the metadata store in batches, off the request path.
+async fn flush_pulls(registry: Registry) {
+    let mut tick = tokio::time::interval(PULL_FLUSH);
+    loop {
+        tick.tick().await;
+        write_pulls(&registry).await;
+    }
+}
+
+/// Online eviction and garbage collection every `[gc] interval`.
+async fn collect_periodically(registry: Registry, policy: berth::gc::Policy, interval: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tick.tick().await;
+        if let Err(e) = berth::gc::run(registry.store(), registry.pulls(), &policy, false, &|_| {}).await {
+            tracing::error!(error = %e, "garbage collection failed");
+        }
+    }
 }

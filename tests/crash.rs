@@ -3,13 +3,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use serde_json::Value;
 use support::client::*;
+use support::verify::{assert_blob_files_verify, assert_registry_consistent};
 use support::{Berth, sha256};
 
 const MIB: usize = 1 << 20;
@@ -24,77 +23,6 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-/// Every file under `blobs/` hashes to its own name.
-fn assert_blob_files_verify(root: &Path) {
-    let mut checked = 0;
-    for prefix in std::fs::read_dir(root.join("blobs/sha256")).unwrap() {
-        for file in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
-            let path = file.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-            assert_eq!(
-                support::sha256_file(&path),
-                format!("sha256:{name}"),
-                "blob file {path:?} does not match its name"
-            );
-            checked += 1;
-        }
-    }
-    assert!(checked > 0, "no blob files found");
-}
-
-/// Through the API: every tag of every repository resolves to a manifest whose bytes match its
-/// digest, and every blob it references is served and verifies. Returns the number of tags.
-async fn assert_registry_consistent(base: &str) -> usize {
-    let c = client();
-    let catalog: Value = c
-        .get(format!("{base}/v2/_catalog"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut tags_checked = 0;
-    for repo in catalog["repositories"].as_array().unwrap() {
-        let repo = repo.as_str().unwrap();
-        let tags: Value = c
-            .get(format!("{base}/v2/{repo}/tags/list"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for tag in tags["tags"].as_array().unwrap() {
-            let r = c
-                .get(format!("{base}/v2/{repo}/manifests/{}", tag.as_str().unwrap()))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::OK, "{repo}:{tag}");
-            let digest = header(&r, "docker-content-digest");
-            let bytes = r.bytes().await.unwrap();
-            assert_eq!(sha256(&bytes), digest, "{repo}:{tag} manifest bytes");
-            let m: Value = serde_json::from_slice(&bytes).unwrap();
-            let mut refs = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
-            refs.extend(
-                m["layers"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|l| l["digest"].as_str().unwrap().to_owned()),
-            );
-            for d in refs {
-                let r = c.get(format!("{base}/v2/{repo}/blobs/{d}")).send().await.unwrap();
-                assert_eq!(r.status(), StatusCode::OK, "{repo}:{tag} blob {d}");
-                assert_eq!(sha256(&r.bytes().await.unwrap()), d, "{repo}:{tag} blob {d} verifies");
-            }
-            tags_checked += 1;
-        }
-    }
-    tags_checked
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! request is authorized for what the endpoint does, and a single `match` dispatches it to a thin
 //! handler that calls one service method.
 
+pub mod admin;
 mod blobs;
 mod endpoint;
 mod error;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub limits: Arc<ClientLimits>,
     /// Whether berth itself terminates TLS (for the token realm's scheme).
     pub tls: bool,
+    /// The admin API (gc, delete, du); `None` turns it off.
+    pub admin: Option<Arc<admin::Admin>>,
 }
 
 impl AppState {
@@ -47,6 +50,7 @@ impl AppState {
             auth: Arc::new(Auth::disabled()),
             limits: Arc::new(ClientLimits::off()),
             tls: false,
+            admin: None,
         }
     }
 }
@@ -73,6 +77,7 @@ const CACHE_STATUS: HeaderName = HeaderName::from_static("x-berth-cache");
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/token", get(token::token).post(token::token))
+        .merge(admin::routes())
         .fallback(dispatch)
         .layer(from_fn_with_state(state.clone(), limits::per_ip))
         .layer(map_response(add_api_version))

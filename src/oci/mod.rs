@@ -7,4 +7,4 @@ mod name;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use manifest::{Descriptor, Manifest, ManifestError, media};
-pub use name::{NameError, Reference, RepoName, Tag};
+pub use name::{NameError, Reference, RepoName, Tag, parse_image_ref};

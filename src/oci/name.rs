@@ -143,6 +143,18 @@ impl fmt::Display for Reference {
     }
 }
 
+/// Parse an image reference as users write it: `repo:tag` or `repo@digest` (a bare `repo` means
+/// `repo:latest`).
+pub fn parse_image_ref(s: &str) -> Result<(RepoName, Reference), NameError> {
+    if let Some((repo, digest)) = s.split_once('@') {
+        return Ok((repo.parse()?, Reference::Digest(digest.parse()?)));
+    }
+    match s.rsplit_once(':') {
+        Some((repo, tag)) => Ok((repo.parse()?, Reference::Tag(tag.parse()?))),
+        None => Ok((s.parse()?, Reference::Tag("latest".parse()?))),
+    }
+}
+
 macro_rules! string_newtype_fmt {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -217,6 +229,15 @@ mod tests {
         for bad in ["", ".hidden", "-x", "a/b", "..", &"a".repeat(129)] {
             assert!(bad.parse::<Tag>().is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn image_references() {
+        let d = format!("sha256:{}", "0".repeat(64));
+        assert_eq!(parse_image_ref("team/app:1.4").unwrap().1.to_string(), "1.4");
+        assert_eq!(parse_image_ref(&format!("team/app@{d}")).unwrap().1.to_string(), d);
+        assert_eq!(parse_image_ref("team/app").unwrap().1.to_string(), "latest");
+        assert!(parse_image_ref("Team/app:1").is_err());
     }
 
     #[test]

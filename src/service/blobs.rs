@@ -88,7 +88,12 @@ impl Registry {
     /// Link `digest` from `from` into `repo` when `from` holds it, else start a session.
     pub async fn mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>, owner: &str) -> Result<Mount> {
         if let Some(from) = from {
+            // The mounted blob is about to be referenced by this push: renew its grace period
+            // under the fence, so a GC sweep either ran before (and the mount falls back to an
+            // upload) or spares it (see `gc`).
+            let _fence = self.store.fence.read().await;
             if self.store.meta.blob_linked(from, digest)? && self.store.blobs.size(digest).await?.is_some() {
+                self.store.blobs.touch(digest).await?;
                 self.link(repo, digest).await?;
                 return Ok(Mount::Mounted(digest.clone()));
             }
@@ -147,6 +152,7 @@ impl Registry {
             .append(&state.id, range, body, MAX_UPLOAD_BYTES)
             .await?;
         self.sessions.end(&state.id); // finishing ends the session, verified or not
+        let _fence = self.store.fence.read().await; // publish and link as one step for GC (see `gc`)
         self.store
             .uploads
             .finish(&state.id, digest)

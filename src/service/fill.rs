@@ -173,6 +173,7 @@ impl Job {
         }
         file.sync_all().await.map_err(io)?;
         drop(file);
+        let _fence = self.store.fence.read().await; // publish and link as one step for GC (see `gc`)
         self.store
             .blobs
             .publish(&self.fill.temp, digest)

@@ -64,11 +64,15 @@ impl Registry {
         })
     }
 
+    /// A manifest's head; a HEAD by tag is how clients check an image they have, so it counts
+    /// as a pull.
     pub async fn manifest_head(&self, route: &Route, reference: &Reference, accept: &[String]) -> Result<ManifestHead> {
-        match route {
-            Route::Private(repo) => self.local_head(repo, reference),
-            Route::Proxied(p) => Ok(self.proxied_manifest(p, reference, accept).await?.0),
-        }
+        let head = match route {
+            Route::Private(repo) => self.local_head(repo, reference)?,
+            Route::Proxied(p) => self.proxied_manifest(p, reference, accept).await?.0,
+        };
+        self.pulls.record(route.local(), &head.digest, unix_now());
+        Ok(head)
     }
 
     pub async fn manifest(&self, route: &Route, reference: &Reference, accept: &[String]) -> Result<ManifestBody> {
@@ -76,6 +80,7 @@ impl Registry {
             Route::Private(repo) => (self.local_head(repo, reference)?, None),
             Route::Proxied(p) => self.proxied_manifest(p, reference, accept).await?,
         };
+        self.pulls.record(route.local(), &head.digest, unix_now());
         let bytes = match fetched {
             Some(bytes) => bytes,
             None => self
@@ -115,6 +120,9 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(&bytes),
         };
+        // Held from checking the blobs to committing the record, so GC cannot sweep them in
+        // between (see `gc`).
+        let _fence = self.store.fence.read().await;
         let meta = &self.store.meta;
         for blob in manifest.blob_refs() {
             if !meta.blob_linked(repo, blob)? || self.store.blobs.size(blob).await?.is_none() {

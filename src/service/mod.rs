@@ -105,6 +105,8 @@ pub struct Registry {
     /// When each proxied tag was last confirmed with its upstream.
     fresh_tags: Arc<Mutex<HashMap<(RepoName, Tag), Instant>>>,
     sessions: Arc<blobs::Sessions>,
+    /// Pulls noted in memory, flushed to the metadata store in batches.
+    pulls: Arc<crate::cache::Pulls>,
 }
 
 impl Registry {
@@ -116,6 +118,7 @@ impl Registry {
             fills: Arc::default(),
             fresh_tags: Arc::default(),
             sessions: Arc::new(blobs::Sessions::new(u32::MAX)),
+            pulls: Arc::default(),
         }
     }
 
@@ -129,6 +132,11 @@ impl Registry {
     pub fn with_upload_session_limit(mut self, limit: u32) -> Registry {
         self.sessions = Arc::new(blobs::Sessions::new(limit));
         self
+    }
+
+    /// Pulls noted since the last flush (for eviction by last pull).
+    pub fn pulls(&self) -> &Arc<crate::cache::Pulls> {
+        &self.pulls
     }
 
     pub fn store(&self) -> &Store {

@@ -121,6 +121,7 @@ impl Registry {
         } = remote;
         let head = match Manifest::parse(&bytes, media_type.as_deref()) {
             Ok(manifest) => {
+                let _fence = self.store.fence.read().await; // see `gc`
                 self.store.blobs.write(&digest, &bytes).await?;
                 let record = record_of(&manifest, bytes.len());
                 let (repo, d, t, origin) = (

@@ -17,6 +17,14 @@ pub struct Blobs {
     tmp: PathBuf,
 }
 
+/// A published blob as garbage collection sees it.
+#[derive(Clone, Debug)]
+pub struct BlobEntry {
+    pub digest: Digest,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
 /// An open published blob, ready to stream.
 pub struct BlobFile {
     pub file: fs::File,
@@ -119,5 +127,46 @@ impl Blobs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Refresh a blob's modification time: a push about to reference it (a mount) renews its
+    /// grace period, so garbage collection spares it.
+    pub async fn touch(&self, digest: &Digest) -> Result<()> {
+        let path = self.path(digest);
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::options()
+                .write(true)
+                .open(path)?
+                .set_modified(std::time::SystemTime::now())
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        Ok(())
+    }
+
+    /// Every published blob with its size and modification time (a directory walk).
+    pub fn list(&self) -> Result<Vec<BlobEntry>> {
+        let mut out = Vec::new();
+        for alg in std::fs::read_dir(&self.blobs)? {
+            let alg = alg?;
+            for prefix in std::fs::read_dir(alg.path())? {
+                for file in std::fs::read_dir(prefix?.path())? {
+                    let file = file?;
+                    let name = format!(
+                        "{}:{}",
+                        alg.file_name().to_string_lossy(),
+                        file.file_name().to_string_lossy()
+                    );
+                    let Ok(digest) = name.parse() else { continue };
+                    let meta = file.metadata()?;
+                    out.push(BlobEntry {
+                        digest,
+                        size: meta.len(),
+                        modified: meta.modified()?,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 }

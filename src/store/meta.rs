@@ -91,6 +91,25 @@ pub trait Meta: Send + Sync {
     fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<Vec<String>>>;
 
     fn put_upload(&self, id: &str, record: &UploadRecord) -> Result<()>;
+    /// Every upload session (for purging stale ones).
+    fn uploads(&self) -> Result<Vec<(String, UploadRecord)>>;
     fn upload(&self, id: &str) -> Result<Option<UploadRecord>>;
     fn delete_upload(&self, id: &str) -> Result<()>;
+
+    // Lifecycle queries: full scans, for eviction, garbage collection and `berth du`.
+
+    /// Every repository with its origin.
+    fn all_repos(&self) -> Result<Vec<(RepoName, RepoInfo)>>;
+    /// Every manifest record of every repository.
+    fn all_manifests(&self) -> Result<Vec<(RepoName, Digest, ManifestRecord)>>;
+    /// The tags of `repo` with the digest each points at.
+    fn tag_targets(&self, repo: &RepoName) -> Result<Vec<(String, Digest)>>;
+    /// Record when manifests were last pulled (a batch of `(repo, digest, unix seconds)`).
+    fn record_pulls(&self, pulls: &[(RepoName, Digest, u64)]) -> Result<()>;
+    /// When each manifest was last pulled, where known.
+    fn last_pulls(&self) -> Result<Vec<(RepoName, Digest, u64)>>;
+    /// Remove manifests (with their tags, referrer entries and pull times) in one transaction.
+    fn remove_manifests(&self, manifests: &[(RepoName, Digest)]) -> Result<()>;
+    /// Remove every repository's link to these blobs (their files are gone).
+    fn unlink_everywhere(&self, blobs: &[Digest]) -> Result<()>;
 }

@@ -21,7 +21,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use blobs::{BlobFile, Blobs};
+pub use blobs::{BlobEntry, BlobFile, Blobs};
 pub use meta::{ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
 pub use redb_meta::RedbMeta;
 pub use uploads::{ChunkRange, Uploads, parse_id as parse_upload_id};
@@ -47,6 +47,8 @@ pub enum Error {
     TooLarge { limit: u64 },
     #[error("request body: {0}")]
     Body(io::Error),
+    #[error("the store is open in another process (a running berth server)")]
+    Locked,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -57,14 +59,28 @@ pub struct Store {
     pub blobs: Blobs,
     pub uploads: Arc<Uploads>,
     pub meta: Arc<dyn Meta>,
+    /// The garbage collection fence. Every operation that makes a blob referenced (a manifest
+    /// PUT or cache, a mount, an upload or fill being published and linked) holds it shared while
+    /// it checks and commits; the GC sweep holds it exclusively while it re-checks its
+    /// candidates and deletes them. So no blob a push is about to reference can be swept in
+    /// between (see `gc`).
+    pub fence: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Store {
     /// Open (or create) the filesystem store at `root`, clearing leftovers of a crash.
     pub fn open(root: &Path) -> Result<Store> {
-        let blobs = Blobs::open(root)?;
+        std::fs::create_dir_all(root)?;
+        // The metadata database is locked by its process: open it first, so a second process
+        // (`berth gc` beside a running server) fails here before it touches anything else.
         let meta: Arc<dyn Meta> = Arc::new(RedbMeta::open(&root.join("meta.redb"))?);
+        let blobs = Blobs::open(root)?;
         let uploads = Arc::new(Uploads::open(root, blobs.clone(), meta.clone())?);
-        Ok(Store { blobs, uploads, meta })
+        Ok(Store {
+            blobs,
+            uploads,
+            meta,
+            fence: Arc::default(),
+        })
     }
 }

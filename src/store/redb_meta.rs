@@ -22,6 +22,8 @@ const BLOB_LINKS: TableDefinition<&str, ()> = TableDefinition::new("blob_links")
 const REFERRERS: TableDefinition<&str, ()> = TableDefinition::new("referrers");
 /// upload id → JSON [`UploadRecord`]
 const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+/// `repo\0digest` → unix seconds of the last pull
+const PULLS: TableDefinition<&str, u64> = TableDefinition::new("pulls");
 
 fn db_err(e: impl Into<redb::Error>) -> Error {
     Error::Meta(e.into().to_string())
@@ -46,7 +48,10 @@ pub struct RedbMeta {
 
 impl RedbMeta {
     pub fn open(path: &Path) -> Result<RedbMeta> {
-        let db = Database::create(path).map_err(db_err)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked,
+            other => db_err(other),
+        })?;
         let txn = db.begin_write().map_err(db_err)?;
         {
             txn.open_table(REPOS).map_err(db_err)?;
@@ -55,6 +60,7 @@ impl RedbMeta {
             txn.open_table(BLOB_LINKS).map_err(db_err)?;
             txn.open_table(REFERRERS).map_err(db_err)?;
             txn.open_table(UPLOADS).map_err(db_err)?;
+            txn.open_table(PULLS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(RedbMeta { db })
@@ -71,6 +77,48 @@ impl RedbMeta {
     fn read_txn(&self) -> Result<redb::ReadTransaction> {
         self.db.begin_read().map_err(db_err)
     }
+}
+
+/// Remove one manifest with its tags and referrer entry inside `txn`.
+fn remove_manifest_in(txn: &redb::WriteTransaction, repo: &RepoName, digest: &str) -> Result<bool> {
+    let mut manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
+    let Some(old) = manifests
+        .remove(key(&[repo.as_str(), digest]).as_str())
+        .map_err(db_err)?
+    else {
+        return Ok(false);
+    };
+    let record: ManifestRecord = serde_json::from_slice(old.value()).map_err(json_err)?;
+    drop(old);
+    if let Some(subject) = &record.subject {
+        let mut referrers = txn.open_table(REFERRERS).map_err(db_err)?;
+        referrers
+            .remove(key(&[repo.as_str(), &subject.to_string(), digest]).as_str())
+            .map_err(db_err)?;
+    }
+    txn.open_table(PULLS)
+        .map_err(db_err)?
+        .remove(key(&[repo.as_str(), digest]).as_str())
+        .map_err(db_err)?;
+    let mut tags = txn.open_table(TAGS).map_err(db_err)?;
+    let (start, end) = prefix_range(repo.as_str());
+    let doomed: Vec<String> = tags
+        .range::<&str>(start.as_str()..end.as_str())
+        .map_err(db_err)?
+        .filter_map(|row| row.ok())
+        .filter(|(_, v)| v.value() == digest)
+        .map(|(k, _)| k.value().to_owned())
+        .collect();
+    for k in doomed {
+        tags.remove(k.as_str()).map_err(db_err)?;
+    }
+    Ok(true)
+}
+
+/// Split a `repo\0digest` key.
+fn split_key(k: &str) -> Option<(RepoName, Digest)> {
+    let (repo, digest) = k.split_once('\0')?;
+    Some((repo.parse().ok()?, digest.parse().ok()?))
 }
 
 fn ensure_repo_in(txn: &redb::WriteTransaction, repo: &RepoName, origin: Origin) -> Result<RepoInfo> {
@@ -211,36 +259,7 @@ impl Meta for RedbMeta {
 
     fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
         let digest = digest.to_string();
-        self.write(|txn| {
-            let mut manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
-            let Some(old) = manifests
-                .remove(key(&[repo.as_str(), &digest]).as_str())
-                .map_err(db_err)?
-            else {
-                return Ok(false);
-            };
-            let record: ManifestRecord = serde_json::from_slice(old.value()).map_err(json_err)?;
-            drop(old);
-            if let Some(subject) = &record.subject {
-                let mut referrers = txn.open_table(REFERRERS).map_err(db_err)?;
-                referrers
-                    .remove(key(&[repo.as_str(), &subject.to_string(), &digest]).as_str())
-                    .map_err(db_err)?;
-            }
-            let mut tags = txn.open_table(TAGS).map_err(db_err)?;
-            let (start, end) = prefix_range(repo.as_str());
-            let doomed: Vec<String> = tags
-                .range::<&str>(start.as_str()..end.as_str())
-                .map_err(db_err)?
-                .filter_map(|row| row.ok())
-                .filter(|(_, v)| v.value() == digest)
-                .map(|(k, _)| k.value().to_owned())
-                .collect();
-            for k in doomed {
-                tags.remove(k.as_str()).map_err(db_err)?;
-            }
-            Ok(true)
-        })
+        self.write(|txn| remove_manifest_in(txn, repo, &digest))
     }
 
     fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, ManifestRecord)>> {
@@ -317,6 +336,106 @@ impl Meta for RedbMeta {
     fn delete_upload(&self, id: &str) -> Result<()> {
         self.write(|txn| {
             txn.open_table(UPLOADS).map_err(db_err)?.remove(id).map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    fn uploads(&self) -> Result<Vec<(String, UploadRecord)>> {
+        let table = self.read_txn()?.open_table(UPLOADS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.range::<&str>(..).map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((
+                k.value().to_owned(),
+                serde_json::from_slice(v.value()).map_err(json_err)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn all_repos(&self) -> Result<Vec<(RepoName, RepoInfo)>> {
+        let table = self.read_txn()?.open_table(REPOS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.range::<&str>(..).map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let Ok(repo) = k.value().parse() else { continue };
+            out.push((repo, serde_json::from_slice(v.value()).map_err(json_err)?));
+        }
+        Ok(out)
+    }
+
+    fn all_manifests(&self) -> Result<Vec<(RepoName, Digest, ManifestRecord)>> {
+        let table = self.read_txn()?.open_table(MANIFESTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.range::<&str>(..).map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let Some((repo, digest)) = split_key(k.value()) else {
+                continue;
+            };
+            out.push((repo, digest, serde_json::from_slice(v.value()).map_err(json_err)?));
+        }
+        Ok(out)
+    }
+
+    fn tag_targets(&self, repo: &RepoName) -> Result<Vec<(String, Digest)>> {
+        let table = self.read_txn()?.open_table(TAGS).map_err(db_err)?;
+        let (start, end) = prefix_range(repo.as_str());
+        let mut out = Vec::new();
+        for row in table.range::<&str>(start.as_str()..end.as_str()).map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let Ok(digest) = v.value().parse() else { continue };
+            out.push((k.value()[repo.as_str().len() + 1..].to_owned(), digest));
+        }
+        Ok(out)
+    }
+
+    fn record_pulls(&self, pulls: &[(RepoName, Digest, u64)]) -> Result<()> {
+        self.write(|txn| {
+            let mut table = txn.open_table(PULLS).map_err(db_err)?;
+            for (repo, digest, at) in pulls {
+                table
+                    .insert(key(&[repo.as_str(), &digest.to_string()]).as_str(), *at)
+                    .map_err(db_err)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn last_pulls(&self) -> Result<Vec<(RepoName, Digest, u64)>> {
+        let table = self.read_txn()?.open_table(PULLS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.range::<&str>(..).map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            if let Some((repo, digest)) = split_key(k.value()) {
+                out.push((repo, digest, v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_manifests(&self, manifests: &[(RepoName, Digest)]) -> Result<()> {
+        self.write(|txn| {
+            for (repo, digest) in manifests {
+                remove_manifest_in(txn, repo, &digest.to_string())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn unlink_everywhere(&self, blobs: &[Digest]) -> Result<()> {
+        let doomed: std::collections::HashSet<String> = blobs.iter().map(|d| d.to_string()).collect();
+        self.write(|txn| {
+            let mut links = txn.open_table(BLOB_LINKS).map_err(db_err)?;
+            let keys: Vec<String> = links
+                .range::<&str>(..)
+                .map_err(db_err)?
+                .filter_map(|row| row.ok())
+                .map(|(k, _)| k.value().to_owned())
+                .filter(|k| k.split_once('\0').is_some_and(|(_, d)| doomed.contains(d)))
+                .collect();
+            for k in keys {
+                links.remove(k.as_str()).map_err(db_err)?;
+            }
             Ok(())
         })
     }

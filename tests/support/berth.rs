@@ -126,6 +126,17 @@ impl Berth {
         self.spawn();
     }
 
+    /// Run `berth ARGS --config <this berth's config>` (gc, delete, du) and return its output.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run berth")
+    }
+
     /// The URL of `path` (which starts with `/`).
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)

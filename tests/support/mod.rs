@@ -9,6 +9,7 @@ pub mod dockerd;
 pub mod hub;
 pub mod podman;
 pub mod tls;
+pub mod verify;
 
 use std::path::Path;
 use std::process::Command;

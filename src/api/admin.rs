@@ -92,7 +92,7 @@ async fn delete(
 ) -> Result<Response, Error> {
     admin(&app, &headers)?;
     let (repo, reference) = parse_image_ref(&q.reference)?;
-    app.registry.delete_manifest(&repo, &reference).await?;
+    app.registry.delete_image(&repo, &reference).await?;
     Ok(axum::Json(json!({ "deleted": q.reference })).into_response())
 }
 

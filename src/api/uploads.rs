@@ -76,7 +76,7 @@ pub async fn start(
     }
     // Check the digest before opening a session, so a bad request leaves nothing behind.
     let digest = digest_param(params)?;
-    let state = reg.start_upload(repo, owner).await?;
+    let state = reg.start_upload(repo, owner, digest.is_none()).await?;
     let Some(digest) = digest else {
         return Ok(session(repo, &state, StatusCode::ACCEPTED));
     };

@@ -235,12 +235,22 @@ pub async fn run(
         .filter(|(_, u)| u.started < older_than(policy.upload_ttl))
         .map(|(id, _)| id)
         .collect();
-    progress(Progress::Uploads { stale: stale.len() });
+    let orphans = store.uploads.orphans(policy.upload_ttl)?;
+    progress(Progress::Uploads {
+        stale: stale.len() + orphans.len(),
+    });
     if !dry_run {
         for id in &stale {
             store.uploads.cancel(id).await?;
         }
+        for path in &orphans {
+            let _ = std::fs::remove_file(path);
+        }
     }
+    let stale: Vec<String> = stale
+        .into_iter()
+        .chain(orphans.iter().map(|p| p.display().to_string()))
+        .collect();
 
     let fmt = |list: &[(RepoName, Digest)]| list.iter().map(|(r, d)| format!("{r}@{d}")).collect::<Vec<_>>();
     let report = Report {

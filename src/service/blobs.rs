@@ -71,10 +71,11 @@ impl Registry {
         Ok(())
     }
 
-    /// Start an upload session for `owner` (a user name or client address).
-    pub async fn start_upload(&self, repo: &RepoName, owner: &str) -> Result<UploadState> {
+    /// Start an upload session for `owner` (a user name or client address); `resumable` unless
+    /// it is a monolithic upload finished in the same request.
+    pub async fn start_upload(&self, repo: &RepoName, owner: &str, resumable: bool) -> Result<UploadState> {
         self.sessions.admit(owner)?;
-        let id = match self.store.uploads.create(repo).await {
+        let id = match self.store.uploads.create(repo, resumable).await {
             Ok(id) => id,
             Err(e) => {
                 self.sessions.release_one(owner);
@@ -98,7 +99,7 @@ impl Registry {
                 return Ok(Mount::Mounted(digest.clone()));
             }
         }
-        Ok(Mount::Started(self.start_upload(repo, owner).await?))
+        Ok(Mount::Started(self.start_upload(repo, owner, true).await?))
     }
 
     /// Check that `id` is a live session of `repo`.

@@ -162,6 +162,37 @@ impl Registry {
         }
         Ok(())
     }
+    /// `berth delete`: like a registry:2 delete script. By digest, the manifest and its tags go;
+    /// by tag, the tag goes, and the manifest with it once no other tag points at it (unless an
+    /// index in the repository lists it or it is a referrer). Garbage collection then reclaims
+    /// the blobs only it used.
+    pub async fn delete_image(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        let Reference::Tag(tag) = reference else {
+            return self.delete_manifest(repo, reference).await;
+        };
+        let digest = self
+            .store
+            .meta
+            .tag(repo, tag)?
+            .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
+        self.delete_manifest(repo, reference).await?;
+        let still_tagged = self.store.meta.tag_targets(repo)?.iter().any(|(_, d)| *d == digest);
+        let needed = self
+            .store
+            .meta
+            .all_manifests()?
+            .iter()
+            .any(|(r, _, rec)| r == repo && rec.children.contains(&digest));
+        let is_referrer = self
+            .store
+            .meta
+            .manifest(repo, &digest)?
+            .is_some_and(|m| m.subject.is_some());
+        if !still_tagged && !needed && !is_referrer {
+            self.delete_manifest(repo, &Reference::Digest(digest)).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The metadata kept for a parsed manifest of `size` bytes.

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::meta::{ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
 use super::{Error, Result};
@@ -68,7 +68,12 @@ impl RedbMeta {
 
     /// Run `f` in a write transaction and commit it (durably: redb fsyncs on commit).
     fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        self.write_with(Durability::Immediate, f)
+    }
+
+    fn write_with<T>(&self, durability: Durability, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(durability).map_err(|e| Error::Meta(e.to_string()))?;
         let out = f(&txn)?;
         txn.commit().map_err(db_err)?;
         Ok(out)
@@ -334,7 +339,9 @@ impl Meta for RedbMeta {
     }
 
     fn delete_upload(&self, id: &str) -> Result<()> {
-        self.write(|txn| {
+        // Not fsynced: if a crash loses this deletion, the record points at a removed file, reads
+        // as unknown, and GC purges it by age.
+        self.write_with(Durability::None, |txn| {
             txn.open_table(UPLOADS).map_err(db_err)?.remove(id).map_err(db_err)?;
             Ok(())
         })

@@ -30,6 +30,7 @@ pub struct ChunkRange {
 
 /// In-memory state of a session: its length and the hash of those bytes.
 struct Session {
+    repo: RepoName,
     len: u64,
     hasher: Hasher,
 }
@@ -73,28 +74,64 @@ impl Uploads {
         self.sessions.lock().expect("sessions lock").remove(id);
     }
 
-    /// Start a session for `repo`; returns its id.
-    pub async fn create(&self, repo: &RepoName) -> Result<String> {
+    /// Start a session for `repo`; returns its id. A `resumable` session is recorded durably so
+    /// it survives a restart; a monolithic upload, which the client never sees as a session,
+    /// lives in memory only (its file is purged by GC if a crash orphans it).
+    pub async fn create(&self, repo: &RepoName, resumable: bool) -> Result<String> {
         let id = uuid::Uuid::new_v4().simple().to_string();
         fs::File::create(self.path(&id)).await?;
-        self.meta.put_upload(
-            &id,
-            &UploadRecord {
+        if resumable {
+            self.meta.put_upload(
+                &id,
+                &UploadRecord {
+                    repo: repo.clone(),
+                    started: unix_now(),
+                },
+            )?;
+        } else {
+            *self.slot(&id).lock().await = Some(Session {
                 repo: repo.clone(),
-                started: unix_now(),
-            },
-        )?;
+                len: 0,
+                hasher: Hasher::new(Algorithm::Sha256),
+            });
+        }
         Ok(id)
+    }
+
+    /// Files in the uploads area with no session, older than `age` (left by a crash).
+    pub fn orphans(&self, age: std::time::Duration) -> Result<Vec<PathBuf>> {
+        let cutoff = std::time::SystemTime::now() - age;
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m < cutoff);
+            let live = self.sessions.lock().expect("sessions lock").contains_key(&name);
+            if old && !live && self.meta.upload(&name)?.is_none() {
+                out.push(path);
+            }
+        }
+        Ok(out)
     }
 
     /// The session's repository and current length, or `UploadUnknown`.
     pub async fn status(&self, id: &str) -> Result<(RepoName, u64)> {
-        let record = self.meta.upload(id)?.ok_or(Error::UploadUnknown)?;
+        let in_memory = self.sessions.lock().expect("sessions lock").get(id).cloned();
+        let repo = match in_memory {
+            Some(slot) => slot.lock().await.as_ref().map(|s| s.repo.clone()),
+            None => None,
+        };
+        let repo = match repo {
+            Some(repo) => repo,
+            None => self.meta.upload(id)?.ok_or(Error::UploadUnknown)?.repo,
+        };
         let len = fs::metadata(self.path(id))
             .await
             .map_err(|_| Error::UploadUnknown)?
             .len();
-        Ok((record.repo, len))
+        Ok((repo, len))
     }
 
     /// Append a chunk. With `range`, its start must equal the current length and the body must be
@@ -171,9 +208,13 @@ impl Uploads {
     /// The in-memory state, rebuilt by hashing the file when berth restarted mid-upload.
     async fn load<'a>(&self, id: &str, slot: &'a mut Option<Session>) -> Result<&'a mut Session> {
         if slot.is_none() {
-            self.meta.upload(id)?.ok_or(Error::UploadUnknown)?;
+            let record = self.meta.upload(id)?.ok_or(Error::UploadUnknown)?;
             let (len, hasher) = self.hash_file(id, Algorithm::Sha256).await?;
-            *slot = Some(Session { len, hasher });
+            *slot = Some(Session {
+                repo: record.repo,
+                len,
+                hasher,
+            });
         }
         Ok(slot.as_mut().expect("just filled"))
     }
@@ -223,7 +264,7 @@ impl Uploads {
 
     /// Drop a session and its bytes.
     pub async fn cancel(&self, id: &str) -> Result<()> {
-        self.meta.upload(id)?.ok_or(Error::UploadUnknown)?;
+        self.status(id).await?;
         self.end(id).await
     }
 

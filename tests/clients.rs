@@ -70,23 +70,12 @@ async fn oci_client_crate_pushes_and_pulls() {
     assert_eq!(support::client::header(&head, "docker-content-digest"), digest);
 }
 
-/// A tiny root filesystem tarball for `docker import`.
-fn rootfs_tar(dir: &std::path::Path, marker: &str) -> std::path::PathBuf {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/berth-test"), marker).unwrap();
-    std::fs::write(root.join("payload.bin"), vec![42u8; 2 << 20]).unwrap();
-    let tar = dir.join("rootfs.tar");
-    run(Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(&root).arg("."));
-    tar
-}
-
 #[tokio::test]
 async fn docker_pushes_and_pulls_a_private_image() {
     let b = Berth::start("");
     let d = Dockerd::start(&[]);
     let work = tempfile::tempdir().unwrap();
-    let tar = rootfs_tar(work.path(), "pushed through berth");
+    let tar = support::rootfs_tar(work.path(), "pushed through berth");
     let image = format!("{}/team/app:1", b.addr);
     d.ok(&["import", tar.to_str().unwrap(), &image]);
     let push = d.ok(&["push", &image]);
@@ -96,14 +85,7 @@ async fn docker_pushes_and_pulls_a_private_image() {
         .expect("push prints the digest")
         .to_owned();
 
-    let tags: serde_json::Value = support::client::client()
-        .get(b.at("/v2/team/app/tags/list"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags = support::client::get_json(b.at("/v2/team/app/tags/list")).await;
     assert_eq!(tags["tags"], serde_json::json!(["1"]));
 
     d.ok(&["rmi", &image]);

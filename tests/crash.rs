@@ -13,28 +13,16 @@ use support::{Berth, sha256};
 
 const MIB: usize = 1 << 20;
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn sigkill_mid_chunked_upload_then_resume() {
     let dir = tempfile::tempdir().unwrap();
     let mut b = Berth::start_in(dir.path(), "");
     for i in 0..3u64 {
-        let layer = pseudo_random(2 * MIB + i as usize, i);
+        let layer = support::pseudo_random(2 * MIB + i as usize, i);
         push_image(&b.url, &format!("team/app{i}"), "v1", &[&layer, b"small layer"]).await;
     }
 
-    let data = pseudo_random(48 * MIB, 99);
+    let data = support::pseudo_random(48 * MIB, 99);
     let digest = sha256(&data);
     let c = client();
     let location = header(
@@ -126,8 +114,8 @@ async fn repeated_sigkill_during_pushes_never_corrupts_the_store() {
         let url = b.url.clone();
         let pusher = tokio::spawn(async move {
             for i in 0..20u64 {
-                let layer = pseudo_random(MIB / 2 + (i as usize) * 1000, round * 100 + i);
-                let shared = pseudo_random(100_000, 7); // a layer every image shares
+                let layer = support::pseudo_random(MIB / 2 + (i as usize) * 1000, round * 100 + i);
+                let shared = support::pseudo_random(100_000, 7); // a layer every image shares
                 let m = image_manifest(&url, &format!("team/r{round}"), &[&layer, &shared]).await;
                 put_manifest(&url, &format!("team/r{round}"), &format!("t{i}"), OCI_MANIFEST, &m).await;
             }

@@ -21,11 +21,6 @@ fn upstream(hub: &Hub) -> String {
     )
 }
 
-fn blob_file(b: &Berth, digest: &str) -> std::path::PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    b.root.join("blobs/sha256").join(&hex[..2]).join(hex)
-}
-
 /// Run `berth ARGS` against `b`; its stdout, asserting success.
 fn berth_cli(b: &Berth, args: &[&str]) -> String {
     let out = b.cli(args);
@@ -48,16 +43,6 @@ fn removed_blobs(report: &str) -> BTreeSet<String> {
         .collect()
 }
 
-async fn manifest(b: &Berth, repo: &str, reference: &str) -> (String, Value) {
-    let r = client()
-        .get(b.at(&format!("/v2/{repo}/manifests/{reference}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "{repo}:{reference}");
-    (header(&r, "docker-content-digest"), r.json().await.unwrap())
-}
-
 async fn fetch_blob(b: &Berth, repo: &str, digest: &str) {
     let r = client()
         .get(b.at(&format!("/v2/{repo}/blobs/{digest}")))
@@ -77,8 +62,8 @@ async fn ttl_evicts_cached_images_nobody_pulls_and_keeps_private_and_shared_laye
         upstream(&hub)
     ));
     let private = push_image(&b.url, "team/p", "1", &[b"private layer"]).await;
-    let (latest, latest_m) = manifest(&b, "library/alpine", "latest").await;
-    let (_, old_m) = manifest(&b, "library/alpine", "3.20").await;
+    let (latest, latest_m) = manifest_json(&b.url, "library/alpine", "latest").await;
+    let (_, old_m) = manifest_json(&b.url, "library/alpine", "3.20").await;
     let (latest_config, old_config) = (
         latest_m["config"]["digest"].as_str().unwrap(),
         old_m["config"]["digest"].as_str().unwrap(),
@@ -95,7 +80,7 @@ async fn ttl_evicts_cached_images_nobody_pulls_and_keeps_private_and_shared_laye
     // alpine:3.20 stays in use; alpine:latest and the private image are not pulled again.
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        manifest(&b, "library/alpine", "3.20").await;
+        manifest_json(&b.url, "library/alpine", "3.20").await;
     }
     let report = berth_cli(&b, &["gc"]);
     assert!(
@@ -112,11 +97,11 @@ async fn ttl_evicts_cached_images_nobody_pulls_and_keeps_private_and_shared_laye
         !removed.contains(shared) && !removed.contains(old_config),
         "a layer a live image uses stays:\n{report}"
     );
-    assert!(!blob_file(&b, latest_config).exists(), "disk space comes back");
-    assert!(blob_file(&b, shared).exists());
-    let (digest, _) = manifest(&b, "team/p", "1").await;
+    assert!(!b.blob_path(latest_config).exists(), "disk space comes back");
+    assert!(b.blob_path(shared).exists());
+    let (digest, _) = manifest_json(&b.url, "team/p", "1").await;
     assert_eq!(digest, private);
-    let (_, m) = manifest(&b, "team/p", "1").await;
+    let (_, m) = manifest_json(&b.url, "team/p", "1").await;
     fetch_blob(&b, "team/p", m["layers"][0]["digest"].as_str().unwrap()).await;
 }
 
@@ -167,18 +152,6 @@ async fn size_cap_evicts_the_least_recently_pulled_and_recent_images_still_pull_
     );
 }
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Run one collection through the admin API; the bytes it reclaimed.
 async fn admin_gc(base: &str, token: &str) -> u64 {
     let r = client()
@@ -212,7 +185,7 @@ async fn gc_in_a_tight_loop_never_loses_what_pushes_and_pulls_reference() {
             runs
         })
     };
-    let shared = Arc::new(pseudo_random(300_000, 1));
+    let shared = Arc::new(support::pseudo_random(300_000, 1));
     let pushers = (0..4u64).map(|p| {
         let (url, shared) = (b.url.clone(), shared.clone());
         tokio::spawn(async move {
@@ -233,7 +206,7 @@ async fn gc_in_a_tight_loop_never_loses_what_pushes_and_pulls_reference() {
                 if r.status() != StatusCode::CREATED {
                     push_blob(&url, &repo, &shared).await;
                 }
-                let unique = pseudo_random(50_000, p * 1000 + round);
+                let unique = support::pseudo_random(50_000, p * 1000 + round);
                 let m = image_manifest(&url, &repo, &[&shared, &unique]).await;
                 let r = put_manifest(&url, &repo, &format!("r{round}"), OCI_MANIFEST, &m).await;
                 assert_eq!(
@@ -258,14 +231,7 @@ async fn gc_in_a_tight_loop_never_loses_what_pushes_and_pulls_reference() {
                     previous = Some(sha256(&m));
                 }
                 // Pull what is tagged, as clients would.
-                let tags: Value = c
-                    .get(format!("{url}/v2/{repo}/tags/list"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let tags: Value = get_json(format!("{url}/v2/{repo}/tags/list")).await;
                 for tag in tags["tags"].as_array().unwrap() {
                     let r = c
                         .get(format!("{url}/v2/{repo}/manifests/{}", tag.as_str().unwrap()))
@@ -321,18 +287,15 @@ async fn gc_dry_run_lists_exactly_what_gc_removes_and_delete_reclaims_only_unsha
         !would.contains(&sha256(shared)),
         "a layer team/b still uses stays:\n{dry}"
     );
-    assert!(
-        blob_file(&b, &sha256(b"only in a")).exists(),
-        "a dry run removes nothing"
-    );
+    assert!(b.blob_path(&sha256(b"only in a")).exists(), "a dry run removes nothing");
     let real = berth_cli(&b, &["gc"]);
     assert_eq!(
         removed_blobs(&real),
         would,
         "dry run and real run agree:\n{dry}\n{real}"
     );
-    assert!(!blob_file(&b, &sha256(b"only in a")).exists());
-    assert!(blob_file(&b, &sha256(shared)).exists());
+    assert!(!b.blob_path(&sha256(b"only in a")).exists());
+    assert!(b.blob_path(&sha256(shared)).exists());
     assert_eq!(assert_registry_consistent(&b.url).await, 1, "team/b:1 intact");
 }
 
@@ -345,11 +308,11 @@ async fn sigkill_during_gc_restarts_clean_and_keeps_everything_referenced() {
             &b.url,
             &format!("team/keep{i}"),
             "v1",
-            &[&pseudo_random(200_000, i), b"common"],
+            &[&support::pseudo_random(200_000, i), b"common"],
         )
         .await;
     }
-    let count = |b: &Berth| walk_count(&b.root.join("blobs"));
+    let count = |b: &Berth| support::files_under(&b.root.join("blobs")).len();
     let referenced = count(&b);
     for attempt in 0..3u64 {
         // Garbage for the sweep to chew on: many unreferenced blobs.
@@ -358,7 +321,12 @@ async fn sigkill_during_gc_restarts_clean_and_keeps_everything_referenced() {
             let url = url.clone();
             tokio::spawn(async move {
                 for i in 0..60u64 {
-                    push_blob(&url, "team/junk", &pseudo_random(64, attempt * 100_000 + w * 1000 + i)).await;
+                    push_blob(
+                        &url,
+                        "team/junk",
+                        &support::pseudo_random(64, attempt * 100_000 + w * 1000 + i),
+                    )
+                    .await;
                 }
             })
         });
@@ -392,12 +360,4 @@ async fn sigkill_during_gc_restarts_clean_and_keeps_everything_referenced() {
     let report = berth_cli(&b, &["gc"]);
     assert!(report.contains("reclaimed"), "{report}");
     assert_eq!(count(&b), referenced, "a later gc finishes the job");
-}
-
-fn walk_count(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .map(|p| if p.is_dir() { walk_count(&p) } else { 1 })
-        .sum()
 }

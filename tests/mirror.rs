@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::client::{client, error_code, header};
+use support::client::{client, error_code, get_json, header, manifest_json};
 use support::{Berth, Dockerd, Hub, Podman, sha256};
 
 /// A berth whose default upstream is `hub`, with `tag_ttl` and extra upstream keys.
@@ -36,22 +36,6 @@ fn count_prefix(stats: &Value, section: &str, prefix: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn blob_file(b: &Berth, digest: &str) -> std::path::PathBuf {
-    let hex = digest.trim_start_matches("sha256:");
-    b.root.join("blobs/sha256").join(&hex[..2]).join(hex)
-}
-
-async fn manifest_json(b: &Berth, repo: &str, reference: &str) -> (String, Value) {
-    let r = client()
-        .get(b.at(&format!("/v2/{repo}/manifests/{reference}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "{repo}:{reference}");
-    let digest = header(&r, "docker-content-digest");
-    (digest, r.json().await.unwrap())
-}
-
 /// No response of berth's was a 500 (internal errors are logged as "request failed").
 fn assert_no_internal_errors(b: &Berth) {
     let log = b.log();
@@ -73,14 +57,7 @@ async fn dockerd_pulls_through_berth_and_keeps_pulling_when_the_hub_is_gone() {
         count_prefix(&stats, "manifest_gets", "library/busybox") >= 2,
         "index and a child came from the hub: {stats}"
     );
-    let catalog: Value = client()
-        .get(b.at("/v2/_catalog"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog: Value = get_json(b.at("/v2/_catalog")).await;
     for repo in ["library/alpine", "library/busybox", "library/multilayer", "myorg/tool"] {
         assert!(
             catalog["repositories"].as_array().unwrap().contains(&json!(repo)),
@@ -108,7 +85,7 @@ async fn podman_pulls_through_a_registries_conf_mirror() {
     let b = berth_for(&hub, "5m", "");
     let podman = Podman::with_mirror(&b.addr);
     podman.ok(&["pull", "docker.io/library/alpine:latest"]);
-    let (digest, _) = manifest_json(&b, "library/alpine", "latest").await;
+    let (digest, _) = manifest_json(&b.url, "library/alpine", "latest").await;
     let images = podman.ok(&["images", "--digests", "--format", "{{.Digest}}"]);
     assert!(images.contains(&digest), "podman holds {digest}: {images}");
     let stats = hub.stats().await;
@@ -124,7 +101,7 @@ async fn corrupt_upstream_blob_is_never_stored_or_completed() {
     let hub = Hub::start();
     hub.seed(0);
     let b = berth_for(&hub, "5m", "");
-    let (_, manifest) = manifest_json(&b, "library/multilayer", "latest").await;
+    let (_, manifest) = manifest_json(&b.url, "library/multilayer", "latest").await;
     let layer = manifest["layers"][2]["digest"].as_str().unwrap().to_owned();
     hub.fault(json!({ "corrupt_blob": layer })).await;
 
@@ -145,10 +122,7 @@ async fn corrupt_upstream_blob_is_never_stored_or_completed() {
         d.try_docker(&["pull", "multilayer"]).is_err(),
         "pull of a corrupt layer must fail"
     );
-    assert!(
-        !blob_file(&b, &layer).exists(),
-        "corrupt bytes were stored under {layer}"
-    );
+    assert!(!b.blob_path(&layer).exists(), "corrupt bytes were stored under {layer}");
     let r = client()
         .head(b.at(&format!("/v2/library/multilayer/blobs/{layer}")))
         .send()
@@ -165,7 +139,7 @@ async fn corrupt_upstream_blob_is_never_stored_or_completed() {
         1,
         "fetched exactly once more: {stats}"
     );
-    assert_eq!(support::sha256_file(&blob_file(&b, &layer)), layer);
+    assert_eq!(support::sha256_file(&b.blob_path(&layer)), layer);
     assert_no_internal_errors(&b);
 }
 

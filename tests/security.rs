@@ -60,15 +60,6 @@ fn upstream_toml(hub: &Hub) -> String {
     )
 }
 
-fn rootfs_tar(dir: &Path) -> PathBuf {
-    let root = dir.join("rootfs");
-    std::fs::create_dir_all(root.join("etc")).unwrap();
-    std::fs::write(root.join("etc/app"), "private image").unwrap();
-    let tar = dir.join("rootfs.tar");
-    run(Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(&root).arg("."));
-    tar
-}
-
 #[tokio::test]
 async fn docker_logs_in_pushes_and_pulls_over_tls_with_basic_and_token_auth() {
     for scheme in ["basic", "token"] {
@@ -90,7 +81,11 @@ async fn docker_logs_in_pushes_and_pulls_over_tls_with_basic_and_token_auth() {
         );
         d.ok(&["login", "-u", "alice", "-p", "alice-pw", &b.addr]);
         let image = format!("{}/team/app:1", b.addr);
-        d.ok(&["import", rootfs_tar(dir.path()).to_str().unwrap(), &image]);
+        d.ok(&[
+            "import",
+            support::rootfs_tar(dir.path(), "private image").to_str().unwrap(),
+            &image,
+        ]);
         d.ok(&["push", &image]);
         d.ok(&["rmi", &image]);
         d.ok(&["pull", &image]);

@@ -137,6 +137,12 @@ impl Berth {
             .expect("run berth")
     }
 
+    /// Where the store keeps `digest`'s bytes.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.root.join("blobs/sha256").join(&hex[..2]).join(hex)
+    }
+
     /// The URL of `path` (which starts with `/`).
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)

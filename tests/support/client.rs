@@ -100,3 +100,19 @@ pub fn raw_request(addr: &str, request: &str) -> (u16, String) {
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, text)
 }
+
+/// GET `url` and decode its JSON body.
+pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    client().get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// GET a manifest that must exist: its digest and its JSON.
+pub async fn manifest_json(base: &str, repo: &str, reference: &str) -> (String, serde_json::Value) {
+    let r = client()
+        .get(format!("{base}/v2/{repo}/manifests/{reference}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{repo}:{reference}");
+    (header(&r, "docker-content-digest"), r.json().await.unwrap())
+}

@@ -77,3 +77,42 @@ pub fn terminate(child: &mut std::process::Child, grace: std::time::Duration) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `len` deterministic pseudo-random bytes (xorshift): incompressible test content without a
+/// random-number dependency.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Every file below `dir`.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A tiny root filesystem tarball for `docker import`, with `marker` in /etc/berth-test.
+pub fn rootfs_tar(dir: &Path, marker: &str) -> std::path::PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/berth-test"), marker).unwrap();
+    std::fs::write(root.join("payload.bin"), pseudo_random(2 << 20, 42)).unwrap();
+    let tar = dir.join("rootfs.tar");
+    run(Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(&root).arg("."));
+    tar
+}

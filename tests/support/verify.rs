@@ -6,7 +6,7 @@ use std::path::Path;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::client::{client, header};
+use super::client::{client, get_json, header};
 use super::sha256;
 
 /// Every file under `blobs/` hashes to its own name.
@@ -31,25 +31,11 @@ pub fn assert_blob_files_verify(root: &Path) {
 /// digest, and every blob it references is served and verifies. Returns the number of tags.
 pub async fn assert_registry_consistent(base: &str) -> usize {
     let c = client();
-    let catalog: Value = c
-        .get(format!("{base}/v2/_catalog"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog: Value = get_json(format!("{base}/v2/_catalog")).await;
     let mut tags_checked = 0;
     for repo in catalog["repositories"].as_array().unwrap() {
         let repo = repo.as_str().unwrap();
-        let tags: Value = c
-            .get(format!("{base}/v2/{repo}/tags/list"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let tags: Value = get_json(format!("{base}/v2/{repo}/tags/list")).await;
         for tag in tags["tags"].as_array().unwrap() {
             let r = c
                 .get(format!("{base}/v2/{repo}/manifests/{}", tag.as_str().unwrap()))

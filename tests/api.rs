@@ -289,6 +289,23 @@ async fn manifests_keep_exact_bytes_and_resolve_by_tag_and_digest() {
     let r = client().get(b.at("/v2/team/app/manifests/2.0")).send().await.unwrap();
     assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "MANIFEST_UNKNOWN");
 
+    // Re-pushing a tag that was just read (and is answered from memory) moves it at once.
+    let other = image_manifest(&b.url, "team/app", &[b"layer three"]).await;
+    assert_eq!(
+        put_manifest(&b.url, "team/app", "1.0", OCI_MANIFEST, &other)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let r = client().head(b.at("/v2/team/app/manifests/1.0")).send().await.unwrap();
+    assert_eq!(header(&r, "docker-content-digest"), sha256(&other));
+    assert_eq!(
+        put_manifest(&b.url, "team/app", "1.0", OCI_MANIFEST, &body)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+
     // Delete by tag removes the tag only; delete by digest removes the manifest.
     let r = client()
         .delete(b.at("/v2/team/app/manifests/1.0"))

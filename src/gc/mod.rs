@@ -208,6 +208,7 @@ pub async fn run(
     if !dry_run && !removed.is_empty() {
         let (meta, list) = (store.meta.clone(), removed.iter().cloned().collect::<Vec<_>>());
         blocking(move || meta.remove_manifests(&list)).await?;
+        store.memo.bump();
         tracing::info!(evicted = evict.len(), untagged = untagged.len(), "gc removed manifests");
     }
 

@@ -1,11 +1,13 @@
 //! Manifests: resolve, serve the exact stored bytes, validate and store pushes, delete.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::route::Route;
 use super::{Cache, Error, MAX_MANIFEST_BYTES, Registry, Result, blocking};
 use crate::oci::{Digest, Hasher, Manifest, Reference, RepoName};
-use crate::store::{ManifestRecord, Origin, unix_now};
+use crate::store::{ManifestRecord, Memoized, Origin, unix_now};
 
 /// What a HEAD needs: no body.
 #[derive(Clone, Debug)]
@@ -32,34 +34,59 @@ pub struct PutManifest {
 }
 
 impl Registry {
-    fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<(Digest, ManifestRecord)> {
-        let meta = &self.store.meta;
-        let unknown = || -> Result<(Digest, ManifestRecord)> {
-            if meta.repo(repo)?.is_none() {
-                return Err(Error::NameUnknown(repo.clone()));
-            }
-            Err(Error::ManifestUnknown(reference.to_string()))
-        };
-        let digest = match reference {
-            Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => match meta.tag(repo, t)? {
-                Some(d) => d,
-                None => return unknown(),
-            },
-        };
-        match meta.manifest(repo, &digest)? {
-            Some(record) => Ok((digest, record)),
-            None => unknown(),
+    /// The error for a reference that resolves to nothing: is it the repository or the manifest?
+    fn unknown(&self, repo: &RepoName, reference: &Reference) -> Error {
+        match self.store.meta.repo(repo) {
+            Ok(None) => Error::NameUnknown(repo.clone()),
+            Ok(Some(_)) => Error::ManifestUnknown(reference.to_string()),
+            Err(e) => e.into(),
         }
     }
 
+    /// A stored manifest, from memory when possible (see `store::Memo`).
+    pub(super) async fn local(&self, repo: &RepoName, reference: &Reference) -> Result<(Digest, Arc<Memoized>)> {
+        let memo = &self.store.memo;
+        let generation = memo.generation();
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => match memo.tag(repo, t) {
+                Some(d) => d,
+                None => {
+                    let d = self
+                        .store
+                        .meta
+                        .tag(repo, t)?
+                        .ok_or_else(|| self.unknown(repo, reference))?;
+                    memo.put_tag(repo, t, &d, generation);
+                    d
+                }
+            },
+        };
+        if let Some(m) = memo.manifest(repo, &digest) {
+            return Ok((digest, m));
+        }
+        let record = self
+            .store
+            .meta
+            .manifest(repo, &digest)?
+            .ok_or_else(|| self.unknown(repo, reference))?;
+        let bytes = self
+            .store
+            .blobs
+            .read(&digest)
+            .await?
+            .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
+        let m = memo.put_manifest(repo, &digest, record.media_type, bytes, generation);
+        Ok((digest, m))
+    }
+
     /// A stored manifest's head.
-    pub(super) fn local_head(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestHead> {
-        let (digest, record) = self.resolve(repo, reference)?;
+    pub(super) async fn local_head(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestHead> {
+        let (digest, m) = self.local(repo, reference).await?;
         Ok(ManifestHead {
             digest,
-            media_type: record.media_type,
-            size: record.size,
+            media_type: m.media_type.clone(),
+            size: m.bytes.len() as u64,
             cache: None,
         })
     }
@@ -68,7 +95,7 @@ impl Registry {
     /// as a pull.
     pub async fn manifest_head(&self, route: &Route, reference: &Reference, accept: &[String]) -> Result<ManifestHead> {
         let head = match route {
-            Route::Private(repo) => self.local_head(repo, reference)?,
+            Route::Private(repo) => self.local_head(repo, reference).await?,
             Route::Proxied(p) => self.proxied_manifest(p, reference, accept).await?.0,
         };
         self.pulls.record(route.local(), &head.digest, unix_now());
@@ -76,21 +103,33 @@ impl Registry {
     }
 
     pub async fn manifest(&self, route: &Route, reference: &Reference, accept: &[String]) -> Result<ManifestBody> {
-        let (head, fetched) = match route {
-            Route::Private(repo) => (self.local_head(repo, reference)?, None),
-            Route::Proxied(p) => self.proxied_manifest(p, reference, accept).await?,
+        let body = match route {
+            Route::Private(repo) => {
+                let (digest, m) = self.local(repo, reference).await?;
+                let head = ManifestHead {
+                    digest,
+                    media_type: m.media_type.clone(),
+                    size: m.bytes.len() as u64,
+                    cache: None,
+                };
+                ManifestBody {
+                    head,
+                    bytes: m.bytes.clone(),
+                }
+            }
+            Route::Proxied(p) => match self.proxied_manifest(p, reference, accept).await? {
+                (head, Some(bytes)) => ManifestBody { head, bytes },
+                (head, None) => {
+                    let (_, m) = self.local(&p.local, &Reference::Digest(head.digest.clone())).await?;
+                    ManifestBody {
+                        head,
+                        bytes: m.bytes.clone(),
+                    }
+                }
+            },
         };
-        self.pulls.record(route.local(), &head.digest, unix_now());
-        let bytes = match fetched {
-            Some(bytes) => bytes,
-            None => self
-                .store
-                .blobs
-                .read(&head.digest)
-                .await?
-                .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?,
-        };
-        Ok(ManifestBody { head, bytes })
+        self.pulls.record(route.local(), &body.head.digest, unix_now());
+        Ok(body)
     }
 
     /// Validate and store a pushed manifest; `reference` is the tag or digest in the URL.
@@ -146,6 +185,7 @@ impl Registry {
             m.put_manifest(&repo, &d, &record, tag.as_ref(), Origin::Private)
         })
         .await?;
+        self.store.memo.bump();
         Ok(PutManifest { digest, subject })
     }
 
@@ -157,11 +197,13 @@ impl Registry {
             Reference::Tag(t) => m.delete_tag(&repo, t),
         })
         .await?;
+        self.store.memo.bump();
         if !removed {
             return Err(Error::ManifestUnknown(reference.to_string()));
         }
         Ok(())
     }
+
     /// `berth delete`: like a registry:2 delete script. By digest, the manifest and its tags go;
     /// by tag, the tag goes, and the manifest with it once no other tag points at it (unless an
     /// index in the repository lists it or it is a referrer). Garbage collection then reclaims

@@ -37,7 +37,7 @@ impl Registry {
         reference: &Reference,
         accept: &[String],
     ) -> Result<(ManifestHead, Option<Bytes>)> {
-        let cached = self.local_head(&p.local, reference).ok();
+        let cached = self.local_head(&p.local, reference).await.ok();
         let tag = match reference {
             // Content by digest never changes: a cached copy is always good.
             Reference::Digest(_) if cached.is_some() => {
@@ -136,6 +136,7 @@ impl Registry {
                     m.put_manifest(&repo, &d, &record, t.as_ref(), origin)
                 })
                 .await?;
+                self.store.memo.bump();
                 if let Some(tag) = tag {
                     self.mark_fresh(p, tag);
                 }

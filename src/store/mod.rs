@@ -13,6 +13,7 @@
 //! unreferenced blob (reclaimed by GC) or a stale temporary file (removed at startup).
 
 mod blobs;
+mod memo;
 mod meta;
 mod redb_meta;
 mod uploads;
@@ -22,6 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use blobs::{BlobEntry, BlobFile, Blobs};
+pub use memo::{Memo, Memoized};
 pub use meta::{ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
 pub use redb_meta::RedbMeta;
 pub use uploads::{ChunkRange, Uploads, parse_id as parse_upload_id};
@@ -65,6 +67,8 @@ pub struct Store {
     /// candidates and deletes them. So no blob a push is about to reference can be swept in
     /// between (see `gc`).
     pub fence: Arc<tokio::sync::RwLock<()>>,
+    /// Manifests by tag and digest from memory; see [`Memo`].
+    pub memo: Arc<Memo>,
 }
 
 impl Store {
@@ -81,6 +85,7 @@ impl Store {
             uploads,
             meta,
             fence: Arc::default(),
+            memo: Arc::default(),
         })
     }
 }

@@ -16,6 +16,12 @@ pub struct Hub {
     dir: TempDir,
 }
 
+/// Debian's Python, which has the `python3-cryptography` that tests/run installs; a pyenv or
+/// other `python3` first on PATH may lack it.
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }
+}
+
 fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hub").join(name)
 }
@@ -31,7 +37,7 @@ impl Hub {
         super::require("python3");
         super::require("docker-registry");
         let dir = tempfile::Builder::new().prefix("berth-hub-").tempdir().unwrap();
-        let mut child = Command::new("python3")
+        let mut child = Command::new(python())
             .arg(script("hub.py"))
             .arg("--dir")
             .arg(dir.path())
@@ -73,7 +79,7 @@ impl Hub {
     pub fn seed(&self, big_mib: u32) -> Value {
         let out = self.dir.path().join("seed.json");
         super::run(
-            Command::new("python3")
+            Command::new(python())
                 .arg(script("seed.py"))
                 .args(["--hub", &self.url, "--big-mib", &big_mib.to_string(), "--out"])
                 .arg(&out),
@@ -83,7 +89,7 @@ impl Hub {
 
     /// Push one random blob of `mib` MiB to `repo`; returns its digest.
     pub fn push_blob(&self, repo: &str, mib: u32, seed: u32) -> String {
-        let out = super::run(Command::new("python3").arg(script("seed.py")).args([
+        let out = super::run(Command::new(python()).arg(script("seed.py")).args([
             "--hub",
             &self.url,
             "--blob-mib",

@@ -1,10 +1,12 @@
 //! berth: an OCI Distribution registry and pull-through mirror.
 //!
-//! Dependencies point one way: `api → service → store → oci`. `main` builds the concrete parts.
+//! Dependencies point one way: `api → service → store → oci`, with `metrics` a leaf that every
+//! layer counts into. `main` builds the concrete parts.
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod oci;
 pub mod server;
 pub mod service;

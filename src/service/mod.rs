@@ -7,6 +7,7 @@ mod listing;
 mod manifests;
 mod proxy;
 mod route;
+mod usage;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -17,7 +18,9 @@ pub use blobs::{Mount, UploadState};
 pub use listing::{Page, listing_limit};
 pub use manifests::{ManifestBody, ManifestHead, PutManifest};
 pub use route::{Proxied, Route};
+pub use usage::{Part, Usage};
 
+use crate::metrics::Metrics;
 use crate::oci::{Digest, NameError, RepoName, Tag};
 use crate::store::{self, BlobFile, Store};
 use crate::upstream::{self, Upstream};
@@ -105,18 +108,36 @@ pub struct Registry {
     /// When each proxied tag was last confirmed with its upstream.
     fresh_tags: Arc<Mutex<HashMap<(RepoName, Tag), Instant>>>,
     sessions: Arc<blobs::Sessions>,
+    metrics: Arc<Metrics>,
+    usage: Arc<usage::Cached>,
 }
 
 impl Registry {
+    /// A registry over `store`, pulling through `upstreams`, counting into a fresh [`Metrics`].
     pub fn new(store: Store, upstreams: Vec<Upstream>) -> Registry {
+        let metrics = Arc::new(Metrics::new());
+        let upstreams = upstreams
+            .into_iter()
+            .map(|u| {
+                let counters = metrics.upstream(u.name());
+                Arc::new(u.with_metrics(counters))
+            })
+            .collect();
         Registry {
             store,
-            upstreams: Arc::new(upstreams.into_iter().map(Arc::new).collect()),
+            upstreams: Arc::new(upstreams),
             private: Arc::default(),
-            fills: Arc::default(),
+            fills: Arc::new(fill::Fills::new(metrics.clone())),
             fresh_tags: Arc::default(),
             sessions: Arc::new(blobs::Sessions::new(u32::MAX)),
+            metrics,
+            usage: Arc::default(),
         }
+    }
+
+    /// The metrics every part of the registry counts into (GC and eviction too).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Repositories matching these patterns are private even before anything is pushed.

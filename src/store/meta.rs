@@ -1,7 +1,7 @@
 //! The metadata interface. Kept narrow so a shared database can replace the embedded one: each
 //! method is one transaction, and callers never hold a transaction open across I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -93,4 +93,8 @@ pub trait Meta: Send + Sync {
     fn put_upload(&self, id: &str, record: &UploadRecord) -> Result<()>;
     fn upload(&self, id: &str) -> Result<Option<UploadRecord>>;
     fn delete_upload(&self, id: &str) -> Result<()>;
+
+    /// Every digest some repository references (linked blobs and manifests), mapped to whether a
+    /// private repository is among those referencing it. One read transaction; for usage reports.
+    fn referenced_digests(&self) -> Result<HashMap<Digest, bool>>;
 }

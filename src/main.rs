@@ -8,11 +8,15 @@ use std::sync::Arc;
 use berth::api::{AppState, ClientLimits};
 use berth::auth::Auth;
 use berth::config::{Config, LogFormat};
-use berth::server::TlsFiles;
+use berth::server::{Options, TlsFiles};
 use berth::service::Registry;
 use berth::store::Store;
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+
+/// How often the store's disk use is measured for the `berth_store_*` gauges.
+const USAGE_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Parser)]
 #[command(version, about = "An OCI registry and pull-through mirror")]
@@ -33,8 +37,10 @@ enum Command {
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // Colours only for a person at a terminal, never in files, journald or log shippers.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
@@ -78,15 +84,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         _ => anyhow::bail!("[server.tls] needs both cert and key"),
     };
     let state = AppState {
-        registry,
+        registry: registry.clone(),
         auth: Arc::new(auth),
         limits: Arc::new(ClientLimits::new(&config.limits)),
         tls: tls.is_some(),
     };
-    tracing::info!(listen = %addr, root = %root.display(), tls = tls.is_some(), "berth serving");
-    berth::server::serve(berth::app(state), addr, tls)
+    // Cancelled when shutdown begins: background tasks watch it and end.
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let (registry, stop) = (registry.clone(), stop.clone());
+        async move { registry.measure_usage_every(USAGE_PERIOD, stop).await }
+    });
+    let options = Options {
+        addr,
+        tls,
+        drain_timeout: config.drain_timeout()?,
+    };
+    tracing::info!(listen = %addr, root = %root.display(), tls = options.tls.is_some(), "berth serving");
+    berth::server::serve(berth::app(state), options, stop)
         .await
         .with_context(|| format!("serving on {addr}"))?;
+    // The drain is over: no request runs any more. State that lives in memory is flushed here,
+    // before the process exits 0.
     tracing::info!("berth stopped");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! validation, upload flow, listings. Controllers call services; services never know HTTP.
 
 mod blobs;
+mod browse;
 mod fill;
 mod listing;
 mod manifests;
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use blobs::{Mount, UploadState};
+pub use browse::{Item, ManifestView, RepoList, RepoSummary, RepoView, TagRow, last_pulled};
 pub use listing::{Page, listing_limit};
 pub use manifests::{ManifestBody, ManifestHead, PutManifest};
 pub use route::{Proxied, Route};

@@ -105,7 +105,7 @@ pub async fn gc(config: &Config, dry_run: bool) -> anyhow::Result<()> {
     let report = match target(config)? {
         Target::Direct(store) => {
             let policy = config.gc_policy()?;
-            gc::run(&store, &Pulls::default(), &policy, dry_run, &show_progress).await?
+            gc::run(&store, &Pulls::default(), None, &policy, dry_run, &show_progress).await?
         }
         Target::Server { url, token, http } => {
             let response = http

@@ -300,6 +300,9 @@ fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
 pub struct Server {
     /// Address to listen on. Default `"127.0.0.1:5000"`.
     pub listen: String,
+    /// How long transfers in flight may take to finish after SIGTERM before their connections
+    /// are closed. Default `"30s"`.
+    pub drain_timeout: String,
     /// `[server.tls]`: serve HTTPS (HTTP/2 and HTTP/1.1) with these PEM files.
     pub tls: Tls,
 }
@@ -308,6 +311,7 @@ impl Default for Server {
     fn default() -> Self {
         Server {
             listen: "127.0.0.1:5000".into(),
+            drain_timeout: "30s".into(),
             tls: Tls::default(),
         }
     }
@@ -391,6 +395,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.drain_timeout()?;
         self.upstream_settings()?;
         self.gc_policy()?;
         self.gc_interval()?;
@@ -482,6 +487,11 @@ impl Config {
                 })
             })
             .collect()
+    }
+
+    /// `[server] drain_timeout` as a duration.
+    pub fn drain_timeout(&self) -> Result<Duration, ConfigError> {
+        duration("server.drain_timeout", &self.server.drain_timeout)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -583,6 +593,16 @@ mod tests {
         assert_eq!(upstreams[0].name, "docker.io");
         assert_eq!(upstreams[0].url.as_str(), "https://registry-1.docker.io/");
         assert_eq!(upstreams[0].tag_ttl, Duration::from_secs(300));
+        assert_eq!(c.drain_timeout().unwrap(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn drain_timeout_comes_from_file_or_environment_and_is_validated() {
+        let c = Config::from_toml("[server]\ndrain_timeout = \"2s\"\n", env(&[])).unwrap();
+        assert_eq!(c.drain_timeout().unwrap(), Duration::from_secs(2));
+        let c = Config::from_toml("", env(&[("BERTH_SERVER_DRAIN_TIMEOUT", "1m")])).unwrap();
+        assert_eq!(c.drain_timeout().unwrap(), Duration::from_secs(60));
+        assert!(Config::from_toml("[server]\ndrain_timeout = \"soon\"\n", env(&[])).is_err());
     }
 
     #[test]

@@ -1,23 +1,28 @@
 //! berth: an OCI Distribution registry and pull-through mirror.
 //!
-//! Dependencies point one way: `api → service → store → oci`. `main` builds the concrete parts.
+//! Dependencies point one way: `api | ui → service → store → oci`, with `metrics` a leaf that every
+//! layer counts into. `main` builds the concrete parts.
 
 pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod gc;
+pub mod metrics;
 pub mod oci;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod ui;
 pub mod upstream;
 
 use axum::Router;
 
-/// The whole HTTP application; tests drive it in-process or over a socket.
+/// The whole HTTP application (registry API, operations endpoints and web UI); tests drive it
+/// in-process or over a socket.
 pub fn app(state: api::AppState) -> Router {
-    api::router(state)
+    let ui = ui::router(ui::Ui::new(state.registry.clone(), state.auth.clone(), state.tls));
+    api::router_with(state, ui)
 }
 
 /// Select rustls' `ring` provider for every TLS client and server in the process. `ring` builds

@@ -13,14 +13,17 @@ use berth::api::admin::{Admin, TOKEN_FILE};
 use berth::api::{AppState, ClientLimits};
 use berth::auth::Auth;
 use berth::config::{Config, LogFormat};
-use berth::server::TlsFiles;
+use berth::server::{Options, TlsFiles};
 use berth::service::Registry;
 use berth::store::Store;
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// How often pull times noted in memory are written to the metadata store.
 const PULL_FLUSH: Duration = Duration::from_secs(30);
+/// How often the store's disk use is measured for the `berth_store_*` gauges.
+const USAGE_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Parser)]
 #[command(version, about = "An OCI registry and pull-through mirror")]
@@ -52,8 +55,10 @@ enum Command {
 
 fn init_logging(config: &Config) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // Colours only for a person at a terminal, never in files, journald or log shippers.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
@@ -129,10 +134,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     tokio::spawn(flush_pulls(registry.clone()));
     tokio::spawn(collect_periodically(registry.clone(), policy, config.gc_interval()?));
-    tracing::info!(listen = %addr, root = %root.display(), tls = tls.is_some(), "berth serving");
-    berth::server::serve(berth::app(state), addr, tls)
+    // Cancelled when shutdown begins: background tasks watch it and end.
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let (registry, stop) = (registry.clone(), stop.clone());
+        async move { registry.measure_usage_every(USAGE_PERIOD, stop).await }
+    });
+    let options = Options {
+        addr,
+        tls,
+        drain_timeout: config.drain_timeout()?,
+    };
+    tracing::info!(listen = %addr, root = %root.display(), tls = options.tls.is_some(), "berth serving");
+    berth::server::serve(berth::app(state), options, stop)
         .await
         .with_context(|| format!("serving on {addr}"))?;
+    // The drain is over: no request runs any more. Pull times noted in memory are written now,
+    // before the process exits 0.
     write_pulls(&registry).await;
     tracing::info!("berth stopped");
     Ok(())
@@ -165,7 +183,16 @@ async fn collect_periodically(registry: Registry, policy: berth::gc::Policy, int
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tick.tick().await;
-        if let Err(e) = berth::gc::run(registry.store(), registry.pulls(), &policy, false, &|_| {}).await {
+        if let Err(e) = berth::gc::run(
+            registry.store(),
+            registry.pulls(),
+            Some(registry.metrics()),
+            &policy,
+            false,
+            &|_| {},
+        )
+        .await
+        {
             tracing::error!(error = %e, "garbage collection failed");
         }
     }

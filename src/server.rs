@@ -1,5 +1,10 @@
 //! Serving: plain HTTP or TLS (rustls, HTTP/2 and HTTP/1.1 by ALPN), certificate reload when the
 //! files change or on SIGHUP, and graceful shutdown on SIGTERM.
+//!
+//! Shutdown: on SIGTERM or Ctrl-C (or when the caller cancels `stop`), `stop` is cancelled so
+//! background tasks can end, the listener closes, and connections in flight get the drain timeout
+//! to finish. [`serve`] returns once they are done (or cut off); whatever must be flushed at exit
+//! (in-memory access times, say) goes after it returns, when no request runs any more.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,28 +14,35 @@ use axum::Router;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 /// How often the certificate files are checked for changes.
 const CERT_POLL: Duration = Duration::from_secs(10);
-/// How long transfers in flight may take to finish after SIGTERM.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-/// Serve `app` on `addr` until SIGTERM or Ctrl-C, then drain connections.
-pub async fn serve(app: Router, addr: SocketAddr, tls: Option<TlsFiles>) -> std::io::Result<()> {
+/// How to serve.
+pub struct Options {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    /// How long transfers in flight may take to finish after shutdown begins.
+    pub drain_timeout: Duration,
+}
+
+/// Serve `app` until SIGTERM, Ctrl-C or `stop`, then drain connections and return.
+pub async fn serve(app: Router, options: Options, stop: CancellationToken) -> std::io::Result<()> {
     let handle = Handle::new();
-    tokio::spawn(shutdown_on_signal(handle.clone()));
+    tokio::spawn(shutdown_on_signal(handle.clone(), stop, options.drain_timeout));
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    match tls {
-        None => axum_server::bind(addr).handle(handle).serve(service).await,
+    match options.tls {
+        None => axum_server::bind(options.addr).handle(handle).serve(service).await,
         Some(files) => {
             let config = RustlsConfig::from_pem_file(&files.cert, &files.key).await?;
             tokio::spawn(reload_certificates(config.clone(), files));
-            axum_server::bind_rustls(addr, config)
+            axum_server::bind_rustls(options.addr, config)
                 .handle(handle)
                 .serve(service)
                 .await
@@ -38,14 +50,21 @@ pub async fn serve(app: Router, addr: SocketAddr, tls: Option<TlsFiles>) -> std:
     }
 }
 
-async fn shutdown_on_signal(handle: Handle<SocketAddr>) {
+async fn shutdown_on_signal(handle: Handle<SocketAddr>, stop: CancellationToken, drain: Duration) {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!(drain_timeout = ?DRAIN_TIMEOUT, "shutting down: no new connections, draining transfers");
-    handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
+    let why = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = stop.cancelled() => "stop requested",
+    };
+    stop.cancel();
+    tracing::info!(
+        signal = why,
+        drain_timeout = ?drain,
+        connections = handle.connection_count(),
+        "shutting down: no new connections, draining transfers"
+    );
+    handle.graceful_shutdown(Some(drain));
 }
 
 fn modified(files: &TlsFiles) -> Option<(SystemTime, SystemTime)> {

@@ -73,7 +73,7 @@ async fn sigkill_mid_chunked_upload_then_resume() {
         "BLOB_UNKNOWN",
         "nothing partial is served after the crash"
     );
-    assert_blob_files_verify(&b.root);
+    assert!(assert_blob_files_verify(&b.root) > 0, "blob files exist and verify");
     assert_eq!(
         assert_registry_consistent(&b.url).await,
         3,
@@ -101,7 +101,7 @@ async fn sigkill_mid_chunked_upload_then_resume() {
     assert_eq!(r.status(), StatusCode::CREATED);
     let got = c.get(&blob_url).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(sha256(&got), digest);
-    assert_blob_files_verify(&b.root);
+    assert!(assert_blob_files_verify(&b.root) > 0, "blob files exist and verify");
 }
 
 #[tokio::test]
@@ -110,17 +110,24 @@ async fn repeated_sigkill_during_pushes_never_corrupts_the_store() {
     let mut b = Berth::start_in(dir.path(), "");
     let mut committed = 0;
     for round in 0..6u64 {
-        // Push images in the background and kill berth at a different moment each round.
+        // Push images in the background and kill berth at a different moment each round: after
+        // `round + 1` pushes completed, plus a little, so it lands inside a later push (counting
+        // completions rather than sleeping keeps a busy machine from killing before any push).
         let url = b.url.clone();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
         let pusher = tokio::spawn(async move {
             for i in 0..20u64 {
                 let layer = support::pseudo_random(MIB / 2 + (i as usize) * 1000, round * 100 + i);
                 let shared = support::pseudo_random(100_000, 7); // a layer every image shares
                 let m = image_manifest(&url, &format!("team/r{round}"), &[&layer, &shared]).await;
                 put_manifest(&url, &format!("team/r{round}"), &format!("t{i}"), OCI_MANIFEST, &m).await;
+                let _ = done_tx.send(i);
             }
         });
-        tokio::time::sleep(Duration::from_millis(150 + 97 * round)).await;
+        for _ in 0..=round {
+            done_rx.recv().await.expect("a push completes before the kill");
+        }
+        tokio::time::sleep(Duration::from_millis(7 * round)).await;
         b.kill();
         let _ = pusher.await; // fails once berth is gone
         b.restart();
@@ -130,7 +137,7 @@ async fn repeated_sigkill_during_pushes_never_corrupts_the_store() {
             "tags committed before a crash are lost: {tags} < {committed}"
         );
         committed = tags;
-        assert_blob_files_verify(&b.root);
+        assert!(assert_blob_files_verify(&b.root) > 0, "blob files exist and verify");
     }
     assert!(committed > 0, "no push completed in any round; the test proved nothing");
     assert!(

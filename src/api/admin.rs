@@ -62,7 +62,16 @@ async fn run_gc(State(app): State<AppState>, headers: HeaderMap, Query(q): Query
             let _ = progress_tx.send(json!({ "progress": p }).to_string() + "\n");
         };
         let (store, pulls) = (app.registry.store(), app.registry.pulls());
-        let line = match gc::run(store, pulls, &admin.policy, q.dry_run, &progress).await {
+        let line = match gc::run(
+            store,
+            pulls,
+            Some(app.registry.metrics()),
+            &admin.policy,
+            q.dry_run,
+            &progress,
+        )
+        .await
+        {
             Ok(report) => json!({ "report": report }),
             Err(e) => json!({ "error": e.to_string() }),
         };

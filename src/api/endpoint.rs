@@ -2,6 +2,7 @@
 //! the right: the trailing segments say which endpoint it is, and everything before is the name.
 //! Names, tags and digests are validated here, once; handlers receive only newtypes.
 
+use crate::metrics::Kind;
 use crate::oci::{Digest, NameError, Reference, RepoName};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -78,9 +79,60 @@ pub fn parse(path: &str) -> Result<Endpoint, ParseError> {
     }
 }
 
+/// What kind of request `path` is, for metrics and logs: a look at the trailing segments only,
+/// without validating names (cheap enough for every request).
+pub fn kind(path: &str) -> Kind {
+    if path == "/token" {
+        return Kind::Token;
+    }
+    let Some(rest) = path.strip_prefix("/v2") else {
+        return Kind::Other;
+    };
+    if rest.is_empty() || rest == "/" {
+        return Kind::Base;
+    }
+    if rest == "/_catalog" {
+        return Kind::Catalog;
+    }
+    let mut segs = rest.rsplit('/');
+    let (last, second, third) = (segs.next(), segs.next(), segs.next());
+    match (third, second, last) {
+        (Some("blobs"), Some("uploads"), _) | (_, Some("blobs"), Some("uploads")) => Kind::Upload,
+        (_, Some("tags"), Some("list")) => Kind::Tags,
+        (_, Some("manifests"), _) => Kind::Manifest,
+        (_, Some("blobs"), _) => Kind::Blob,
+        (_, Some("referrers"), _) => Kind::Referrers,
+        _ => Kind::Other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_of_paths() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        for (path, want) in [
+            ("/v2/", Kind::Base),
+            ("/v2", Kind::Base),
+            ("/v2/_catalog", Kind::Catalog),
+            ("/v2/a/b/tags/list", Kind::Tags),
+            ("/v2/a/manifests/latest", Kind::Manifest),
+            ("/v2/manifests/blobs/manifests/v1", Kind::Manifest),
+            (&format!("/v2/a/blobs/{d}"), Kind::Blob),
+            ("/v2/a/blobs/uploads/", Kind::Upload),
+            ("/v2/a/blobs/uploads", Kind::Upload),
+            ("/v2/a/blobs/uploads/abc", Kind::Upload),
+            (&format!("/v2/a/referrers/{d}"), Kind::Referrers),
+            ("/token", Kind::Token),
+            ("/metrics", Kind::Other),
+            ("/ui/repo", Kind::Other),
+            ("/v2/x", Kind::Other),
+        ] {
+            assert_eq!(kind(path), want, "{path}");
+        }
+    }
 
     fn repo(s: &str) -> RepoName {
         s.parse().unwrap()

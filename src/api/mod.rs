@@ -2,6 +2,7 @@
 //! request is authorized for what the endpoint does, and a single `match` dispatches it to a thin
 //! handler that calls one service method.
 
+mod access;
 pub mod admin;
 mod blobs;
 mod endpoint;
@@ -9,6 +10,7 @@ mod error;
 mod limits;
 mod listing;
 mod manifests;
+mod ops;
 mod token;
 mod uploads;
 
@@ -23,10 +25,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+pub use access::RequestId;
 pub use endpoint::{Endpoint, ParseError};
 pub use limits::ClientLimits;
 
-use crate::auth::{Action, Auth, Denied, Identity, Scope};
+use crate::auth::{Action, Auth, Denied, Identity, Scope, User};
 use crate::oci::RepoName;
 use crate::service::{Error, Registry, Route};
 
@@ -73,15 +76,26 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 pub(crate) const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const CACHE_STATUS: HeaderName = HeaderName::from_static("x-berth-cache");
 
-/// The `/v2/` API and the token endpoint, with their state applied.
+/// The `/v2/` API, the token endpoint and the operations endpoints, with their state applied.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// [`router`] plus `pages` (the web UI), all behind the same access log, request metrics and
+/// client rate limits.
+pub fn router_with(state: AppState, pages: Router) -> Router {
     Router::new()
         .route("/token", get(token::token).post(token::token))
         .merge(admin::routes())
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
         .fallback(dispatch)
+        .with_state(state.clone())
+        .merge(pages)
         .layer(from_fn_with_state(state.clone(), limits::per_ip))
         .layer(map_response(add_api_version))
-        .with_state(state)
+        .layer(from_fn_with_state(state, access::access))
 }
 
 async fn add_api_version(mut response: Response) -> Response {
@@ -123,6 +137,7 @@ async fn dispatch(State(app): State<AppState>, request: Request) -> Response {
         .limits
         .client_ip(&parts.headers, &parts.extensions)
         .map(|ip| ip.to_string());
+    let user = who.user.clone();
     let call = Call {
         app: &app,
         owner: who.user.clone().or(client).unwrap_or_else(|| "unknown".into()),
@@ -133,9 +148,14 @@ async fn dispatch(State(app): State<AppState>, request: Request) -> Response {
             .unwrap_or_default(),
         headers: &parts.headers,
     };
-    call.handle(parts.method, endpoint, body)
+    let mut response = call
+        .handle(parts.method, endpoint, body)
         .await
-        .unwrap_or_else(IntoResponse::into_response)
+        .unwrap_or_else(IntoResponse::into_response);
+    if let Some(user) = user {
+        response.extensions_mut().insert(User(user));
+    }
+    response
 }
 
 /// `http(s)://<Host>/token`: where clients of this host fetch tokens.
@@ -247,12 +267,14 @@ impl Call<'_> {
     }
 }
 
-/// `X-Berth-Cache: hit | miss | stale` on proxied responses.
+/// `X-Berth-Cache: hit | miss | stale` on proxied responses; the access log and the cache metrics
+/// read it from the response's extensions.
 fn set_cache(response: &mut Response, cache: Option<crate::service::Cache>) {
     if let Some(cache) = cache {
         response
             .headers_mut()
             .insert(CACHE_STATUS, HeaderValue::from_static(cache.as_str()));
+        response.extensions_mut().insert(cache);
     }
 }
 

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use crate::auth::{Action, Actions, Grant, decode_basic};
+use crate::auth::{Action, Actions, Grant, User, decode_basic};
 use crate::oci::RepoName;
 use crate::service::{Error, Route};
 
@@ -58,8 +58,13 @@ pub async fn token(State(app): State<AppState>, request: Request) -> Response {
     let grants = scopes.iter().filter_map(|s| grant(&app, user.as_deref(), s)).collect();
     let (token, ttl) = app.auth.issue(user.as_deref(), grants);
     let issued_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    axum::Json(json!({ "token": token, "access_token": token, "expires_in": ttl, "issued_at": issued_at }))
-        .into_response()
+    let mut response =
+        axum::Json(json!({ "token": token, "access_token": token, "expires_in": ttl, "issued_at": issued_at }))
+            .into_response();
+    if let Some(user) = user {
+        response.extensions_mut().insert(User(user));
+    }
+    response
 }
 
 fn parse_form(body: &Bytes) -> Vec<(String, String)> {

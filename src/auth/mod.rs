@@ -26,6 +26,10 @@ use crate::config::{AuthConfig, AuthScheme};
 /// How long a failed login waits before its 401: slows password guessing to a crawl.
 const FAILED_LOGIN_DELAY: Duration = Duration::from_millis(400);
 
+/// The logged-in user of a request, left in the response's extensions for the access log.
+#[derive(Clone, Debug)]
+pub struct User(pub String);
+
 /// Who sent a request.
 #[derive(Clone, Debug, Default)]
 pub struct Identity {

@@ -22,6 +22,15 @@ impl Pulls {
             .insert((repo.clone(), digest.clone()), now);
     }
 
+    /// A pull noted since the last flush.
+    pub fn get(&self, repo: &RepoName, digest: &Digest) -> Option<u64> {
+        self.pending
+            .lock()
+            .expect("pulls lock")
+            .get(&(repo.clone(), digest.clone()))
+            .copied()
+    }
+
     /// Take everything noted so far, for one batched write.
     pub fn drain(&self) -> Vec<(RepoName, Digest, u64)> {
         let pending = std::mem::take(&mut *self.pending.lock().expect("pulls lock"));

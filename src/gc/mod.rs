@@ -173,6 +173,7 @@ fn untagged(store: &Store) -> store::Result<Vec<(RepoName, Digest)>> {
 pub async fn run(
     store: &Store,
     pulls: &Pulls,
+    metrics: Option<&crate::metrics::Metrics>,
     policy: &Policy,
     dry_run: bool,
     progress: &(dyn Fn(Progress) + Send + Sync),
@@ -269,6 +270,13 @@ pub async fn run(
         uploads: stale,
         store_bytes_before: usage,
     };
+    if let (false, Some(metrics)) = (dry_run, metrics) {
+        metrics
+            .evictions
+            .inc_by(report.evicted.len() as u64 + report.untagged.len() as u64);
+        metrics.gc_runs.inc();
+        metrics.gc_reclaimed_bytes.inc_by(report.reclaimed_bytes);
+    }
     if !dry_run {
         tracing::info!(
             blobs = report.blobs.len(),

@@ -18,6 +18,7 @@ use tokio::fs;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use crate::metrics::{FillResult, Metrics, Tracked, UpstreamError};
 use crate::oci::{Digest, Hasher, RepoName};
 use crate::store::{Origin, Store};
 use crate::upstream::{self, Upstream};
@@ -52,12 +53,24 @@ pub struct Fill {
 }
 
 /// Fills in flight, by digest.
-#[derive(Default)]
 pub struct Fills {
     inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Fills {
+    pub fn new(metrics: Arc<Metrics>) -> Fills {
+        Fills {
+            inflight: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Count a client waiting for (or streaming from) a fill, for as long as the guard lives.
+    pub fn waiter(&self) -> Tracked {
+        Tracked::new(&self.metrics.fill_waiters)
+    }
+
     /// Join the fill of `digest`, or start one from `upstream`.
     pub fn join_or_start(
         self: &Arc<Self>,
@@ -69,6 +82,7 @@ impl Fills {
     ) -> Arc<Fill> {
         let mut inflight = self.inflight.lock().expect("fills lock");
         if let Some(fill) = inflight.get(digest) {
+            self.metrics.fill_joins.inc();
             return fill.clone();
         }
         let (progress, _) = watch::channel(Progress::Connecting);
@@ -102,6 +116,7 @@ struct Job {
 
 impl Job {
     async fn run(self) {
+        let _running = Tracked::new(&self.fills.metrics.fills_in_flight);
         let outcome = self.fetch().await;
         if outcome.is_err() {
             let _ = fs::remove_file(&self.fill.temp).await;
@@ -113,6 +128,11 @@ impl Job {
             .lock()
             .expect("fills lock")
             .remove(&self.fill.digest);
+        self.fills.metrics.fill_done(match &outcome {
+            Ok(_) => FillResult::Ok,
+            Err(FillError::Corrupt(_)) => FillResult::Corrupt,
+            Err(_) => FillResult::Failed,
+        });
         let final_state = match outcome {
             Ok(size) => Progress::Done { size },
             Err(e) => {
@@ -147,9 +167,11 @@ impl Job {
                 .transpose()
                 .map_err(|e| FillError::Upstream(self.unavailable(e)))?;
             if let Some(chunk) = &chunk {
+                self.upstream.metrics().received(chunk.len() as u64);
                 hasher.update(chunk);
                 buffer.extend_from_slice(chunk);
                 if size.is_some_and(|s| written + buffer.len() as u64 > s) {
+                    self.upstream.metrics().error(UpstreamError::Invalid);
                     return Err(FillError::Corrupt(format!(
                         "upstream sent more than its Content-Length {size:?}"
                     )));
@@ -167,6 +189,7 @@ impl Job {
         }
         let actual = hasher.finish();
         if actual != *digest || size.is_some_and(|s| s != written) {
+            self.upstream.metrics().error(UpstreamError::Invalid);
             return Err(FillError::Corrupt(format!(
                 "upstream bytes hash to {actual} ({written} bytes), not {digest}"
             )));
@@ -196,6 +219,7 @@ impl Job {
     }
 
     fn unavailable(&self, e: reqwest::Error) -> upstream::Error {
+        self.upstream.metrics().error(UpstreamError::Body);
         upstream::Error::Unavailable {
             upstream: self.upstream.name().to_owned(),
             reason: format!("reading blob: {e}"),
@@ -236,9 +260,15 @@ impl Fill {
     }
 
     /// The blob's bytes as they arrive; the final byte only after verification. `published` is
-    /// where the blob lives once the fill is done (for readers that join late).
-    pub fn stream(self: Arc<Self>, published: PathBuf) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    /// where the blob lives once the fill is done (for readers that join late). `waiter` counts
+    /// this client until the stream is dropped.
+    pub fn stream(
+        self: Arc<Self>,
+        published: PathBuf,
+        waiter: Tracked,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
         let state = Reader {
+            _waiter: waiter,
             fill: self.clone(),
             rx: self.progress.subscribe(),
             file: None,
@@ -250,6 +280,7 @@ impl Fill {
 }
 
 struct Reader {
+    _waiter: Tracked,
     fill: Arc<Fill>,
     rx: watch::Receiver<Progress>,
     file: Option<fs::File>,

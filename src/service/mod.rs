@@ -2,11 +2,13 @@
 //! validation, upload flow, listings. Controllers call services; services never know HTTP.
 
 mod blobs;
+mod browse;
 mod fill;
 mod listing;
 mod manifests;
 mod proxy;
 mod route;
+mod usage;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -14,10 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use blobs::{Mount, UploadState};
+pub use browse::{Item, ManifestView, RepoList, RepoSummary, RepoView, TagRow};
 pub use listing::{Page, listing_limit};
 pub use manifests::{ManifestBody, ManifestHead, PutManifest};
 pub use route::{Proxied, Route};
+pub use usage::{Part, Usage};
 
+use crate::metrics::Metrics;
 use crate::oci::{Digest, NameError, RepoName, Tag};
 use crate::store::{self, BlobFile, Store};
 use crate::upstream::{self, Upstream};
@@ -107,19 +112,37 @@ pub struct Registry {
     sessions: Arc<blobs::Sessions>,
     /// Pulls noted in memory, flushed to the metadata store in batches.
     pulls: Arc<crate::cache::Pulls>,
+    metrics: Arc<Metrics>,
+    usage: Arc<usage::Cached>,
 }
 
 impl Registry {
+    /// A registry over `store`, pulling through `upstreams`, counting into a fresh [`Metrics`].
     pub fn new(store: Store, upstreams: Vec<Upstream>) -> Registry {
+        let metrics = Arc::new(Metrics::new());
+        let upstreams = upstreams
+            .into_iter()
+            .map(|u| {
+                let counters = metrics.upstream(u.name());
+                Arc::new(u.with_metrics(counters))
+            })
+            .collect();
         Registry {
             store,
-            upstreams: Arc::new(upstreams.into_iter().map(Arc::new).collect()),
+            upstreams: Arc::new(upstreams),
             private: Arc::default(),
-            fills: Arc::default(),
+            fills: Arc::new(fill::Fills::new(metrics.clone())),
             fresh_tags: Arc::default(),
             sessions: Arc::new(blobs::Sessions::new(u32::MAX)),
             pulls: Arc::default(),
+            metrics,
+            usage: Arc::default(),
         }
+    }
+
+    /// The metrics every part of the registry counts into (GC and eviction too).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Repositories matching these patterns are private even before anything is pushed.

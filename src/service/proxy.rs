@@ -171,9 +171,11 @@ impl Registry {
         let fill = self
             .fills
             .join_or_start(&self.store, &p.upstream, &p.remote, &p.local, digest);
+        let waiter = self.fills.waiter();
         let size = fill.started().await.map_err(|e| fill_error(e, digest))?;
         if whole {
             fill.finished().await.map_err(|e| fill_error(e, digest))?;
+            drop(waiter);
             let file = self
                 .store
                 .blobs
@@ -185,7 +187,7 @@ impl Registry {
         let published = self.store.blobs.path(digest);
         Ok(BlobBody::Stream {
             size,
-            stream: Box::pin(Arc::clone(&fill).stream(published)),
+            stream: Box::pin(Arc::clone(&fill).stream(published, waiter)),
             cache: Cache::Miss,
         })
     }

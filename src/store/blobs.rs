@@ -120,6 +120,58 @@ impl Blobs {
         Ok(())
     }
 
+    /// Call `f` with the digest and size of every published blob. Blocking: run it off the async
+    /// workers. Files whose names are not digests are skipped.
+    pub fn scan(&self, mut f: impl FnMut(&Digest, u64)) -> Result<()> {
+        for alg in std::fs::read_dir(&self.blobs)? {
+            let alg = alg?;
+            let Some(alg_name) = alg.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !alg.file_type()?.is_dir() {
+                continue;
+            }
+            for prefix in std::fs::read_dir(alg.path())? {
+                let prefix = prefix?;
+                if !prefix.file_type()?.is_dir() {
+                    continue;
+                }
+                for file in std::fs::read_dir(prefix.path())? {
+                    let file = file?;
+                    let Some(digest) = file
+                        .file_name()
+                        .to_str()
+                        .and_then(|hex| format!("{alg_name}:{hex}").parse::<Digest>().ok())
+                    else {
+                        continue;
+                    };
+                    match file.metadata() {
+                        Ok(m) if m.is_file() => f(&digest, m.len()),
+                        Ok(_) => {}
+                        // Removed by GC while the walk ran.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Create, write, fsync and remove a small file in the temporary area: the write path every
+    /// upload and cache fill takes. Blocking.
+    pub fn probe_writable(&self) -> io::Result<()> {
+        use std::io::Write;
+        let path = self.tmp.join(format!("probe-{}", uuid::Uuid::new_v4().simple()));
+        let written = std::fs::File::create(&path).and_then(|mut f| {
+            f.write_all(b"ready\n")?;
+            f.sync_all()
+        });
+        let removed = std::fs::remove_file(&path);
+        written?;
+        removed
+    }
+
     /// Remove a blob file (garbage collection).
     pub async fn remove(&self, digest: &Digest) -> Result<bool> {
         match fs::remove_file(self.path(digest)).await {

@@ -1,7 +1,7 @@
 //! The metadata interface. Kept narrow so a shared database can replace the embedded one: each
 //! method is one transaction, and callers never hold a transaction open across I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -106,10 +106,15 @@ pub trait Meta: Send + Sync {
     fn tag_targets(&self, repo: &RepoName) -> Result<Vec<(String, Digest)>>;
     /// Record when manifests were last pulled (a batch of `(repo, digest, unix seconds)`).
     fn record_pulls(&self, pulls: &[(RepoName, Digest, u64)]) -> Result<()>;
+    /// When one manifest was last pulled, if recorded.
+    fn last_pull(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
     /// When each manifest was last pulled, where known.
     fn last_pulls(&self) -> Result<Vec<(RepoName, Digest, u64)>>;
     /// Remove manifests (with their tags, referrer entries and pull times) in one transaction.
     fn remove_manifests(&self, manifests: &[(RepoName, Digest)]) -> Result<()>;
     /// Remove every repository's link to these blobs (their files are gone).
     fn unlink_everywhere(&self, blobs: &[Digest]) -> Result<()>;
+    /// Every digest some repository references (linked blobs and manifests), mapped to whether a
+    /// private repository is among those referencing it. One read transaction; for usage reports.
+    fn referenced_digests(&self) -> Result<HashMap<Digest, bool>>;
 }

@@ -8,13 +8,14 @@
 mod auth;
 mod budget;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 
 use crate::config::UpstreamSettings;
+use crate::metrics::{UpstreamError, UpstreamMetrics};
 use crate::oci::{Digest, Hasher};
 
 /// How an upstream request failed, in the terms a client of berth cares about.
@@ -64,6 +65,7 @@ pub struct Upstream {
     http: reqwest::Client,
     tokens: auth::Tokens,
     budget: budget::Budget,
+    metrics: UpstreamMetrics,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -89,7 +91,18 @@ impl Upstream {
             http,
             tokens: auth::Tokens::default(),
             budget,
+            metrics: UpstreamMetrics::default(),
         })
+    }
+
+    /// Count this upstream's requests in `metrics` (a detached set otherwise).
+    pub fn with_metrics(mut self, metrics: UpstreamMetrics) -> Upstream {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
     }
 
     pub fn name(&self) -> &str {
@@ -137,15 +150,17 @@ impl Upstream {
             .content_length()
             .is_some_and(|n| n > crate::service::MAX_MANIFEST_BYTES as u64)
         {
+            self.metrics.error(UpstreamError::Invalid);
             return Err(Error::Invalid {
                 upstream: self.settings.name.clone(),
                 reason: "manifest exceeds 4 MiB".into(),
             });
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.unavailable(format!("reading manifest: {e}")))?;
+        let bytes = response.bytes().await.map_err(|e| {
+            self.metrics.error(UpstreamError::Body);
+            self.unavailable(format!("reading manifest: {e}"))
+        })?;
+        self.metrics.received(bytes.len() as u64);
         let check = expected.or(announced.as_ref());
         let digest = match check {
             Some(d) => {
@@ -153,6 +168,7 @@ impl Upstream {
                 h.update(&bytes);
                 let actual = h.finish();
                 if actual != *d {
+                    self.metrics.error(UpstreamError::Invalid);
                     let reason = format!("manifest {name}:{reference} hashes to {actual}, not {d}");
                     return Err(Error::Invalid {
                         upstream: self.settings.name.clone(),
@@ -195,10 +211,12 @@ impl Upstream {
             }
         );
         let response = self.send(Method::GET, name, &path, &[]).await?;
-        response
-            .bytes()
-            .await
-            .map_err(|e| self.unavailable(format!("reading tags: {e}")))
+        let bytes = response.bytes().await.map_err(|e| {
+            self.metrics.error(UpstreamError::Body);
+            self.unavailable(format!("reading tags: {e}"))
+        })?;
+        self.metrics.received(bytes.len() as u64);
+        Ok(bytes)
     }
 
     /// Send an idempotent request for repository `name` through the budget, authenticating on a
@@ -209,9 +227,12 @@ impl Upstream {
         let mut authenticated_once = false;
         let mut attempt = 0;
         loop {
-            self.budget.acquire().await.map_err(|retry_after| Error::RateLimited {
-                upstream: self.settings.name.clone(),
-                retry_after,
+            self.budget.acquire().await.map_err(|retry_after| {
+                self.metrics.error(UpstreamError::RateLimited);
+                Error::RateLimited {
+                    upstream: self.settings.name.clone(),
+                    retry_after,
+                }
             })?;
             let mut request = self.http.request(method.clone(), self.url(path));
             for a in accept {
@@ -222,7 +243,7 @@ impl Upstream {
                 (Some(Auth::Basic), Some((user, password))) => request = request.basic_auth(user, Some(&password.0)),
                 _ => {}
             }
-            let response = match request.send().await {
+            let response = match self.exchange(request).await {
                 Ok(r) => r,
                 Err(e) if attempt + 1 < ATTEMPTS && (e.is_connect() || e.is_timeout() || e.is_request()) => {
                     attempt += 1;
@@ -234,13 +255,30 @@ impl Upstream {
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED && !authenticated_once {
                 authenticated_once = true;
-                auth = Some(self.authenticate(&response, &scope).await?);
+                auth = Some(self.authenticate(&response, &scope).await.inspect_err(|_| {
+                    self.metrics.error(UpstreamError::Status);
+                })?);
                 continue;
             }
             if status.is_redirection() {
                 return self.follow(method, response).await;
             }
             return self.check(response);
+        }
+    }
+
+    /// Send one request, counting it and timing it to its response headers.
+    async fn exchange(&self, request: reqwest::RequestBuilder) -> reqwest::Result<Response> {
+        let started = Instant::now();
+        match request.send().await {
+            Ok(response) => {
+                self.metrics.exchange(response.status().as_u16(), started.elapsed());
+                Ok(response)
+            }
+            Err(e) => {
+                self.metrics.error(UpstreamError::Connect);
+                Err(e)
+            }
         }
     }
 
@@ -288,15 +326,14 @@ impl Upstream {
                 .join(&location)
                 .map_err(|e| self.unavailable(format!("bad redirect {location:?}: {e}")))?;
             response = self
-                .http
-                .request(method.clone(), next)
-                .send()
+                .exchange(self.http.request(method.clone(), next))
                 .await
                 .map_err(|e| self.unavailable(e.to_string()))?;
             if !response.status().is_redirection() {
                 return self.check(response);
             }
         }
+        self.metrics.error(UpstreamError::Status);
         Err(self.unavailable("too many redirects"))
     }
 
@@ -309,6 +346,7 @@ impl Upstream {
         match status {
             StatusCode::NOT_FOUND => Err(Error::NotFound),
             StatusCode::TOO_MANY_REQUESTS => {
+                self.metrics.error(UpstreamError::RateLimited);
                 let retry_after = header(&response, RETRY_AFTER.as_str()).and_then(|v| v.trim().parse().ok());
                 let retry_after = self.budget.pause(retry_after);
                 tracing::warn!(upstream = %self.settings.name, retry_after, "upstream rate limit hit (429)");
@@ -317,7 +355,10 @@ impl Upstream {
                     retry_after,
                 })
             }
-            _ => Err(self.unavailable(format!("answered {status}"))),
+            _ => {
+                self.metrics.error(UpstreamError::Status);
+                Err(self.unavailable(format!("answered {status}")))
+            }
         }
     }
 }

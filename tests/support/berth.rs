@@ -24,7 +24,8 @@ pub struct Berth {
 }
 
 impl Berth {
-    /// A fresh berth with an empty store and `extra` appended to its mirror.toml.
+    /// A fresh berth with an empty store and `extra` merged into its mirror.toml (`extra` may add
+    /// keys to the sections the launcher writes, e.g. `[server] drain_timeout`).
     pub fn start(extra: &str) -> Berth {
         let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap();
         let mut b = Berth::start_in(dir.path(), extra);
@@ -38,16 +39,13 @@ impl Berth {
         let root = dir.join("data");
         let config = dir.join("mirror.toml");
         // No test may reach the internet: without an upstream of its own, a test's berth has none.
-        let upstreams = if extra.contains("[[upstream]]") {
-            ""
-        } else {
-            "upstream = []\n"
-        };
-        let toml = format!(
-            "{upstreams}[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nroot = \"{}\"\n[log]\nlevel = \"info,berth=debug\"\n{extra}",
+        let base = format!(
+            "upstream = []\n[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\nroot = \"{}\"\n[log]\nlevel = \"info,berth=debug\"\n",
             root.display()
         );
-        std::fs::write(&config, toml).unwrap();
+        let mut toml: toml::Table = base.parse().unwrap();
+        merge(&mut toml, extra.parse().expect("extra TOML parses"));
+        std::fs::write(&config, toml.to_string()).unwrap();
         let mut b = Berth {
             addr: format!("127.0.0.1:{port}"),
             url: format!("http://127.0.0.1:{port}"),
@@ -113,6 +111,31 @@ impl Berth {
         }
     }
 
+    /// Send `signal` (e.g. `"TERM"`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Wait up to `timeout` for the process to exit by itself; its status, or `None` if it is
+    /// still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM and wait for the exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
@@ -146,6 +169,18 @@ impl Berth {
     /// The URL of `path` (which starts with `/`).
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
+    }
+}
+
+/// Merge `extra` into `base`: tables recursively, any other value replaced.
+fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (key, value) in extra {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => merge(b, e),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 

@@ -19,7 +19,11 @@ pub struct Hub {
 /// Debian's Python, which has the `python3-cryptography` that tests/run installs; a pyenv or
 /// other `python3` first on PATH may lack it.
 fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" }
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
 }
 
 fn script(name: &str) -> PathBuf {

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)] // each test crate uses a different part of this module
 
 pub mod berth;
+pub mod chromium;
 pub mod client;
 pub mod dockerd;
 pub mod hub;

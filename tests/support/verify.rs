@@ -9,9 +9,12 @@ use serde_json::Value;
 use super::client::{client, get_json, header};
 use super::sha256;
 
-/// Every file under `blobs/` hashes to its own name.
-pub fn assert_blob_files_verify(root: &Path) {
+/// Every file under `blobs/` hashes to its own name. Returns how many were checked.
+pub fn assert_blob_files_verify(root: &Path) -> usize {
     let mut checked = 0;
+    if !root.join("blobs/sha256").exists() {
+        return 0;
+    }
     for prefix in std::fs::read_dir(root.join("blobs/sha256")).unwrap() {
         for file in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
             let path = file.unwrap().path();
@@ -24,7 +27,7 @@ pub fn assert_blob_files_verify(root: &Path) {
             checked += 1;
         }
     }
-    assert!(checked > 0, "no blob files found");
+    checked
 }
 
 /// Through the API: every tag of every repository resolves to a manifest whose bytes match its

@@ -1,0 +1,131 @@
+//! What the store holds and whether it works: disk use by content (private, cached, unreferenced),
+//! measured off the async workers and shared by `/metrics` and the web UI; and the readiness check.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Registry, Result};
+use crate::metrics::Content;
+use crate::store;
+
+/// How long the readiness check may take before the store counts as not answering.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bytes and files of one part of the blob store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Part {
+    pub bytes: u64,
+    pub blobs: u64,
+}
+
+impl Part {
+    fn add(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        self.blobs += 1;
+    }
+}
+
+/// The blob store by content. A blob that a private repository references counts as private even
+/// when a cached repository references it too.
+#[derive(Clone, Debug, Default)]
+pub struct Usage {
+    pub private: Part,
+    pub cached: Part,
+    /// Referenced by nothing: garbage collection reclaims it.
+    pub unreferenced: Part,
+    /// Unix time of the measurement.
+    pub measured_at: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> Part {
+        Part {
+            bytes: self.private.bytes + self.cached.bytes + self.unreferenced.bytes,
+            blobs: self.private.blobs + self.cached.blobs + self.unreferenced.blobs,
+        }
+    }
+}
+
+/// The last measurement, when it was taken and how long it took; the lock also makes concurrent
+/// callers share one measurement.
+#[derive(Default)]
+pub(super) struct Cached {
+    last: tokio::sync::Mutex<Option<(Instant, Duration, Usage)>>,
+}
+
+impl Registry {
+    /// The store's usage, measured now unless a measurement younger than `max_age` exists (or
+    /// younger than 20 times what the last one took, so a huge store is not walked over and over).
+    /// Updates the `store_*` gauges.
+    pub async fn usage(&self, max_age: Duration) -> Result<Usage> {
+        let mut last = self.usage.last.lock().await;
+        if let Some((at, took, usage)) = &*last
+            && !max_age.is_zero()
+            && at.elapsed() < max_age.max(*took * 20)
+        {
+            return Ok(usage.clone());
+        }
+        let started = Instant::now();
+        let store = self.store.clone();
+        let usage = tokio::task::spawn_blocking(move || measure(&store))
+            .await
+            .map_err(|e| store::Error::Meta(format!("usage task failed: {e}")))??;
+        for (content, part) in [
+            (Content::Private, usage.private),
+            (Content::Cached, usage.cached),
+            (Content::Unreferenced, usage.unreferenced),
+        ] {
+            self.metrics.set_store(content, part.bytes, part.blobs);
+        }
+        *last = Some((Instant::now(), started.elapsed(), usage.clone()));
+        Ok(usage)
+    }
+
+    /// Measure the store every `period` until `stop` is cancelled.
+    pub async fn measure_usage_every(&self, period: Duration, stop: CancellationToken) {
+        loop {
+            if let Err(e) = self.usage(Duration::ZERO).await {
+                tracing::warn!(error = %e, "measuring the store's disk use failed");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+        }
+    }
+
+    /// Whether the registry can serve: the store takes a synced write and the metadata store
+    /// answers a read, within a few seconds. The error says what failed.
+    pub async fn ready(&self) -> Result<(), String> {
+        let (blobs, meta) = (self.store.blobs.clone(), self.store.meta.clone());
+        let check = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            blobs
+                .probe_writable()
+                .map_err(|e| format!("the store is not writable: {e}"))?;
+            meta.repos(None, 1)
+                .map_err(|e| format!("the metadata store does not answer: {e}"))?;
+            Ok(())
+        });
+        match tokio::time::timeout(READY_TIMEOUT, check).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(format!("the readiness check failed: {e}")),
+            Err(_) => Err(format!("the store did not answer within {READY_TIMEOUT:?}")),
+        }
+    }
+}
+
+/// Walk the blob files and classify each by the repositories that reference it.
+fn measure(store: &store::Store) -> store::Result<Usage> {
+    let referenced = store.meta.referenced_digests()?;
+    let mut usage = Usage {
+        measured_at: store::unix_now(),
+        ..Usage::default()
+    };
+    store.blobs.scan(|digest, bytes| match referenced.get(digest) {
+        Some(true) => usage.private.add(bytes),
+        Some(false) => usage.cached.add(bytes),
+        None => usage.unreferenced.add(bytes),
+    })?;
+    Ok(usage)
+}

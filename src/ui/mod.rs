@@ -1,0 +1,471 @@
+//! The web UI at `/ui`: server-rendered HTML, no JavaScript (the Content-Security-Policy forbids
+//! scripts outright). Repositories with a name search, a repository's tags, a manifest's platforms
+//! and layers, cache statistics, and a delete-tag action for admins.
+//!
+//! Who may see what follows the registry's own rules ([`Auth::allowed`]): with authentication on,
+//! every page needs an HTTP Basic login against the htpasswd users, a repository is listed only to
+//! users who may pull it, and its delete buttons appear only for users who may delete in it (an
+//! "admin" of that repository). With authentication off, anyone may browse and delete, and the
+//! page says so.
+//!
+//! Deleting is a POST form, guarded against cross-site requests twice: the request must come from
+//! this origin (`Sec-Fetch-Site`, then `Origin` or `Referer` against `Host`), and it must carry a
+//! token that is an HMAC, under a per-process key, of the browser's session cookie
+//! (`SameSite=Strict`, `HttpOnly`) and the user. Handlers are thin: the views come from the
+//! service layer, which never lets the UI near a file path.
+
+mod html;
+mod pages;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Router, body::Body};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+use crate::auth::{Action, Auth, User};
+use crate::oci::{Reference, RepoName, Tag};
+use crate::service::{self, Registry, RepoSummary};
+use crate::store::unix_now;
+use pages::{Ctx, Deletion, Flash, Stats};
+
+/// Rows per page of repositories or tags.
+const PAGE_SIZE: usize = 100;
+/// A disk-use measurement this recent is shown as it is rather than measured again.
+const USAGE_MAX_AGE: Duration = Duration::from_secs(2);
+const SESSION_COOKIE: &str = "berth_ui";
+
+/// Everything the UI's handlers need.
+pub struct Ui {
+    registry: Registry,
+    auth: Arc<Auth>,
+    /// Signs the delete forms' tokens; new each start, so a restart expires open forms.
+    key: [u8; 32],
+    /// Whether berth terminates TLS itself (the session cookie is then `Secure`).
+    tls: bool,
+}
+
+impl Ui {
+    pub fn new(registry: Registry, auth: Arc<Auth>, tls: bool) -> Ui {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        Ui {
+            registry,
+            auth,
+            key,
+            tls,
+        }
+    }
+}
+
+/// The `/ui` routes with their state applied.
+pub fn router(ui: Ui) -> Router {
+    Router::new()
+        .route("/ui", get(home))
+        .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
+        .route("/ui/repo", get(repo))
+        .route("/ui/manifest", get(manifest))
+        .route("/ui/delete", post(delete))
+        .with_state(Arc::new(ui))
+}
+
+/// Who is looking, and their browser session.
+struct Viewer {
+    user: Option<String>,
+    session: String,
+    /// The session cookie is set by this response.
+    new_session: bool,
+    host: String,
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The session id from the cookie, when it is one berth could have made (32 hex digits).
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .find(|v| v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+}
+
+/// The host the browser addressed: `Host`, or the HTTP/2 `:authority`.
+fn host(headers: &HeaderMap, uri: &Uri) -> String {
+    header_str(headers, "host")
+        .map(str::to_owned)
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether a form POST comes from a page of this origin.
+fn same_origin(headers: &HeaderMap, host: &str) -> bool {
+    if header_str(headers, "sec-fetch-site").is_some_and(|site| site != "same-origin") {
+        return false;
+    }
+    let source = header_str(headers, "origin")
+        .filter(|o| *o != "null")
+        .or_else(|| header_str(headers, "referer"));
+    let Some((_, rest)) = source.and_then(|s| s.split_once("://")) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.eq_ignore_ascii_case(host)
+}
+
+impl Ui {
+    /// Who is looking; with authentication on and no valid Basic login, the 401 that asks for one.
+    async fn viewer(&self, headers: &HeaderMap, uri: &Uri) -> Result<Viewer, Response> {
+        let user = if self.auth.enabled() {
+            match self.auth.identify(header_str(headers, "authorization")).await.user {
+                Some(user) => Some(user),
+                None => return Err(login_required()),
+            }
+        } else {
+            None
+        };
+        let (session, new_session) = match session_cookie(headers) {
+            Some(s) => (s, false),
+            None => (uuid::Uuid::new_v4().simple().to_string(), true),
+        };
+        Ok(Viewer {
+            user,
+            session,
+            new_session,
+            host: host(headers, uri),
+        })
+    }
+
+    fn may(&self, viewer: &Viewer, repo: &RepoSummary, action: Action) -> bool {
+        self.auth
+            .allowed(viewer.user.as_deref(), &repo.name, !repo.private)
+            .contains(action)
+    }
+
+    /// Deleting tags is offered in private repositories, to users the rules let delete there.
+    fn may_delete(&self, viewer: &Viewer, repo: &RepoSummary) -> bool {
+        repo.private && self.may(viewer, repo, Action::Delete)
+    }
+
+    fn csrf_mac(&self, viewer: &Viewer) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(b"berth-ui-delete\0");
+        mac.update(viewer.session.as_bytes());
+        mac.update(b"\0");
+        mac.update(viewer.user.as_deref().unwrap_or("").as_bytes());
+        mac
+    }
+
+    /// The token a delete form of this viewer carries.
+    fn csrf(&self, viewer: &Viewer) -> String {
+        hex::encode(self.csrf_mac(viewer).finalize().into_bytes())
+    }
+
+    fn csrf_ok(&self, viewer: &Viewer, token: &str) -> bool {
+        let Ok(token) = hex::decode(token) else {
+            return false;
+        };
+        !viewer.new_session && self.csrf_mac(viewer).verify_slice(&token).is_ok()
+    }
+
+    fn ctx<'a>(&self, viewer: &'a Viewer) -> Ctx<'a> {
+        Ctx {
+            user: viewer.user.as_deref(),
+            auth_on: self.auth.enabled(),
+            now: unix_now(),
+            host: &viewer.host,
+        }
+    }
+
+    /// An HTML response with the UI's headers, the session cookie when new, and the user for the
+    /// access log.
+    fn respond(&self, viewer: &Viewer, status: StatusCode, html: String) -> Response {
+        let mut response = (status, Body::from(html)).into_response();
+        secure_headers(&mut response);
+        if viewer.new_session {
+            let secure = if self.tls { "; Secure" } else { "" };
+            let cookie = format!(
+                "{SESSION_COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict{secure}",
+                viewer.session
+            );
+            response.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_str(&cookie).expect("ascii cookie"),
+            );
+        }
+        if let Some(user) = &viewer.user {
+            response.extensions_mut().insert(User(user.clone()));
+        }
+        response
+    }
+
+    fn message(&self, viewer: &Viewer, status: StatusCode, title: &str, text: &str) -> Response {
+        self.respond(viewer, status, pages::message(&self.ctx(viewer), title, text))
+    }
+
+    fn failed(&self, viewer: &Viewer, e: service::Error) -> Response {
+        tracing::error!(error = %e, "web UI request failed");
+        self.message(
+            viewer,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "The store could not answer; the log has the details.",
+        )
+    }
+
+    fn not_found(&self, viewer: &Viewer, what: &str) -> Response {
+        self.message(viewer, StatusCode::NOT_FOUND, "Not found", what)
+    }
+}
+
+fn secure_headers(response: &mut Response) {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+}
+
+fn login_required() -> Response {
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        Body::from(
+            "<!doctype html><title>Log in · berth</title><p>Log in with your registry user name and password.</p>",
+        ),
+    )
+        .into_response();
+    secure_headers(&mut response);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"berth\", charset=\"UTF-8\""),
+    );
+    response
+}
+
+#[derive(Deserialize)]
+struct HomeQuery {
+    q: Option<String>,
+    last: Option<String>,
+}
+
+async fn home(State(ui): State<Arc<Ui>>, Query(q): Query<HomeQuery>, headers: HeaderMap, uri: Uri) -> Response {
+    let viewer = match ui.viewer(&headers, &uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let query = q.q.unwrap_or_default();
+    let list = match ui.registry.browse_repos(&query, q.last.as_deref(), PAGE_SIZE, |r| {
+        ui.may(&viewer, r, Action::Pull)
+    }) {
+        Ok(list) => list,
+        Err(e) => return ui.failed(&viewer, e),
+    };
+    let (hits, misses, stale) = ui.registry.metrics().cache_totals();
+    let usage = ui.registry.usage(USAGE_MAX_AGE).await;
+    if let Err(e) = &usage {
+        tracing::warn!(error = %e, "measuring the store's disk use failed");
+    }
+    let stats = Stats {
+        hits,
+        misses,
+        stale,
+        saved: ui.registry.metrics().bytes_saved(),
+        usage: usage.ok(),
+    };
+    ui.respond(
+        &viewer,
+        StatusCode::OK,
+        pages::home(&ui.ctx(&viewer), &stats, &query, &list),
+    )
+}
+
+#[derive(Deserialize)]
+struct RepoQuery {
+    name: String,
+    last: Option<String>,
+    deleted: Option<String>,
+}
+
+async fn repo(State(ui): State<Arc<Ui>>, Query(q): Query<RepoQuery>, headers: HeaderMap, uri: Uri) -> Response {
+    let viewer = match ui.viewer(&headers, &uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Ok(name) = q.name.parse::<RepoName>() else {
+        return ui.not_found(&viewer, "No such repository.");
+    };
+    let view = match ui.registry.browse_repo(&name, q.last.as_deref(), PAGE_SIZE).await {
+        Ok(Some(view)) if ui.may(&viewer, &view.repo, Action::Pull) => view,
+        Ok(_) => return ui.not_found(&viewer, "No such repository."),
+        Err(e) => return ui.failed(&viewer, e),
+    };
+    let csrf = ui.csrf(&viewer);
+    let deletion = ui.may_delete(&viewer, &view.repo).then_some(Deletion { csrf: &csrf });
+    let flash = q.deleted.as_deref().map(Flash::Deleted);
+    let html = pages::repo(&ui.ctx(&viewer), &view, deletion, flash);
+    ui.respond(&viewer, StatusCode::OK, html)
+}
+
+#[derive(Deserialize)]
+struct ManifestQuery {
+    repo: String,
+    #[serde(rename = "ref")]
+    reference: String,
+}
+
+async fn manifest(State(ui): State<Arc<Ui>>, Query(q): Query<ManifestQuery>, headers: HeaderMap, uri: Uri) -> Response {
+    let viewer = match ui.viewer(&headers, &uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let (Ok(name), Ok(reference)) = (q.repo.parse::<RepoName>(), q.reference.parse::<Reference>()) else {
+        return ui.not_found(&viewer, "No such manifest.");
+    };
+    match ui.registry.browse_manifest(&name, &reference).await {
+        Ok(Some(view)) if ui.may(&viewer, &view.repo, Action::Pull) => {
+            ui.respond(&viewer, StatusCode::OK, pages::manifest(&ui.ctx(&viewer), &view))
+        }
+        Ok(_) => ui.not_found(&viewer, "No such manifest in the store."),
+        Err(e) => ui.failed(&viewer, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct DeleteForm {
+    repo: String,
+    tag: String,
+    csrf: String,
+}
+
+async fn delete(State(ui): State<Arc<Ui>>, headers: HeaderMap, uri: Uri, Form(form): Form<DeleteForm>) -> Response {
+    let viewer = match ui.viewer(&headers, &uri).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let forbidden = |text: &str| ui.message(&viewer, StatusCode::FORBIDDEN, "Not allowed", text);
+    if !same_origin(&headers, &viewer.host) {
+        return forbidden("The request did not come from a berth page (cross-site requests are refused).");
+    }
+    if !ui.csrf_ok(&viewer, &form.csrf) {
+        return forbidden("The form has expired. Reload the page and try again.");
+    }
+    let (Ok(name), Ok(tag)) = (form.repo.parse::<RepoName>(), form.tag.parse::<Tag>()) else {
+        return ui.not_found(&viewer, "No such tag.");
+    };
+    let summary = match ui.registry.repo_summary(name.as_str()) {
+        Ok(Some(s)) if ui.may(&viewer, &s, Action::Pull) => s,
+        Ok(_) => return ui.not_found(&viewer, "No such repository."),
+        Err(e) => return ui.failed(&viewer, e),
+    };
+    if !ui.may_delete(&viewer, &summary) {
+        return forbidden("You may not delete tags in this repository.");
+    }
+    match ui.registry.delete_manifest(&name, &Reference::Tag(tag.clone())).await {
+        Ok(()) => {}
+        Err(service::Error::ManifestUnknown(_)) => return ui.not_found(&viewer, "No such tag."),
+        Err(e) => return ui.failed(&viewer, e),
+    }
+    tracing::info!(repo = %name, tag = %tag.as_str(), user = viewer.user.as_deref().unwrap_or("-"), "tag deleted in the web UI");
+    let target = html::url("/ui/repo", &[("name", name.as_str()), ("deleted", tag.as_str())]);
+    let mut response = Redirect::to(&target).into_response();
+    if let Some(user) = &viewer.user {
+        response.extensions_mut().insert(User(user.clone()));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn same_origin_needs_a_matching_origin_or_referer() {
+        let host = "berth.corp:5000";
+        assert!(same_origin(&headers(&[("origin", "http://berth.corp:5000")]), host));
+        assert!(same_origin(
+            &headers(&[("referer", "https://berth.corp:5000/ui/repo?name=a")]),
+            host
+        ));
+        assert!(same_origin(
+            &headers(&[("sec-fetch-site", "same-origin"), ("origin", "http://berth.corp:5000")]),
+            host
+        ));
+        for bad in [
+            headers(&[]),
+            headers(&[("origin", "http://evil.example")]),
+            headers(&[("origin", "null")]),
+            headers(&[("origin", "http://berth.corp:5000.evil.example")]),
+            headers(&[("sec-fetch-site", "cross-site"), ("origin", "http://berth.corp:5000")]),
+        ] {
+            assert!(!same_origin(&bad, host), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn session_cookie_is_read_only_when_well_formed() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let h = headers(&[("cookie", "a=b; berth_ui=0123456789abcdef0123456789abcdef")]);
+        assert_eq!(session_cookie(&h).as_deref(), Some(id));
+        assert_eq!(session_cookie(&headers(&[("cookie", "berth_ui=<script>")])), None);
+        assert_eq!(session_cookie(&headers(&[("cookie", "berth_uix=0123")])), None);
+    }
+
+    #[test]
+    fn csrf_tokens_bind_the_session_and_the_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let ui = Ui::new(
+            Registry::new(crate::store::Store::open(dir.path()).unwrap(), Vec::new()),
+            Arc::new(Auth::disabled()),
+            false,
+        );
+        let viewer = |session: &str, user: Option<&str>| Viewer {
+            user: user.map(str::to_owned),
+            session: session.to_owned(),
+            new_session: false,
+            host: "h".into(),
+        };
+        let alice = viewer("0123456789abcdef0123456789abcdef", Some("alice"));
+        let token = ui.csrf(&alice);
+        assert!(ui.csrf_ok(&alice, &token));
+        assert!(!ui.csrf_ok(&viewer("ffffffffffffffffffffffffffffffff", Some("alice")), &token));
+        assert!(!ui.csrf_ok(&viewer("0123456789abcdef0123456789abcdef", Some("bob")), &token));
+        assert!(!ui.csrf_ok(&alice, "zz"));
+        let fresh = Viewer {
+            new_session: true,
+            ..viewer("0123456789abcdef0123456789abcdef", Some("alice"))
+        };
+        assert!(
+            !ui.csrf_ok(&fresh, &token),
+            "a session made by this very request proves nothing"
+        );
+    }
+}

@@ -172,6 +172,27 @@ async fn sixteen_concurrent_gets_of_a_cold_blob_make_one_upstream_fetch() {
 }
 
 #[tokio::test]
+async fn a_single_cold_get_streams_the_whole_blob_while_it_is_cached() {
+    // The benchmark's cold GET: one client, a fresh blob, streamed as the fill writes it.
+    let hub = Hub::start_with(&["--cdn-host", "localhost"]);
+    let b = berth_for(&hub, "5m", "");
+    for seed in 0..4 {
+        let digest = hub.push_blob("library/cold", 64, 100 + seed);
+        let r = client()
+            .get(b.at(&format!("/v2/library/cold/blobs/{digest}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(header(&r, "x-berth-cache"), "miss");
+        assert_eq!(header(&r, "content-length"), (64u64 << 20).to_string());
+        let body = r.bytes().await.expect("the body streams to the end");
+        assert_eq!(sha256(&body), digest);
+    }
+    assert_no_internal_errors(&b);
+}
+
+#[tokio::test]
 async fn range_on_a_miss_and_a_disconnecting_client_do_not_break_the_fill() {
     let hub = Hub::start();
     let digest = hub.push_blob("library/cold", 32, 2);

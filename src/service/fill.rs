@@ -179,6 +179,9 @@ impl Job {
             }
             if buffer.len() >= WRITE_CHUNK || (chunk.is_none() && !buffer.is_empty()) {
                 file.write_all(&buffer).await.map_err(io)?;
+                // tokio's File finishes a write in the background: readers may be told about
+                // these bytes only once they are in the file.
+                file.flush().await.map_err(io)?;
                 written += buffer.len() as u64;
                 buffer.clear();
                 self.fill.progress.send_replace(Progress::Streaming { size, written });

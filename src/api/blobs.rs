@@ -11,8 +11,9 @@ use crate::oci::{Digest, RepoName};
 use crate::service::{BlobBody, Registry, Result, Route};
 use crate::store::BlobFile;
 
-/// Read size when streaming a blob file: large reads keep syscalls per byte low.
-const READ_CHUNK: usize = 256 << 10;
+/// Read size when streaming a blob file: each read is one hop to a blocking thread, so large
+/// reads keep the hops (and syscalls) per byte low.
+const READ_CHUNK: usize = 1 << 20;
 
 /// A single byte range `start..=end` of a blob of known size, or why there is none.
 #[derive(Debug, PartialEq, Eq)]

@@ -8,14 +8,14 @@
 //! in an error, which aborts the HTTP response.
 
 use std::collections::HashMap;
-use std::io::SeekFrom;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::fs;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::metrics::{FillResult, Metrics, Tracked, UpstreamError};
@@ -24,16 +24,28 @@ use crate::store::{Origin, Store};
 use crate::upstream::{self, Upstream};
 
 /// Bytes gathered before each write to the temporary file and progress update.
-const WRITE_CHUNK: usize = 256 << 10;
+const WRITE_CHUNK: usize = 1 << 20;
+
 /// Largest read a waiting client makes from the growing file.
-const READ_CHUNK: usize = 256 << 10;
+const READ_CHUNK: usize = 1 << 20;
 
 /// The progress of one fill, broadcast to its readers.
 #[derive(Clone, Debug)]
 pub enum Progress {
     Connecting,
-    Streaming { size: Option<u64>, written: u64 },
-    Done { size: u64 },
+    Streaming {
+        size: Option<u64>,
+        written: u64,
+    },
+    /// All bytes are in and match the digest: readers may finish. The blob is being made durable
+    /// and published; a response never waits for that.
+    Verified {
+        size: u64,
+    },
+    /// Published in the store.
+    Done {
+        size: u64,
+    },
     Failed(FillError),
 }
 
@@ -152,7 +164,7 @@ impl Job {
             .map_err(FillError::Upstream)?;
         let size = response.content_length();
         let io = |e: std::io::Error| FillError::Io(e.to_string());
-        let mut file = fs::File::create(&self.fill.temp).await.map_err(io)?;
+        let file = Arc::new(std::fs::File::create(&self.fill.temp).map_err(io)?);
         self.fill
             .progress
             .send_replace(Progress::Streaming { size, written: 0 });
@@ -178,12 +190,15 @@ impl Job {
                 }
             }
             if buffer.len() >= WRITE_CHUNK || (chunk.is_none() && !buffer.is_empty()) {
-                file.write_all(&buffer).await.map_err(io)?;
-                // tokio's File finishes a write in the background: readers may be told about
-                // these bytes only once they are in the file.
-                file.flush().await.map_err(io)?;
-                written += buffer.len() as u64;
-                buffer.clear();
+                // One blocking call per chunk, complete when it returns: readers may be told
+                // about these bytes only once they are in the file.
+                let (f, bytes) = (file.clone(), buffer.split().freeze());
+                let len = bytes.len() as u64;
+                tokio::task::spawn_blocking(move || (&*f).write_all(&bytes))
+                    .await
+                    .map_err(|e| FillError::Io(e.to_string()))?
+                    .map_err(io)?;
+                written += len;
                 self.fill.progress.send_replace(Progress::Streaming { size, written });
             }
             if chunk.is_none() {
@@ -197,7 +212,13 @@ impl Job {
                 "upstream bytes hash to {actual} ({written} bytes), not {digest}"
             )));
         }
-        file.sync_all().await.map_err(io)?;
+        // Readers may finish now; making the blob durable is the cache's business, not theirs.
+        self.fill.progress.send_replace(Progress::Verified { size: written });
+        let f = file.clone();
+        tokio::task::spawn_blocking(move || f.sync_all())
+            .await
+            .map_err(|e| FillError::Io(e.to_string()))?
+            .map_err(io)?;
         drop(file);
         let _fence = self.store.fence.read().await; // publish and link as one step for GC (see `gc`)
         self.store
@@ -238,13 +259,22 @@ impl Fill {
             match &*rx.borrow_and_update() {
                 Progress::Connecting => {}
                 Progress::Streaming { size, .. } => return Ok(*size),
-                Progress::Done { size } => return Ok(Some(*size)),
+                Progress::Verified { size } | Progress::Done { size } => return Ok(Some(*size)),
                 Progress::Failed(e) => return Err(e.clone()),
             }
             if rx.changed().await.is_err() {
                 return Err(FillError::Io("fill ended without a result".into()));
             }
         }
+    }
+
+    /// Whether every byte is in and verified (the fill is only publishing): a request that
+    /// joins now is served like a cache hit.
+    pub fn verified(&self) -> bool {
+        matches!(
+            *self.progress.borrow(),
+            Progress::Verified { .. } | Progress::Done { .. }
+        )
     }
 
     /// Wait until the blob is verified and published (or the fill failed).
@@ -277,6 +307,7 @@ impl Fill {
             file: None,
             pos: 0,
             published,
+            verified: None,
         };
         futures_util::stream::unfold(state, |mut r| async move { r.next().await.map(|item| (item, r)) })
     }
@@ -286,9 +317,11 @@ struct Reader {
     _waiter: Tracked,
     fill: Arc<Fill>,
     rx: watch::Receiver<Progress>,
-    file: Option<fs::File>,
+    file: Option<Arc<std::fs::File>>,
     pos: u64,
     published: PathBuf,
+    /// The size, once the bytes are known to match the digest.
+    verified: Option<u64>,
 }
 
 impl Reader {
@@ -303,7 +336,13 @@ impl Reader {
                     written,
                 } => (written.min(size.saturating_sub(1)), false),
                 Progress::Streaming { size: None, written } => (written, false),
-                Progress::Done { size } => (size, true),
+                Progress::Verified { size } | Progress::Done { size } => {
+                    self.verified = Some(size);
+                    (size, true)
+                }
+                // Caching failed after the bytes verified (say, a full disk): this response is
+                // still correct and may finish from the file it has open.
+                Progress::Failed(_) if self.verified.is_some() => (self.verified.unwrap_or(0), true),
                 Progress::Failed(e) => {
                     return Some(Err(std::io::Error::other(format!(
                         "upstream fill of {} failed: {e:?}",
@@ -324,25 +363,32 @@ impl Reader {
     }
 
     async fn read(&mut self, allowed: u64, done: bool) -> std::io::Result<Bytes> {
-        if self.file.is_none() {
-            let file = match fs::File::open(&self.fill.temp).await {
-                Ok(f) => f,
-                // Renamed into the store already: read the published blob.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && done => fs::File::open(&self.published).await?,
-                Err(e) => return Err(e),
-            };
-            self.file = Some(file);
-        }
-        let file = self.file.as_mut().expect("opened above");
-        file.seek(SeekFrom::Start(self.pos)).await?;
+        let (temp, published, pos) = (self.fill.temp.clone(), self.published.clone(), self.pos);
+        let file = self.file.clone();
         let want = (allowed - self.pos).min(READ_CHUNK as u64) as usize;
-        let mut buf = vec![0u8; want];
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
+        // Open (first time) and read at `pos` in one blocking call.
+        let (file, buf) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let file = match file {
+                Some(f) => f,
+                None => Arc::new(match std::fs::File::open(&temp) {
+                    Ok(f) => f,
+                    // Renamed into the store already: read the published blob.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && done => std::fs::File::open(&published)?,
+                    Err(e) => return Err(e),
+                }),
+            };
+            let mut buf = vec![0u8; want];
+            let n = file.read_at(&mut buf, pos)?;
+            buf.truncate(n);
+            Ok((file, buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.file = Some(file);
+        if buf.is_empty() {
             return Err(std::io::Error::other("cache file shorter than announced"));
         }
-        buf.truncate(n);
-        self.pos += n as u64;
+        self.pos += buf.len() as u64;
         Ok(Bytes::from(buf))
     }
 }

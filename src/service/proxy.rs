@@ -185,10 +185,12 @@ impl Registry {
             return Ok(BlobBody::File(file, Some(Cache::Miss)));
         }
         let published = self.store.blobs.path(digest);
+        // Joining a fill whose bytes are all in and verified (it is only publishing) is a hit.
+        let cache = if fill.verified() { Cache::Hit } else { Cache::Miss };
         Ok(BlobBody::Stream {
             size,
             stream: Box::pin(Arc::clone(&fill).stream(published, waiter)),
-            cache: Cache::Miss,
+            cache,
         })
     }
 

@@ -107,10 +107,18 @@ impl Registry {
         if self.private.iter().any(|p| crate::auth::matches(p, repo.as_str())) {
             return Ok(true);
         }
-        Ok(self
-            .store
-            .meta
-            .repo(repo)?
-            .is_some_and(|info| info.origin == Origin::Private))
+        Ok(self.origin(repo)? == Some(Origin::Private))
+    }
+
+    /// A repository's origin, if it exists; from memory on the hot path.
+    fn origin(&self, repo: &RepoName) -> Result<Option<Origin>> {
+        if let Some(origin) = self.store.memo.origin(repo) {
+            return Ok(Some(origin));
+        }
+        let origin = self.store.meta.repo(repo)?.map(|info| info.origin);
+        if let Some(origin) = &origin {
+            self.store.memo.put_origin(repo, origin.clone());
+        }
+        Ok(origin)
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use moka::sync::Cache;
 
+use super::Origin;
 use crate::oci::{Digest, RepoName, Tag};
 
 /// Bytes of manifests kept in memory at most.
@@ -27,6 +28,9 @@ pub struct Memoized {
 }
 
 pub struct Memo {
+    /// Origins of repositories that exist. An origin never changes once a repository is
+    /// created, so these need no invalidation; unknown names are not remembered.
+    origins: Cache<RepoName, Origin>,
     generation: AtomicU64,
     tags: Cache<(RepoName, Tag), (Digest, u64)>,
     manifests: Cache<(RepoName, Digest), Arc<Memoized>>,
@@ -35,6 +39,7 @@ pub struct Memo {
 impl Default for Memo {
     fn default() -> Self {
         Memo {
+            origins: Cache::new(TAGS),
             generation: AtomicU64::new(0),
             tags: Cache::new(TAGS),
             manifests: Cache::builder()
@@ -54,6 +59,14 @@ impl Memo {
     /// Call after committing a change to tags or manifests.
     pub fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn origin(&self, repo: &RepoName) -> Option<Origin> {
+        self.origins.get(repo)
+    }
+
+    pub fn put_origin(&self, repo: &RepoName, origin: Origin) {
+        self.origins.insert(repo.clone(), origin);
     }
 
     pub fn tag(&self, repo: &RepoName, tag: &Tag) -> Option<Digest> {

@@ -26,8 +26,8 @@ use crate::upstream::{self, Upstream};
 /// Bytes gathered before each write to the temporary file and progress update.
 const WRITE_CHUNK: usize = 1 << 20;
 
-/// Largest read a waiting client makes from the growing file.
-const READ_CHUNK: usize = 1 << 20;
+/// Largest read a waiting client makes from the growing file; one buffer per waiting client.
+const READ_CHUNK: usize = 256 << 10;
 
 /// The progress of one fill, broadcast to its readers.
 #[derive(Clone, Debug)]

@@ -281,6 +281,26 @@ async fn gc_dry_run_lists_exactly_what_gc_removes_and_delete_reclaims_only_unsha
 
     let dry = berth_cli(&b, &["gc", "--dry-run"]);
     assert!(dry.contains("would remove blob"), "{dry}");
+    // `du` calls unreferenced exactly what gc would reclaim (one rule for both).
+    let amount = |text: &str, after: &str| -> u64 {
+        let rest = text
+            .split(after)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{after:?} in {text}"));
+        let words: Vec<&str> = rest.split_whitespace().take(2).collect();
+        words
+            .join(" ")
+            .trim_end_matches(',')
+            .parse::<bytesize::ByteSize>()
+            .unwrap()
+            .as_u64()
+    };
+    let du = berth_cli(&b, &["du"]);
+    assert_eq!(
+        amount(&du, "unreferenced "),
+        amount(&dry, "would reclaim "),
+        "{du}\n{dry}"
+    );
     let would = removed_blobs(&dry);
     assert!(would.contains(&sha256(b"only in a")), "{dry}");
     assert!(

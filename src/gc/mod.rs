@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 mod usage;
-pub use usage::{RepoUsage, Usage, disk_usage};
+pub use usage::{RepoUsage, Usage, disk_usage, referenced};
 
 use crate::cache::{self, Cached, Pulls};
 use crate::oci::{Digest, RepoName};

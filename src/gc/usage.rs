@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::oci::Digest;
+use crate::oci::{Digest, RepoName};
 use crate::store::{self, Origin, Store};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -31,10 +31,30 @@ pub struct Usage {
     pub total_bytes: u64,
 }
 
+/// Every digest some manifest references (its own bytes, its blobs, its child manifests), mapped
+/// to whether a private repository's manifest is among them. This is the rule garbage collection
+/// sweeps by, so "unreferenced" means the same everywhere it is reported.
+pub fn referenced(store: &Store) -> store::Result<HashMap<Digest, bool>> {
+    let private: HashSet<RepoName> = store
+        .meta
+        .all_repos()?
+        .into_iter()
+        .filter(|(_, info)| info.origin == Origin::Private)
+        .map(|(r, _)| r)
+        .collect();
+    let mut out: HashMap<Digest, bool> = HashMap::new();
+    for (repo, digest, record) in store.meta.all_manifests()? {
+        let is_private = private.contains(&repo);
+        for d in std::iter::once(digest).chain(record.blobs).chain(record.children) {
+            *out.entry(d).or_default() |= is_private;
+        }
+    }
+    Ok(out)
+}
+
 /// Walk the metadata and the blob files (blocking).
 pub fn disk_usage(store: &Store) -> store::Result<Usage> {
     let sizes: HashMap<Digest, u64> = store.blobs.list()?.into_iter().map(|b| (b.digest, b.size)).collect();
-    let repos = store.meta.all_repos()?;
     let mut by_repo: HashMap<String, (usize, HashSet<Digest>)> = HashMap::new();
     for (repo, digest, record) in store.meta.all_manifests()? {
         let entry = by_repo.entry(repo.to_string()).or_default();
@@ -47,18 +67,11 @@ pub fn disk_usage(store: &Store) -> store::Result<Usage> {
         total_bytes: sizes.values().sum(),
         ..Usage::default()
     };
-    let (mut private, mut cached) = (HashSet::new(), HashSet::new());
-    for (repo, info) in repos {
+    for (repo, info) in store.meta.all_repos()? {
         let (manifests, refs) = by_repo.remove(repo.as_str()).unwrap_or_default();
         let origin = match &info.origin {
-            Origin::Private => {
-                private.extend(refs.iter().cloned());
-                "private".to_owned()
-            }
-            Origin::Proxied { upstream } => {
-                cached.extend(refs.iter().cloned());
-                format!("cached from {upstream}")
-            }
+            Origin::Private => "private".to_owned(),
+            Origin::Proxied { upstream } => format!("cached from {upstream}"),
         };
         let bytes = refs.iter().filter_map(|d| sizes.get(d)).sum();
         let tags = store.meta.tag_targets(&repo)?.len();
@@ -70,9 +83,14 @@ pub fn disk_usage(store: &Store) -> store::Result<Usage> {
             bytes,
         });
     }
-    let size = |set: &HashSet<Digest>| set.iter().filter_map(|d| sizes.get(d)).sum::<u64>();
-    usage.private_bytes = size(&private);
-    usage.cached_bytes = size(&cached.difference(&private).cloned().collect());
+    for (digest, is_private) in referenced(store)? {
+        let size = sizes.get(&digest).copied().unwrap_or(0);
+        if is_private {
+            usage.private_bytes += size;
+        } else {
+            usage.cached_bytes += size;
+        }
+    }
     usage.unreferenced_bytes = usage.total_bytes - usage.private_bytes - usage.cached_bytes;
     Ok(usage)
 }

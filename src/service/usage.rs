@@ -117,7 +117,7 @@ impl Registry {
 
 /// Walk the blob files and classify each by the repositories that reference it.
 fn measure(store: &store::Store) -> store::Result<Usage> {
-    let referenced = store.meta.referenced_digests()?;
+    let referenced = crate::gc::referenced(store)?;
     let mut usage = Usage {
         measured_at: store::unix_now(),
         ..Usage::default()

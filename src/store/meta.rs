@@ -1,7 +1,7 @@
 //! The metadata interface. Kept narrow so a shared database can replace the embedded one: each
 //! method is one transaction, and callers never hold a transaction open across I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -114,7 +114,4 @@ pub trait Meta: Send + Sync {
     fn remove_manifests(&self, manifests: &[(RepoName, Digest)]) -> Result<()>;
     /// Remove every repository's link to these blobs (their files are gone).
     fn unlink_everywhere(&self, blobs: &[Digest]) -> Result<()>;
-    /// Every digest some repository references (linked blobs and manifests), mapped to whether a
-    /// private repository is among those referencing it. One read transaction; for usage reports.
-    fn referenced_digests(&self) -> Result<HashMap<Digest, bool>>;
 }

@@ -3,7 +3,6 @@
 //! Composite keys join validated names with `\0`, which the name grammar never allows, so a prefix
 //! range `"repo\0".."repo\x01"` selects exactly one repository's rows, in lexical order.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -454,32 +453,5 @@ impl Meta for RedbMeta {
             }
             Ok(())
         })
-    }
-    fn referenced_digests(&self) -> Result<HashMap<Digest, bool>> {
-        let txn = self.read_txn()?;
-        let mut private = HashMap::new();
-        for row in txn.open_table(REPOS).map_err(db_err)?.iter().map_err(db_err)? {
-            let (name, info) = row.map_err(db_err)?;
-            let info: RepoInfo = serde_json::from_slice(info.value()).map_err(json_err)?;
-            private.insert(name.value().to_owned(), info.origin == Origin::Private);
-        }
-        let mut out: HashMap<Digest, bool> = HashMap::new();
-        let mut note = |k: &str| {
-            let Some((repo, digest)) = k.split_once('\0') else {
-                return;
-            };
-            let Ok(digest) = digest.parse::<Digest>() else {
-                return;
-            };
-            let is_private = private.get(repo).copied().unwrap_or(false);
-            *out.entry(digest).or_default() |= is_private;
-        };
-        for row in txn.open_table(BLOB_LINKS).map_err(db_err)?.iter().map_err(db_err)? {
-            note(row.map_err(db_err)?.0.value());
-        }
-        for row in txn.open_table(MANIFESTS).map_err(db_err)?.iter().map_err(db_err)? {
-            note(row.map_err(db_err)?.0.value());
-        }
-        Ok(out)
     }
 }

@@ -3,18 +3,11 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::{CONTENT_DIGEST, set_cache};
 use crate::oci::{Digest, RepoName};
 use crate::service::{BlobBody, Registry, Result, Route};
 use crate::store::BlobFile;
-
-/// Read size when streaming a blob file: each read is one hop to a blocking thread, so large
-/// reads keep the hops per byte low; each stream holds one such buffer, so not too large
-/// (1 MiB measured no faster, and doubled peak memory with many streams).
-const READ_CHUNK: usize = 512 << 10;
 
 /// A single byte range `start..=end` of a blob of known size, or why there is none.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,7 +53,7 @@ fn common(digest: &Digest) -> [(HeaderName, String); 3] {
 pub async fn get(reg: &Registry, route: &Route, digest: &Digest, h: &HeaderMap) -> Result<Response> {
     let range = h.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (mut response, cache) = match reg.blob(route, digest, range.is_some()).await? {
-        BlobBody::File(file, cache) => (file_response(file, digest, range).await?, cache),
+        BlobBody::File(file, cache) => (file_response(file, digest, range), cache),
         BlobBody::Stream { size, stream, cache } => {
             // A miss streaming in: the body ends in an error (aborting the response) if the
             // bytes fail to verify.
@@ -81,27 +74,22 @@ pub async fn get(reg: &Registry, route: &Route, digest: &Digest, h: &HeaderMap) 
 }
 
 /// A stored blob, whole or the requested single range.
-async fn file_response(blob: BlobFile, digest: &Digest, range: Option<&str>) -> Result<Response> {
-    let (status, start, len) = match parse_range(range, blob.size) {
-        RangeSpec::Whole => (StatusCode::OK, 0, blob.size),
+fn file_response(blob: BlobFile, digest: &Digest, range: Option<&str>) -> Response {
+    let size = blob.size;
+    let (status, start, len) = match parse_range(range, size) {
+        RangeSpec::Whole => (StatusCode::OK, 0, size),
         RangeSpec::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         RangeSpec::Unsatisfiable => {
-            let content_range = format!("bytes */{}", blob.size);
-            return Ok((
+            let content_range = format!("bytes */{size}");
+            return (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 common(digest),
                 [(header::CONTENT_RANGE, content_range)],
             )
-                .into_response());
+                .into_response();
         }
     };
-    let mut file = blob.file;
-    if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(crate::store::Error::from)?;
-    }
-    let body = Body::from_stream(ReaderStream::with_capacity(file.take(len), READ_CHUNK));
+    let body = Body::from_stream(blob.chunks(start, len));
     let mut response = (
         status,
         common(digest),
@@ -112,10 +100,10 @@ async fn file_response(blob: BlobFile, digest: &Digest, range: Option<&str>) -> 
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_LENGTH, len.into());
     if status == StatusCode::PARTIAL_CONTENT {
-        let value = format!("bytes {start}-{}/{}", start + len - 1, blob.size);
+        let value = format!("bytes {start}-{}/{size}", start + len - 1);
         headers.insert(header::CONTENT_RANGE, value.parse().expect("ascii"));
     }
-    Ok(response)
+    response
 }
 
 pub async fn head(reg: &Registry, route: &Route, digest: &Digest) -> Result<Response> {

@@ -1,40 +1,54 @@
 //! Single-flight cache fills for blobs. The first miss for a digest starts one upstream fetch in
-//! its own task (a client that disconnects does not cancel it). The bytes go to a temporary file
-//! while they are hashed, and every client waiting for that digest streams from that file as it
-//! grows.
+//! its own task (a client that disconnects does not cancel it).
+//!
+//! Each batch of bytes from the upstream goes two ways, without being copied: into a window of
+//! recent bytes that waiting clients are served from, and to a blocking writer that hashes it and
+//! appends it to a temporary file. The network side and the hashing and disk side so run on
+//! separate cores, and a client that keeps up never reads its bytes back from the file. A client
+//! that falls more than `RECENT` bytes behind reads them from the file instead.
 //!
 //! A reader never gets the last byte before the digest has verified, so a response of unverified
 //! bytes cannot complete normally: on a mismatch the file is deleted and every reader's body ends
 //! in an error, which aborts the HTTP response.
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::collections::{HashMap, VecDeque};
+use std::io::{IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::fs;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::{FillResult, Metrics, Tracked, UpstreamError};
-use crate::oci::{Digest, Hasher, RepoName};
+use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 use crate::store::{Origin, Store};
 use crate::upstream::{self, Upstream};
 
-/// Bytes gathered before each write to the temporary file and progress update.
-const WRITE_CHUNK: usize = 1 << 20;
+/// Bytes gathered (as the HTTP client's own buffers, not copied) before each hand-off to the
+/// readers and the writer.
+const BATCH: usize = 256 << 10;
 
-/// Largest read a waiting client makes from the growing file; one buffer per waiting client.
-const READ_CHUNK: usize = 256 << 10;
+/// Batches waiting for the writer. When the disk or the hashing is slower than the network, the
+/// fetch waits here, which bounds the memory a fill holds.
+const WRITER_QUEUE: usize = 16;
+
+/// Bytes kept in memory, beyond those not yet written, for readers that trail the fill.
+const RECENT: usize = 4 << 20;
+
+/// Largest read (a mapped window) a trailing client makes from the file.
+const READ_CHUNK: usize = 1 << 20;
 
 /// The progress of one fill, broadcast to its readers.
 #[derive(Clone, Debug)]
 pub enum Progress {
     Connecting,
+    /// `received` bytes may be served from memory (`Fill::recent`) and the first `written` of
+    /// them are in the temporary file.
     Streaming {
         size: Option<u64>,
+        received: u64,
         written: u64,
     },
     /// All bytes are in and match the digest: readers may finish. The blob is being made durable
@@ -62,6 +76,7 @@ pub struct Fill {
     pub digest: Digest,
     temp: PathBuf,
     progress: watch::Sender<Progress>,
+    recent: Mutex<Recent>,
 }
 
 /// Fills in flight, by digest.
@@ -102,6 +117,7 @@ impl Fills {
             digest: digest.clone(),
             temp: store.blobs.temp_path(),
             progress,
+            recent: Mutex::default(),
         });
         inflight.insert(digest.clone(), fill.clone());
         let job = Job {
@@ -152,6 +168,8 @@ impl Job {
                 Progress::Failed(e)
             }
         };
+        // Readers still behind now read the file (published, or the one they have open).
+        self.fill.recent.lock().expect("recent lock").clear();
         self.fill.progress.send_replace(final_state);
     }
 
@@ -164,49 +182,22 @@ impl Job {
             .map_err(FillError::Upstream)?;
         let size = response.content_length();
         let io = |e: std::io::Error| FillError::Io(e.to_string());
-        let file = Arc::new(std::fs::File::create(&self.fill.temp).map_err(io)?);
-        self.fill
-            .progress
-            .send_replace(Progress::Streaming { size, written: 0 });
-        let mut hasher = Hasher::new(digest.algorithm());
-        let mut body = response.bytes_stream();
-        let mut buffer = BytesMut::with_capacity(WRITE_CHUNK);
-        let mut written = 0u64;
-        loop {
-            let chunk = body
-                .next()
-                .await
-                .transpose()
-                .map_err(|e| FillError::Upstream(self.unavailable(e)))?;
-            if let Some(chunk) = &chunk {
-                self.upstream.metrics().received(chunk.len() as u64);
-                hasher.update(chunk);
-                buffer.extend_from_slice(chunk);
-                if size.is_some_and(|s| written + buffer.len() as u64 > s) {
-                    self.upstream.metrics().error(UpstreamError::Invalid);
-                    return Err(FillError::Corrupt(format!(
-                        "upstream sent more than its Content-Length {size:?}"
-                    )));
-                }
-            }
-            if buffer.len() >= WRITE_CHUNK || (chunk.is_none() && !buffer.is_empty()) {
-                // One blocking call per chunk, complete when it returns: readers may be told
-                // about these bytes only once they are in the file.
-                let (f, bytes) = (file.clone(), buffer.split().freeze());
-                let len = bytes.len() as u64;
-                tokio::task::spawn_blocking(move || (&*f).write_all(&bytes))
-                    .await
-                    .map_err(|e| FillError::Io(e.to_string()))?
-                    .map_err(io)?;
-                written += len;
-                self.fill.progress.send_replace(Progress::Streaming { size, written });
-            }
-            if chunk.is_none() {
-                break;
-            }
-        }
-        let actual = hasher.finish();
-        if actual != *digest || size.is_some_and(|s| s != written) {
+        let joined = |e: tokio::task::JoinError| FillError::Io(e.to_string());
+        let file = std::fs::File::create(&self.fill.temp).map_err(io)?;
+        self.fill.progress.send_replace(Progress::Streaming {
+            size,
+            received: 0,
+            written: 0,
+        });
+        let (batches, queue) = mpsc::channel(WRITER_QUEUE);
+        let (fill, algorithm) = (self.fill.clone(), digest.algorithm());
+        let writer = tokio::task::spawn_blocking(move || hash_and_write(&fill, file, algorithm, queue));
+        let received = self.receive(response, size, batches).await;
+        // The writer ends once `receive` has dropped its sender; its error (a full disk, say)
+        // explains a failed hand-off better than the hand-off does.
+        let (actual, file, written) = writer.await.map_err(joined)?.map_err(io)?;
+        let received = received?;
+        if actual != *digest || size.is_some_and(|s| s != written) || received != written {
             self.upstream.metrics().error(UpstreamError::Invalid);
             return Err(FillError::Corrupt(format!(
                 "upstream bytes hash to {actual} ({written} bytes), not {digest}"
@@ -214,12 +205,10 @@ impl Job {
         }
         // Readers may finish now; making the blob durable is the cache's business, not theirs.
         self.fill.progress.send_replace(Progress::Verified { size: written });
-        let f = file.clone();
-        tokio::task::spawn_blocking(move || f.sync_all())
+        tokio::task::spawn_blocking(move || file.sync_all())
             .await
-            .map_err(|e| FillError::Io(e.to_string()))?
+            .map_err(joined)?
             .map_err(io)?;
-        drop(file);
         let _fence = self.store.fence.read().await; // publish and link as one step for GC (see `gc`)
         self.store
             .blobs
@@ -236,10 +225,52 @@ impl Job {
         );
         tokio::task::spawn_blocking(move || meta.link_blob(&repo, &d, origin))
             .await
-            .map_err(|e| FillError::Io(e.to_string()))?
+            .map_err(joined)?
             .map_err(|e| FillError::Io(e.to_string()))?;
         tracing::info!(%digest, bytes = written, upstream = %self.upstream.name(), "cached blob");
         Ok(written)
+    }
+
+    /// Read the upstream body, handing each batch to the readers (through `recent`) and to the
+    /// writer. Returns how many bytes arrived.
+    async fn receive(
+        &self,
+        response: reqwest::Response,
+        size: Option<u64>,
+        batches: mpsc::Sender<Vec<Bytes>>,
+    ) -> Result<u64, FillError> {
+        let mut body = response.bytes_stream();
+        let (mut batch, mut batch_len, mut received) = (Vec::new(), 0usize, 0u64);
+        loop {
+            let chunk = body
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| FillError::Upstream(self.unavailable(e)))?;
+            let end = chunk.is_none();
+            if let Some(chunk) = chunk {
+                self.upstream.metrics().received(chunk.len() as u64);
+                batch_len += chunk.len();
+                batch.push(chunk);
+                if size.is_some_and(|s| received + batch_len as u64 > s) {
+                    self.upstream.metrics().error(UpstreamError::Invalid);
+                    return Err(FillError::Corrupt(format!(
+                        "upstream sent more than its Content-Length {size:?}"
+                    )));
+                }
+            }
+            if batch_len >= BATCH || (end && batch_len > 0) {
+                received += batch_len as u64;
+                batch_len = 0;
+                self.fill.offer(&batch, received);
+                if batches.send(std::mem::take(&mut batch)).await.is_err() {
+                    return Err(FillError::Io("the cache writer stopped".into()));
+                }
+            }
+            if end {
+                return Ok(received);
+            }
+        }
     }
 
     fn unavailable(&self, e: reqwest::Error) -> upstream::Error {
@@ -251,7 +282,104 @@ impl Job {
     }
 }
 
+/// The writer: hash each batch and append it to the file, announcing how far the file goes.
+fn hash_and_write(
+    fill: &Fill,
+    mut file: std::fs::File,
+    algorithm: Algorithm,
+    mut queue: mpsc::Receiver<Vec<Bytes>>,
+) -> std::io::Result<(Digest, std::fs::File, u64)> {
+    let mut hasher = Hasher::new(algorithm);
+    let mut written = 0u64;
+    while let Some(batch) = queue.blocking_recv() {
+        let mut slices: Vec<IoSlice> = batch.iter().map(|b| IoSlice::new(b)).collect();
+        for slice in &slices {
+            hasher.update(slice);
+        }
+        // `Write::write_all_vectored` is not stable yet; this is its loop.
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let n = file.write_vectored(rest)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            written += n as u64;
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        fill.progress.send_modify(|p| {
+            if let Progress::Streaming { written: w, .. } = p {
+                *w = written;
+            }
+        });
+    }
+    Ok((hasher.finish(), file, written))
+}
+
+/// The bytes of a fill still in memory: a window that ends at the bytes received so far.
+#[derive(Default)]
+struct Recent {
+    /// Offset of the first byte of `chunks`.
+    start: u64,
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Recent {
+    /// The bytes from `pos` up to (not past) `limit`, as one of the upstream's buffers.
+    fn slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        if pos < self.start {
+            return None;
+        }
+        let mut chunk_end = self.start + self.len as u64;
+        for chunk in self.chunks.iter().rev() {
+            let chunk_start = chunk_end - chunk.len() as u64;
+            if pos >= chunk_start && pos < chunk_end {
+                let (from, to) = (pos - chunk_start, limit.min(chunk_end) - chunk_start);
+                return Some(chunk.slice(from as usize..to as usize));
+            }
+            chunk_end = chunk_start;
+        }
+        None
+    }
+
+    fn clear(&mut self) {
+        self.start += self.len as u64;
+        self.chunks.clear();
+        self.len = 0;
+    }
+}
+
 impl Fill {
+    /// Add a batch that brings the bytes received to `received`. The window then drops its oldest
+    /// bytes beyond `RECENT`, but only those already in the file, so every byte received stays
+    /// readable from one place or the other.
+    fn offer(&self, batch: &[Bytes], received: u64) {
+        let written = match *self.progress.borrow() {
+            Progress::Streaming { written, .. } => written,
+            _ => 0,
+        };
+        let mut recent = self.recent.lock().expect("recent lock");
+        for chunk in batch {
+            recent.len += chunk.len();
+            recent.chunks.push_back(chunk.clone());
+        }
+        while recent.len > RECENT {
+            let first = recent.chunks.front().map_or(0, |c| c.len());
+            if recent.start + first as u64 > written {
+                break;
+            }
+            recent.chunks.pop_front();
+            recent.start += first as u64;
+            recent.len -= first;
+        }
+        drop(recent);
+        self.progress.send_modify(|p| {
+            if let Progress::Streaming { received: r, .. } = p {
+                *r = received;
+            }
+        });
+    }
+
     /// Wait until the upstream answered: the blob's size if known, or why the fill failed.
     pub async fn started(&self) -> Result<Option<u64>, FillError> {
         let mut rx = self.progress.subscribe();
@@ -328,21 +456,29 @@ impl Reader {
     async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
         loop {
             let progress = self.rx.borrow_and_update().clone();
-            let (allowed, done) = match progress {
-                Progress::Connecting => (0, false),
+            let (allowed, in_file, done) = match progress {
+                Progress::Connecting => (0, 0, false),
                 // Hold back the last byte until the digest has verified.
                 Progress::Streaming {
                     size: Some(size),
+                    received,
                     written,
-                } => (written.min(size.saturating_sub(1)), false),
-                Progress::Streaming { size: None, written } => (written, false),
+                } => (received.min(size.saturating_sub(1)), written, false),
+                Progress::Streaming {
+                    size: None,
+                    received,
+                    written,
+                } => (received, written, false),
                 Progress::Verified { size } | Progress::Done { size } => {
                     self.verified = Some(size);
-                    (size, true)
+                    (size, size, true)
                 }
                 // Caching failed after the bytes verified (say, a full disk): this response is
                 // still correct and may finish from the file it has open.
-                Progress::Failed(_) if self.verified.is_some() => (self.verified.unwrap_or(0), true),
+                Progress::Failed(_) if self.verified.is_some() => {
+                    let size = self.verified.unwrap_or(0);
+                    (size, size, true)
+                }
                 Progress::Failed(e) => {
                     return Some(Err(std::io::Error::other(format!(
                         "upstream fill of {} failed: {e:?}",
@@ -351,9 +487,17 @@ impl Reader {
                 }
             };
             if self.pos < allowed {
-                return Some(self.read(allowed, done).await);
-            }
-            if done {
+                let recent = self.fill.recent.lock().expect("recent lock").slice(self.pos, allowed);
+                if let Some(bytes) = recent {
+                    self.pos += bytes.len() as u64;
+                    return Some(Ok(bytes));
+                }
+                // Fallen behind the window: the bytes are in the file (`offer` keeps them in
+                // memory until they are).
+                if self.pos < in_file {
+                    return Some(self.read(allowed.min(in_file), done).await);
+                }
+            } else if done {
                 return None;
             }
             if self.rx.changed().await.is_err() {
@@ -377,18 +521,14 @@ impl Reader {
                     Err(e) => return Err(e),
                 }),
             };
-            let mut buf = vec![0u8; want];
-            let n = file.read_at(&mut buf, pos)?;
-            buf.truncate(n);
-            Ok((file, buf))
+            // Bytes below `written` are never rewritten (the writer only appends): mappable.
+            let bytes = crate::store::map(&file, pos, want)?;
+            Ok((file, bytes))
         })
         .await
         .map_err(std::io::Error::other)??;
         self.file = Some(file);
-        if buf.is_empty() {
-            return Err(std::io::Error::other("cache file shorter than announced"));
-        }
         self.pos += buf.len() as u64;
-        Ok(Bytes::from(buf))
+        Ok(buf)
     }
 }

@@ -27,7 +27,7 @@ pub struct BlobEntry {
 
 /// An open published blob, ready to stream.
 pub struct BlobFile {
-    pub file: fs::File,
+    pub file: std::fs::File,
     pub size: u64,
 }
 
@@ -64,13 +64,19 @@ impl Blobs {
     }
 
     pub async fn open_file(&self, digest: &Digest) -> Result<Option<BlobFile>> {
-        let file = match fs::File::open(self.path(digest)).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let size = file.metadata().await?.len();
-        Ok(Some(BlobFile { file, size }))
+        let path = self.path(digest);
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(path)?;
+            let size = file.metadata()?.len();
+            Ok::<_, io::Error>(BlobFile { file, size })
+        })
+        .await
+        .map_err(io::Error::other)?;
+        match opened {
+            Ok(blob) => Ok(Some(blob)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The whole blob in memory; for manifests, which are size-limited.

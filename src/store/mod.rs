@@ -13,6 +13,7 @@
 //! unreferenced blob (reclaimed by GC) or a stale temporary file (removed at startup).
 
 mod blobs;
+mod mapped;
 mod memo;
 mod meta;
 mod redb_meta;
@@ -23,6 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use blobs::{BlobEntry, BlobFile, Blobs};
+pub use mapped::map;
 pub use memo::{Memo, Memoized};
 pub use meta::{ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
 pub use redb_meta::RedbMeta;

@@ -1,38 +1,29 @@
 //! Single-flight cache fills for blobs. The first miss for a digest starts one upstream fetch in
 //! its own task (a client that disconnects does not cancel it).
 //!
-//! Each batch of bytes from the upstream goes two ways, without being copied: into a window of
-//! recent bytes that waiting clients are served from, and to a blocking writer that hashes it and
-//! appends it to a temporary file. The network side and the hashing and disk side so run on
-//! separate cores, and a client that keeps up never reads its bytes back from the file. A client
-//! that falls more than `RECENT` bytes behind reads them from the file instead.
+//! Each batch of bytes from the upstream goes two ways without being copied: into a window of
+//! recent bytes that waiting clients are served from, and to a [`Spool`] that hashes it and
+//! appends it to a temporary file on a blocking thread. The network side and the hashing and disk
+//! side so run on separate cores, and a client that keeps up never reads its bytes back from the
+//! file. A client that falls more than `RECENT` bytes behind reads them from the file instead.
 //!
 //! A reader never gets the last byte before the digest has verified, so a response of unverified
 //! bytes cannot complete normally: on a mismatch the file is deleted and every reader's body ends
 //! in an error, which aborts the HTTP response.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::fs;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::metrics::{FillResult, Metrics, Tracked, UpstreamError};
-use crate::oci::{Algorithm, Digest, Hasher, RepoName};
-use crate::store::{Origin, Store};
+use crate::oci::{Digest, Hasher, RepoName};
+use crate::store::{Origin, Spool, Spooled, Store};
 use crate::upstream::{self, Upstream};
-
-/// Bytes gathered (as the HTTP client's own buffers, not copied) before each hand-off to the
-/// readers and the writer.
-const BATCH: usize = 256 << 10;
-
-/// Batches waiting for the writer. When the disk or the hashing is slower than the network, the
-/// fetch waits here, which bounds the memory a fill holds.
-const WRITER_QUEUE: usize = 16;
 
 /// Bytes kept in memory, beyond those not yet written, for readers that trail the fill.
 const RECENT: usize = 4 << 20;
@@ -189,14 +180,18 @@ impl Job {
             received: 0,
             written: 0,
         });
-        let (batches, queue) = mpsc::channel(WRITER_QUEUE);
-        let (fill, algorithm) = (self.fill.clone(), digest.algorithm());
-        let writer = tokio::task::spawn_blocking(move || hash_and_write(&fill, file, algorithm, queue));
-        let received = self.receive(response, size, batches).await;
-        // The writer ends once `receive` has dropped its sender; its error (a full disk, say)
-        // explains a failed hand-off better than the hand-off does.
-        let (actual, file, written) = writer.await.map_err(joined)?.map_err(io)?;
+        let fill = self.fill.clone();
+        let hasher = Hasher::new(digest.algorithm());
+        let mut spool = Spool::for_fill(file, hasher, move |written| fill.written(written));
+        let received = self.receive(response, size, &mut spool).await;
+        // The writer's error (a full disk, say) explains a failed hand-off better than it does.
+        let Spooled {
+            file,
+            len: written,
+            digest: actual,
+        } = spool.close().await.map_err(io)?;
         let received = received?;
+        let actual = actual.expect("the spool was given a hasher");
         if actual != *digest || size.is_some_and(|s| s != written) || received != written {
             self.upstream.metrics().error(UpstreamError::Invalid);
             return Err(FillError::Corrupt(format!(
@@ -232,15 +227,16 @@ impl Job {
     }
 
     /// Read the upstream body, handing each batch to the readers (through `recent`) and to the
-    /// writer. Returns how many bytes arrived.
+    /// spool. Returns how many bytes arrived.
     async fn receive(
         &self,
         response: reqwest::Response,
         size: Option<u64>,
-        batches: mpsc::Sender<Vec<Bytes>>,
+        spool: &mut Spool,
     ) -> Result<u64, FillError> {
+        let io = |e: std::io::Error| FillError::Io(e.to_string());
         let mut body = response.bytes_stream();
-        let (mut batch, mut batch_len, mut received) = (Vec::new(), 0usize, 0u64);
+        let (mut received, mut offered) = (0u64, 0u64);
         loop {
             let chunk = body
                 .next()
@@ -248,24 +244,23 @@ impl Job {
                 .transpose()
                 .map_err(|e| FillError::Upstream(self.unavailable(e)))?;
             let end = chunk.is_none();
-            if let Some(chunk) = chunk {
-                self.upstream.metrics().received(chunk.len() as u64);
-                batch_len += chunk.len();
-                batch.push(chunk);
-                if size.is_some_and(|s| received + batch_len as u64 > s) {
-                    self.upstream.metrics().error(UpstreamError::Invalid);
-                    return Err(FillError::Corrupt(format!(
-                        "upstream sent more than its Content-Length {size:?}"
-                    )));
+            let batch = match chunk {
+                Some(chunk) => {
+                    self.upstream.metrics().received(chunk.len() as u64);
+                    received += chunk.len() as u64;
+                    if size.is_some_and(|s| received > s) {
+                        self.upstream.metrics().error(UpstreamError::Invalid);
+                        return Err(FillError::Corrupt(format!(
+                            "upstream sent more than its Content-Length {size:?}"
+                        )));
+                    }
+                    spool.push(chunk).await.map_err(io)?
                 }
-            }
-            if batch_len >= BATCH || (end && batch_len > 0) {
-                received += batch_len as u64;
-                batch_len = 0;
-                self.fill.offer(&batch, received);
-                if batches.send(std::mem::take(&mut batch)).await.is_err() {
-                    return Err(FillError::Io("the cache writer stopped".into()));
-                }
+                None => spool.flush().await.map_err(io)?,
+            };
+            if let Some(batch) = batch {
+                offered += batch.iter().map(|b| b.len() as u64).sum::<u64>();
+                self.fill.offer(&batch, offered);
             }
             if end {
                 return Ok(received);
@@ -280,39 +275,6 @@ impl Job {
             reason: format!("reading blob: {e}"),
         }
     }
-}
-
-/// The writer: hash each batch and append it to the file, announcing how far the file goes.
-fn hash_and_write(
-    fill: &Fill,
-    mut file: std::fs::File,
-    algorithm: Algorithm,
-    mut queue: mpsc::Receiver<Vec<Bytes>>,
-) -> std::io::Result<(Digest, std::fs::File, u64)> {
-    let mut hasher = Hasher::new(algorithm);
-    let mut written = 0u64;
-    while let Some(batch) = queue.blocking_recv() {
-        let mut slices: Vec<IoSlice> = batch.iter().map(|b| IoSlice::new(b)).collect();
-        for slice in &slices {
-            hasher.update(slice);
-        }
-        // `Write::write_all_vectored` is not stable yet; this is its loop.
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            let n = file.write_vectored(rest)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            written += n as u64;
-            IoSlice::advance_slices(&mut rest, n);
-        }
-        fill.progress.send_modify(|p| {
-            if let Progress::Streaming { written: w, .. } = p {
-                *w = written;
-            }
-        });
-    }
-    Ok((hasher.finish(), file, written))
 }
 
 /// The bytes of a fill still in memory: a window that ends at the bytes received so far.
@@ -350,6 +312,15 @@ impl Recent {
 }
 
 impl Fill {
+    /// The spool has written the first `written` bytes to the file.
+    fn written(&self, written: u64) {
+        self.progress.send_modify(|p| {
+            if let Progress::Streaming { written: w, .. } = p {
+                *w = written;
+            }
+        });
+    }
+
     /// Add a batch that brings the bytes received to `received`. The window then drops its oldest
     /// bytes beyond `RECENT`, but only those already in the file, so every byte received stays
     /// readable from one place or the other.
@@ -530,5 +501,98 @@ impl Reader {
         self.file = Some(file);
         self.pos += buf.len() as u64;
         Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::gauge::Gauge;
+    use std::time::Duration;
+
+    const CHUNK: usize = 64 << 10;
+
+    fn fill_in(dir: &std::path::Path, size: u64) -> Arc<Fill> {
+        let (progress, _) = watch::channel(Progress::Streaming {
+            size: Some(size),
+            received: 0,
+            written: 0,
+        });
+        Arc::new(Fill {
+            digest: Digest::sha256_of(b""),
+            temp: dir.join("fill"),
+            progress,
+            recent: Mutex::default(),
+        })
+    }
+
+    /// Everything the stream yields until it has nothing more for a while; whether it ended.
+    async fn drain(stream: &mut (impl Stream<Item = std::io::Result<Bytes>> + Unpin), out: &mut Vec<u8>) -> bool {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+                Ok(Some(item)) => out.extend_from_slice(&item.expect("a chunk")),
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn the_window_never_drops_bytes_that_are_not_in_the_file_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let fill = fill_in(dir.path(), (RECENT * 3) as u64);
+        let chunk = Bytes::from(vec![7u8; CHUNK]);
+        for i in 1..=(RECENT * 3 / CHUNK) {
+            fill.offer(std::slice::from_ref(&chunk), (i * CHUNK) as u64);
+        }
+        let recent = fill.recent.lock().unwrap();
+        assert_eq!(
+            (recent.start, recent.len),
+            (0, RECENT * 3),
+            "nothing is written, so all stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_behind_the_window_gets_every_byte_from_the_file_and_the_last_only_once_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..RECENT * 3 + 12345).map(|i| (i % 251) as u8).collect();
+        let fill = fill_in(dir.path(), data.len() as u64);
+        std::fs::write(&fill.temp, &data).unwrap();
+        fill.written(data.len() as u64);
+        let mut received = 0;
+        for chunk in data.chunks(CHUNK) {
+            received += chunk.len() as u64;
+            fill.offer(&[Bytes::copy_from_slice(chunk)], received);
+        }
+        let window = fill.recent.lock().unwrap().start;
+        assert!(window > 0, "the window dropped the written bytes beyond RECENT");
+
+        let gauge = Gauge::default();
+        let mut reader = Box::pin(fill.clone().stream(dir.path().join("published"), Tracked::new(&gauge)));
+        let mut got = Vec::new();
+        assert!(!drain(&mut reader, &mut got).await, "the body waits for verification");
+        assert_eq!(got.len(), data.len() - 1, "all but the last byte before verification");
+        fill.progress.send_replace(Progress::Verified {
+            size: data.len() as u64,
+        });
+        assert!(drain(&mut reader, &mut got).await, "the body ends once verified");
+        assert!(got == data, "the bytes, from the file and then the window, in order");
+    }
+
+    #[tokio::test]
+    async fn readers_of_a_corrupt_fill_end_in_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let fill = fill_in(dir.path(), 10);
+        fill.offer(&[Bytes::from_static(b"0123456789")], 10);
+        let gauge = Gauge::default();
+        let mut reader = Box::pin(fill.clone().stream(dir.path().join("published"), Tracked::new(&gauge)));
+        assert_eq!(reader.next().await.unwrap().unwrap(), Bytes::from_static(b"012345678"));
+        fill.progress
+            .send_replace(Progress::Failed(FillError::Corrupt("hash mismatch".into())));
+        assert!(
+            reader.next().await.unwrap().is_err(),
+            "an error, so the response aborts"
+        );
     }
 }

@@ -17,6 +17,7 @@ mod mapped;
 mod memo;
 mod meta;
 mod redb_meta;
+mod spool;
 mod uploads;
 
 use std::io;
@@ -28,6 +29,7 @@ pub use mapped::map;
 pub use memo::{Memo, Memoized};
 pub use meta::{ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
 pub use redb_meta::RedbMeta;
+pub use spool::{Spool, Spooled};
 pub use uploads::{ChunkRange, Uploads, parse_id as parse_upload_id};
 
 use crate::oci::Digest;

@@ -11,27 +11,16 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::fs;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncReadExt;
 
 use super::blobs::Blobs;
 use super::meta::{Meta, UploadRecord, unix_now};
+use super::spool::Spool;
 use super::{Error, Result};
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 
-/// Bytes buffered before a write reaches the file; large writes keep a push near disk speed.
-const WRITE_BUFFER: usize = 1 << 20;
-/// Start writing back to disk after every this many bytes, so the fsync that publishes the blob
-/// finds little left to do instead of a whole large layer.
-const WRITEBACK_EVERY: u64 = 32 << 20;
-
-/// Ask the kernel to write `file`'s dirty pages now, without waiting: an fdatasync on a
-/// blocking thread while the upload goes on.
-async fn start_writeback(file: &fs::File) {
-    if let Ok(clone) = file.try_clone().await {
-        let clone = clone.into_std().await;
-        tokio::task::spawn_blocking(move || clone.sync_data());
-    }
-}
+/// Read size when rehashing a session's file after a restart.
+const REHASH_BUFFER: usize = 1 << 20;
 
 /// A PATCH's `Content-Range`: the first and last byte offsets, inclusive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,7 +170,7 @@ impl Uploads {
         &self,
         id: &str,
         session: &mut Session,
-        mut body: S,
+        body: S,
         declared: Option<u64>,
         limit: u64,
     ) -> Result<()>
@@ -189,37 +178,12 @@ impl Uploads {
         S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
     {
         let file = fs::OpenOptions::new().append(true).open(self.path(id)).await?;
-        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-        let start = session.len;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(Error::Body)?;
-            let written = session.len - start + chunk.len() as u64;
-            if declared.is_some_and(|d| written > d) {
-                return Err(Error::ChunkLength {
-                    declared: declared.unwrap_or(0),
-                    got: written,
-                });
-            }
-            if session.len + chunk.len() as u64 > limit {
-                return Err(Error::TooLarge { limit });
-            }
-            session.hasher.update(&chunk);
-            out.write_all(&chunk).await?;
-            let before = session.len;
-            session.len += chunk.len() as u64;
-            if before / WRITEBACK_EVERY != session.len / WRITEBACK_EVERY {
-                out.flush().await?;
-                start_writeback(out.get_ref()).await;
-            }
-        }
-        if let Some(d) = declared.filter(|&d| d != session.len - start) {
-            return Err(Error::ChunkLength {
-                declared: d,
-                got: session.len - start,
-            });
-        }
-        out.flush().await?;
-        Ok(())
+        let mut spool = Spool::for_upload(file.into_std().await);
+        let received = receive(session, body, declared, limit, &mut spool).await;
+        // Wait for the writer either way: the caller may truncate the file after an error. Its
+        // own error (a full disk, say) explains a failed hand-off better than the hand-off does.
+        spool.close().await?;
+        received
     }
 
     /// The in-memory state, rebuilt by hashing the file when berth restarted mid-upload.
@@ -239,7 +203,7 @@ impl Uploads {
     async fn hash_file(&self, id: &str, algorithm: Algorithm) -> Result<(u64, Hasher)> {
         let mut file = fs::File::open(self.path(id)).await.map_err(|_| Error::UploadUnknown)?;
         let mut hasher = Hasher::new(algorithm);
-        let mut buf = vec![0; WRITE_BUFFER];
+        let mut buf = vec![0; REHASH_BUFFER];
         let mut len = 0;
         loop {
             let n = file.read(&mut buf).await?;
@@ -294,6 +258,45 @@ impl Uploads {
         }
         self.meta.delete_upload(id)
     }
+}
+
+/// Hash a chunk's bytes into the session as they arrive and hand them to the spool, enforcing
+/// the declared length and the size limit.
+async fn receive<S>(
+    session: &mut Session,
+    mut body: S,
+    declared: Option<u64>,
+    limit: u64,
+    spool: &mut Spool,
+) -> Result<()>
+where
+    S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
+{
+    let start = session.len;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(Error::Body)?;
+        let received = session.len - start + chunk.len() as u64;
+        if declared.is_some_and(|d| received > d) {
+            return Err(Error::ChunkLength {
+                declared: declared.unwrap_or(0),
+                got: received,
+            });
+        }
+        if session.len + chunk.len() as u64 > limit {
+            return Err(Error::TooLarge { limit });
+        }
+        session.hasher.update(&chunk);
+        session.len += chunk.len() as u64;
+        spool.push(chunk).await?;
+    }
+    if let Some(d) = declared.filter(|&d| d != session.len - start) {
+        return Err(Error::ChunkLength {
+            declared: d,
+            got: session.len - start,
+        });
+    }
+    spool.flush().await?;
+    Ok(())
 }
 
 /// Accept only ids of the shape we hand out (32 lowercase hex digits), so an id is a safe file name.

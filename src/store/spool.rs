@@ -1,0 +1,150 @@
+//! Appending a stream of received buffers to a file on a blocking thread, so the receiving side
+//! and the page-cache copy run on separate cores. Profiles of a push and of a cold fill showed
+//! hashing and that copy as the biggest costs, each a quarter to a third of berth's CPU; done one
+//! after the other they added up. The buffers are handed over as they arrived, in batches, and
+//! written with `writev`: no copy on the way.
+//!
+//! Where the hashing goes is the caller's choice, by measurement: a push hashes as it receives
+//! (3.1x the reference against 2.8x), while a cache fill, whose receiving thread also feeds the
+//! waiting clients, lets the writer hash (0.41 s against 0.49 s for a cold 256 MiB GET).
+
+use std::io::{self, IoSlice, Write};
+
+use bytes::Bytes;
+
+use crate::oci::{Digest, Hasher};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Bytes gathered before a hand-off to the writer.
+const BATCH: usize = 256 << 10;
+
+/// Batches waiting for the writer. When the disk is slower than the network, `push` waits here,
+/// which bounds the memory a spool holds to about `BATCH * (QUEUE + 1)`.
+const QUEUE: usize = 16;
+
+/// Start writing back to disk after every this many bytes, so the fsync that publishes the file
+/// finds little left to do instead of a whole large layer.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+pub struct Spool {
+    queue: mpsc::Sender<Vec<Bytes>>,
+    writer: JoinHandle<io::Result<Spooled>>,
+    batch: Vec<Bytes>,
+    batch_len: usize,
+}
+
+/// What a closed spool wrote.
+pub struct Spooled {
+    pub file: std::fs::File,
+    pub len: u64,
+    /// The digest of the bytes written, when the writer was given a hasher.
+    pub digest: Option<Digest>,
+}
+
+impl Spool {
+    /// For an upload: the caller hashes; the writer starts writeback every `WRITEBACK_EVERY`
+    /// bytes, because the response waits for the fsync that publishes the blob.
+    pub fn for_upload(file: std::fs::File) -> Spool {
+        Spool::start(file, None, true, |_| {})
+    }
+
+    /// For a cache fill: the writer hashes, and tells `on_written` how far the file goes after
+    /// each batch. No early writeback: no response waits for the fsync, and on this VM's disk
+    /// writeback during the transfer slowed cold GETs.
+    pub fn for_fill(file: std::fs::File, hasher: Hasher, on_written: impl FnMut(u64) + Send + 'static) -> Spool {
+        Spool::start(file, Some(hasher), false, on_written)
+    }
+
+    fn start(
+        file: std::fs::File,
+        hasher: Option<Hasher>,
+        writeback: bool,
+        on_written: impl FnMut(u64) + Send + 'static,
+    ) -> Spool {
+        let (queue, batches) = mpsc::channel(QUEUE);
+        let writer = Writer {
+            file,
+            hasher,
+            writeback,
+        };
+        Spool {
+            queue,
+            writer: tokio::task::spawn_blocking(move || writer.run(batches, on_written)),
+            batch: Vec::new(),
+            batch_len: 0,
+        }
+    }
+
+    /// Queue `chunk`. When that completes a batch, the batch goes to the writer and is returned
+    /// (the buffers are shared, not copied) so the caller can pass it on.
+    pub async fn push(&mut self, chunk: Bytes) -> io::Result<Option<Vec<Bytes>>> {
+        self.batch_len += chunk.len();
+        self.batch.push(chunk);
+        if self.batch_len < BATCH {
+            return Ok(None);
+        }
+        self.flush().await
+    }
+
+    /// Hand what is queued to the writer now; returns it, as `push` does.
+    pub async fn flush(&mut self) -> io::Result<Option<Vec<Bytes>>> {
+        if self.batch.is_empty() {
+            return Ok(None);
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_len = 0;
+        self.queue
+            .send(batch.clone())
+            .await
+            .map_err(|_| io::Error::other("the file writer stopped"))?;
+        Ok(Some(batch))
+    }
+
+    /// Wait until everything handed over is written (what was not flushed is dropped). Returns
+    /// what was written, or the writer's error, which explains a failed `push`.
+    pub async fn close(self) -> io::Result<Spooled> {
+        drop(self.queue);
+        self.writer.await.map_err(io::Error::other)?
+    }
+}
+
+struct Writer {
+    file: std::fs::File,
+    hasher: Option<Hasher>,
+    writeback: bool,
+}
+
+impl Writer {
+    fn run(mut self, mut batches: mpsc::Receiver<Vec<Bytes>>, mut on_written: impl FnMut(u64)) -> io::Result<Spooled> {
+        let mut written = 0u64;
+        while let Some(batch) = batches.blocking_recv() {
+            if let Some(hasher) = &mut self.hasher {
+                batch.iter().for_each(|b| hasher.update(b));
+            }
+            let mut slices: Vec<IoSlice> = batch.iter().map(|b| IoSlice::new(b)).collect();
+            // `Write::write_all_vectored` is not stable yet; this is its loop.
+            let mut rest = &mut slices[..];
+            let before = written;
+            while !rest.is_empty() {
+                let n = self.file.write_vectored(rest)?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                written += n as u64;
+                IoSlice::advance_slices(&mut rest, n);
+            }
+            if self.writeback && before / WRITEBACK_EVERY != written / WRITEBACK_EVERY {
+                // An fdatasync on another thread starts the writeback without making this one wait.
+                let clone = self.file.try_clone()?;
+                tokio::task::spawn_blocking(move || clone.sync_data());
+            }
+            on_written(written);
+        }
+        Ok(Spooled {
+            file: self.file,
+            len: written,
+            digest: self.hasher.map(Hasher::finish),
+        })
+    }
+}

@@ -454,6 +454,44 @@ async fn every_request_logs_one_json_line_with_its_id_and_no_secret() {
     );
 }
 
+#[tokio::test]
+async fn a_large_blob_sent_whole_is_logged_complete_and_a_cut_one_is_not() {
+    let b = Berth::start("[log]\nformat = \"json\"\n");
+    let blob: Vec<u8> = (0..24u32 << 20).map(|i| (i % 253) as u8).collect();
+    let digest = push_blob(&b.url, "team/big", &blob).await;
+    let url = b.at(&format!("/v2/team/big/blobs/{digest}"));
+    let whole = client().get(&url).header("x-request-id", "whole").send().await.unwrap();
+    assert_eq!(sha256(&whole.bytes().await.unwrap()), digest);
+    // A client that reads the first bytes and hangs up (closing with unread data sends a reset).
+    let mut cut = std::net::TcpStream::connect(b.url.trim_start_matches("http://")).unwrap();
+    let request = format!("GET /v2/team/big/blobs/{digest} HTTP/1.1\r\nhost: berth\r\nx-request-id: cut\r\n\r\n");
+    std::io::Write::write_all(&mut cut, request.as_bytes()).unwrap();
+    std::io::Read::read_exact(&mut cut, &mut [0u8; 65536]).unwrap();
+    drop(cut);
+
+    let line = |id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = b
+                .log()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|l| l["target"] == "berth::access" && l["fields"]["request_id"] == id);
+            match found {
+                Some(l) => return l["fields"].clone(),
+                None if Instant::now() > deadline => panic!("no access line for {id}:\n{}", b.log()),
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    };
+    let whole = line("whole");
+    assert_eq!(whole["bytes"], blob.len() as u64);
+    assert_eq!(whole["complete"], true, "every byte was sent: {whole}");
+    let cut = line("cut");
+    assert!(cut["bytes"].as_u64().unwrap() < blob.len() as u64);
+    assert_eq!(cut["complete"], false, "the client went away midway: {cut}");
+}
+
 /// Cheap PNG checks without a decoder: the signature, the IHDR size, and enough compressed data
 /// to be more than a blank page (a blank page of the same size compresses to a few KiB).
 fn assert_screenshot(png: &Path, width: u32, height: u32, blank_len: u64) {

@@ -8,12 +8,14 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
@@ -42,7 +44,15 @@ fn sane(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-pub async fn access(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+/// 32 hex digits, unique across restarts: a random half chosen at startup and a counter. (A v4
+/// UUID per request cost a `getrandom` syscall each, visible in the manifest GET profile.)
+fn new_request_id() -> String {
+    static PREFIX: LazyLock<String> = LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!("{}{:016x}", *PREFIX, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn access(State(app): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request
         .headers()
@@ -50,7 +60,7 @@ pub async fn access(State(app): State<AppState>, mut request: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .filter(|v| sane(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        .unwrap_or_else(new_request_id);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let kind = endpoint::kind(&path);
@@ -72,7 +82,9 @@ pub async fn access(State(app): State<AppState>, mut request: Request, next: Nex
     if let Some(result) = cache {
         metrics.cache(kind, result);
     }
+    let length = response.headers().get(header::CONTENT_LENGTH);
     let line = Line {
+        length: length.and_then(|v| v.to_str().ok()?.parse().ok()),
         user: response.extensions_mut().remove::<User>().map(|u| u.0),
         status: response.status(),
         metrics,
@@ -101,6 +113,8 @@ struct Line {
     user: Option<String>,
     cache: Option<CacheResult>,
     status: StatusCode,
+    /// The response's Content-Length.
+    length: Option<u64>,
     bytes: u64,
     /// The body reached its end (rather than being dropped or failing midway).
     ended: bool,
@@ -176,8 +190,12 @@ impl http_body::Body for Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        let complete =
-            self.line.ended || http_body::Body::is_end_stream(&self.body) || self.line.method == Method::HEAD;
+        // hyper stops polling a body once it has sent Content-Length bytes, so a streamed body
+        // that was sent whole may never report its end.
+        let complete = self.line.ended
+            || http_body::Body::is_end_stream(&self.body)
+            || self.line.method == Method::HEAD
+            || self.line.length == Some(self.line.bytes);
         self.line.write(complete);
     }
 }

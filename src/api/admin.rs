@@ -28,7 +28,7 @@ pub struct Admin {
     pub policy: Policy,
 }
 
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/_berth/gc", post(run_gc))
         .route("/_berth/delete", post(delete))
@@ -53,7 +53,11 @@ struct GcQuery {
 
 /// Run a collection and stream it as NDJSON: progress lines, then `{"report": …}` or
 /// `{"error": …}`.
-async fn run_gc(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<GcQuery>) -> Result<Response, Error> {
+async fn run_gc(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<GcQuery>,
+) -> Result<Response, Error> {
     let admin = admin(&app, &headers)?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
@@ -95,7 +99,7 @@ struct DeleteQuery {
 
 /// Delete `repo:tag` (the tag) or `repo@digest` (the manifest and its tags), in any repository.
 async fn delete(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Response, Error> {
@@ -105,7 +109,7 @@ async fn delete(
     Ok(axum::Json(json!({ "deleted": q.reference })).into_response())
 }
 
-async fn du(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, Error> {
+async fn du(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, Error> {
     admin(&app, &headers)?;
     let store = app.registry.store().clone();
     let usage = tokio::task::spawn_blocking(move || gc::disk_usage(&store))

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
@@ -91,7 +92,7 @@ impl ClientLimits {
 }
 
 /// Middleware: refuse a client IP over its rate.
-pub async fn per_ip(State(app): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn per_ip(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if let Some(limiter) = &app.limits.per_ip {
         if let Some(ip) = app.limits.client_ip(request.headers(), request.extensions()) {
             if let Err(e) = check(limiter, &ip, &ip.to_string()) {

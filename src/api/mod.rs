@@ -84,6 +84,8 @@ pub fn router(state: AppState) -> Router {
 /// [`router`] plus `pages` (the web UI), all behind the same access log, request metrics and
 /// client rate limits.
 pub fn router_with(state: AppState, pages: Router) -> Router {
+    // Shared by reference: every request clones the state for each layer it passes through.
+    let state = Arc::new(state);
     Router::new()
         .route("/token", get(token::token).post(token::token))
         .merge(admin::routes())
@@ -117,7 +119,7 @@ struct Call<'a> {
     headers: &'a HeaderMap,
 }
 
-async fn dispatch(State(app): State<AppState>, request: Request) -> Response {
+async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let endpoint = match endpoint::parse(parts.uri.path()) {
         Ok(e) => e,

@@ -1,6 +1,8 @@
 //! Operations endpoints: `/metrics` (OpenMetrics text), `/healthz` (liveness) and `/readyz`
 //! (the store takes writes and the metadata store answers). None of them needs a login.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -10,7 +12,7 @@ use super::AppState;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, OPENMETRICS)], app.registry.metrics().encode()).into_response()
 }
 
@@ -20,7 +22,7 @@ pub async fn healthz() -> &'static str {
 }
 
 /// Readiness: 200 when the store works, else 503 with the reason as JSON.
-pub async fn readyz(State(app): State<AppState>) -> Response {
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     match app.registry.ready().await {
         Ok(()) => axum::Json(json!({ "status": "ready" })).into_response(),
         Err(reason) => {

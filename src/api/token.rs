@@ -1,6 +1,8 @@
 //! `GET|POST /token`: the built-in token service for the Bearer flows of docker, containerd and
 //! podman. Credentials come as Basic auth (GET) or an OAuth2 password form (POST).
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
@@ -15,7 +17,7 @@ use crate::service::{Error, Route};
 /// Largest token request body read (an OAuth2 form is tiny).
 const MAX_FORM: usize = 64 << 10;
 
-pub async fn token(State(app): State<AppState>, request: Request) -> Response {
+pub async fn token(State(app): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let mut params: Vec<(String, String)> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
         .into_owned()

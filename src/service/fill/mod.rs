@@ -11,12 +11,12 @@
 //! bytes cannot complete normally: on a mismatch the file is deleted and every reader's body ends
 //! in an error, which aborts the HTTP response.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use tokio::fs;
 use tokio::sync::watch;
 
@@ -25,11 +25,8 @@ use crate::oci::{Digest, Hasher, RepoName};
 use crate::store::{Origin, Spool, Spooled, Store};
 use crate::upstream::{self, Upstream};
 
-/// Bytes kept in memory, beyond those not yet written, for readers that trail the fill.
-const RECENT: usize = 4 << 20;
-
-/// Largest read (a mapped window) a trailing client makes from the file.
-const READ_CHUNK: usize = 1 << 20;
+mod reader;
+use reader::Recent;
 
 /// The progress of one fill, broadcast to its readers.
 #[derive(Clone, Debug)]
@@ -277,40 +274,6 @@ impl Job {
     }
 }
 
-/// The bytes of a fill still in memory: a window that ends at the bytes received so far.
-#[derive(Default)]
-struct Recent {
-    /// Offset of the first byte of `chunks`.
-    start: u64,
-    chunks: VecDeque<Bytes>,
-    len: usize,
-}
-
-impl Recent {
-    /// The bytes from `pos` up to (not past) `limit`, as one of the upstream's buffers.
-    fn slice(&self, pos: u64, limit: u64) -> Option<Bytes> {
-        if pos < self.start {
-            return None;
-        }
-        let mut chunk_end = self.start + self.len as u64;
-        for chunk in self.chunks.iter().rev() {
-            let chunk_start = chunk_end - chunk.len() as u64;
-            if pos >= chunk_start && pos < chunk_end {
-                let (from, to) = (pos - chunk_start, limit.min(chunk_end) - chunk_start);
-                return Some(chunk.slice(from as usize..to as usize));
-            }
-            chunk_end = chunk_start;
-        }
-        None
-    }
-
-    fn clear(&mut self) {
-        self.start += self.len as u64;
-        self.chunks.clear();
-        self.len = 0;
-    }
-}
-
 impl Fill {
     /// The spool has written the first `written` bytes to the file.
     fn written(&self, written: u64) {
@@ -321,29 +284,14 @@ impl Fill {
         });
     }
 
-    /// Add a batch that brings the bytes received to `received`. The window then drops its oldest
-    /// bytes beyond `RECENT`, but only those already in the file, so every byte received stays
-    /// readable from one place or the other.
+    /// Add a batch that brings the bytes received to `received` to the window readers are served
+    /// from, and announce it.
     fn offer(&self, batch: &[Bytes], received: u64) {
         let written = match *self.progress.borrow() {
             Progress::Streaming { written, .. } => written,
             _ => 0,
         };
-        let mut recent = self.recent.lock().expect("recent lock");
-        for chunk in batch {
-            recent.len += chunk.len();
-            recent.chunks.push_back(chunk.clone());
-        }
-        while recent.len > RECENT {
-            let first = recent.chunks.front().map_or(0, |c| c.len());
-            if recent.start + first as u64 > written {
-                break;
-            }
-            recent.chunks.pop_front();
-            recent.start += first as u64;
-            recent.len -= first;
-        }
-        drop(recent);
+        self.recent.lock().expect("recent lock").add(batch, written);
         self.progress.send_modify(|p| {
             if let Progress::Streaming { received: r, .. } = p {
                 *r = received;
@@ -389,210 +337,5 @@ impl Fill {
                 return Err(FillError::Io("fill ended without a result".into()));
             }
         }
-    }
-
-    /// The blob's bytes as they arrive; the final byte only after verification. `published` is
-    /// where the blob lives once the fill is done (for readers that join late). `waiter` counts
-    /// this client until the stream is dropped.
-    pub fn stream(
-        self: Arc<Self>,
-        published: PathBuf,
-        waiter: Tracked,
-    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-        let state = Reader {
-            _waiter: waiter,
-            fill: self.clone(),
-            rx: self.progress.subscribe(),
-            file: None,
-            pos: 0,
-            published,
-            verified: None,
-        };
-        futures_util::stream::unfold(state, |mut r| async move { r.next().await.map(|item| (item, r)) })
-    }
-}
-
-struct Reader {
-    _waiter: Tracked,
-    fill: Arc<Fill>,
-    rx: watch::Receiver<Progress>,
-    file: Option<Arc<std::fs::File>>,
-    pos: u64,
-    published: PathBuf,
-    /// The size, once the bytes are known to match the digest.
-    verified: Option<u64>,
-}
-
-impl Reader {
-    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
-        loop {
-            let progress = self.rx.borrow_and_update().clone();
-            let (allowed, in_file, done) = match progress {
-                Progress::Connecting => (0, 0, false),
-                // Hold back the last byte until the digest has verified.
-                Progress::Streaming {
-                    size: Some(size),
-                    received,
-                    written,
-                } => (received.min(size.saturating_sub(1)), written, false),
-                Progress::Streaming {
-                    size: None,
-                    received,
-                    written,
-                } => (received, written, false),
-                Progress::Verified { size } | Progress::Done { size } => {
-                    self.verified = Some(size);
-                    (size, size, true)
-                }
-                // Caching failed after the bytes verified (say, a full disk): this response is
-                // still correct and may finish from the file it has open.
-                Progress::Failed(_) if self.verified.is_some() => {
-                    let size = self.verified.unwrap_or(0);
-                    (size, size, true)
-                }
-                Progress::Failed(e) => {
-                    return Some(Err(std::io::Error::other(format!(
-                        "upstream fill of {} failed: {e:?}",
-                        self.fill.digest
-                    ))));
-                }
-            };
-            if self.pos < allowed {
-                let recent = self.fill.recent.lock().expect("recent lock").slice(self.pos, allowed);
-                if let Some(bytes) = recent {
-                    self.pos += bytes.len() as u64;
-                    return Some(Ok(bytes));
-                }
-                // Fallen behind the window: the bytes are in the file (`offer` keeps them in
-                // memory until they are).
-                if self.pos < in_file {
-                    return Some(self.read(allowed.min(in_file), done).await);
-                }
-            } else if done {
-                return None;
-            }
-            if self.rx.changed().await.is_err() {
-                return Some(Err(std::io::Error::other("cache fill vanished")));
-            }
-        }
-    }
-
-    async fn read(&mut self, allowed: u64, done: bool) -> std::io::Result<Bytes> {
-        let (temp, published, pos) = (self.fill.temp.clone(), self.published.clone(), self.pos);
-        let file = self.file.clone();
-        let want = (allowed - self.pos).min(READ_CHUNK as u64) as usize;
-        // Open (first time) and read at `pos` in one blocking call.
-        let (file, buf) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let file = match file {
-                Some(f) => f,
-                None => Arc::new(match std::fs::File::open(&temp) {
-                    Ok(f) => f,
-                    // Renamed into the store already: read the published blob.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && done => std::fs::File::open(&published)?,
-                    Err(e) => return Err(e),
-                }),
-            };
-            // Bytes below `written` are never rewritten (the writer only appends): mappable.
-            let bytes = crate::store::map(&file, pos, want)?;
-            Ok((file, bytes))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        self.file = Some(file);
-        self.pos += buf.len() as u64;
-        Ok(buf)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use prometheus_client::metrics::gauge::Gauge;
-    use std::time::Duration;
-
-    const CHUNK: usize = 64 << 10;
-
-    fn fill_in(dir: &std::path::Path, size: u64) -> Arc<Fill> {
-        let (progress, _) = watch::channel(Progress::Streaming {
-            size: Some(size),
-            received: 0,
-            written: 0,
-        });
-        Arc::new(Fill {
-            digest: Digest::sha256_of(b""),
-            temp: dir.join("fill"),
-            progress,
-            recent: Mutex::default(),
-        })
-    }
-
-    /// Everything the stream yields until it has nothing more for a while; whether it ended.
-    async fn drain(stream: &mut (impl Stream<Item = std::io::Result<Bytes>> + Unpin), out: &mut Vec<u8>) -> bool {
-        loop {
-            match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
-                Ok(Some(item)) => out.extend_from_slice(&item.expect("a chunk")),
-                Ok(None) => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-
-    #[test]
-    fn the_window_never_drops_bytes_that_are_not_in_the_file_yet() {
-        let dir = tempfile::tempdir().unwrap();
-        let fill = fill_in(dir.path(), (RECENT * 3) as u64);
-        let chunk = Bytes::from(vec![7u8; CHUNK]);
-        for i in 1..=(RECENT * 3 / CHUNK) {
-            fill.offer(std::slice::from_ref(&chunk), (i * CHUNK) as u64);
-        }
-        let recent = fill.recent.lock().unwrap();
-        assert_eq!(
-            (recent.start, recent.len),
-            (0, RECENT * 3),
-            "nothing is written, so all stays"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_reader_behind_the_window_gets_every_byte_from_the_file_and_the_last_only_once_verified() {
-        let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..RECENT * 3 + 12345).map(|i| (i % 251) as u8).collect();
-        let fill = fill_in(dir.path(), data.len() as u64);
-        std::fs::write(&fill.temp, &data).unwrap();
-        fill.written(data.len() as u64);
-        let mut received = 0;
-        for chunk in data.chunks(CHUNK) {
-            received += chunk.len() as u64;
-            fill.offer(&[Bytes::copy_from_slice(chunk)], received);
-        }
-        let window = fill.recent.lock().unwrap().start;
-        assert!(window > 0, "the window dropped the written bytes beyond RECENT");
-
-        let gauge = Gauge::default();
-        let mut reader = Box::pin(fill.clone().stream(dir.path().join("published"), Tracked::new(&gauge)));
-        let mut got = Vec::new();
-        assert!(!drain(&mut reader, &mut got).await, "the body waits for verification");
-        assert_eq!(got.len(), data.len() - 1, "all but the last byte before verification");
-        fill.progress.send_replace(Progress::Verified {
-            size: data.len() as u64,
-        });
-        assert!(drain(&mut reader, &mut got).await, "the body ends once verified");
-        assert!(got == data, "the bytes, from the file and then the window, in order");
-    }
-
-    #[tokio::test]
-    async fn readers_of_a_corrupt_fill_end_in_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let fill = fill_in(dir.path(), 10);
-        fill.offer(&[Bytes::from_static(b"0123456789")], 10);
-        let gauge = Gauge::default();
-        let mut reader = Box::pin(fill.clone().stream(dir.path().join("published"), Tracked::new(&gauge)));
-        assert_eq!(reader.next().await.unwrap().unwrap(), Bytes::from_static(b"012345678"));
-        fill.progress
-            .send_replace(Progress::Failed(FillError::Corrupt("hash mismatch".into())));
-        assert!(
-            reader.next().await.unwrap().is_err(),
-            "an error, so the response aborts"
-        );
     }
 }

@@ -59,8 +59,12 @@ def random_file(path, mib):
 
 
 def wait_quiet(busy=0.25):
-    """Wait (at most QUIET_LIMIT s) until under `busy` of the CPUs is in use over half a second, so a
-    proxy still filling its cache, or the hub still hashing a seed, cannot slow the next measurement."""
+    """Wait until the disk has written back what earlier measurements left dirty, then (at most
+    QUIET_LIMIT s) until under `busy` of the CPUs is in use over half a second, so a proxy still
+    filling its cache, or the hub still hashing a seed, cannot slow the next measurement. The
+    disk matters since W5: the reference never fsyncs a push, so up to --reps x --mib of its data
+    was still being written back during W6, which made the cold rows swing by 2x."""
+    os.sync()
     def cpu():  # jiffies: (total, idle + iowait)
         v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
         return sum(v), v[3] + v[4]

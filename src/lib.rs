@@ -1,7 +1,8 @@
 //! berth: an OCI Distribution registry and pull-through mirror.
 //!
 //! Dependencies point one way: `api | ui → service → store → oci`, with `metrics` a leaf that every
-//! layer counts into. `main` builds the concrete parts.
+//! layer counts into, and `sendfile` a leaf that `store` registers mapped blob windows with and
+//! `server` sends them through. `main` builds the concrete parts.
 
 pub mod api;
 pub mod auth;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod gc;
 pub mod metrics;
 pub mod oci;
+pub mod sendfile;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -1,5 +1,6 @@
-//! Serving: plain HTTP or TLS (rustls, HTTP/2 and HTTP/1.1 by ALPN), certificate reload when the
-//! files change or on SIGHUP, and graceful shutdown on SIGTERM.
+//! Serving: plain HTTP (blob bodies sent with `sendfile`, see [`crate::sendfile`]) or TLS (rustls,
+//! HTTP/2 and HTTP/1.1 by ALPN), certificate reload when the files change or on SIGHUP, and
+//! graceful shutdown on SIGTERM.
 //!
 //! Shutdown: on SIGTERM or Ctrl-C (or when the caller cancels `stop`), `stop` is cancelled so
 //! background tasks can end, the listener closes, and connections in flight get the drain timeout
@@ -38,7 +39,13 @@ pub async fn serve(app: Router, options: Options, stop: CancellationToken) -> st
     tokio::spawn(shutdown_on_signal(handle.clone(), stop, options.drain_timeout));
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match options.tls {
-        None => axum_server::bind(options.addr).handle(handle).serve(service).await,
+        None => {
+            axum_server::bind(options.addr)
+                .acceptor(crate::sendfile::Acceptor)
+                .handle(handle)
+                .serve(service)
+                .await
+        }
         Some(files) => {
             let config = RustlsConfig::from_pem_file(&files.cert, &files.key).await?;
             tokio::spawn(reload_certificates(config.clone(), files));

@@ -1,15 +1,16 @@
-//! Serving a published blob without copying it through user space: each window of the file is
-//! memory-mapped and handed on as `Bytes` that own the mapping, so the only copy left is the
-//! kernel's, from the page cache into the socket. A profile of warm blob GETs showed two copies
-//! before this (page cache to tokio's buffer, then to the body's buffer) costing a third of the
-//! CPU. True zero-copy (`sendfile`) is out of reach because hyper owns the socket.
+//! Serving a blob without copying it through user space: each window of the file is
+//! memory-mapped and handed on as `Bytes` that own the mapping. A profile of warm blob GETs showed
+//! two copies before this (page cache to tokio's buffer, then to the body's buffer) costing a third
+//! of the CPU. Each window is also registered with [`crate::sendfile`], so a plain HTTP
+//! connection sends it with `sendfile` and never touches the mapping; over TLS the encryption
+//! reads the mapped pages.
 
 use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use memmap2::{Advice, MmapOptions};
+use memmap2::{Advice, Mmap, MmapOptions};
 
 use super::BlobFile;
 
@@ -31,7 +32,7 @@ impl BlobFile {
         futures_util::stream::iter(windows)
             .map(move |(pos, n)| {
                 let file = file.clone();
-                // Mapping with populate reads pages that are not cached yet: a blocking call.
+                // Mapping and asking for readahead are system calls that may wait for the disk.
                 async move {
                     tokio::task::spawn_blocking(move || map(&file, pos, n as usize))
                         .await
@@ -47,7 +48,7 @@ impl BlobFile {
 /// under tmp/, verified, fsynced and renamed into place, and never opened for writing again), and
 /// a cache fill only appends to its temporary file. Deleting a file (garbage collection, a failed
 /// fill) unlinks it, which leaves an existing mapping intact.
-pub fn map(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
+pub fn map(file: &Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
     // Touching a mapped page past the end of the file raises SIGBUS, which would end the process:
     // check first, so a file shorter than expected is an error instead.
     if file.metadata()?.len() < offset + len as u64 {
@@ -57,8 +58,27 @@ pub fn map(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Bytes> {
         ));
     }
     // SAFETY: see above; the bytes mapped are immutable for as long as the mapping lives.
-    let map = unsafe { MmapOptions::new().offset(offset).len(len).populate().map(file)? };
-    // Advice only; the window is read once, front to back.
-    let _ = map.advise(Advice::Sequential);
-    Ok(Bytes::from_owner(map))
+    let map = unsafe { MmapOptions::new().offset(offset).len(len).map(&**file)? };
+    // Start reading the window into the page cache now, so sending it rarely waits for the disk.
+    // Advice only: without it the bytes are read when sent.
+    let _ = map.advise(Advice::WillNeed);
+    crate::sendfile::register(map.as_ptr(), len, file.clone(), offset);
+    Ok(Bytes::from_owner(Window(map)))
+}
+
+/// A mapped window, registered for `sendfile` for as long as it is mapped.
+struct Window(Mmap);
+
+impl AsRef<[u8]> for Window {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // Before the mapping goes (the field drops after this), so an address is never
+        // registered for two windows.
+        crate::sendfile::unregister(self.0.as_ptr());
+    }
 }

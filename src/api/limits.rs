@@ -93,12 +93,11 @@ impl ClientLimits {
 
 /// Middleware: refuse a client IP over its rate.
 pub async fn per_ip(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if let Some(limiter) = &app.limits.per_ip {
-        if let Some(ip) = app.limits.client_ip(request.headers(), request.extensions()) {
-            if let Err(e) = check(limiter, &ip, &ip.to_string()) {
-                return e.into_response();
-            }
-        }
+    if let Some(limiter) = &app.limits.per_ip
+        && let Some(ip) = app.limits.client_ip(request.headers(), request.extensions())
+        && let Err(e) = check(limiter, &ip, &ip.to_string())
+    {
+        return e.into_response();
     }
     next.run(request).await
 }

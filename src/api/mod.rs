@@ -130,10 +130,10 @@ async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Respons
     };
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let who = app.auth.identify(authorization).await;
-    if let Some(user) = &who.user {
-        if let Err(e) = app.limits.check_user(user) {
-            return e.into_response();
-        }
+    if let Some(user) = &who.user
+        && let Err(e) = app.limits.check_user(user)
+    {
+        return e.into_response();
     }
     let client = app
         .limits

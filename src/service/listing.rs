@@ -40,15 +40,15 @@ impl Registry {
     /// the upstream cannot answer).
     pub async fn tags(&self, route: &Route, last: Option<&str>, n: usize) -> Result<Page> {
         let n = n.min(MAX_PAGE);
-        if let Route::Proxied(p) = route {
-            if let Some(all) = self.proxied_tags(p).await {
-                let after = all
-                    .into_iter()
-                    .filter(|t| last.is_none_or(|l| t.as_str() > l))
-                    .take(n + 1)
-                    .collect();
-                return Ok(paginate(after, n));
-            }
+        if let Route::Proxied(p) = route
+            && let Some(all) = self.proxied_tags(p).await
+        {
+            let after = all
+                .into_iter()
+                .filter(|t| last.is_none_or(|l| t.as_str() > l))
+                .take(n + 1)
+                .collect();
+            return Ok(paginate(after, n));
         }
         let repo = route.local();
         let tags = self

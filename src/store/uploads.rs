@@ -145,13 +145,13 @@ impl Uploads {
         let slot = self.slot(id);
         let mut guard = slot.lock().await;
         let session = self.load(id, &mut guard).await?;
-        if let Some(r) = range {
-            if r.start != session.len {
-                return Err(Error::RangeMismatch {
-                    start: r.start,
-                    offset: session.len,
-                });
-            }
+        if let Some(r) = range
+            && r.start != session.len
+        {
+            return Err(Error::RangeMismatch {
+                start: r.start,
+                offset: session.len,
+            });
         }
         let before = (session.len, session.hasher.clone());
         let declared = range.map(|r| r.end + 1 - r.start);

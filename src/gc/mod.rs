@@ -143,18 +143,23 @@ fn cached_view(store: &Store) -> store::Result<Vec<Cached>> {
         .collect())
 }
 
-/// Untagged private manifests that nothing else in their repository points to (not an index's
-/// child, not a referrer of a subject).
-fn untagged(store: &Store) -> store::Result<Vec<(RepoName, Digest)>> {
-    let mut out = Vec::new();
-    let manifests = store.meta.all_manifests()?;
-    let private: HashSet<RepoName> = store
+/// The repositories that take pushes (as opposed to caching an upstream).
+fn private_repos(store: &Store) -> store::Result<HashSet<RepoName>> {
+    Ok(store
         .meta
         .all_repos()?
         .into_iter()
         .filter(|(_, info)| info.origin == Origin::Private)
         .map(|(r, _)| r)
-        .collect();
+        .collect())
+}
+
+/// Untagged private manifests that nothing else in their repository points to (not an index's
+/// child, not a referrer of a subject).
+fn untagged(store: &Store) -> store::Result<Vec<(RepoName, Digest)>> {
+    let mut out = Vec::new();
+    let manifests = store.meta.all_manifests()?;
+    let private = private_repos(store)?;
     for repo in &private {
         let tagged: HashSet<Digest> = store.meta.tag_targets(repo)?.into_iter().map(|(_, d)| d).collect();
         let mine: Vec<_> = manifests.iter().filter(|(r, _, _)| r == repo).collect();

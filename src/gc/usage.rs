@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::oci::{Digest, RepoName};
+use crate::oci::Digest;
 use crate::store::{self, Origin, Store};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,13 +35,7 @@ pub struct Usage {
 /// to whether a private repository's manifest is among them. This is the rule garbage collection
 /// sweeps by, so "unreferenced" means the same everywhere it is reported.
 pub fn referenced(store: &Store) -> store::Result<HashMap<Digest, bool>> {
-    let private: HashSet<RepoName> = store
-        .meta
-        .all_repos()?
-        .into_iter()
-        .filter(|(_, info)| info.origin == Origin::Private)
-        .map(|(r, _)| r)
-        .collect();
+    let private = super::private_repos(store)?;
     let mut out: HashMap<Digest, bool> = HashMap::new();
     for (repo, digest, record) in store.meta.all_manifests()? {
         let is_private = private.contains(&repo);

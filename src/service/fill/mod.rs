@@ -233,7 +233,7 @@ impl Job {
     ) -> Result<u64, FillError> {
         let io = |e: std::io::Error| FillError::Io(e.to_string());
         let mut body = response.bytes_stream();
-        let (mut received, mut offered) = (0u64, 0u64);
+        let mut received = 0u64;
         loop {
             let chunk = body
                 .next()
@@ -256,8 +256,9 @@ impl Job {
                 None => spool.flush().await.map_err(io)?,
             };
             if let Some(batch) = batch {
-                offered += batch.iter().map(|b| b.len() as u64).sum::<u64>();
-                self.fill.offer(&batch, offered);
+                // A batch is handed over complete up to the chunk just pushed (or, at the end,
+                // everything): it brings the bytes offered to all of `received`.
+                self.fill.offer(&batch, received);
             }
             if end {
                 return Ok(received);

@@ -45,11 +45,33 @@ pub(crate) fn unregister(at: *const u8) {
 }
 
 /// The file, the offset in it and the bytes left in the window, if `at` lies in a window.
-fn lookup(at: *const u8) -> Option<(RawFd, u64, usize)> {
+fn lookup(windows: &BTreeMap<usize, Window>, at: *const u8) -> Option<(RawFd, u64, usize)> {
     let at = at as usize;
-    let windows = WINDOWS.lock().expect("windows lock");
     let (&start, w) = windows.range(..=at).next_back()?;
     (at < start + w.len).then(|| (w.file.as_raw_fd(), w.offset + (at - start) as u64, start + w.len - at))
+}
+
+/// What a vectored write of `bufs` should do next.
+enum Next {
+    /// `len` bytes from the file at `offset`: the first buffer lies in a mapped window.
+    Sendfile { file: RawFd, offset: u64, len: usize },
+    /// An ordinary write of `bufs[first..end]`, which stops before the next mapped window.
+    Write { first: usize, end: usize },
+}
+
+/// Plan the next write under one lock of the registry.
+fn next(bufs: &[IoSlice<'_>]) -> Option<Next> {
+    let first = bufs.iter().position(|b| !b.is_empty())?;
+    let windows = WINDOWS.lock().expect("windows lock");
+    if let Some((file, offset, left)) = lookup(&windows, bufs[first].as_ptr()) {
+        let len = bufs[first].len().min(left);
+        return Some(Next::Sendfile { file, offset, len });
+    }
+    let end = bufs[first..]
+        .iter()
+        .position(|b| !b.is_empty() && lookup(&windows, b.as_ptr()).is_some())
+        .map_or(bufs.len(), |n| first + n);
+    Some(Next::Write { first, end })
 }
 
 /// Accepts plain TCP connections as [`Stream`]s.
@@ -104,18 +126,12 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
-            return Poll::Ready(Ok(0));
-        };
-        if let Some((file, offset, left)) = lookup(bufs[first].as_ptr()) {
-            return self.poll_sendfile(cx, file, offset, bufs[first].len().min(left));
+        match next(bufs) {
+            None => Poll::Ready(Ok(0)),
+            Some(Next::Sendfile { file, offset, len }) => self.poll_sendfile(cx, file, offset, len),
+            // Ordinary bytes (headers, manifests): write them up to the next mapped window.
+            Some(Next::Write { first, end }) => Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs[first..end]),
         }
-        // Ordinary bytes (headers, manifests): write them up to the next mapped window.
-        let end = bufs[first..]
-            .iter()
-            .position(|b| !b.is_empty() && lookup(b.as_ptr()).is_some())
-            .map_or(bufs.len(), |n| first + n);
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs[first..end])
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -148,11 +164,12 @@ mod tests {
         let at = 0x7000_0000_1000usize as *const u8;
         register(at, 0x100, file.clone(), 5000);
         let fd = file.as_raw_fd();
-        assert_eq!(lookup(at), Some((fd, 5000, 0x100)));
-        assert_eq!(lookup(at.wrapping_add(0xff)), Some((fd, 5000 + 0xff, 1)));
-        assert_eq!(lookup(at.wrapping_add(0x100)), None, "one past the end");
-        assert_eq!(lookup(at.wrapping_sub(1)), None, "one before the start");
+        let find = |at: *const u8| lookup(&WINDOWS.lock().unwrap(), at);
+        assert_eq!(find(at), Some((fd, 5000, 0x100)));
+        assert_eq!(find(at.wrapping_add(0xff)), Some((fd, 5000 + 0xff, 1)));
+        assert_eq!(find(at.wrapping_add(0x100)), None, "one past the end");
+        assert_eq!(find(at.wrapping_sub(1)), None, "one before the start");
         unregister(at);
-        assert_eq!(lookup(at), None, "gone once unregistered");
+        assert_eq!(find(at), None, "gone once unregistered");
     }
 }

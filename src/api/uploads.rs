@@ -80,14 +80,20 @@ pub async fn start(
     let Some(digest) = digest else {
         return Ok(session(repo, &state, StatusCode::ACCEPTED));
     };
-    // Monolithic: the client never saw the session, so a failure must not leave it open.
-    if let Err(e) = reg
-        .finish_upload(repo, &state.id, &digest, chunk_range(h)?, body_stream(body))
-        .await
-    {
+    // Monolithic: the client never saw the session, so neither a failure nor a request cut off
+    // mid-body may leave it open.
+    let guard = reg.cancel_on_drop(repo, &state.id);
+    let finished = async {
+        reg.finish_upload(repo, &state.id, &digest, chunk_range(h)?, body_stream(body))
+            .await
+    }
+    .await;
+    if let Err(e) = finished {
         let _ = reg.cancel_upload(repo, &state.id).await;
+        guard.disarm();
         return Err(e);
     }
+    guard.disarm();
     Ok(created(repo, &digest))
 }
 

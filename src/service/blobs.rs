@@ -74,16 +74,30 @@ impl Registry {
     /// Start an upload session for `owner` (a user name or client address); `resumable` unless
     /// it is a monolithic upload finished in the same request.
     pub async fn start_upload(&self, repo: &RepoName, owner: &str, resumable: bool) -> Result<UploadState> {
-        self.sessions.admit(owner)?;
-        let id = match self.store.uploads.create(repo, resumable).await {
-            Ok(id) => id,
-            Err(e) => {
-                self.sessions.release_one(owner);
-                return Err(e.into());
-            }
-        };
-        self.sessions.record(owner, &id);
+        let id = self
+            .store
+            .uploads
+            .create(repo, owner, resumable, self.session_limit)
+            .await
+            .map_err(|e| match e {
+                store::Error::SessionLimit { limit } => Error::TooManyRequests {
+                    retry_after: 30,
+                    reason: format!("{owner} already has {limit} upload sessions open; finish or cancel one"),
+                },
+                other => other.into(),
+            })?;
         Ok(UploadState { id, len: 0 })
+    }
+
+    /// A guard that cancels the session `id` if it is dropped before [`CancelOnDrop::disarm`]:
+    /// a monolithic upload's session is the request's alone, so a request cut off mid-body
+    /// must not leave it (and its place in the client's session count) behind.
+    pub fn cancel_on_drop(&self, repo: &RepoName, id: &str) -> CancelOnDrop {
+        CancelOnDrop {
+            registry: Some(self.clone()),
+            repo: repo.clone(),
+            id: id.to_owned(),
+        }
     }
 
     /// Link `digest` from `from` into `repo` when `from` holds it, else start a session.
@@ -152,7 +166,6 @@ impl Registry {
             .uploads
             .append(&state.id, range, body, MAX_UPLOAD_BYTES)
             .await?;
-        self.sessions.end(&state.id); // finishing ends the session, verified or not
         let _fence = self.store.fence.read().await; // publish and link as one step for GC (see `gc`)
         self.store
             .uploads
@@ -170,7 +183,6 @@ impl Registry {
 
     pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<()> {
         let state = self.session(repo, id).await?;
-        self.sessions.end(&state.id);
         Ok(self.store.uploads.cancel(&state.id).await?)
     }
 
@@ -180,64 +192,31 @@ impl Registry {
     }
 }
 
-/// Open upload sessions per client, so one client cannot exhaust the uploads area. Counts live in
-/// memory: sessions left over from before a restart are not counted (GC purges them by age).
-pub(super) struct Sessions {
-    limit: u32,
-    state: std::sync::Mutex<SessionCounts>,
+/// See [`Registry::cancel_on_drop`].
+pub struct CancelOnDrop {
+    registry: Option<Registry>,
+    repo: RepoName,
+    id: String,
 }
 
-#[derive(Default)]
-struct SessionCounts {
-    open: std::collections::HashMap<String, u32>,
-    /// Reserved by `admit`, not yet created.
-    owner_of: std::collections::HashMap<String, String>,
-}
-
-impl Sessions {
-    pub(super) fn new(limit: u32) -> Sessions {
-        Sessions {
-            limit,
-            state: Default::default(),
-        }
+impl CancelOnDrop {
+    /// The request finished (either way) and dealt with the session itself.
+    pub fn disarm(mut self) {
+        self.registry = None;
     }
+}
 
-    /// Reserve a session for `owner`, or refuse with 429.
-    fn admit(&self, owner: &str) -> Result<()> {
-        let mut s = self.state.lock().expect("sessions lock");
-        let open = s.open.entry(owner.to_owned()).or_default();
-        if *open >= self.limit {
-            return Err(Error::TooManyRequests {
-                retry_after: 30,
-                reason: format!(
-                    "{owner} already has {} upload sessions open; finish or cancel one",
-                    self.limit
-                ),
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(registry) = self.registry.take() else {
+            return;
+        };
+        let (repo, id) = (self.repo.clone(), std::mem::take(&mut self.id));
+        // Drop cannot wait; the cancel waits for the session's lock (and any writer) itself.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = registry.cancel_upload(&repo, &id).await;
             });
-        }
-        *open += 1;
-        Ok(())
-    }
-
-    fn record(&self, owner: &str, id: &str) {
-        self.state
-            .lock()
-            .expect("sessions lock")
-            .owner_of
-            .insert(id.to_owned(), owner.to_owned());
-    }
-
-    fn release_one(&self, owner: &str) {
-        let mut s = self.state.lock().expect("sessions lock");
-        if let Some(n) = s.open.get_mut(owner) {
-            *n = n.saturating_sub(1);
-        }
-    }
-
-    fn end(&self, id: &str) {
-        let owner = self.state.lock().expect("sessions lock").owner_of.remove(id);
-        if let Some(owner) = owner {
-            self.release_one(&owner);
         }
     }
 }

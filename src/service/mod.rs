@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub use blobs::{Mount, UploadState};
+pub use blobs::{CancelOnDrop, Mount, UploadState};
 pub use browse::{Item, ManifestView, RepoList, RepoSummary, RepoView, TagRow};
 pub use listing::{Page, listing_limit};
 pub use manifests::{ManifestBody, ManifestHead, PutManifest};
@@ -109,7 +109,8 @@ pub struct Registry {
     fills: Arc<fill::Fills>,
     /// When each proxied tag was last confirmed with its upstream.
     fresh_tags: Arc<Mutex<HashMap<(RepoName, Tag), Instant>>>,
-    sessions: Arc<blobs::Sessions>,
+    /// Upload sessions one client may hold open at once.
+    session_limit: u32,
     /// Pulls noted in memory, flushed to the metadata store in batches.
     pulls: Arc<crate::cache::Pulls>,
     metrics: Arc<Metrics>,
@@ -133,7 +134,7 @@ impl Registry {
             private: Arc::default(),
             fills: Arc::new(fill::Fills::new(metrics.clone())),
             fresh_tags: Arc::default(),
-            sessions: Arc::new(blobs::Sessions::new(u32::MAX)),
+            session_limit: u32::MAX,
             pulls: Arc::default(),
             metrics,
             usage: Arc::default(),
@@ -153,7 +154,7 @@ impl Registry {
 
     /// At most `limit` open upload sessions per client.
     pub fn with_upload_session_limit(mut self, limit: u32) -> Registry {
-        self.sessions = Arc::new(blobs::Sessions::new(limit));
+        self.session_limit = limit;
         self
     }
 

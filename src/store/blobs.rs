@@ -116,12 +116,20 @@ impl Blobs {
     }
 
     /// Atomically move an fsynced, verified file into place, then fsync the directory so the
-    /// rename itself survives a crash. Publishing a blob that exists already is a no-op.
+    /// rename itself survives a crash. A blob file is never replaced: when the digest is already
+    /// published, the existing (verified) file stays and `verified` is discarded.
     pub async fn publish(&self, verified: &Path, digest: &Digest) -> Result<()> {
         let dest = self.path(digest);
         let dir = dest.parent().expect("blob path has a parent").to_owned();
         fs::create_dir_all(&dir).await?;
-        fs::rename(verified, &dest).await?;
+        let source = verified.to_owned();
+        let placed = tokio::task::spawn_blocking(move || rename_noreplace(&source, &dest))
+            .await
+            .map_err(io::Error::other)??;
+        if !placed {
+            fs::remove_file(verified).await?;
+            return Ok(());
+        }
         fs::File::open(&dir).await?.sync_all().await?;
         Ok(())
     }
@@ -226,5 +234,58 @@ impl Blobs {
             }
         }
         Ok(out)
+    }
+}
+
+/// Rename `from` to `to` unless `to` exists; returns whether it was renamed. `renameat2` with
+/// `RENAME_NOREPLACE` makes the check and the rename one atomic step (std's `rename` replaces);
+/// on a filesystem without it, a hard link, which also fails on an existing name, does the same.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (cfrom, cto) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them like `rename` does.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cfrom.as_ptr(),
+            libc::AT_FDCWD,
+            cto.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EEXIST) => Ok(false),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => match std::fs::hard_link(from, to) {
+            Ok(()) => std::fs::remove_file(from).map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        },
+        _ => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn publishing_an_existing_digest_keeps_the_existing_file() {
+        let root = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(root.path()).unwrap();
+        let digest = Digest::sha256_of(b"the real layer");
+        blobs.write(&digest, b"the real layer").await.unwrap();
+        // Someone publishes other bytes under the same name (a bug or an attack upstream of
+        // `publish`): the verified file stays.
+        let impostor = blobs.temp_path();
+        std::fs::write(&impostor, b"something else").unwrap();
+        blobs.publish(&impostor, &digest).await.unwrap();
+        assert_eq!(blobs.read(&digest).await.unwrap().unwrap().as_ref(), b"the real layer");
+        assert!(!impostor.exists(), "the discarded file is removed");
     }
 }

@@ -47,6 +47,10 @@ pub struct ManifestRecord {
 pub struct UploadRecord {
     pub repo: RepoName,
     pub started: u64,
+    /// The client that opened it (a user name or an address), for the per-client session limit.
+    /// Empty for sessions recorded before berth kept it.
+    #[serde(default)]
+    pub owner: String,
 }
 
 /// Seconds since the Unix epoch.

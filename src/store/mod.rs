@@ -55,6 +55,8 @@ pub enum Error {
     Body(io::Error),
     #[error("the store is open in another process (a running berth server)")]
     Locked,
+    #[error("this client already has {limit} upload sessions open; finish or cancel one")]
+    SessionLimit { limit: u32 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -13,7 +13,7 @@ use std::io::{self, IoSlice, Write};
 use bytes::Bytes;
 
 use crate::oci::{Digest, Hasher};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio::task::JoinHandle;
 
 /// Bytes gathered before a hand-off to the writer.
@@ -44,22 +44,25 @@ pub struct Spooled {
 
 impl Spool {
     /// For an upload: the caller hashes; the writer starts writeback every `WRITEBACK_EVERY`
-    /// bytes, because the response waits for the fsync that publishes the blob.
-    pub fn for_upload(file: std::fs::File) -> Spool {
-        Spool::start(file, None, true, |_| {})
+    /// bytes, because the response waits for the fsync that publishes the blob. The writer thread
+    /// holds `busy` until it exits, which may be after this spool was dropped with batches still
+    /// queued: whoever touches the file next waits for that lock.
+    pub fn for_upload(file: std::fs::File, busy: OwnedMutexGuard<()>) -> Spool {
+        Spool::start(file, None, true, Some(busy), |_| {})
     }
 
     /// For a cache fill: the writer hashes, and tells `on_written` how far the file goes after
     /// each batch. No early writeback: no response waits for the fsync, and on this VM's disk
     /// writeback during the transfer slowed cold GETs.
     pub fn for_fill(file: std::fs::File, hasher: Hasher, on_written: impl FnMut(u64) + Send + 'static) -> Spool {
-        Spool::start(file, Some(hasher), false, on_written)
+        Spool::start(file, Some(hasher), false, None, on_written)
     }
 
     fn start(
         file: std::fs::File,
         hasher: Option<Hasher>,
         writeback: bool,
+        busy: Option<OwnedMutexGuard<()>>,
         on_written: impl FnMut(u64) + Send + 'static,
     ) -> Spool {
         let (queue, batches) = mpsc::channel(QUEUE);
@@ -67,6 +70,7 @@ impl Spool {
             file,
             hasher,
             writeback,
+            _busy: busy,
         };
         Spool {
             queue,
@@ -113,6 +117,8 @@ struct Writer {
     file: std::fs::File,
     hasher: Option<Hasher>,
     writeback: bool,
+    /// Released when the writer thread is done with the file (see `for_upload`).
+    _busy: Option<OwnedMutexGuard<()>>,
 }
 
 impl Writer {

@@ -2,6 +2,16 @@
 //! arrive; the session row lives in the metadata store, so an upload survives a restart (the hash
 //! state is rebuilt from the file on first use). Finishing verifies the digest, fsyncs, and renames
 //! the file into `blobs/`: unverified bytes are never reachable as a blob.
+//!
+//! A chunk can be cut off at any await point (an HTTP/2 reset, a disconnect, the drain timeout):
+//! its future is dropped mid-write. So a chunk works on a copy of the session's length and hash
+//! and commits them only once its writer has put every byte in the file. The writer thread may
+//! outlive a dropped chunk; it holds the session's writer lock until it exits, and every later
+//! operation first waits for that lock and cuts the file back to the committed length. The bytes
+//! in the file up to the session's length are therefore always exactly the bytes its hash covers.
+//!
+//! Sessions in this process are tracked in an in-memory map (one lock per session); that map
+//! works only inside one process, as its name says.
 
 use std::collections::HashMap;
 use std::io;
@@ -29,20 +39,43 @@ pub struct ChunkRange {
     pub end: u64,
 }
 
-/// In-memory state of a session: its length and the hash of those bytes.
+impl ChunkRange {
+    /// Bytes the range covers. Saturates: `0-18446744073709551615` claims more than any limit
+    /// allows and is refused as too large, never wrapped.
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start).saturating_add(1)
+    }
+}
+
+/// In-memory state of a session: its length and the hash of exactly those bytes.
+#[derive(Clone)]
 struct Session {
     repo: RepoName,
     len: u64,
     hasher: Hasher,
 }
 
+/// A session as this process knows it.
+#[derive(Default)]
+struct Slot {
+    /// The committed state; its lock serialises the session's operations.
+    state: tokio::sync::Mutex<Option<Session>>,
+    /// Held by a chunk's file writer until the writer thread has exited (see the module doc).
+    writer: Arc<tokio::sync::Mutex<()>>,
+    /// The client that opened a monolithic session, which lives only in this map.
+    monolithic_owner: Option<String>,
+}
+
 pub struct Uploads {
     dir: PathBuf,
     blobs: Blobs,
     meta: Arc<dyn Meta>,
-    /// One lock per live session serialises its chunks. Sessions missing here after a restart are
-    /// rebuilt from their file.
-    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Session>>>>>,
+    /// Sessions this process has touched. Sessions missing here after a restart are rebuilt from
+    /// their file and metadata row. Process-local.
+    local_sessions: Mutex<HashMap<String, Arc<Slot>>>,
+    /// Serialises counting a client's sessions with opening one, so two concurrent starts cannot
+    /// both pass the limit. Process-local.
+    admission: tokio::sync::Mutex<()>,
 }
 
 impl Uploads {
@@ -53,7 +86,8 @@ impl Uploads {
             dir,
             blobs,
             meta,
-            sessions: Mutex::new(HashMap::new()),
+            local_sessions: Mutex::new(HashMap::new()),
+            admission: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -62,41 +96,74 @@ impl Uploads {
         self.dir.join(id)
     }
 
-    fn slot(&self, id: &str) -> Arc<tokio::sync::Mutex<Option<Session>>> {
-        self.sessions
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        // A panic elsewhere while this was held cannot leave the map half-changed (every
+        // change is one insert or remove), so a poisoned lock is still good to use.
+        self.local_sessions
             .lock()
-            .expect("sessions lock")
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn slot(&self, id: &str) -> Arc<Slot> {
+        self.sessions().entry(id.to_owned()).or_default().clone()
     }
 
     fn forget(&self, id: &str) {
-        self.sessions.lock().expect("sessions lock").remove(id);
+        self.sessions().remove(id);
     }
 
-    /// Start a session for `repo`; returns its id. A `resumable` session is recorded durably so
-    /// it survives a restart; a monolithic upload, which the client never sees as a session,
-    /// lives in memory only (its file is purged by GC if a crash orphans it).
-    pub async fn create(&self, repo: &RepoName, resumable: bool) -> Result<String> {
+    /// Start a session for `repo` opened by `owner`; returns its id. Refused when `owner` already
+    /// holds `limit` sessions, counted from the sessions that exist, so every way a session ends
+    /// (finish, cancel, a purge, a dropped monolithic request) gives its place back.
+    ///
+    /// A `resumable` session is recorded durably so it survives a restart; a monolithic upload,
+    /// which the client never sees as a session, lives in memory only (its file is purged by GC
+    /// if a crash orphans it).
+    pub async fn create(&self, repo: &RepoName, owner: &str, resumable: bool, limit: u32) -> Result<String> {
+        let _admission = self.admission.lock().await;
+        if self.open_sessions(owner)? >= limit as usize {
+            return Err(Error::SessionLimit { limit });
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         fs::File::create(self.path(&id)).await?;
         if resumable {
-            self.meta.put_upload(
-                &id,
-                &UploadRecord {
-                    repo: repo.clone(),
-                    started: unix_now(),
-                },
-            )?;
-        } else {
-            *self.slot(&id).lock().await = Some(Session {
+            let record = UploadRecord {
                 repo: repo.clone(),
-                len: 0,
-                hasher: Hasher::new(Algorithm::Sha256),
-            });
+                started: unix_now(),
+                owner: owner.to_owned(),
+            };
+            let (meta, key) = (self.meta.clone(), id.clone());
+            let put = tokio::task::spawn_blocking(move || meta.put_upload(&key, &record))
+                .await
+                .map_err(|e| Error::Meta(format!("metadata task failed: {e}")))?;
+            if let Err(e) = put {
+                let _ = fs::remove_file(self.path(&id)).await;
+                return Err(e);
+            }
+        } else {
+            let slot = Slot {
+                state: tokio::sync::Mutex::new(Some(Session {
+                    repo: repo.clone(),
+                    len: 0,
+                    hasher: Hasher::new(Algorithm::Sha256),
+                })),
+                writer: Arc::default(),
+                monolithic_owner: Some(owner.to_owned()),
+            };
+            self.sessions().insert(id.clone(), Arc::new(slot));
         }
         Ok(id)
+    }
+
+    /// Sessions `owner` holds: monolithic ones in this process and resumable ones on record.
+    fn open_sessions(&self, owner: &str) -> Result<usize> {
+        let monolithic = self
+            .sessions()
+            .values()
+            .filter(|s| s.monolithic_owner.as_deref() == Some(owner))
+            .count();
+        let resumable = self.meta.uploads()?.iter().filter(|(_, u)| u.owner == owner).count();
+        Ok(monolithic + resumable)
     }
 
     /// Files in the uploads area with no session, older than `age` (left by a crash).
@@ -109,7 +176,7 @@ impl Uploads {
             let old = std::fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .is_ok_and(|m| m < cutoff);
-            let live = self.sessions.lock().expect("sessions lock").contains_key(&name);
+            let live = self.sessions().contains_key(&name);
             if old && !live && self.meta.upload(&name)?.is_none() {
                 out.push(path);
             }
@@ -117,17 +184,17 @@ impl Uploads {
         Ok(out)
     }
 
-    /// The session's repository and current length, or `UploadUnknown`.
+    /// The session's repository and committed length, or `UploadUnknown`.
     pub async fn status(&self, id: &str) -> Result<(RepoName, u64)> {
-        let in_memory = self.sessions.lock().expect("sessions lock").get(id).cloned();
-        let repo = match in_memory {
-            Some(slot) => slot.lock().await.as_ref().map(|s| s.repo.clone()),
-            None => None,
-        };
-        let repo = match repo {
-            Some(repo) => repo,
-            None => self.meta.upload(id)?.ok_or(Error::UploadUnknown)?.repo,
-        };
+        let in_memory = self.sessions().get(id).cloned();
+        if let Some(slot) = in_memory
+            && let Some(session) = slot.state.lock().await.as_ref()
+        {
+            return Ok((session.repo.clone(), session.len));
+        }
+        let repo = self.meta.upload(id)?.ok_or(Error::UploadUnknown)?.repo;
+        // Not loaded since a restart: the file is the record (no chunk of this process is
+        // pending on it).
         let len = fs::metadata(self.path(id))
             .await
             .map_err(|_| Error::UploadUnknown)?
@@ -143,7 +210,7 @@ impl Uploads {
         S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
     {
         let slot = self.slot(id);
-        let mut guard = slot.lock().await;
+        let mut guard = slot.state.lock().await;
         let session = self.load(id, &mut guard).await?;
         if let Some(r) = range
             && r.start != session.len
@@ -153,23 +220,48 @@ impl Uploads {
                 offset: session.len,
             });
         }
-        let before = (session.len, session.hasher.clone());
-        let declared = range.map(|r| r.end + 1 - r.start);
-        match self.write_chunk(id, session, body, declared, limit).await {
-            Ok(()) => Ok(session.len),
+        let declared = range.map(|r| r.len());
+        self.settle(id, &slot, session.len).await?;
+        // Work on a copy: if this future is dropped anywhere below, the session stays as it was.
+        let mut work = session.clone();
+        match self.write_chunk(id, &slot, &mut work, body, declared, limit).await {
+            Ok(()) => {
+                *session = work;
+                Ok(session.len)
+            }
             Err(e) => {
-                (session.len, session.hasher) = before;
-                let file = fs::OpenOptions::new().write(true).open(self.path(id)).await?;
-                file.set_len(session.len).await?;
+                self.settle(id, &slot, session.len).await?;
                 Err(e)
             }
         }
     }
 
+    /// Wait until no chunk writer of this session is running, then cut the file back to the
+    /// committed length `len` (a chunk that failed or was dropped may have written past it).
+    async fn settle(&self, id: &str, slot: &Slot, len: u64) -> Result<()> {
+        drop(slot.writer.lock().await);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path(id))
+            .await
+            .map_err(|_| Error::UploadUnknown)?;
+        let on_disk = file.metadata().await?.len();
+        if on_disk < len {
+            return Err(Error::Io(io::Error::other(format!(
+                "upload {id} has {on_disk} bytes in its file but {len} recorded"
+            ))));
+        }
+        if on_disk > len {
+            file.set_len(len).await?;
+        }
+        Ok(())
+    }
+
     async fn write_chunk<S>(
         &self,
         id: &str,
-        session: &mut Session,
+        slot: &Slot,
+        work: &mut Session,
         body: S,
         declared: Option<u64>,
         limit: u64,
@@ -178,10 +270,11 @@ impl Uploads {
         S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
     {
         let file = fs::OpenOptions::new().append(true).open(self.path(id)).await?;
-        let mut spool = Spool::for_upload(file.into_std().await);
-        let received = receive(session, body, declared, limit, &mut spool).await;
-        // Wait for the writer either way: the caller may truncate the file after an error. Its
-        // own error (a full disk, say) explains a failed hand-off better than the hand-off does.
+        let busy = slot.writer.clone().lock_owned().await;
+        let mut spool = Spool::for_upload(file.into_std().await, busy);
+        let received = receive(work, body, declared, limit, &mut spool).await;
+        // Wait for the writer either way: only bytes it wrote may be committed. Its own error (a
+        // full disk, say) explains a failed hand-off better than the hand-off does.
         spool.close().await?;
         received
     }
@@ -219,8 +312,10 @@ impl Uploads {
     /// either way: a mismatched upload cannot become right by sending more.
     pub async fn finish(&self, id: &str, digest: &Digest) -> Result<u64> {
         let slot = self.slot(id);
-        let mut guard = slot.lock().await;
+        let mut guard = slot.state.lock().await;
         let session = self.load(id, &mut guard).await?;
+        // After this the file holds exactly the bytes the session's hash covers.
+        self.settle(id, &slot, session.len).await?;
         let actual = if digest.algorithm() == Algorithm::Sha256 {
             session.hasher.clone().finish()
         } else {
@@ -229,8 +324,16 @@ impl Uploads {
         let len = session.len;
         let result = if actual == *digest {
             let path = self.path(id);
-            fs::File::open(&path).await?.sync_all().await?;
-            self.blobs.publish(&path, digest).await
+            let file = fs::File::open(&path).await?;
+            file.sync_all().await?;
+            let on_disk = file.metadata().await?.len();
+            if on_disk == len {
+                self.blobs.publish(&path, digest).await
+            } else {
+                Err(Error::Io(io::Error::other(format!(
+                    "upload {id} changed under its session ({on_disk} bytes, {len} hashed)"
+                ))))
+            }
         } else {
             Err(Error::DigestMismatch {
                 expected: digest.clone(),
@@ -260,8 +363,8 @@ impl Uploads {
     }
 }
 
-/// Hash a chunk's bytes into the session as they arrive and hand them to the spool, enforcing
-/// the declared length and the size limit.
+/// Hash a chunk's bytes into the (working copy of the) session as they arrive and hand them to
+/// the spool, enforcing the declared length and the size limit.
 async fn receive<S>(
     session: &mut Session,
     mut body: S,

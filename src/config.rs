@@ -247,6 +247,28 @@ pub struct UpstreamConfig {
     /// Request budget: burst size above the sustained rate. Default `100`.
     #[serde(default = "default_burst")]
     pub burst: u32,
+    /// Longest pause a 429's `Retry-After` can impose on requests to this upstream (a larger
+    /// value is cut to this). Default `"1h"`.
+    #[serde(default = "default_max_retry_after")]
+    pub max_retry_after: String,
+    /// A cache fill must receive at least this many bytes per second, averaged over each
+    /// `fill_rate_window`, or it is aborted (its clients' responses too) so that the next
+    /// request starts afresh. Default `"10KiB"`.
+    #[serde(default = "default_fill_min_rate")]
+    pub fill_min_rate: String,
+    /// The window over which `fill_min_rate` is measured. Default `"30s"`.
+    #[serde(default = "default_fill_rate_window")]
+    pub fill_rate_window: String,
+}
+
+fn default_max_retry_after() -> String {
+    "1h".into()
+}
+fn default_fill_min_rate() -> String {
+    "10KiB".into()
+}
+fn default_fill_rate_window() -> String {
+    "30s".into()
 }
 
 fn default_tag_ttl() -> String {
@@ -274,6 +296,9 @@ impl UpstreamConfig {
             timeout: default_timeout(),
             requests_per_second: default_rps(),
             burst: default_burst(),
+            max_retry_after: default_max_retry_after(),
+            fill_min_rate: default_fill_min_rate(),
+            fill_rate_window: default_fill_rate_window(),
         }
     }
 }
@@ -288,6 +313,16 @@ pub struct UpstreamSettings {
     pub timeout: Duration,
     pub requests_per_second: NonZeroU32,
     pub burst: NonZeroU32,
+    pub max_retry_after: Duration,
+    /// Bytes per second a fill must average over `fill_rate_window`.
+    pub fill_min_rate: u64,
+    pub fill_rate_window: Duration,
+}
+
+fn size(key: &str, text: &str) -> Result<u64, ConfigError> {
+    text.parse::<bytesize::ByteSize>()
+        .map(|s| s.as_u64())
+        .map_err(|e| ConfigError::Invalid(format!("{key}: {text:?} is not a size like \"10KiB\": {e}")))
 }
 
 fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
@@ -484,6 +519,10 @@ impl Config {
                     timeout: duration(&key("timeout"), &u.timeout)?,
                     requests_per_second: nonzero("requests_per_second", u.requests_per_second)?,
                     burst: nonzero("burst", u.burst)?,
+                    max_retry_after: duration(&key("max_retry_after"), &u.max_retry_after)?,
+                    fill_min_rate: size(&key("fill_min_rate"), &u.fill_min_rate)?,
+                    fill_rate_window: duration(&key("fill_rate_window"), &u.fill_rate_window)?
+                        .max(Duration::from_secs(1)),
                 })
             })
             .collect()

@@ -283,3 +283,124 @@ async fn abandoned_upload_sessions_do_not_lock_a_client_out() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+fn mirror_of(hub: &Hub, upstream_extra: &str) -> Berth {
+    Berth::start(&format!(
+        "{PRIVATE}[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ntimeout = \"30s\"\n{upstream_extra}",
+        hub.url
+    ))
+}
+
+/// A fill is keyed by digest alone; a request from a repository the upstream does not say has
+/// the blob must not join one started for another repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn joining_a_fill_needs_the_upstream_to_confirm_the_requesters_repository() {
+    let hub = Hub::start();
+    let digest = hub.push_blob("library/a", 8, 21);
+    assert_eq!(hub.push_blob("library/c", 8, 21), digest, "same seed, same blob");
+    let berth = mirror_of(&hub, "");
+    hub.fault(serde_json::json!({"bandwidth_mbps": 16})).await;
+    let c = h1_client();
+    let url = |repo: &str| format!("{}/v2/{repo}/blobs/{digest}", berth.url);
+    let first = c.get(url("library/a")).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(header(&first, "x-berth-cache"), "miss");
+    let first = tokio::spawn(first.bytes());
+
+    // The fill of library/a is running (8 MiB at 16 Mbit/s takes about 4 s).
+    let other = c.get(url("library/b")).send().await.unwrap();
+    assert_eq!(
+        other.status(),
+        StatusCode::NOT_FOUND,
+        "library/b joined library/a's fill"
+    );
+    assert_eq!(
+        support::client::error_code(other, StatusCode::NOT_FOUND).await,
+        "BLOB_UNKNOWN"
+    );
+    let shared = c.get(url("library/c")).send().await.unwrap();
+    assert_eq!(shared.status(), StatusCode::OK);
+    let shared = shared.bytes().await.unwrap();
+    assert_eq!(sha256(&shared), digest);
+    assert_eq!(sha256(&first.await.unwrap().unwrap()), digest);
+    let stats = hub.stats().await;
+    assert_eq!(
+        stats["cdn_gets"][&digest].as_u64(),
+        Some(1),
+        "library/c joined the one fetch"
+    );
+}
+
+/// An upstream that drips its body: clients see the bytes as they come, the fill is aborted
+/// when it stays below the minimum rate (its clients' responses end in an error), and the next
+/// request starts a fresh fetch that completes once the upstream is healthy again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_fill_is_aborted_and_the_next_request_fetches_afresh() {
+    let hub = Hub::start();
+    let digest = hub.push_blob("library/slow", 1, 31);
+    let berth = mirror_of(&hub, "fill_min_rate = \"64KiB\"\nfill_rate_window = \"2s\"\n");
+    hub.fault(serde_json::json!({"drip_bps": 50})).await;
+    let c = h1_client();
+    let url = format!("{}/v2/library/slow/blobs/{digest}", berth.url);
+    let started = std::time::Instant::now();
+    let mut dripping = c.get(&url).send().await.unwrap();
+    assert_eq!(dripping.status(), StatusCode::OK);
+    let first = tokio::time::timeout(Duration::from_secs(3), dripping.chunk())
+        .await
+        .expect("no byte reached the client while the upstream dripped");
+    assert!(first.unwrap().is_some_and(|b| !b.is_empty()));
+
+    // The upstream recovers, but the stuck fill must still end, in an error.
+    hub.fault(serde_json::json!({"drip_bps": 0})).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match dripping.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the stalled fill was never aborted");
+    assert!(
+        outcome.is_err(),
+        "a stalled fill's response completed instead of failing"
+    );
+    assert!(started.elapsed() < Duration::from_secs(12));
+
+    let fresh = tokio::time::timeout(Duration::from_secs(10), async {
+        c.get(&url).send().await.unwrap().bytes().await.unwrap()
+    })
+    .await
+    .expect("the next request did not fetch afresh");
+    assert_eq!(sha256(&fresh), digest);
+    let again = c.get(&url).send().await.unwrap();
+    assert_eq!(header(&again, "x-berth-cache"), "hit");
+}
+
+/// `Retry-After` values that overflow a clock or mean "forever" are capped, and nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_absurd_retry_after_is_capped_and_berth_keeps_serving() {
+    let hub = Hub::start();
+    hub.seed(0);
+    let berth = mirror_of(&hub, "max_retry_after = \"90s\"\n");
+    let c = h1_client();
+    for value in ["18446744073709551615", "99999999999"] {
+        hub.fault(serde_json::json!({"rate_limit": 0, "retry_after": value}))
+            .await;
+        let r = c
+            .get(format!("{}/v2/library/alpine/manifests/latest", berth.url))
+            .send()
+            .await
+            .expect("berth answered");
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "Retry-After {value}");
+        let pause: u64 = header(&r, "retry-after").parse().unwrap();
+        assert!(
+            (1..=90).contains(&pause),
+            "Retry-After {value} became a pause of {pause} s"
+        );
+    }
+    let health = c.get(format!("{}/healthz", berth.url)).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}

@@ -171,6 +171,11 @@ impl Registry {
         let fill = self
             .fills
             .join_or_start(&self.store, &p.upstream, &p.remote, &p.local, digest);
+        if fill.repo != p.local || fill.upstream != p.upstream.name() {
+            // A fill is keyed by digest alone: joining one started for another repository
+            // follows the rule for reading a blob cached for another repository.
+            self.confirm_upstream_has(p, digest).await?;
+        }
         let waiter = self.fills.waiter();
         let size = fill.started().await.map_err(|e| fill_error(e, digest))?;
         if whole {
@@ -204,18 +209,22 @@ impl Registry {
         if self.store.meta.blob_linked(&p.local, digest)? {
             return Ok(Some(file));
         }
+        self.confirm_upstream_has(p, digest).await?;
+        let (repo, d, origin) = (
+            p.local.clone(),
+            digest.clone(),
+            Origin::Proxied {
+                upstream: p.upstream.name().to_owned(),
+            },
+        );
+        blocking(&self.store.meta, move |m| m.link_blob(&repo, &d, origin)).await?;
+        Ok(Some(file))
+    }
+
+    /// Ask the repository's upstream whether that repository has `digest`.
+    async fn confirm_upstream_has(&self, p: &Proxied, digest: &Digest) -> Result<()> {
         match p.upstream.head_blob(&p.remote, digest).await {
-            Ok(_) => {
-                let (repo, d, origin) = (
-                    p.local.clone(),
-                    digest.clone(),
-                    Origin::Proxied {
-                        upstream: p.upstream.name().to_owned(),
-                    },
-                );
-                blocking(&self.store.meta, move |m| m.link_blob(&repo, &d, origin)).await?;
-                Ok(Some(file))
-            }
+            Ok(_) => Ok(()),
             Err(upstream::Error::NotFound) => Err(Error::BlobUnknown(digest.clone())),
             Err(e) => Err(Error::Upstream(e)),
         }

@@ -85,7 +85,7 @@ impl Upstream {
             .read_timeout(settings.timeout)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let budget = budget::Budget::new(settings.requests_per_second, settings.burst);
+        let budget = budget::Budget::new(settings.requests_per_second, settings.burst, settings.max_retry_after);
         Ok(Upstream {
             settings,
             http,

@@ -157,10 +157,18 @@ class Handler(BaseHTTPRequestHandler):
         return max(1024, min(BLOCK, int(mbps * 6250))) if mbps else BLOCK  # ~50 ms per block if throttled
 
     def stream(self, blocks, chunked=False):
-        """Write body blocks, pacing them when the bandwidth fault is set."""
+        """Write body blocks, pacing them when the bandwidth fault is set, or a byte at a time
+        when the drip fault is (a response started under it drips to its end)."""
         start, sent = time.monotonic(), 0
+        drip = self.server.state.faults.get("drip_bps")
         for block in blocks:
             if not block:
+                continue
+            if drip and not chunked:
+                for i in range(len(block)):
+                    self.wfile.write(block[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(1 / drip)
                 continue
             self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
             sent += len(block)
@@ -279,8 +287,9 @@ class Handler(BaseHTTPRequestHandler):
         charged = False
         if is_manifest and is_get and "Authorization" in self.headers:
             if not st.take_pull():
+                retry_after = st.faults.get("retry_after") or "60"
                 return self.oci_error(429, "TOOMANYREQUESTS", RATE_MSG,
-                                      [*self.rate_headers(), ("Retry-After", "60")])
+                                      [*self.rate_headers(), ("Retry-After", retry_after)])
             charged = True
         headers = HTTPMessage()  # unlike a dict it keeps repeated headers (Accept!) in order
         for k, v in self.headers.items():

@@ -34,7 +34,8 @@ USERS = {"hubuser": "hubpass"}
 RATE_WINDOW = 21600                   # Docker Hub's 6-hour window, only echoed in the headers
 STAT_SECTIONS = ("requests", "responses", "blob_gets", "cdn_gets", "manifest_gets", "manifest_heads",
                  "token_requests")
-FAULT_KEYS = {"corrupt_blob": str, "latency_ms": float, "bandwidth_mbps": float, "rate_limit": int, "down": bool}  # expected types
+FAULT_KEYS = {"corrupt_blob": str, "latency_ms": float, "bandwidth_mbps": float, "rate_limit": int, "down": bool,
+              "drip_bps": float, "retry_after": str}  # expected types
 V2_PATH = re.compile(r"/v2/(.+)/(manifests|blobs|tags)/(.+)")  # greedy: repo names may contain "tags"
 
 
@@ -144,8 +145,8 @@ class State:
         for k, v in spec.items():
             if v and FAULT_KEYS[k] in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise ValueError(f"{k} must be a number")
-            if v and k == "corrupt_blob" and not isinstance(v, str):
-                raise ValueError("corrupt_blob must be a digest string")
+            if v and k in ("corrupt_blob", "retry_after") and not isinstance(v, str):
+                raise ValueError(f"{k} must be a string")
             if k == "rate_limit":
                 # A number is the new limit, 0 included (every GET is then refused); null restores
                 # the default.

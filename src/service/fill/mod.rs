@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::fs;
 use tokio::sync::watch;
 
@@ -62,6 +62,10 @@ pub enum FillError {
 
 pub struct Fill {
     pub digest: Digest,
+    /// The repository (and its upstream) the fill was started for; a request from another
+    /// repository may join only once its own upstream confirms that repository has the blob.
+    pub repo: RepoName,
+    pub upstream: String,
     temp: PathBuf,
     progress: watch::Sender<Progress>,
     recent: Mutex<Recent>,
@@ -103,6 +107,8 @@ impl Fills {
         let (progress, _) = watch::channel(Progress::Connecting);
         let fill = Arc::new(Fill {
             digest: digest.clone(),
+            repo: local.clone(),
+            upstream: upstream.name().to_owned(),
             temp: store.blobs.temp_path(),
             progress,
             recent: Mutex::default(),
@@ -223,8 +229,11 @@ impl Job {
         Ok(written)
     }
 
-    /// Read the upstream body, handing each batch to the readers (through `recent`) and to the
-    /// spool. Returns how many bytes arrived.
+    /// Read the upstream body, handing what arrives to the readers (through `recent`) and to the
+    /// spool. Readers are handed bytes whenever the upstream has nothing more ready, so a slow
+    /// upstream's bytes reach them as they arrive, and in batches when it is fast. A fill that
+    /// stays below the upstream's minimum rate for a whole window is aborted. Returns how many
+    /// bytes arrived.
     async fn receive(
         &self,
         response: reqwest::Response,
@@ -234,36 +243,56 @@ impl Job {
         let io = |e: std::io::Error| FillError::Io(e.to_string());
         let mut body = response.bytes_stream();
         let mut received = 0u64;
+        let mut pace = Pace::new(&self.upstream.settings);
+        let mut unoffered: Vec<Bytes> = Vec::new();
         loop {
-            let chunk = body
-                .next()
-                .await
-                .transpose()
-                .map_err(|e| FillError::Upstream(self.unavailable(e)))?;
-            let end = chunk.is_none();
-            let batch = match chunk {
-                Some(chunk) => {
-                    self.upstream.metrics().received(chunk.len() as u64);
-                    received += chunk.len() as u64;
-                    if size.is_some_and(|s| received > s) {
-                        self.upstream.metrics().error(UpstreamError::Invalid);
-                        return Err(FillError::Corrupt(format!(
-                            "upstream sent more than its Content-Length {size:?}"
-                        )));
+            let next = match body.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    self.offer(&mut unoffered, received);
+                    match tokio::time::timeout_at(pace.window_end, body.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            pace.check(0).map_err(|e| self.stalled(e))?;
+                            continue;
+                        }
                     }
-                    spool.push(chunk).await.map_err(io)?
                 }
-                None => spool.flush().await.map_err(io)?,
             };
-            if let Some(batch) = batch {
-                // A batch is handed over complete up to the chunk just pushed (or, at the end,
-                // everything): it brings the bytes offered to all of `received`.
-                self.fill.offer(&batch, received);
-            }
-            if end {
+            let Some(chunk) = next.transpose().map_err(|e| FillError::Upstream(self.unavailable(e)))? else {
+                spool.flush().await.map_err(io)?;
+                self.offer(&mut unoffered, received);
                 return Ok(received);
+            };
+            self.upstream.metrics().received(chunk.len() as u64);
+            received += chunk.len() as u64;
+            if size.is_some_and(|s| received > s) {
+                self.upstream.metrics().error(UpstreamError::Invalid);
+                return Err(FillError::Corrupt(format!(
+                    "upstream sent more than its Content-Length {size:?}"
+                )));
+            }
+            pace.check(chunk.len() as u64).map_err(|e| self.stalled(e))?;
+            unoffered.push(chunk.clone());
+            if spool.push(chunk).await.map_err(io)?.is_some() {
+                self.offer(&mut unoffered, received);
             }
         }
+    }
+
+    fn offer(&self, unoffered: &mut Vec<Bytes>, received: u64) {
+        if !unoffered.is_empty() {
+            self.fill.offer(unoffered, received);
+            unoffered.clear();
+        }
+    }
+
+    fn stalled(&self, reason: String) -> FillError {
+        self.upstream.metrics().error(UpstreamError::Body);
+        FillError::Upstream(upstream::Error::Unavailable {
+            upstream: self.upstream.name().to_owned(),
+            reason,
+        })
     }
 
     fn unavailable(&self, e: reqwest::Error) -> upstream::Error {
@@ -338,5 +367,44 @@ impl Fill {
                 return Err(FillError::Io("fill ended without a result".into()));
             }
         }
+    }
+}
+
+/// The minimum-progress rule of a fill: at least `fill_min_rate` bytes per second, averaged over
+/// each `fill_rate_window`. A read timeout alone cannot catch an upstream that drips one byte at
+/// a time.
+struct Pace {
+    window: std::time::Duration,
+    needed: u64,
+    window_end: tokio::time::Instant,
+    in_window: u64,
+}
+
+impl Pace {
+    fn new(settings: &crate::config::UpstreamSettings) -> Pace {
+        let window = settings.fill_rate_window;
+        Pace {
+            window,
+            needed: (settings.fill_min_rate as f64 * window.as_secs_f64()) as u64,
+            window_end: tokio::time::Instant::now() + window,
+            in_window: 0,
+        }
+    }
+
+    /// Count `bytes` that just arrived; at the end of a window, fail if too few came in it.
+    fn check(&mut self, bytes: u64) -> Result<(), String> {
+        self.in_window += bytes;
+        if tokio::time::Instant::now() < self.window_end {
+            return Ok(());
+        }
+        if self.in_window < self.needed {
+            return Err(format!(
+                "blob fetch stalled: {} bytes in {:?}, below the minimum of {} per window",
+                self.in_window, self.window, self.needed
+            ));
+        }
+        self.in_window = 0;
+        self.window_end = tokio::time::Instant::now() + self.window;
+        Ok(())
     }
 }

@@ -206,6 +206,8 @@ mod tests {
         });
         Arc::new(Fill {
             digest: Digest::sha256_of(b""),
+            repo: "library/test".parse().unwrap(),
+            upstream: "docker.io".into(),
             temp: dir.join("fill"),
             progress,
             recent: Mutex::default(),

@@ -2,8 +2,8 @@
 //! least recently pulled first above the size cap). No I/O: pulls are kept in memory and handed
 //! to the metadata store in batches, off the request path; eviction plans are pure functions.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 
 use crate::oci::{Digest, RepoName};
 
@@ -16,24 +16,17 @@ pub struct Pulls {
 impl Pulls {
     /// Note a pull of `digest` in `repo` at `now` (unix seconds). Cheap: one map insert.
     pub fn record(&self, repo: &RepoName, digest: &Digest, now: u64) {
-        self.pending
-            .lock()
-            .expect("pulls lock")
-            .insert((repo.clone(), digest.clone()), now);
+        self.pending.lock().insert((repo.clone(), digest.clone()), now);
     }
 
     /// A pull noted since the last flush.
     pub fn get(&self, repo: &RepoName, digest: &Digest) -> Option<u64> {
-        self.pending
-            .lock()
-            .expect("pulls lock")
-            .get(&(repo.clone(), digest.clone()))
-            .copied()
+        self.pending.lock().get(&(repo.clone(), digest.clone())).copied()
     }
 
     /// Take everything noted so far, for one batched write.
     pub fn drain(&self) -> Vec<(RepoName, Digest, u64)> {
-        let pending = std::mem::take(&mut *self.pending.lock().expect("pulls lock"));
+        let pending = std::mem::take(&mut *self.pending.lock());
         pending.into_iter().map(|((r, d), t)| (r, d, t)).collect()
     }
 }

@@ -12,7 +12,9 @@ mod usage;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 pub use blobs::{CancelOnDrop, Mount, UploadState};

@@ -17,7 +17,7 @@ use crate::upstream::{self, RemoteManifest};
 
 impl Registry {
     fn tag_is_fresh(&self, p: &Proxied, tag: &Tag) -> bool {
-        let fresh = self.fresh_tags.lock().expect("fresh tags lock");
+        let fresh = self.fresh_tags.lock();
         fresh
             .get(&(p.local.clone(), tag.clone()))
             .is_some_and(|at| at.elapsed() < p.upstream.settings.tag_ttl)
@@ -26,7 +26,6 @@ impl Registry {
     fn mark_fresh(&self, p: &Proxied, tag: &Tag) {
         self.fresh_tags
             .lock()
-            .expect("fresh tags lock")
             .insert((p.local.clone(), tag.clone()), Instant::now());
     }
 

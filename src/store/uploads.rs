@@ -16,7 +16,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -96,12 +98,8 @@ impl Uploads {
         self.dir.join(id)
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
-        // A panic elsewhere while this was held cannot leave the map half-changed (every
-        // change is one insert or remove), so a poisoned lock is still good to use.
-        self.local_sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn sessions(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.local_sessions.lock()
     }
 
     fn slot(&self, id: &str) -> Arc<Slot> {

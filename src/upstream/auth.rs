@@ -1,8 +1,8 @@
 //! Upstream authentication: parse `WWW-Authenticate` challenges, fetch Bearer tokens from the
 //! realm (with Basic credentials when configured), and cache them per scope until they expire.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -70,7 +70,7 @@ const DEFAULT_TOKEN_TTL: u64 = 60;
 
 impl Tokens {
     pub fn get(&self, key: &str) -> Option<String> {
-        let cache = self.cache.lock().expect("token cache");
+        let cache = self.cache.lock();
         cache
             .get(key)
             .filter(|(_, expires)| Instant::now() < *expires)
@@ -113,10 +113,7 @@ impl Tokens {
         // Renew a little early so a token never expires between the check and its use.
         let ttl = body.expires_in.unwrap_or(DEFAULT_TOKEN_TTL).max(10);
         let expires = Instant::now() + Duration::from_secs(ttl - ttl / 10);
-        self.cache
-            .lock()
-            .expect("token cache")
-            .insert(key.to_owned(), (token.clone(), expires));
+        self.cache.lock().insert(key.to_owned(), (token.clone(), expires));
         Ok(token)
     }
 }

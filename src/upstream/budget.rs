@@ -1,8 +1,8 @@
 //! The request budget towards one upstream: a GCRA rate limit (governor), and a pause after a
 //! 429 that lasts for the upstream's `Retry-After`.
 
+use parking_lot::Mutex;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -36,10 +36,7 @@ impl Budget {
     }
 
     fn paused_for(&self) -> Option<Duration> {
-        let mut paused = self
-            .paused_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut paused = self.paused_until.lock();
         match *paused {
             Some(until) if until > Instant::now() => Some(until - Instant::now()),
             Some(_) => {
@@ -58,10 +55,7 @@ impl Budget {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_PAUSE)
             .min(self.max_pause);
-        *self
-            .paused_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now() + pause);
+        *self.paused_until.lock() = Some(Instant::now() + pause);
         pause.as_secs().max(1)
     }
 }

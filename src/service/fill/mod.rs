@@ -13,7 +13,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
@@ -99,7 +101,7 @@ impl Fills {
         local: &RepoName,
         digest: &Digest,
     ) -> Arc<Fill> {
-        let mut inflight = self.inflight.lock().expect("fills lock");
+        let mut inflight = self.inflight.lock();
         if let Some(fill) = inflight.get(digest) {
             self.metrics.fill_joins.inc();
             return fill.clone();
@@ -145,11 +147,7 @@ impl Job {
         }
         // Leave the in-flight map before announcing the end, so a request that arrives after the
         // announcement finds the blob in the store (or starts a fresh fill after a failure).
-        self.fills
-            .inflight
-            .lock()
-            .expect("fills lock")
-            .remove(&self.fill.digest);
+        self.fills.inflight.lock().remove(&self.fill.digest);
         self.fills.metrics.fill_done(match &outcome {
             Ok(_) => FillResult::Ok,
             Err(FillError::Corrupt(_)) => FillResult::Corrupt,
@@ -163,7 +161,7 @@ impl Job {
             }
         };
         // Readers still behind now read the file (published, or the one they have open).
-        self.fill.recent.lock().expect("recent lock").clear();
+        self.fill.recent.lock().clear();
         self.fill.progress.send_replace(final_state);
     }
 
@@ -321,7 +319,7 @@ impl Fill {
             Progress::Streaming { written, .. } => written,
             _ => 0,
         };
-        self.recent.lock().expect("recent lock").add(batch, written);
+        self.recent.lock().add(batch, written);
         self.progress.send_modify(|p| {
             if let Progress::Streaming { received: r, .. } = p {
                 *r = received;

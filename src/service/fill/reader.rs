@@ -140,7 +140,7 @@ impl Reader {
                 }
             };
             if self.pos < allowed {
-                let recent = self.fill.recent.lock().expect("recent lock").slice(self.pos, allowed);
+                let recent = self.fill.recent.lock().slice(self.pos, allowed);
                 if let Some(bytes) = recent {
                     self.pos += bytes.len() as u64;
                     return Some(Ok(bytes));
@@ -192,8 +192,8 @@ mod tests {
     use crate::oci::Digest;
     use crate::service::fill::FillError;
     use futures_util::StreamExt;
+    use parking_lot::Mutex;
     use prometheus_client::metrics::gauge::Gauge;
-    use std::sync::Mutex;
     use std::time::Duration;
 
     const CHUNK: usize = 64 << 10;
@@ -233,7 +233,7 @@ mod tests {
         for i in 1..=(RECENT * 3 / CHUNK) {
             fill.offer(std::slice::from_ref(&chunk), (i * CHUNK) as u64);
         }
-        let recent = fill.recent.lock().unwrap();
+        let recent = fill.recent.lock();
         assert_eq!(
             (recent.start, recent.len),
             (0, RECENT * 3),
@@ -253,7 +253,7 @@ mod tests {
             received += chunk.len() as u64;
             fill.offer(&[Bytes::copy_from_slice(chunk)], received);
         }
-        let window = fill.recent.lock().unwrap().start;
+        let window = fill.recent.lock().start;
         assert!(window > 0, "the window dropped the written bytes beyond RECENT");
 
         let gauge = Gauge::default();

@@ -133,10 +133,11 @@ async fn mount(b: &Berth, repo: &str, digest: &str) -> reqwest::Response {
 #[tokio::test]
 async fn a_full_disk_refuses_pushes_with_507_and_recovers_without_a_restart() {
     let hub = Hub::start();
-    let cold = hub.push_blob("library/cold", 4, 11);
+    let cold = hub.push_blob("library/cold", 16, 11);
+    let warm = hub.push_blob("library/cold", 1, 12);
     let dir = tempfile::Builder::new().prefix("berth-disk-").tempdir().unwrap();
     // The store alone is on the small filesystem; the config and berth's log stay outside it.
-    let fs = SmallFs::mount(&dir.path().join("data"), "48m");
+    let fs = SmallFs::mount(&dir.path().join("data"), "80m");
     let b = Berth::start_in(
         dir.path(),
         &format!(
@@ -154,6 +155,9 @@ async fn a_full_disk_refuses_pushes_with_507_and_recovers_without_a_restart() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let session = b.at(&header(&r, "location"));
     readyz_until(&b, StatusCode::OK, Duration::from_secs(5)).await;
+    let warm_url = b.at(&format!("/v2/library/cold/blobs/{warm}"));
+    let r = c.get(&warm_url).send().await.unwrap();
+    assert_eq!(sha256(&r.bytes().await.unwrap()), warm, "cached while there is room");
 
     // Below the threshold but not yet full: not ready, and the reason says why.
     fs.fill(2 << 20);
@@ -197,6 +201,28 @@ async fn a_full_disk_refuses_pushes_with_507_and_recovers_without_a_restart() {
     );
     let (status, body) = readyz(&b).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    // Reads go on: cached content is served while the disk is full.
+    let r = c.get(&warm_url).send().await.unwrap();
+    assert_eq!(header(&r, "x-berth-cache"), "hit");
+    assert_eq!(sha256(&r.bytes().await.unwrap()), warm, "a cached blob on a full disk");
+    // A cache fill cannot be kept. Its response may have started (a fill streams as it
+    // receives) and is then cut off; either way nothing of it is published. (16 MiB: more than
+    // the fill's write queue holds, so the failed write is noticed before the body is through.)
+    let r = c
+        .get(b.at(&format!("/v2/library/cold/blobs/{cold}")))
+        .send()
+        .await
+        .unwrap();
+    if r.status() == StatusCode::OK {
+        let body = r.bytes().await;
+        assert!(
+            body.is_err(),
+            "a fill that could not be stored is aborted, not completed"
+        );
+    } else {
+        assert_store_full(r, "fill").await;
+    }
+    assert!(!b.blob_path(&cold).exists(), "nothing of the failed fill is published");
 
     fs.free_up();
     readyz_until(&b, StatusCode::OK, Duration::from_secs(10)).await;

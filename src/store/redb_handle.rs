@@ -4,8 +4,10 @@
 //! error occurred. Please close and re-open the database."). One `ENOSPC` in a commit on a full
 //! disk would then refuse every write until berth restarts. So a transaction that fails with an
 //! I/O error marks the handle broken, and the next use closes the database and opens it again
-//! (redb repairs it from its last commit). While that fails, say because the disk is still full,
-//! it is tried again at most every [`REOPEN_EVERY`], and callers get the error that broke it.
+//! (redb recovers its last commit). So reads go on while the disk is full, each write that does
+//! not fit fails alone, and the first write after space is freed succeeds. Should the reopen
+//! itself fail, it is tried again at most every [`REOPEN_EVERY`], and until then callers get
+//! the error that broke the database.
 //!
 //! Every transaction runs inside one call here, holding the lock shared; a reopen holds it
 //! exclusively, so it never closes the database under a live transaction.
@@ -60,8 +62,6 @@ struct Slot {
     /// `None` once closed for a reopen that failed.
     db: Option<Database>,
     broken: Option<Broken>,
-    /// When it was last reopened: a database that breaks again right after waits its turn.
-    reopened: Option<Instant>,
 }
 
 pub(super) struct Handle {
@@ -77,7 +77,6 @@ impl Handle {
             slot: RwLock::new(Slot {
                 db: Some(open(path)?),
                 broken: None,
-                reopened: None,
             }),
         })
     }
@@ -127,11 +126,10 @@ impl Handle {
                 Error::Full(io) | Error::MetaIo(io) => (io.kind(), io.to_string()),
                 other => (io::ErrorKind::Other, other.to_string()),
             };
-            let retry_at = slot.reopened.map_or_else(Instant::now, |at| at + REOPEN_EVERY);
             slot.broken = Some(Broken {
                 kind,
                 message,
-                retry_at,
+                retry_at: Instant::now(),
             });
         }
     }
@@ -155,7 +153,6 @@ impl Handle {
             return Err(broken.error());
         }
         broken.retry_at = Instant::now() + REOPEN_EVERY;
-        slot.reopened = Some(Instant::now());
         if let Some(db) = slot.db.take()
             && let Err(e) = db.close()
         {

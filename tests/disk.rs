@@ -43,7 +43,7 @@ impl SmallFs {
         let c = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).unwrap();
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
         assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0, "statvfs");
-        s.f_bavail as u64 * s.f_frsize as u64
+        s.f_bavail * s.f_frsize
     }
 
     /// Grow `filler` until only `leave` bytes are free (0: until the filesystem refuses a byte).

@@ -215,10 +215,12 @@ impl Blobs {
         }
         // SAFETY: statvfs returned 0, so it filled `s`.
         let s = unsafe { s.assume_init() };
-        let block = s.f_frsize as u64;
+        // The fields are u64 here, u32 on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let (block, free, total) = (u64::from(s.f_frsize), u64::from(s.f_bavail), u64::from(s.f_blocks));
         Ok(Space {
-            free: (s.f_bavail as u64).saturating_mul(block),
-            total: (s.f_blocks as u64).saturating_mul(block),
+            free: free.saturating_mul(block),
+            total: total.saturating_mul(block),
         })
     }
 

@@ -62,6 +62,8 @@ struct Slot {
     /// `None` once closed for a reopen that failed.
     db: Option<Database>,
     broken: Option<Broken>,
+    /// Counts reopens, so a failure seen on a database since replaced breaks nothing.
+    generation: u64,
 }
 
 pub(super) struct Handle {
@@ -77,6 +79,7 @@ impl Handle {
             slot: RwLock::new(Slot {
                 db: Some(open(path)?),
                 broken: None,
+                generation: 0,
             }),
         })
     }
@@ -108,19 +111,20 @@ impl Handle {
             // Broken again between the reopen and this call.
             return Err(broken.error());
         }
+        let generation = slot.generation;
         let out = f(slot.db.as_ref().expect("an unbroken handle has its database"));
         if let Err(e) = &out
             && breaks(e)
         {
             drop(slot);
-            self.mark_broken(e);
+            self.mark_broken(generation, e);
         }
         out
     }
 
-    fn mark_broken(&self, e: &Error) {
+    fn mark_broken(&self, generation: u64, e: &Error) {
         let mut slot = self.slot.write().unwrap_or_else(PoisonError::into_inner);
-        if slot.broken.is_none() {
+        if slot.broken.is_none() && slot.generation == generation {
             tracing::warn!(error = %e, "the metadata database failed; it is reopened before its next use");
             let (kind, message) = match e {
                 Error::Full(io) | Error::MetaIo(io) => (io.kind(), io.to_string()),
@@ -163,6 +167,7 @@ impl Handle {
             Ok(db) => {
                 slot.db = Some(db);
                 slot.broken = None;
+                slot.generation += 1;
                 tracing::info!(path = %self.path.display(), "the metadata database was reopened");
                 Ok(())
             }

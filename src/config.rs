@@ -367,12 +367,18 @@ pub struct Tls {
 pub struct Storage {
     /// Directory of the blob store and metadata. Default `"./data"`.
     pub root: PathBuf,
+    // --- full disk (issue 11) ---
+    /// Below this much free space on the store's filesystem `/readyz` answers 503: a size such as
+    /// `"1GiB"`, or a percentage of the filesystem such as `"5%"`; `"0"` turns the check off.
+    /// Default `"1GiB"`.
+    pub min_free: String,
 }
 
 impl Default for Storage {
     fn default() -> Self {
         Storage {
             root: PathBuf::from("./data"),
+            min_free: "1GiB".into(),
         }
     }
 }
@@ -434,7 +440,29 @@ impl Config {
         self.upstream_settings()?;
         self.gc_policy()?;
         self.gc_interval()?;
+        self.min_free()?;
         Ok(())
+    }
+
+    /// `[storage] min_free` as a size or a percentage of the filesystem.
+    pub fn min_free(&self) -> Result<crate::store::MinFree, ConfigError> {
+        use crate::store::MinFree;
+        let text = self.storage.min_free.trim();
+        let bad = |e: &dyn std::fmt::Display| {
+            ConfigError::Invalid(format!(
+                "storage.min_free: {text:?} is not a size like \"1GiB\" or a percentage like \"5%\": {e}"
+            ))
+        };
+        match text.strip_suffix('%') {
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(p) if p <= 100 => Ok(MinFree::Percent(p)),
+                Ok(p) => Err(bad(&format!("{p}% is over 100%"))),
+                Err(e) => Err(bad(&e)),
+            },
+            None => Ok(MinFree::Bytes(
+                text.parse::<bytesize::ByteSize>().map_err(|e| bad(&e))?.as_u64(),
+            )),
+        }
     }
 
     /// `[cache]` and `[gc]` as a collection policy.
@@ -722,6 +750,21 @@ mod tests {
         assert!(!c.auth.anonymous_pull);
         assert_eq!(c.limits.requests_per_second, 7);
         assert!(Config::from_toml(DEFAULT_TOML, env(&[("BERTH_LIMITS_BURST", "many")])).is_err());
+    }
+
+    #[test]
+    fn min_free_is_a_size_or_a_percentage() {
+        use crate::store::MinFree;
+        let c = |v: &str| Config::from_toml(&format!("[storage]\nmin_free = {v:?}\n"), env(&[]));
+        assert_eq!(Config::default().min_free().unwrap(), MinFree::Bytes(1 << 30));
+        assert_eq!(c("512MiB").unwrap().min_free().unwrap(), MinFree::Bytes(512 << 20));
+        assert_eq!(c("5%").unwrap().min_free().unwrap(), MinFree::Percent(5));
+        assert_eq!(c("0").unwrap().min_free().unwrap(), MinFree::Bytes(0));
+        assert_eq!(MinFree::Percent(5).of(1000), 50);
+        for bad in ["lots", "101%", "-1%"] {
+            let e = c(bad).unwrap_err().to_string();
+            assert!(e.contains("storage.min_free"), "{bad}: {e}");
+        }
     }
 
     #[test]

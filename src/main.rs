@@ -105,7 +105,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let registry = Registry::new(store.clone(), upstreams)
         .with_private_namespaces(config.private.namespaces.clone())
-        .with_upload_session_limit(config.limits.max_upload_sessions);
+        .with_upload_session_limit(config.limits.max_upload_sessions)
+        .with_min_free(config.min_free()?);
     let auth = Auth::new(&config.auth).map_err(anyhow::Error::msg)?;
     let addr = config.listen_addr()?;
     if !auth.enabled() && !addr.ip().is_loopback() {

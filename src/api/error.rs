@@ -41,6 +41,10 @@ impl IntoResponse for Error {
                 store::Error::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
                 store::Error::Body(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
                 store::Error::SessionLimit { .. } => (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+                // Not the server's fault nor the client's: a retry succeeds once space is freed.
+                store::Error::Full(_) => (S::INSUFFICIENT_STORAGE, "UNAVAILABLE"),
+                // The metadata database is reopened on its next use (see `store::redb_handle`).
+                store::Error::MetaIo(_) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
                 store::Error::Io(_) | store::Error::Meta(_) | store::Error::Locked => {
                     (S::INTERNAL_SERVER_ERROR, "UNKNOWN")
                 }
@@ -48,6 +52,8 @@ impl IntoResponse for Error {
         };
         if status == S::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "request failed");
+        } else if matches!(self, Error::Store(_)) && status.is_server_error() {
+            tracing::warn!(error = %self, "the store refused a write");
         } else if status.is_server_error() || status == S::TOO_MANY_REQUESTS {
             tracing::warn!(error = %self, "upstream failure passed on");
         }

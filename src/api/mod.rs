@@ -5,6 +5,7 @@
 mod access;
 pub mod admin;
 mod blobs;
+mod drain;
 mod endpoint;
 mod error;
 mod limits;

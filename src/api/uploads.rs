@@ -4,6 +4,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::drain::drainable;
 use super::error::range_value;
 use super::{CONTENT_DIGEST, Params, body_stream};
 use crate::oci::{Digest, RepoName};
@@ -83,15 +84,15 @@ pub async fn start(
     // Monolithic: the client never saw the session, so neither a failure nor a request cut off
     // mid-body may leave it open.
     let guard = reg.cancel_on_drop(repo, &state.id);
-    let finished = async {
-        reg.finish_upload(repo, &state.id, &digest, chunk_range(h)?, body_stream(body))
-            .await
-    }
-    .await;
+    let (body, rest) = drainable(body_stream(body));
+    let finished = match chunk_range(h) {
+        Ok(range) => reg.finish_upload(repo, &state.id, &digest, range, body).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = finished {
         let _ = reg.cancel_upload(repo, &state.id).await;
         guard.disarm();
-        return Err(e);
+        return rest.after(Err(e)).await;
     }
     guard.disarm();
     Ok(created(repo, &digest))
@@ -103,7 +104,10 @@ pub async fn status(reg: &Registry, repo: &RepoName, id: &str) -> Result<Respons
 }
 
 pub async fn patch(reg: &Registry, repo: &RepoName, id: &str, h: &HeaderMap, body: Body) -> Result<Response> {
-    let state = reg.upload_chunk(repo, id, chunk_range(h)?, body_stream(body)).await?;
+    let (body, rest) = drainable(body_stream(body));
+    let state = rest
+        .after(reg.upload_chunk(repo, id, chunk_range(h)?, body).await)
+        .await?;
     Ok(session(repo, &state, StatusCode::ACCEPTED))
 }
 
@@ -118,7 +122,8 @@ pub async fn put(
     let digest = digest_param(params)?.ok_or(Error::DigestMissing(
         "the digest query parameter is required to finish an upload",
     ))?;
-    reg.finish_upload(repo, id, &digest, chunk_range(h)?, body_stream(body))
+    let (body, rest) = drainable(body_stream(body));
+    rest.after(reg.finish_upload(repo, id, &digest, chunk_range(h)?, body).await)
         .await?;
     Ok(created(repo, &digest))
 }

@@ -117,6 +117,8 @@ pub struct Registry {
     pulls: Arc<crate::cache::Pulls>,
     metrics: Arc<Metrics>,
     usage: Arc<usage::Cached>,
+    /// Below this much free space the registry reports itself not ready.
+    min_free: store::MinFree,
 }
 
 impl Registry {
@@ -140,6 +142,7 @@ impl Registry {
             pulls: Arc::default(),
             metrics,
             usage: Arc::default(),
+            min_free: store::MinFree::Bytes(0),
         }
     }
 
@@ -157,6 +160,12 @@ impl Registry {
     /// At most `limit` open upload sessions per client.
     pub fn with_upload_session_limit(mut self, limit: u32) -> Registry {
         self.session_limit = limit;
+        self
+    }
+
+    /// Report not ready while the store's filesystem has less than `min_free` free.
+    pub fn with_min_free(mut self, min_free: store::MinFree) -> Registry {
+        self.min_free = min_free;
         self
     }
 

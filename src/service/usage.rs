@@ -95,16 +95,28 @@ impl Registry {
         }
     }
 
-    /// Whether the registry can serve: the store takes a synced write and the metadata store
-    /// answers a read, within a few seconds. The error says what failed.
+    /// Whether the registry can serve: the store's filesystem has `min_free` left, the store
+    /// takes a synced write, and so does the metadata store, within a few seconds. The error says
+    /// what failed. A metadata store that failed is reopened by this check if not before.
     pub async fn ready(&self) -> Result<(), String> {
-        let (blobs, meta) = (self.store.blobs.clone(), self.store.meta.clone());
+        let (blobs, meta, min_free) = (self.store.blobs.clone(), self.store.meta.clone(), self.min_free);
         let check = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let space = blobs
+                .space()
+                .map_err(|e| format!("the store's free space is unknown: {e}"))?;
+            let wanted = min_free.of(space.total);
+            if space.free < wanted {
+                return Err(format!(
+                    "the store is nearly full: {} free, below [storage] min_free ({})",
+                    bytesize::ByteSize(space.free).display().iec(),
+                    bytesize::ByteSize(wanted).display().iec(),
+                ));
+            }
             blobs
                 .probe_writable()
                 .map_err(|e| format!("the store is not writable: {e}"))?;
-            meta.repos(None, 1)
-                .map_err(|e| format!("the metadata store does not answer: {e}"))?;
+            meta.probe()
+                .map_err(|e| format!("the metadata store does not take writes: {e}"))?;
             Ok(())
         });
         match tokio::time::timeout(READY_TIMEOUT, check).await {

@@ -25,6 +25,32 @@ pub struct BlobEntry {
     pub modified: std::time::SystemTime,
 }
 
+/// Room on the filesystem the store is on, as `df` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes berth may still write (what is reserved for root not counted).
+    pub free: u64,
+    pub total: u64,
+}
+
+/// How much free space the store wants to keep: below it, the registry reports itself not ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MinFree {
+    Bytes(u64),
+    /// A percentage of the filesystem's size.
+    Percent(u8),
+}
+
+impl MinFree {
+    /// The minimum in bytes on a filesystem of `total` bytes.
+    pub fn of(self, total: u64) -> u64 {
+        match self {
+            MinFree::Bytes(n) => n,
+            MinFree::Percent(p) => (u128::from(total) * u128::from(p) / 100) as u64,
+        }
+    }
+}
+
 /// An open published blob, ready to stream.
 pub struct BlobFile {
     pub file: std::fs::File,
@@ -184,6 +210,26 @@ impl Blobs {
         let removed = std::fs::remove_file(&path);
         written?;
         removed
+    }
+
+    /// Room on the store's filesystem. Blocking.
+    pub fn space(&self) -> io::Result<Space> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.blobs.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is a valid C string and `s` a writable statvfs that the call fills.
+        if unsafe { libc::statvfs(path.as_ptr(), s.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: statvfs returned 0, so it filled `s`.
+        let s = unsafe { s.assume_init() };
+        // The fields are u64 here, u32 on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let (block, free, total) = (u64::from(s.f_frsize), u64::from(s.f_bavail), u64::from(s.f_blocks));
+        Ok(Space {
+            free: free.saturating_mul(block),
+            total: total.saturating_mul(block),
+        })
     }
 
     /// Remove a blob file (garbage collection).

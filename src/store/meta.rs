@@ -118,4 +118,7 @@ pub trait Meta: Send + Sync {
     fn remove_manifests(&self, manifests: &[(RepoName, Digest)]) -> Result<()>;
     /// Remove every repository's link to these blobs (their files are gone).
     fn unlink_everywhere(&self, blobs: &[Digest]) -> Result<()>;
+
+    /// Commit one small durable write, for the readiness check: whether the store takes writes.
+    fn probe(&self) -> Result<()>;
 }

@@ -11,11 +11,16 @@
 //! A blob is published by fsync + rename into `blobs/` only after its digest verified, and the
 //! metadata that references it is committed after that, so a crash at any point leaves at worst an
 //! unreferenced blob (reclaimed by GC) or a stale temporary file (removed at startup).
+//!
+//! A full disk is [`Error::Full`], told apart where every `io::Error` becomes a store error. The
+//! same holds: a write that did not fit is discarded, and the metadata database reopens itself
+//! after the failed commit (see `redb_handle`), so writes work again once space is freed.
 
 mod blobs;
 mod mapped;
 mod memo;
 mod meta;
+mod redb_handle;
 mod redb_meta;
 mod spool;
 mod uploads;
@@ -24,7 +29,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use blobs::{BlobEntry, BlobFile, Blobs};
+pub use blobs::{BlobEntry, BlobFile, Blobs, MinFree, Space};
 pub use mapped::map;
 pub use memo::{Memo, Memoized};
 pub use meta::{ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
@@ -38,9 +43,15 @@ use crate::oci::Digest;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("storage I/O: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+    /// The filesystem (or the quota) is full. What failed to be written was discarded.
+    #[error("the store is full: {0}; nothing was stored, free disk space and retry")]
+    Full(io::Error),
     #[error("metadata store: {0}")]
     Meta(String),
+    /// The metadata database failed to read or write its file. It is reopened before its next use.
+    #[error("metadata store I/O: {0}")]
+    MetaIo(io::Error),
     #[error("upload session not found")]
     UploadUnknown,
     #[error("chunk starts at {start} but the upload has {offset} bytes")]
@@ -60,6 +71,18 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<io::Error> for Error {
+    /// A full disk is told apart here, where every write's error passes, so that no caller has to.
+    fn from(e: io::Error) -> Error {
+        if is_full(&e) { Error::Full(e) } else { Error::Io(e) }
+    }
+}
+
+/// Whether `e` says the filesystem or the quota has no room left.
+pub fn is_full(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+}
 
 /// The store as the service uses it.
 #[derive(Clone)]

@@ -5,9 +5,10 @@
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableTable, TableDefinition};
 
 use super::meta::{ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
+use super::redb_handle::{Handle, db_err};
 use super::{Error, Result};
 use crate::oci::{Digest, RepoName, Tag};
 
@@ -24,10 +25,8 @@ const REFERRERS: TableDefinition<&str, ()> = TableDefinition::new("referrers");
 const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
 /// `repo\0digest` → unix seconds of the last pull
 const PULLS: TableDefinition<&str, u64> = TableDefinition::new("pulls");
-
-fn db_err(e: impl Into<redb::Error>) -> Error {
-    Error::Meta(e.into().to_string())
-}
+/// `"probe"` → unix seconds: written by the readiness check
+const PROBE: TableDefinition<&str, u64> = TableDefinition::new("probe");
 
 fn json_err(e: serde_json::Error) -> Error {
     Error::Meta(format!("corrupt record: {e}"))
@@ -42,18 +41,17 @@ fn prefix_range(prefix: &str) -> (String, String) {
     (format!("{prefix}\0"), format!("{prefix}\x01"))
 }
 
+/// The metadata store in one redb file; reopened by its [`Handle`] after an I/O error.
 pub struct RedbMeta {
-    db: Database,
+    db: Handle,
 }
 
 impl RedbMeta {
     pub fn open(path: &Path) -> Result<RedbMeta> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked,
-            other => db_err(other),
-        })?;
-        let txn = db.begin_write().map_err(db_err)?;
-        {
+        let meta = RedbMeta {
+            db: Handle::open(path)?,
+        };
+        meta.write(|txn| {
             txn.open_table(REPOS).map_err(db_err)?;
             txn.open_table(TAGS).map_err(db_err)?;
             txn.open_table(MANIFESTS).map_err(db_err)?;
@@ -61,26 +59,24 @@ impl RedbMeta {
             txn.open_table(REFERRERS).map_err(db_err)?;
             txn.open_table(UPLOADS).map_err(db_err)?;
             txn.open_table(PULLS).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
-        Ok(RedbMeta { db })
+            txn.open_table(PROBE).map_err(db_err)?;
+            Ok(())
+        })?;
+        Ok(meta)
     }
 
     /// Run `f` in a write transaction and commit it (durably: redb fsyncs on commit).
     fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
-        self.write_with(Durability::Immediate, f)
+        self.db.write_with(Durability::Immediate, f)
     }
 
     fn write_with<T>(&self, durability: Durability, f: impl FnOnce(&redb::WriteTransaction) -> Result<T>) -> Result<T> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
-        txn.set_durability(durability).map_err(|e| Error::Meta(e.to_string()))?;
-        let out = f(&txn)?;
-        txn.commit().map_err(db_err)?;
-        Ok(out)
+        self.db.write_with(durability, f)
     }
 
-    fn read_txn(&self) -> Result<redb::ReadTransaction> {
-        self.db.begin_read().map_err(db_err)
+    /// Run `f` in a read transaction.
+    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<T> {
+        self.db.read(f)
     }
 }
 
@@ -165,11 +161,13 @@ fn keys_after<V: redb::Value + 'static>(
 
 impl Meta for RedbMeta {
     fn repo(&self, repo: &RepoName) -> Result<Option<RepoInfo>> {
-        let table = self.read_txn()?.open_table(REPOS).map_err(db_err)?;
-        let value = table.get(repo.as_str()).map_err(db_err)?;
-        value
-            .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
-            .transpose()
+        self.read(|txn| {
+            let table = txn.open_table(REPOS).map_err(db_err)?;
+            let value = table.get(repo.as_str()).map_err(db_err)?;
+            value
+                .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
+                .transpose()
+        })
     }
 
     fn ensure_repo(&self, repo: &RepoName, origin: Origin) -> Result<RepoInfo> {
@@ -180,16 +178,18 @@ impl Meta for RedbMeta {
     }
 
     fn repos(&self, last: Option<&str>, n: usize) -> Result<Vec<String>> {
-        let table = self.read_txn()?.open_table(REPOS).map_err(db_err)?;
-        let mut out = Vec::new();
-        let rows = match last {
-            Some(last) => table.range::<&str>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded)),
-            None => table.range::<&str>(..),
-        };
-        for row in rows.map_err(db_err)?.take(n) {
-            out.push(row.map_err(db_err)?.0.value().to_owned());
-        }
-        Ok(out)
+        self.read(|txn| {
+            let table = txn.open_table(REPOS).map_err(db_err)?;
+            let mut out = Vec::new();
+            let rows = match last {
+                Some(last) => table.range::<&str>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded)),
+                None => table.range::<&str>(..),
+            };
+            for row in rows.map_err(db_err)?.take(n) {
+                out.push(row.map_err(db_err)?.0.value().to_owned());
+            }
+            Ok(out)
+        })
     }
 
     fn link_blob(&self, repo: &RepoName, digest: &Digest, origin: Origin) -> Result<()> {
@@ -204,11 +204,13 @@ impl Meta for RedbMeta {
     }
 
     fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let table = self.read_txn()?.open_table(BLOB_LINKS).map_err(db_err)?;
-        Ok(table
-            .get(key(&[repo.as_str(), &digest.to_string()]).as_str())
-            .map_err(db_err)?
-            .is_some())
+        self.read(|txn| {
+            let table = txn.open_table(BLOB_LINKS).map_err(db_err)?;
+            Ok(table
+                .get(key(&[repo.as_str(), &digest.to_string()]).as_str())
+                .map_err(db_err)?
+                .is_some())
+        })
     }
 
     fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -253,13 +255,15 @@ impl Meta for RedbMeta {
     }
 
     fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>> {
-        let table = self.read_txn()?.open_table(MANIFESTS).map_err(db_err)?;
-        let value = table
-            .get(key(&[repo.as_str(), &digest.to_string()]).as_str())
-            .map_err(db_err)?;
-        value
-            .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
-            .transpose()
+        self.read(|txn| {
+            let table = txn.open_table(MANIFESTS).map_err(db_err)?;
+            let value = table
+                .get(key(&[repo.as_str(), &digest.to_string()]).as_str())
+                .map_err(db_err)?;
+            value
+                .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
+                .transpose()
+        })
     }
 
     fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -268,30 +272,33 @@ impl Meta for RedbMeta {
     }
 
     fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, ManifestRecord)>> {
-        let txn = self.read_txn()?;
-        let referrers = txn.open_table(REFERRERS).map_err(db_err)?;
-        let manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
-        let prefix = key(&[repo.as_str(), &subject.to_string()]);
-        let mut out = Vec::new();
-        for d in keys_after(&referrers, &prefix, None, usize::MAX)? {
-            let Ok(digest) = d.parse::<Digest>() else {
-                continue;
-            };
-            if let Some(v) = manifests.get(key(&[repo.as_str(), &d]).as_str()).map_err(db_err)? {
-                out.push((digest, serde_json::from_slice(v.value()).map_err(json_err)?));
+        self.read(|txn| {
+            let referrers = txn.open_table(REFERRERS).map_err(db_err)?;
+            let manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
+            let prefix = key(&[repo.as_str(), &subject.to_string()]);
+            let mut out = Vec::new();
+            for d in keys_after(&referrers, &prefix, None, usize::MAX)? {
+                let Ok(digest) = d.parse::<Digest>() else {
+                    continue;
+                };
+                if let Some(v) = manifests.get(key(&[repo.as_str(), &d]).as_str()).map_err(db_err)? {
+                    out.push((digest, serde_json::from_slice(v.value()).map_err(json_err)?));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
-        let table = self.read_txn()?.open_table(TAGS).map_err(db_err)?;
-        let value = table
-            .get(key(&[repo.as_str(), tag.as_str()]).as_str())
-            .map_err(db_err)?;
-        value
-            .map(|v| v.value().parse().map_err(|e| Error::Meta(format!("corrupt tag: {e}"))))
-            .transpose()
+        self.read(|txn| {
+            let table = txn.open_table(TAGS).map_err(db_err)?;
+            let value = table
+                .get(key(&[repo.as_str(), tag.as_str()]).as_str())
+                .map_err(db_err)?;
+            value
+                .map(|v| v.value().parse().map_err(|e| Error::Meta(format!("corrupt tag: {e}"))))
+                .transpose()
+        })
     }
 
     fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
@@ -305,18 +312,19 @@ impl Meta for RedbMeta {
     }
 
     fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<Vec<String>>> {
-        let txn = self.read_txn()?;
-        if txn
-            .open_table(REPOS)
-            .map_err(db_err)?
-            .get(repo.as_str())
-            .map_err(db_err)?
-            .is_none()
-        {
-            return Ok(None);
-        }
-        let tags = txn.open_table(TAGS).map_err(db_err)?;
-        keys_after(&tags, repo.as_str(), last, n).map(Some)
+        self.read(|txn| {
+            if txn
+                .open_table(REPOS)
+                .map_err(db_err)?
+                .get(repo.as_str())
+                .map_err(db_err)?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let tags = txn.open_table(TAGS).map_err(db_err)?;
+            keys_after(&tags, repo.as_str(), last, n).map(Some)
+        })
     }
 
     fn put_upload(&self, id: &str, record: &UploadRecord) -> Result<()> {
@@ -331,11 +339,13 @@ impl Meta for RedbMeta {
     }
 
     fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
-        let table = self.read_txn()?.open_table(UPLOADS).map_err(db_err)?;
-        let value = table.get(id).map_err(db_err)?;
-        value
-            .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
-            .transpose()
+        self.read(|txn| {
+            let table = txn.open_table(UPLOADS).map_err(db_err)?;
+            let value = table.get(id).map_err(db_err)?;
+            value
+                .map(|v| serde_json::from_slice(v.value()).map_err(json_err))
+                .transpose()
+        })
     }
 
     fn delete_upload(&self, id: &str) -> Result<()> {
@@ -348,52 +358,60 @@ impl Meta for RedbMeta {
     }
 
     fn uploads(&self) -> Result<Vec<(String, UploadRecord)>> {
-        let table = self.read_txn()?.open_table(UPLOADS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.range::<&str>(..).map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            out.push((
-                k.value().to_owned(),
-                serde_json::from_slice(v.value()).map_err(json_err)?,
-            ));
-        }
-        Ok(out)
+        self.read(|txn| {
+            let table = txn.open_table(UPLOADS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table.range::<&str>(..).map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                out.push((
+                    k.value().to_owned(),
+                    serde_json::from_slice(v.value()).map_err(json_err)?,
+                ));
+            }
+            Ok(out)
+        })
     }
 
     fn all_repos(&self) -> Result<Vec<(RepoName, RepoInfo)>> {
-        let table = self.read_txn()?.open_table(REPOS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.range::<&str>(..).map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let Ok(repo) = k.value().parse() else { continue };
-            out.push((repo, serde_json::from_slice(v.value()).map_err(json_err)?));
-        }
-        Ok(out)
+        self.read(|txn| {
+            let table = txn.open_table(REPOS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table.range::<&str>(..).map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let Ok(repo) = k.value().parse() else { continue };
+                out.push((repo, serde_json::from_slice(v.value()).map_err(json_err)?));
+            }
+            Ok(out)
+        })
     }
 
     fn all_manifests(&self) -> Result<Vec<(RepoName, Digest, ManifestRecord)>> {
-        let table = self.read_txn()?.open_table(MANIFESTS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.range::<&str>(..).map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let Some((repo, digest)) = split_key(k.value()) else {
-                continue;
-            };
-            out.push((repo, digest, serde_json::from_slice(v.value()).map_err(json_err)?));
-        }
-        Ok(out)
+        self.read(|txn| {
+            let table = txn.open_table(MANIFESTS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table.range::<&str>(..).map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let Some((repo, digest)) = split_key(k.value()) else {
+                    continue;
+                };
+                out.push((repo, digest, serde_json::from_slice(v.value()).map_err(json_err)?));
+            }
+            Ok(out)
+        })
     }
 
     fn tag_targets(&self, repo: &RepoName) -> Result<Vec<(String, Digest)>> {
-        let table = self.read_txn()?.open_table(TAGS).map_err(db_err)?;
-        let (start, end) = prefix_range(repo.as_str());
-        let mut out = Vec::new();
-        for row in table.range::<&str>(start.as_str()..end.as_str()).map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let Ok(digest) = v.value().parse() else { continue };
-            out.push((k.value()[repo.as_str().len() + 1..].to_owned(), digest));
-        }
-        Ok(out)
+        self.read(|txn| {
+            let table = txn.open_table(TAGS).map_err(db_err)?;
+            let (start, end) = prefix_range(repo.as_str());
+            let mut out = Vec::new();
+            for row in table.range::<&str>(start.as_str()..end.as_str()).map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let Ok(digest) = v.value().parse() else { continue };
+                out.push((k.value()[repo.as_str().len() + 1..].to_owned(), digest));
+            }
+            Ok(out)
+        })
     }
 
     fn record_pulls(&self, pulls: &[(RepoName, Digest, u64)]) -> Result<()> {
@@ -409,23 +427,27 @@ impl Meta for RedbMeta {
     }
 
     fn last_pull(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>> {
-        let table = self.read_txn()?.open_table(PULLS).map_err(db_err)?;
-        let value = table
-            .get(key(&[repo.as_str(), &digest.to_string()]).as_str())
-            .map_err(db_err)?;
-        Ok(value.map(|v| v.value()))
+        self.read(|txn| {
+            let table = txn.open_table(PULLS).map_err(db_err)?;
+            let value = table
+                .get(key(&[repo.as_str(), &digest.to_string()]).as_str())
+                .map_err(db_err)?;
+            Ok(value.map(|v| v.value()))
+        })
     }
 
     fn last_pulls(&self) -> Result<Vec<(RepoName, Digest, u64)>> {
-        let table = self.read_txn()?.open_table(PULLS).map_err(db_err)?;
-        let mut out = Vec::new();
-        for row in table.range::<&str>(..).map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            if let Some((repo, digest)) = split_key(k.value()) {
-                out.push((repo, digest, v.value()));
+        self.read(|txn| {
+            let table = txn.open_table(PULLS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in table.range::<&str>(..).map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                if let Some((repo, digest)) = split_key(k.value()) {
+                    out.push((repo, digest, v.value()));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn remove_manifests(&self, manifests: &[(RepoName, Digest)]) -> Result<()> {
@@ -451,6 +473,16 @@ impl Meta for RedbMeta {
             for k in keys {
                 links.remove(k.as_str()).map_err(db_err)?;
             }
+            Ok(())
+        })
+    }
+
+    fn probe(&self) -> Result<()> {
+        self.write(|txn| {
+            txn.open_table(PROBE)
+                .map_err(db_err)?
+                .insert("probe", unix_now())
+                .map_err(db_err)?;
             Ok(())
         })
     }

@@ -40,7 +40,7 @@ impl IntoResponse for Error {
                 store::Error::DigestMismatch { .. } => (S::BAD_REQUEST, "DIGEST_INVALID"),
                 store::Error::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
                 store::Error::Body(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
-                store::Error::Io(_) | store::Error::Meta(_) | store::Error::Locked => {
+                store::Error::Io(_) | store::Error::Meta(_) | store::Error::Locked | store::Error::Missing(_) => {
                     (S::INTERNAL_SERVER_ERROR, "UNKNOWN")
                 }
             },

@@ -55,6 +55,8 @@ pub enum Error {
     Body(io::Error),
     #[error("the store is open in another process (a running berth server)")]
     Locked,
+    #[error("there is no berth store at {0} (no meta.redb there); check [storage] root in the configuration")]
+    Missing(std::path::PathBuf),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -76,6 +78,15 @@ pub struct Store {
 }
 
 impl Store {
+    /// Open the store at `root` that a server made before, never creating one: a maintenance
+    /// command pointed at the wrong directory must say so, not leave an empty store behind.
+    pub fn open_existing(root: &Path) -> Result<Store> {
+        if !root.join("meta.redb").is_file() {
+            return Err(Error::Missing(root.to_owned()));
+        }
+        Store::open(root)
+    }
+
     /// Open (or create) the filesystem store at `root`, clearing leftovers of a crash.
     pub fn open(root: &Path) -> Result<Store> {
         std::fs::create_dir_all(root)?;

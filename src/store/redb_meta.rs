@@ -192,6 +192,27 @@ impl Meta for RedbMeta {
         Ok(out)
     }
 
+    fn remove_repo(&self, repo: &RepoName) -> Result<bool> {
+        self.write(|txn| {
+            let existed = txn
+                .open_table(REPOS)
+                .map_err(db_err)?
+                .remove(repo.as_str())
+                .map_err(db_err)?
+                .is_some();
+            let (start, end) = prefix_range(repo.as_str());
+            let range = start.as_str()..end.as_str();
+            // The same `repo\0…` prefix selects this repository's rows in every table; a
+            // nested name (`repo/sub`) sorts outside it because '/' is not '\0'.
+            txn.open_table(TAGS).map_err(db_err)?.retain_in(range.clone(), |_, _| false).map_err(db_err)?;
+            txn.open_table(MANIFESTS).map_err(db_err)?.retain_in(range.clone(), |_, _| false).map_err(db_err)?;
+            txn.open_table(BLOB_LINKS).map_err(db_err)?.retain_in(range.clone(), |_, _| false).map_err(db_err)?;
+            txn.open_table(REFERRERS).map_err(db_err)?.retain_in(range.clone(), |_, _| false).map_err(db_err)?;
+            txn.open_table(PULLS).map_err(db_err)?.retain_in(range, |_, _| false).map_err(db_err)?;
+            Ok(existed)
+        })
+    }
+
     fn link_blob(&self, repo: &RepoName, digest: &Digest, origin: Origin) -> Result<()> {
         self.write(|txn| {
             ensure_repo_in(txn, repo, origin)?;

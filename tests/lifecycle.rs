@@ -121,7 +121,7 @@ async fn size_cap_evicts_the_least_recently_pulled_and_recent_images_still_pull_
     let before = berth_cli(&b, &["du"]);
     let report = berth_cli(&b, &["gc"]);
     assert!(
-        report.contains("removed cached manifest library/multilayer@"),
+        report.contains("evicted cached manifest library/multilayer@"),
         "the oldest pull goes first:\n{before}\n{report}"
     );
     assert!(

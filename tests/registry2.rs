@@ -454,3 +454,74 @@ async fn gc_du_and_delete_need_only_the_config_file_against_a_tls_server_and_a_s
     }
     assert!(!missing.exists(), "nothing was created");
 }
+
+#[tokio::test]
+async fn the_web_ui_removes_a_repository_for_its_admins_only_and_gc_reclaims_its_blobs() {
+    use support::ui::{form, htpasswd, input_value, session_cookie};
+    let dir = tempfile::tempdir().unwrap();
+    let pw = htpasswd(dir.path(), &[("admin", "admin-pass"), ("viewer", "viewer-pass")]);
+    let mut b = Berth::start(
+        "[auth]\nscheme = \"basic\"\n\
+         [[auth.access]]\nrepository = \"team/*\"\nusers = [\"admin\"]\nactions = [\"pull\", \"push\", \"delete\"]\n\
+         [[auth.access]]\nrepository = \"team/*\"\nusers = [\"viewer\"]\nactions = [\"pull\"]\n",
+    );
+    push_image(&b.url, "team/app", "1", &[b"only team/app has this"]).await;
+    push_image(&b.url, "team/keep", "1", &[b"team/keep's layer"]).await;
+    b.restart_with_env(&[("BERTH_AUTH_HTPASSWD", pw.to_str().unwrap())]);
+
+    let c = client();
+    let page = b.at("/ui/repo?name=team/app");
+    let open = |user: &'static str, password: &'static str| c.get(&page).basic_auth(user, Some(password)).send();
+    let r = open("viewer", "viewer-pass").await.unwrap();
+    let viewer_cookie = session_cookie(&r);
+    assert!(!r.text().await.unwrap().contains("/ui/remove"), "a viewer gets no remove form");
+    let r = open("admin", "admin-pass").await.unwrap();
+    let admin_cookie = session_cookie(&r);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("action=\"/ui/remove\""), "the admin gets the remove form");
+    let csrf = input_value(&html, "csrf").unwrap();
+
+    let remove = |user: &'static str, password: &'static str, cookie: &str, origin: &str, confirm: &str| {
+        c.post(b.at("/ui/remove"))
+            .basic_auth(user, Some(password))
+            .header("origin", origin.to_owned())
+            .header("cookie", cookie.to_owned())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("repo", "team/app"), ("csrf", &csrf), ("confirm", confirm)]))
+            .send()
+    };
+    let tags = || c.get(b.at("/v2/team/app/tags/list")).basic_auth("admin", Some("admin-pass")).send();
+    for (user, password, cookie, origin, confirm, status) in [
+        ("viewer", "viewer-pass", &viewer_cookie, b.url.as_str(), "team/app", StatusCode::FORBIDDEN),
+        ("viewer", "viewer-pass", &admin_cookie, b.url.as_str(), "team/app", StatusCode::FORBIDDEN),
+        ("admin", "admin-pass", &admin_cookie, "http://evil.example", "team/app", StatusCode::FORBIDDEN),
+        ("admin", "admin-pass", &admin_cookie, b.url.as_str(), "team/ap", StatusCode::BAD_REQUEST),
+    ] {
+        let r = remove(user, password, cookie, origin, confirm).await.unwrap();
+        assert_eq!(r.status(), status, "{user} from {origin} typing {confirm}");
+        assert_eq!(tags().await.unwrap().status(), StatusCode::OK, "team/app is still there");
+    }
+    let r = remove("admin", "admin-pass", &admin_cookie, &b.url, "team/app").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("Removed team/app"));
+    assert_eq!(tags().await.unwrap().status(), StatusCode::NOT_FOUND, "gone from the API");
+    let catalog: Value = c
+        .get(b.at("/v2/_catalog"))
+        .basic_auth("admin", Some("admin-pass"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(catalog, json!({"repositories": ["team/keep"]}));
+    let home = c.get(b.at("/ui")).basic_auth("admin", Some("admin-pass")).send().await.unwrap();
+    let home = home.text().await.unwrap();
+    assert!(home.contains("team/keep") && !home.contains("team/app"), "gone from the UI:\n{home}");
+    assert!(b.log().contains("repository removed in the web UI"));
+
+    let real = berth_ok(&b, &["gc", "--grace", "0s"]);
+    let deleted = listed(&real, "blob deleted: ");
+    assert!(deleted.contains(&support::sha256(b"only team/app has this")), "{real}");
+    assert!(!deleted.contains(&support::sha256(b"team/keep's layer")), "{real}");
+}

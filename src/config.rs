@@ -722,4 +722,14 @@ mod tests {
     fn bad_listen_address_is_refused() {
         assert!(Config::from_toml("[server]\nlisten = \"nowhere\"\n", env(&[])).is_err());
     }
+
+    #[test]
+    fn loading_needs_no_upstream_secret_and_serving_does() {
+        let text = "[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n\
+                    username = \"me\"\npassword_env = \"BERTH_CONFIG_TEST_UNSET_PASSWORD\"\n";
+        let c = Config::from_toml(text, env(&[])).expect("gc/du/delete load the file without the secret");
+        let err = c.upstream_settings().unwrap_err().to_string();
+        assert!(err.contains("BERTH_CONFIG_TEST_UNSET_PASSWORD is not set"), "{err}");
+        assert!(c.private.claim_on_push, "claiming on push is the default");
+    }
 }

@@ -505,18 +505,10 @@ async fn the_web_ui_removes_a_repository_for_its_admins_only_and_gc_reclaims_its
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.unwrap().contains("Removed team/app"));
     assert_eq!(tags().await.unwrap().status(), StatusCode::NOT_FOUND, "gone from the API");
-    let catalog: Value = c
-        .get(b.at("/v2/_catalog"))
-        .basic_auth("admin", Some("admin-pass"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let as_admin = |path: &str| c.get(b.at(path)).basic_auth("admin", Some("admin-pass")).send();
+    let catalog: Value = as_admin("/v2/_catalog").await.unwrap().json().await.unwrap();
     assert_eq!(catalog, json!({"repositories": ["team/keep"]}));
-    let home = c.get(b.at("/ui")).basic_auth("admin", Some("admin-pass")).send().await.unwrap();
-    let home = home.text().await.unwrap();
+    let home = as_admin("/ui").await.unwrap().text().await.unwrap();
     assert!(home.contains("team/keep") && !home.contains("team/app"), "gone from the UI:\n{home}");
     assert!(b.log().contains("repository removed in the web UI"));
 

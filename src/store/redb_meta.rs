@@ -476,3 +476,48 @@ impl Meta for RedbMeta {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ManifestRecord {
+        ManifestRecord {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 2,
+            blobs: Vec::new(),
+            children: Vec::new(),
+            subject: None,
+            artifact_type: None,
+            annotations: Default::default(),
+            stored_at: 0,
+        }
+    }
+
+    #[test]
+    fn removing_a_repository_leaves_its_nested_and_neighbouring_names_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = RedbMeta::open(&dir.path().join("meta.redb")).unwrap();
+        let d = Digest::sha256_of(b"{}");
+        let tag: Tag = "1".parse().unwrap();
+        let names = ["team", "team/app", "team-x"].map(|n| n.parse::<RepoName>().unwrap());
+        for repo in &names {
+            meta.put_manifest(repo, &d, &record(), Some(&tag), Origin::Private).unwrap();
+            meta.link_blob(repo, &d, Origin::Private).unwrap();
+            meta.record_pulls(&[(repo.clone(), d.clone(), 1)]).unwrap();
+        }
+        assert!(meta.remove_repo(&names[0]).unwrap());
+        assert!(!meta.remove_repo(&names[0]).unwrap(), "already gone");
+        assert_eq!(meta.repo(&names[0]).unwrap(), None);
+        assert_eq!(meta.tags(&names[0], None, 10).unwrap(), None);
+        assert!(meta.manifest(&names[0], &d).unwrap().is_none());
+        assert!(!meta.blob_linked(&names[0], &d).unwrap());
+        assert_eq!(meta.last_pull(&names[0], &d).unwrap(), None);
+        for other in &names[1..] {
+            assert_eq!(meta.tag(other, &tag).unwrap(), Some(d.clone()), "{other}");
+            assert!(meta.blob_linked(other, &d).unwrap());
+            assert_eq!(meta.last_pull(other, &d).unwrap(), Some(1));
+        }
+        assert_eq!(meta.repos(None, 10).unwrap(), ["team-x", "team/app"]);
+    }
+}

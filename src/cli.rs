@@ -32,7 +32,10 @@ fn target(config: &Config) -> anyhow::Result<Target> {
             let socket = root.join(SOCKET_FILE);
             let http = reqwest::Client::builder().unix_socket(socket.clone()).build()?;
             if std::io::stderr().is_terminal() {
-                eprintln!("berth: a server is running on this store; asking it over {}", socket.display());
+                eprintln!(
+                    "berth: a server is running on this store; asking it over {}",
+                    socket.display()
+                );
             }
             Ok(Target::Server { socket, http })
         }
@@ -53,11 +56,13 @@ fn admin_url(path: &str, query: &[(&str, String)]) -> String {
 /// Send an admin request; a failure to reach the socket or a refusal becomes one sentence.
 async fn ask(socket: &std::path::Path, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
     let response = request.send().await.map_err(|e| {
-        let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+        let cause = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string());
         let hint = if cause.contains("ermission denied") {
             " (it is owner-only: run this as the user the server runs as)"
         } else {
-            ""
+            " (the server's log says why at its startup)"
         };
         anyhow::anyhow!(
             "a berth server holds this store, but its admin socket {} did not answer: {cause}{hint}",
@@ -142,7 +147,12 @@ fn print_report(r: &Report) {
         println!("{blob_done}: {} ({})", b.digest, ByteSize(b.size));
     }
     for h in &r.held {
-        println!("blob held back until {}: {} ({})", when(h.eligible_at), h.digest, ByteSize(h.size));
+        println!(
+            "blob held back until {}: {} ({})",
+            when(h.eligible_at),
+            h.digest,
+            ByteSize(h.size)
+        );
     }
     for u in &r.uploads {
         println!("{upload} {u}");
@@ -170,7 +180,10 @@ fn print_report(r: &Report) {
 }
 
 pub async fn gc(config: &Config, dry_run: bool, grace: Option<&str>) -> anyhow::Result<()> {
-    let grace = grace.map(|g| parse_grace(g).map(|d| (g, d))).transpose().map_err(anyhow::Error::msg)?;
+    let grace = grace
+        .map(|g| parse_grace(g).map(|d| (g, d)))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let report = match target(config)? {
         Target::Direct(store) => {
             let mut policy = config.gc_policy()?;

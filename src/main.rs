@@ -127,7 +127,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tls: tls.is_some(),
     };
     tokio::spawn(flush_pulls(registry.clone()));
-    tokio::spawn(collect_periodically(registry.clone(), policy.clone(), config.gc_interval()?));
+    tokio::spawn(collect_periodically(
+        registry.clone(),
+        policy.clone(),
+        config.gc_interval()?,
+    ));
     // Cancelled when shutdown begins: background tasks watch it and end.
     let stop = CancellationToken::new();
     tokio::spawn({
@@ -140,15 +144,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         registry: registry.clone(),
         policy: policy.clone(),
     };
-    let socket = berth::api::admin::bind(root)?;
-    tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            if let Err(e) = socket.serve(admin, stop).await {
-                tracing::error!(error = %e, "the admin socket failed; berth gc/du/delete cannot reach this server");
-            }
+    // Without it the registry still serves; only the maintenance commands cannot reach it (a
+    // store root too long for a socket path, say), and the log says why.
+    match berth::api::admin::bind(root) {
+        Ok(socket) => {
+            tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    if let Err(e) = socket.serve(admin, stop).await {
+                        tracing::error!(error = %e, "the admin socket failed; berth gc/du/delete cannot reach this server");
+                    }
+                }
+            });
         }
-    });
+        Err(e) => {
+            tracing::error!(error = %e, "no admin socket; berth gc/du/delete cannot reach this server")
+        }
+    }
     let options = Options {
         addr,
         tls,

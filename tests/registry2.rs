@@ -135,13 +135,31 @@ async fn the_registry2_seed_workflows_run_as_written_on_the_default_config() {
     ]));
     assert_eq!(manifest["mediaType"], SCHEMA2, "{manifest}");
     let (config, layer) = parts(&manifest);
-    let head = curl(&["-sS", "-I", "-H", &accept, &format!("{uri}/v2/my-alpine/manifests/latest")]);
+    let head = curl(&[
+        "-sS",
+        "-I",
+        "-H",
+        &accept,
+        &format!("{uri}/v2/my-alpine/manifests/latest"),
+    ]);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(header_of(&head, "Content-Type"), SCHEMA2);
     let digest = header_of(&head, "Docker-Content-Digest");
-    assert!(pushed.contains(&format!("digest: {digest}")), "docker push printed it:\n{pushed}");
+    assert!(
+        pushed.contains(&format!("digest: {digest}")),
+        "docker push printed it:\n{pushed}"
+    );
     let status = |method: &str, path: &str| {
-        curl(&["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, &format!("{uri}{path}")])
+        curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+            &format!("{uri}{path}"),
+        ])
     };
     assert_eq!(status("DELETE", &format!("/v2/my-alpine/manifests/{digest}")), "202");
     let tags = json_of(&curl(&["-sS", &format!("{uri}/v2/my-alpine/tags/list")]));
@@ -222,13 +240,32 @@ async fn the_registry2_seed_workflows_run_as_written_on_the_default_config() {
         .collect();
     assert_eq!(names, set(&["3.13", "latest"]));
     let pulled = d.ok(&["pull", &image("cdecl/alpine")]);
-    let head = curl(&["-s", "-I", "-H", &accept, &format!("{uri}/v2/cdecl/alpine/manifests/latest")]);
+    let head = curl(&[
+        "-s",
+        "-I",
+        "-H",
+        &accept,
+        &format!("{uri}/v2/cdecl/alpine/manifests/latest"),
+    ]);
     let latest = header_of(&head, "Docker-Content-Digest");
     assert!(pulled.contains(&latest), "{pulled}");
-    let get = |tag: &str| json_of(&curl(&["-s", "-H", &accept, &format!("{uri}/v2/cdecl/alpine/manifests/{tag}")]));
+    let get = |tag: &str| {
+        json_of(&curl(&[
+            "-s",
+            "-H",
+            &accept,
+            &format!("{uri}/v2/cdecl/alpine/manifests/{tag}"),
+        ]))
+    };
     let ((latest_config, latest_layer), (old_config, old_layer)) = (parts(&get("latest")), parts(&get("3.13")));
     let old = header_of(
-        &curl(&["-s", "-I", "-H", &accept, &format!("{uri}/v2/cdecl/alpine/manifests/3.13")]),
+        &curl(&[
+            "-s",
+            "-I",
+            "-H",
+            &accept,
+            &format!("{uri}/v2/cdecl/alpine/manifests/3.13"),
+        ]),
         "Docker-Content-Digest",
     );
     curl(&["-s", "-XDELETE", &format!("{uri}/v2/cdecl/alpine/manifests/{latest}")]);
@@ -241,16 +278,26 @@ async fn the_registry2_seed_workflows_run_as_written_on_the_default_config() {
 
     // The script, as its author wrote it: list repositories, list tags, print the delete.
     let (code, out) = delete_script(&[uri]);
-    assert_eq!((code, out.lines().filter(|l| !l.is_empty()).skip(1).collect::<Vec<_>>()), (255, vec!["alpine"]), "{out}");
+    assert_eq!(
+        (code, out.lines().filter(|l| !l.is_empty()).skip(1).collect::<Vec<_>>()),
+        (255, vec!["alpine"]),
+        "{out}"
+    );
     let (code, out) = delete_script(&[uri, "alpine"]);
     assert_eq!((code, out.contains("\nlatest\n")), (255, true), "{out}");
     let (code, out) = delete_script(&[uri, "cdecl/alpine", "3.13"]);
     assert_eq!(code, 255, "{out}");
-    assert!(out.contains("No manifest found for cdecl/alpine:3.13"), "the removed repository is gone:\n{out}");
+    assert!(
+        out.contains("No manifest found for cdecl/alpine:3.13"),
+        "the removed repository is gone:\n{out}"
+    );
     let (code, out) = delete_script(&[uri, "alpine", "latest"]);
     assert_eq!(code, 0, "{out}");
     let command = format!("curl -sS -XDELETE {uri}/v2/alpine/manifests/{latest}");
-    assert!(out.starts_with(&format!("{latest}\n")) && out.contains(&command), "{out}");
+    assert!(
+        out.starts_with(&format!("{latest}\n")) && out.contains(&command),
+        "{out}"
+    );
     run(Command::new("bash").args(["-c", &command]));
     let tags = json_of(&curl(&["-s", &format!("{uri}/v2/alpine/tags/list")]));
     assert!(!tags.to_string().contains("latest"), "{tags}");
@@ -261,7 +308,10 @@ async fn the_registry2_seed_workflows_run_as_written_on_the_default_config() {
     assert_eq!(listed(&dry, "blob eligible for deletion: "), garbage, "{dry}");
     let real = berth_ok(&b, &["gc", "--grace", "0s"]);
     assert_eq!(listed(&real, "blob deleted: "), garbage, "{real}");
-    assert_eq!(support::files_under(&b.root.join("blobs")), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        support::files_under(&b.root.join("blobs")),
+        Vec::<std::path::PathBuf>::new()
+    );
 }
 
 /// The message of a refused push (403 DENIED) to `repo`.
@@ -306,10 +356,17 @@ async fn pushes_never_take_over_what_mirror_clients_get_and_each_refusal_names_a
             message.contains("official-images") && message.contains(&format!("push it as {rest} instead")),
             "{message}"
         );
-        assert!(message.contains(&format!("add \"{repo}\" to [private] namespaces")), "{message}");
+        assert!(
+            message.contains(&format!("add \"{repo}\" to [private] namespaces")),
+            "{message}"
+        );
     }
     let r = support::client::put_manifest(&b.url, "library/alpine", "latest", SCHEMA2, b"{}").await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "nor may a manifest replace the cached one");
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "nor may a manifest replace the cached one"
+    );
 
     // A name holding cached content stays a mirror; the fix the message names works.
     let message = refused_push(&b, "myorg/tool").await;
@@ -349,7 +406,10 @@ async fn with_claiming_off_only_namespaces_take_pushes_and_the_suggested_pattern
         let b = default_config(&hub, "[private]\nclaim_on_push = false\n");
         let message = refused_push(&b, repo).await;
         assert!(message.contains("claim_on_push = false"), "{message}");
-        assert!(!message.contains("my-alpine/*"), "a pattern that would not match: {message}");
+        assert!(
+            !message.contains("my-alpine/*"),
+            "a pattern that would not match: {message}"
+        );
         // Take the pattern the message suggests, literally, and use it.
         let pattern = message
             .split("add ")
@@ -358,7 +418,10 @@ async fn with_claiming_off_only_namespaces_take_pushes_and_the_suggested_pattern
             .unwrap_or_else(|| panic!("{message}"));
         assert_eq!(pattern, expected);
         drop(b);
-        let b = default_config(&hub, &format!("[private]\nclaim_on_push = false\nnamespaces = [{pattern}]\n"));
+        let b = default_config(
+            &hub,
+            &format!("[private]\nclaim_on_push = false\nnamespaces = [{pattern}]\n"),
+        );
         push_image(&b.url, repo, "1", &[b"layer"]).await;
         let other = refused_push(&b, "someone-else").await;
         assert!(other.contains("add \"someone-else\""), "{other}");
@@ -408,7 +471,12 @@ async fn gc_du_and_delete_need_only_the_config_file_against_a_tls_server_and_a_s
     let (cert, key) = (ca.cert.to_str().unwrap(), ca.key.to_str().unwrap());
     let mut b = b;
     b.restart_with_env(&[secret, ("BERTH_SERVER_TLS_CERT", cert), ("BERTH_SERVER_TLS_KEY", key)]);
-    let v2 = curl(&["-sS", "--cacert", ca.ca.to_str().unwrap(), &format!("https://{}/v2/", b.addr)]);
+    let v2 = curl(&[
+        "-sS",
+        "--cacert",
+        ca.ca.to_str().unwrap(),
+        &format!("https://{}/v2/", b.addr),
+    ]);
     assert_eq!(json_of(&v2), json!({}), "the server speaks TLS");
     let socket = b.root.join("admin.sock");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
@@ -417,13 +485,19 @@ async fn gc_du_and_delete_need_only_the_config_file_against_a_tls_server_and_a_s
     let du = alone_ok(&b.config, &["du"]);
     assert!(du.contains("team/app") && du.contains("private"), "{du}");
     let bare = alone_err(&b.config, &["delete", "team/app"]);
-    assert!(bare.contains("no tag or digest") && bare.contains("team/app:TAG"), "{bare}");
+    assert!(
+        bare.contains("no tag or digest") && bare.contains("team/app:TAG"),
+        "{bare}"
+    );
     let unknown = alone_err(&b.config, &["delete", "team/app:9"]);
     assert!(unknown.contains("manifest 9 is not known"), "{unknown}");
     alone_ok(&b.config, &["delete", "team/app:1"]);
     let only_in_1 = support::sha256(b"only in 1");
     let dry = alone_ok(&b.config, &["gc", "--dry-run", "--grace", "0s"]);
-    assert!(listed(&dry, "blob eligible for deletion: ").contains(&only_in_1), "{dry}");
+    assert!(
+        listed(&dry, "blob eligible for deletion: ").contains(&only_in_1),
+        "{dry}"
+    );
     let real = alone_ok(&b.config, &["gc", "--grace", "0s"]);
     assert!(listed(&real, "blob deleted: ").contains(&only_in_1), "{real}");
     assert!(!b.blob_path(&only_in_1).exists());
@@ -438,7 +512,10 @@ async fn gc_du_and_delete_need_only_the_config_file_against_a_tls_server_and_a_s
     let gone = alone_err(&b.config, &["delete", "--repository", "team/app"]);
     assert!(gone.contains("repository team/app is not known"), "{gone}");
     let real = alone_ok(&b.config, &["gc", "--grace", "0s"]);
-    assert!(listed(&real, "blob deleted: ").contains(&support::sha256(b"shared")), "{real}");
+    assert!(
+        listed(&real, "blob deleted: ").contains(&support::sha256(b"shared")),
+        "{real}"
+    );
     // A relative root in the file means beside the file, from any working directory.
     let relative = b.config.with_file_name("relative.toml");
     std::fs::write(&relative, "upstream = []\n[storage]\nroot = \"data\"\n").unwrap();
@@ -450,7 +527,10 @@ async fn gc_du_and_delete_need_only_the_config_file_against_a_tls_server_and_a_s
     std::fs::write(&config, format!("[storage]\nroot = \"{}\"\n", missing.display())).unwrap();
     for args in [&["gc"][..], &["du"], &["delete", "team/app:1"]] {
         let err = alone_err(&config, args);
-        assert!(err.contains("no berth store at") && err.contains("nowhere"), "{args:?}: {err}");
+        assert!(
+            err.contains("no berth store at") && err.contains("nowhere"),
+            "{args:?}: {err}"
+        );
     }
     assert!(!missing.exists(), "nothing was created");
 }
@@ -474,7 +554,10 @@ async fn the_web_ui_removes_a_repository_for_its_admins_only_and_gc_reclaims_its
     let open = |user: &'static str, password: &'static str| c.get(&page).basic_auth(user, Some(password)).send();
     let r = open("viewer", "viewer-pass").await.unwrap();
     let viewer_cookie = session_cookie(&r);
-    assert!(!r.text().await.unwrap().contains("/ui/remove"), "a viewer gets no remove form");
+    assert!(
+        !r.text().await.unwrap().contains("/ui/remove"),
+        "a viewer gets no remove form"
+    );
     let r = open("admin", "admin-pass").await.unwrap();
     let admin_cookie = session_cookie(&r);
     let html = r.text().await.unwrap();
@@ -490,26 +573,71 @@ async fn the_web_ui_removes_a_repository_for_its_admins_only_and_gc_reclaims_its
             .body(form(&[("repo", "team/app"), ("csrf", &csrf), ("confirm", confirm)]))
             .send()
     };
-    let tags = || c.get(b.at("/v2/team/app/tags/list")).basic_auth("admin", Some("admin-pass")).send();
+    let tags = || {
+        c.get(b.at("/v2/team/app/tags/list"))
+            .basic_auth("admin", Some("admin-pass"))
+            .send()
+    };
     for (user, password, cookie, origin, confirm, status) in [
-        ("viewer", "viewer-pass", &viewer_cookie, b.url.as_str(), "team/app", StatusCode::FORBIDDEN),
-        ("viewer", "viewer-pass", &admin_cookie, b.url.as_str(), "team/app", StatusCode::FORBIDDEN),
-        ("admin", "admin-pass", &admin_cookie, "http://evil.example", "team/app", StatusCode::FORBIDDEN),
-        ("admin", "admin-pass", &admin_cookie, b.url.as_str(), "team/ap", StatusCode::BAD_REQUEST),
+        (
+            "viewer",
+            "viewer-pass",
+            &viewer_cookie,
+            b.url.as_str(),
+            "team/app",
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "viewer",
+            "viewer-pass",
+            &admin_cookie,
+            b.url.as_str(),
+            "team/app",
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin",
+            "admin-pass",
+            &admin_cookie,
+            "http://evil.example",
+            "team/app",
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "admin",
+            "admin-pass",
+            &admin_cookie,
+            b.url.as_str(),
+            "team/ap",
+            StatusCode::BAD_REQUEST,
+        ),
     ] {
         let r = remove(user, password, cookie, origin, confirm).await.unwrap();
         assert_eq!(r.status(), status, "{user} from {origin} typing {confirm}");
-        assert_eq!(tags().await.unwrap().status(), StatusCode::OK, "team/app is still there");
+        assert_eq!(
+            tags().await.unwrap().status(),
+            StatusCode::OK,
+            "team/app is still there"
+        );
     }
-    let r = remove("admin", "admin-pass", &admin_cookie, &b.url, "team/app").await.unwrap();
+    let r = remove("admin", "admin-pass", &admin_cookie, &b.url, "team/app")
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.text().await.unwrap().contains("Removed team/app"));
-    assert_eq!(tags().await.unwrap().status(), StatusCode::NOT_FOUND, "gone from the API");
+    assert_eq!(
+        tags().await.unwrap().status(),
+        StatusCode::NOT_FOUND,
+        "gone from the API"
+    );
     let as_admin = |path: &str| c.get(b.at(path)).basic_auth("admin", Some("admin-pass")).send();
     let catalog: Value = as_admin("/v2/_catalog").await.unwrap().json().await.unwrap();
     assert_eq!(catalog, json!({"repositories": ["team/keep"]}));
     let home = as_admin("/ui").await.unwrap().text().await.unwrap();
-    assert!(home.contains("team/keep") && !home.contains("team/app"), "gone from the UI:\n{home}");
+    assert!(
+        home.contains("team/keep") && !home.contains("team/app"),
+        "gone from the UI:\n{home}"
+    );
     assert!(b.log().contains("repository removed in the web UI"));
 
     let real = berth_ok(&b, &["gc", "--grace", "0s"]);

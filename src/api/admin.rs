@@ -69,8 +69,7 @@ pub struct Socket {
     remove: RemoveOnDrop,
 }
 
-/// Bind `<root>/admin.sock`, owner-only. Done before the server starts, so a socket that cannot
-/// be made (a store root too long for a socket path, say) stops startup with a clear error.
+/// Bind `<root>/admin.sock`, owner-only, before the server starts taking requests.
 pub fn bind(root: &Path) -> std::io::Result<Socket> {
     let path = root.join(SOCKET_FILE);
     // Only the process holding the store's lock gets here, so a socket file present is a
@@ -80,9 +79,8 @@ pub fn bind(root: &Path) -> std::io::Result<Socket> {
     // while it still has the umask's mode.
     let staging = root.join(format!("{SOCKET_FILE}.{}", std::process::id()));
     let _ = std::fs::remove_file(&staging);
-    let listener = tokio::net::UnixListener::bind(&staging).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("binding the admin socket {}: {e}", staging.display()))
-    })?;
+    let listener = tokio::net::UnixListener::bind(&staging)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding the admin socket {}: {e}", staging.display())))?;
     let staged = RemoveOnDrop(staging);
     std::fs::set_permissions(&staged.0, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     std::fs::rename(&staged.0, &path)?;
@@ -163,7 +161,8 @@ async fn run_gc(State(admin): State<Arc<Admin>>, Query(q): Query<GcQuery>) -> Re
 
 /// `[gc] grace`-style durations (`0s`, `10m`, `1h`).
 pub fn parse_grace(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("--grace {text:?} is not a duration like \"0s\" or \"10m\": {e}"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("--grace {text:?} is not a duration like \"0s\" or \"10m\": {e}"))
 }
 
 #[derive(Deserialize)]

@@ -136,7 +136,8 @@ impl Registry {
         }
         let default_is_hub = self.upstreams.first().is_some_and(|u| u.name() == "docker.io");
         (default_is_hub && first == "library" && name.contains('/')).then(|| {
-            "in Docker Hub's official-images namespace (what `docker pull alpine` asks a registry mirror for)".to_owned()
+            "in Docker Hub's official-images namespace (what `docker pull alpine` asks a registry mirror for)"
+                .to_owned()
         })
     }
 

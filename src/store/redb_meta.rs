@@ -204,11 +204,26 @@ impl Meta for RedbMeta {
             let range = start.as_str()..end.as_str();
             // The same `repo\0…` prefix selects this repository's rows in every table; a
             // nested name (`repo/sub`) sorts outside it because '/' is not '\0'.
-            txn.open_table(TAGS).map_err(db_err)?.retain_in(range.clone(), |_, _| false).map_err(db_err)?;
-            txn.open_table(MANIFESTS).map_err(db_err)?.retain_in(range.clone(), |_, _| false).map_err(db_err)?;
-            txn.open_table(BLOB_LINKS).map_err(db_err)?.retain_in(range.clone(), |_, _| false).map_err(db_err)?;
-            txn.open_table(REFERRERS).map_err(db_err)?.retain_in(range.clone(), |_, _| false).map_err(db_err)?;
-            txn.open_table(PULLS).map_err(db_err)?.retain_in(range, |_, _| false).map_err(db_err)?;
+            txn.open_table(TAGS)
+                .map_err(db_err)?
+                .retain_in(range.clone(), |_, _| false)
+                .map_err(db_err)?;
+            txn.open_table(MANIFESTS)
+                .map_err(db_err)?
+                .retain_in(range.clone(), |_, _| false)
+                .map_err(db_err)?;
+            txn.open_table(BLOB_LINKS)
+                .map_err(db_err)?
+                .retain_in(range.clone(), |_, _| false)
+                .map_err(db_err)?;
+            txn.open_table(REFERRERS)
+                .map_err(db_err)?
+                .retain_in(range.clone(), |_, _| false)
+                .map_err(db_err)?;
+            txn.open_table(PULLS)
+                .map_err(db_err)?
+                .retain_in(range, |_, _| false)
+                .map_err(db_err)?;
             Ok(existed)
         })
     }
@@ -502,7 +517,8 @@ mod tests {
         let tag: Tag = "1".parse().unwrap();
         let names = ["team", "team/app", "team-x"].map(|n| n.parse::<RepoName>().unwrap());
         for repo in &names {
-            meta.put_manifest(repo, &d, &record(), Some(&tag), Origin::Private).unwrap();
+            meta.put_manifest(repo, &d, &record(), Some(&tag), Origin::Private)
+                .unwrap();
             meta.link_blob(repo, &d, Origin::Private).unwrap();
             meta.record_pulls(&[(repo.clone(), d.clone(), 1)]).unwrap();
         }

@@ -478,6 +478,19 @@ async fn gc_du_and_delete_need_only_the_config_file_against_a_tls_server_and_a_s
         &format!("https://{}/v2/", b.addr),
     ]);
     assert_eq!(json_of(&v2), json!({}), "the server speaks TLS");
+    let over_http = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "--cacert",
+        ca.ca.to_str().unwrap(),
+        &format!("https://{}/_berth/gc", b.addr),
+    ]);
+    assert_eq!(over_http, "404", "administration is not on the network listener");
     let socket = b.root.join("admin.sock");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the admin socket is owner-only");

@@ -33,6 +33,13 @@ fn curl(args: &[&str]) -> String {
     run(Command::new("curl").args(args))
 }
 
+/// The status code of `curl -X METHOD URL` with `extra` options.
+fn curl_status(method: &str, url: &str, extra: &[&str]) -> String {
+    let mut args = vec!["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, url];
+    args.extend_from_slice(extra);
+    curl(&args)
+}
+
 /// A response header's value from `curl -I` output.
 fn header_of(curl_head: &str, name: &str) -> String {
     curl_head
@@ -149,18 +156,7 @@ async fn the_registry2_seed_workflows_run_as_written_on_the_default_config() {
         pushed.contains(&format!("digest: {digest}")),
         "docker push printed it:\n{pushed}"
     );
-    let status = |method: &str, path: &str| {
-        curl(&[
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            method,
-            &format!("{uri}{path}"),
-        ])
-    };
+    let status = |method: &str, path: &str| curl_status(method, &format!("{uri}{path}"), &[]);
     assert_eq!(status("DELETE", &format!("/v2/my-alpine/manifests/{digest}")), "202");
     let tags = json_of(&curl(&["-sS", &format!("{uri}/v2/my-alpine/tags/list")]));
     assert!(!tags.to_string().contains("latest"), "{tags}");
@@ -478,18 +474,8 @@ async fn gc_du_and_delete_need_only_the_config_file_against_a_tls_server_and_a_s
         &format!("https://{}/v2/", b.addr),
     ]);
     assert_eq!(json_of(&v2), json!({}), "the server speaks TLS");
-    let over_http = curl(&[
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "-X",
-        "POST",
-        "--cacert",
-        ca.ca.to_str().unwrap(),
-        &format!("https://{}/_berth/gc", b.addr),
-    ]);
+    let cacert = ["--cacert", ca.ca.to_str().unwrap()];
+    let over_http = curl_status("POST", &format!("https://{}/_berth/gc", b.addr), &cacert);
     assert_eq!(over_http, "404", "administration is not on the network listener");
     let socket = b.root.join("admin.sock");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());

@@ -1,15 +1,19 @@
-//! `berth gc`, `berth delete` and `berth du`. While a server runs, its database lock keeps other
-//! processes out of the store, so these commands ask the server through its admin API (with the
-//! token it wrote to `<root>/admin.token`). With no server running, they open the store directly.
+//! `berth gc`, `berth delete` and `berth du`. They need only the config file, for the store
+//! root. While a server runs, its database lock keeps other processes out of the store, so these
+//! commands ask the server over its admin socket (`<root>/admin.sock`, owner-only; see
+//! `api::admin`), whatever its address, TLS settings or upstream secrets. With no server running,
+//! they open the store directly. They never create a store.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use berth::api::admin::{TOKEN_FILE, TOKEN_HEADER};
+use berth::api::admin::{SOCKET_FILE, parse_grace};
 use berth::cache::Pulls;
 use berth::config::Config;
 use berth::gc::{self, Progress, Report, Usage};
-use berth::oci::parse_image_ref;
+use berth::oci::{RepoName, parse_image_ref};
 use berth::service::Registry;
 use berth::store::{self, Store};
 use bytesize::ByteSize;
@@ -17,109 +21,183 @@ use futures_util::StreamExt;
 
 enum Target {
     Direct(Store),
-    Server {
-        url: String,
-        token: String,
-        http: reqwest::Client,
-    },
+    Server { socket: PathBuf, http: reqwest::Client },
 }
 
 fn target(config: &Config) -> anyhow::Result<Target> {
     let root = &config.storage.root;
-    match Store::open(root) {
+    match Store::open_existing(root) {
         Ok(store) => Ok(Target::Direct(store)),
         Err(store::Error::Locked) => {
-            let token = std::fs::read_to_string(root.join(TOKEN_FILE))
-                .with_context(|| format!("reading {}", root.join(TOKEN_FILE).display()))?;
-            let addr = config.listen_addr()?;
-            let ip = match addr.ip() {
-                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                ip => ip,
-            };
-            let tls = !config.server.tls.cert.is_empty();
-            let url = format!(
-                "{}://{}",
-                if tls { "https" } else { "http" },
-                std::net::SocketAddr::new(ip, addr.port())
-            );
-            // The server is this machine's own; the admin token, not the certificate, is what
-            // authenticates here (it may be issued for a public name, not for 127.0.0.1).
-            let http = reqwest::Client::builder().danger_accept_invalid_certs(tls).build()?;
-            eprintln!("berth: a server is running on this store; asking it at {url}");
-            Ok(Target::Server {
-                url,
-                token: token.trim().to_owned(),
-                http,
-            })
+            let socket = root.join(SOCKET_FILE);
+            let http = reqwest::Client::builder().unix_socket(socket.clone()).build()?;
+            if std::io::stderr().is_terminal() {
+                eprintln!(
+                    "berth: a server is running on this store; asking it over {}",
+                    socket.display()
+                );
+            }
+            Ok(Target::Server { socket, http })
         }
+        Err(e @ store::Error::Missing(_)) => bail!("{e}"),
         Err(e) => Err(e).with_context(|| format!("opening the store at {}", root.display())),
     }
 }
 
+/// The URL of an admin request (the host is a placeholder: the connection is the socket).
+fn admin_url(path: &str, query: &[(&str, String)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in query {
+        q.append_pair(k, v);
+    }
+    format!("http://berth/{path}?{}", q.finish())
+}
+
+/// Send an admin request; a failure to reach the socket or a refusal becomes one sentence.
+async fn ask(socket: &std::path::Path, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    let response = request.send().await.map_err(|e| {
+        let cause = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string());
+        let hint = if cause.contains("ermission denied") {
+            " (it is owner-only: run this as the user the server runs as)"
+        } else {
+            " (the server's log says why at its startup)"
+        };
+        anyhow::anyhow!(
+            "a berth server holds this store, but its admin socket {} did not answer: {cause}{hint}",
+            socket.display()
+        )
+    })?;
+    if !response.status().is_success() {
+        let text = response.text().await.unwrap_or_default();
+        bail!("{}", text.trim());
+    }
+    Ok(response)
+}
+
+/// Progress on a terminal only: a log or a pipe gets the report alone.
 fn show_progress(p: Progress) {
-    match p {
+    let mut err = std::io::stderr();
+    if !err.is_terminal() {
+        return;
+    }
+    let _ = match p {
         Progress::Plan {
             manifests,
             blobs,
             store_bytes,
-        } => {
-            eprintln!(
-                "gc: {manifests} manifests, {blobs} blobs, {} in the store",
-                ByteSize(store_bytes)
-            )
+        } => writeln!(
+            err,
+            "gc: {manifests} manifests, {blobs} blobs, {} in the store",
+            ByteSize(store_bytes)
+        ),
+        Progress::Evict { manifests } => writeln!(err, "gc: {manifests} manifests to remove"),
+        Progress::Sweep { done, total } => {
+            let end = if done == total { "\n" } else { "" };
+            write!(err, "\rgc: sweeping blobs {done}/{total}{end}")
         }
-        Progress::Evict { manifests } => eprintln!("gc: {manifests} manifests to remove"),
-        Progress::Sweep { done, total } => eprintln!("gc: sweeping blobs {done}/{total}"),
-        Progress::Uploads { stale } => eprintln!("gc: {stale} stale upload sessions"),
-    }
+        Progress::Uploads { stale } => writeln!(err, "gc: {stale} stale upload sessions"),
+    };
 }
 
+/// When `unix` is, and how far from now, e.g. `2026-11-30T20:15:03Z (in 59m 58s)`.
+fn when(unix: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_secs(unix);
+    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+    format!(
+        "{} (in {})",
+        humantime::format_rfc3339_seconds(at),
+        humantime::format_duration(Duration::from_secs(wait.as_secs()))
+    )
+}
+
+/// The report in registry:2's `garbage-collect` shape: counts, then one line per blob.
 fn print_report(r: &Report) {
-    let (remove, verb) = if r.dry_run {
-        ("would remove", "would reclaim")
+    let (evict, untag, blob_done, upload) = if r.dry_run {
+        (
+            "would evict cached manifest",
+            "would delete untagged manifest",
+            "blob eligible for deletion",
+            "would purge upload session",
+        )
     } else {
-        ("removed", "reclaimed")
+        (
+            "evicted cached manifest",
+            "deleted untagged manifest",
+            "blob deleted",
+            "purged upload session",
+        )
     };
     for m in &r.evicted {
-        println!("{remove} cached manifest {m}");
+        println!("{evict} {m}");
     }
     for m in &r.untagged {
-        println!("{remove} untagged manifest {m}");
+        println!("{untag} {m}");
     }
+    let grace = humantime::format_duration(Duration::from_secs(r.grace_secs));
+    println!(
+        "{} blobs marked, {} blobs eligible for deletion ({}), {} held back by the {grace} grace period",
+        r.marked,
+        r.blobs.len(),
+        ByteSize(r.reclaimed_bytes),
+        r.held.len()
+    );
     for b in &r.blobs {
-        println!("{remove} blob {} ({})", b.digest, ByteSize(b.size));
+        println!("{blob_done}: {} ({})", b.digest, ByteSize(b.size));
+    }
+    for h in &r.held {
+        println!(
+            "blob held back until {}: {} ({})",
+            when(h.eligible_at),
+            h.digest,
+            ByteSize(h.size)
+        );
     }
     for u in &r.uploads {
-        println!("{remove} upload session {u}");
+        println!("{upload} {u}");
     }
-    println!(
-        "{verb} {} in {} blobs; the store held {}",
-        ByteSize(r.reclaimed_bytes),
-        r.blobs.len(),
-        ByteSize(r.store_bytes_before)
-    );
+    if r.dry_run {
+        println!(
+            "would reclaim {} in {} blobs; the store holds {}",
+            ByteSize(r.reclaimed_bytes),
+            r.blobs.len(),
+            ByteSize(r.store_bytes_before)
+        );
+    } else {
+        println!(
+            "reclaimed {} in {} blobs; the store held {}",
+            ByteSize(r.reclaimed_bytes),
+            r.blobs.len(),
+            ByteSize(r.store_bytes_before)
+        );
+    }
+    if !r.held.is_empty() {
+        println!(
+            "blobs unreferenced for less than the grace period ([gc] grace = {grace}) are kept for pushes in flight; `berth gc --grace 0s` deletes them now (safe only while nobody pushes)"
+        );
+    }
 }
 
-pub async fn gc(config: &Config, dry_run: bool) -> anyhow::Result<()> {
+pub async fn gc(config: &Config, dry_run: bool, grace: Option<&str>) -> anyhow::Result<()> {
+    let grace = grace
+        .map(|g| parse_grace(g).map(|d| (g, d)))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let report = match target(config)? {
         Target::Direct(store) => {
-            let policy = config.gc_policy()?;
+            let mut policy = config.gc_policy()?;
+            if let Some((_, g)) = grace {
+                policy.grace = g;
+            }
             gc::run(&store, &Pulls::default(), None, &policy, dry_run, &show_progress).await?
         }
-        Target::Server { url, token, http } => {
-            let response = http
-                .post(format!("{url}/_berth/gc?dry_run={dry_run}"))
-                .header(TOKEN_HEADER, token)
-                .send()
-                .await?;
-            if !response.status().is_success() {
-                bail!(
-                    "the server refused: {} {}",
-                    response.status(),
-                    response.text().await.unwrap_or_default()
-                );
+        Target::Server { socket, http } => {
+            let mut query = vec![("dry_run", dry_run.to_string())];
+            if let Some((text, _)) = grace {
+                query.push(("grace", text.to_owned()));
             }
+            let response = ask(&socket, http.post(admin_url("gc", &query))).await?;
             let mut lines = response.bytes_stream();
             let (mut buffer, mut report) = (Vec::new(), None);
             while let Some(chunk) = lines.next().await {
@@ -127,7 +205,7 @@ pub async fn gc(config: &Config, dry_run: bool) -> anyhow::Result<()> {
                 while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
                     let line: serde_json::Value = serde_json::from_slice(&buffer[..end])?;
                     buffer.drain(..=end);
-                    if let Some(error) = line.get("error") {
+                    if let Some(error) = line.get("error").and_then(|e| e.as_str()) {
                         bail!("gc failed on the server: {error}");
                     }
                     if let Some(r) = line.get("report") {
@@ -144,38 +222,49 @@ pub async fn gc(config: &Config, dry_run: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn delete(config: &Config, reference: &str) -> anyhow::Result<()> {
-    let (repo, r) = parse_image_ref(reference)?;
+/// `berth delete REPO:TAG`, `REPO@DIGEST` or `--repository REPO`.
+pub async fn delete(config: &Config, reference: Option<String>, repository: Option<String>) -> anyhow::Result<()> {
+    // Checked before anything is opened, so a typo is reported as such.
+    let what = match (&reference, &repository) {
+        (Some(r), None) => Ok(parse_image_ref(r).map_err(anyhow::Error::msg)?),
+        (None, Some(r)) => Err(r
+            .parse::<RepoName>()
+            .map_err(|e| anyhow::anyhow!("{e}: {r} is not a repository name"))?),
+        _ => bail!("give REPO:TAG, REPO@DIGEST, or --repository REPO"),
+    };
     match target(config)? {
-        Target::Direct(store) => Registry::new(store, Vec::new()).delete_image(&repo, &r).await?,
-        Target::Server { url, token, http } => {
-            let query: String = form_urlencoded::byte_serialize(reference.as_bytes()).collect();
-            let response = http
-                .post(format!("{url}/_berth/delete?reference={query}"))
-                .header(TOKEN_HEADER, token)
-                .send()
-                .await?;
-            if !response.status().is_success() {
-                bail!("{}", response.text().await.unwrap_or_default());
+        Target::Direct(store) => {
+            let registry = Registry::new(store, Vec::new());
+            match &what {
+                Ok((repo, r)) => registry.delete_image(repo, r).await?,
+                Err(repo) => registry.remove_repository(repo).await?,
             }
         }
+        Target::Server { socket, http } => {
+            let query = match (&reference, &repository) {
+                (Some(r), _) => ("reference", r.clone()),
+                (_, Some(r)) => ("repository", r.clone()),
+                _ => unreachable!("checked above"),
+            };
+            ask(&socket, http.post(admin_url("delete", &[query]))).await?;
+        }
     }
-    println!("deleted {reference}; run `berth gc` to reclaim the blobs only it used");
+    match what {
+        Ok(_) => println!(
+            "deleted {}; run `berth gc` to reclaim the blobs only it used",
+            reference.unwrap_or_default()
+        ),
+        Err(repo) => println!(
+            "removed repository {repo} (its tags, manifests and links); run `berth gc` to reclaim the blobs only it used"
+        ),
+    }
     Ok(())
 }
 
 pub async fn du(config: &Config) -> anyhow::Result<()> {
     let usage: Usage = match target(config)? {
         Target::Direct(store) => tokio::task::spawn_blocking(move || gc::disk_usage(&store)).await??,
-        Target::Server { url, token, http } => {
-            http.get(format!("{url}/_berth/du"))
-                .header(TOKEN_HEADER, token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?
-        }
+        Target::Server { socket, http } => ask(&socket, http.get("http://berth/du")).await?.json().await?,
     };
     println!(
         "{:<50} {:<24} {:>9} {:>6} {:>12}",

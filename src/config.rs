@@ -104,12 +104,27 @@ impl Default for Config {
 }
 
 /// `[private]`: repositories that take pushes and never reach an upstream.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Private {
     /// Repository patterns (`*` matches any run of characters, `/` included), e.g. `["team/*"]`.
     /// A repository that already holds pushed content is private too. Default `[]`.
     pub namespaces: Vec<String>,
+    // --- issue 12: pushes on the default config ---
+    /// A first push to a name nobody claimed yet makes it private, as registry:2 users expect
+    /// (`docker push <berth>/my-alpine`). Upstreams' reserved namespaces (Docker Hub's
+    /// `library/*`, `<upstream name>/*`) and names holding cached upstream content are never
+    /// claimed. `false`: only `namespaces` take pushes. Default `true`.
+    pub claim_on_push: bool,
+}
+
+impl Default for Private {
+    fn default() -> Self {
+        Private {
+            namespaces: Vec::new(),
+            claim_on_push: true,
+        }
+    }
 }
 
 /// `[auth]`: who may pull, push and delete.
@@ -365,7 +380,8 @@ pub struct Tls {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
-    /// Directory of the blob store and metadata. Default `"./data"`.
+    /// Directory of the blob store and metadata; a relative path in a file is relative to that
+    /// file's directory. Default `"./data"`.
     pub root: PathBuf,
     // --- full disk (issue 11) ---
     /// Below this much free space on the store's filesystem `/readyz` answers 503: a size such as
@@ -413,12 +429,22 @@ impl Config {
     /// `BERTH_*` environment overrides and validate.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let default_path = Path::new("mirror.toml");
-        let text = match path {
-            Some(p) => read(p)?,
-            None if default_path.exists() => read(default_path)?,
-            None => DEFAULT_TOML.to_owned(),
+        let (text, file) = match path {
+            Some(p) => (read(p)?, Some(p)),
+            None if default_path.exists() => (read(default_path)?, Some(default_path)),
+            None => (DEFAULT_TOML.to_owned(), None),
         };
-        Config::from_toml(&text, std::env::vars())
+        let mut config = Config::from_toml(&text, std::env::vars())?;
+        // A relative `root` in a file means beside that file, so `berth gc --config
+        // /etc/berth/mirror.toml` finds the same store from any working directory. An
+        // environment override stays relative to the working directory, as a shell user expects.
+        if let Some(dir) = file.and_then(Path::parent)
+            && config.storage.root.is_relative()
+            && std::env::var_os("BERTH_STORAGE_ROOT").is_none()
+        {
+            config.storage.root = dir.join(&config.storage.root);
+        }
+        Ok(config)
     }
 
     /// Parse `text` with the overrides in `env` applied.
@@ -437,7 +463,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.drain_timeout()?;
-        self.upstream_settings()?;
+        self.upstream_settings_with(false)?;
         self.gc_policy()?;
         self.gc_interval()?;
         self.min_free()?;
@@ -502,6 +528,12 @@ impl Config {
 
     /// The `[[upstream]]` entries as typed settings; reads `password_env` variables.
     pub fn upstream_settings(&self) -> Result<Vec<UpstreamSettings>, ConfigError> {
+        self.upstream_settings_with(true)
+    }
+
+    /// With `read_secrets` false, `password_env` is not read (an empty placeholder stands in):
+    /// loading the file must not need the server's secrets, which `berth gc` never uses.
+    fn upstream_settings_with(&self, read_secrets: bool) -> Result<Vec<UpstreamSettings>, ConfigError> {
         let mut seen = std::collections::HashSet::new();
         self.upstreams
             .iter()
@@ -521,6 +553,7 @@ impl Config {
                 let password =
                     match (&u.password, &u.password_env) {
                         (Some(p), _) => Some(p.clone()),
+                        (None, Some(_)) if !read_secrets => Some(Secret(String::new())),
                         (None, Some(var)) => Some(Secret(std::env::var(var).map_err(|_| {
                             ConfigError::Invalid(format!("{}: {var} is not set", key("password_env")))
                         })?)),
@@ -770,5 +803,15 @@ mod tests {
     #[test]
     fn bad_listen_address_is_refused() {
         assert!(Config::from_toml("[server]\nlisten = \"nowhere\"\n", env(&[])).is_err());
+    }
+
+    #[test]
+    fn loading_needs_no_upstream_secret_and_serving_does() {
+        let text = "[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n\
+                    username = \"me\"\npassword_env = \"BERTH_CONFIG_TEST_UNSET_PASSWORD\"\n";
+        let c = Config::from_toml(text, env(&[])).expect("gc/du/delete load the file without the secret");
+        let err = c.upstream_settings().unwrap_err().to_string();
+        assert!(err.contains("BERTH_CONFIG_TEST_UNSET_PASSWORD is not set"), "{err}");
+        assert!(c.private.claim_on_push, "claiming on push is the default");
     }
 }

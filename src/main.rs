@@ -2,14 +2,12 @@
 
 mod cli;
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth::api::admin::{Admin, TOKEN_FILE};
+use berth::api::admin::Admin;
 use berth::api::{AppState, ClientLimits};
 use berth::auth::Auth;
 use berth::config::{Config, LogFormat};
@@ -40,15 +38,30 @@ enum Command {
     /// Serve the registry.
     Serve,
     /// Evict expired cached images and collect unreferenced blobs now. Talks to the running
-    /// server when there is one, else works on the store directly.
+    /// server over its admin socket in the store root when there is one, else works on the
+    /// store directly. Needs only the config file.
     Gc {
-        /// List what would be removed, and remove nothing.
+        /// List what would be removed now, and what the grace period holds back until when;
+        /// remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Override `[gc] grace` for this run, e.g. `0s` to collect what was deleted a moment
+        /// ago (only safe while nobody pushes).
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
     },
-    /// Delete REPO:TAG (the tag) or REPO@DIGEST (the manifest and all its tags). `berth gc`
-    /// then reclaims the blobs only it used.
-    Delete { reference: String },
+    /// Delete REPO:TAG (the tag, and its manifest when no other tag points at it), REPO@DIGEST
+    /// (the manifest and all its tags), or with --repository a whole repository. `berth gc` then
+    /// reclaims the blobs only they used.
+    Delete {
+        /// REPO:TAG or REPO@DIGEST; there is no implicit :latest.
+        #[arg(required_unless_present = "repository", conflicts_with = "repository")]
+        reference: Option<String>,
+        /// Remove this whole repository: its tags, manifests and links. It leaves the catalog
+        /// and the UI; a name an upstream serves is mirrored again.
+        #[arg(long, value_name = "REPO")]
+        repository: Option<String>,
+    },
     /// Disk use per repository, private vs cached.
     Du,
 }
@@ -67,31 +80,42 @@ fn init_logging(config: &Config) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    berth::install_crypto_provider();
-    let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref())?;
-    match cli.command {
-        Command::Serve => serve(config).await,
-        Command::Gc { dry_run } => cli::gc(&config, dry_run).await,
-        Command::Delete { reference } => cli::delete(&config, &reference).await,
-        Command::Du => cli::du(&config).await,
+async fn main() -> std::process::ExitCode {
+    // Failures end as one line of sentences (the error and its causes), never a debug dump or a
+    // backtrace, whatever RUST_BACKTRACE says: the reader is a person at a terminal or a log.
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {}", sentences(&e));
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
-/// A fresh admin token in `<root>/admin.token`, readable by this user only.
-fn write_admin_token(root: &std::path::Path) -> anyhow::Result<String> {
-    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-    let path = root.join(TOKEN_FILE);
-    let _ = std::fs::remove_file(&path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(token.as_bytes())?;
-    Ok(token)
+/// An error and its causes on one line, each cause once: many errors already quote their
+/// source in their own message.
+fn sentences(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    berth::install_crypto_provider();
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Gc { dry_run, grace } => cli::gc(&config, dry_run, grace.as_deref()).await,
+        Command::Delete { reference, repository } => cli::delete(&config, reference, repository).await,
+        Command::Du => cli::du(&config).await,
+    }
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -105,6 +129,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let registry = Registry::new(store.clone(), upstreams)
         .with_private_namespaces(config.private.namespaces.clone())
+        .with_claim_on_push(config.private.claim_on_push)
         .with_upload_session_limit(config.limits.max_upload_sessions)
         .with_min_free(config.min_free()?);
     let auth = Auth::new(&config.auth).map_err(anyhow::Error::msg)?;
@@ -122,25 +147,47 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         _ => anyhow::bail!("[server.tls] needs both cert and key"),
     };
     let policy = config.gc_policy()?;
-    let admin = Admin {
-        token: write_admin_token(root)?,
-        policy: policy.clone(),
-    };
     let state = AppState {
         registry: registry.clone(),
         auth: Arc::new(auth),
         limits: Arc::new(ClientLimits::new(&config.limits)),
         tls: tls.is_some(),
-        admin: Some(Arc::new(admin)),
     };
     tokio::spawn(flush_pulls(registry.clone()));
-    tokio::spawn(collect_periodically(registry.clone(), policy, config.gc_interval()?));
+    tokio::spawn(collect_periodically(
+        registry.clone(),
+        policy.clone(),
+        config.gc_interval()?,
+    ));
     // Cancelled when shutdown begins: background tasks watch it and end.
     let stop = CancellationToken::new();
     tokio::spawn({
         let (registry, stop) = (registry.clone(), stop.clone());
         async move { registry.measure_usage_every(USAGE_PERIOD, stop).await }
     });
+    // The admin channel of `berth gc`/`du`/`delete`; the token file of the old HTTP channel goes.
+    let _ = std::fs::remove_file(root.join("admin.token"));
+    let admin = Admin {
+        registry: registry.clone(),
+        policy: policy.clone(),
+    };
+    // Without it the registry still serves; only the maintenance commands cannot reach it (a
+    // store root too long for a socket path, say), and the log says why.
+    match berth::api::admin::bind(root) {
+        Ok(socket) => {
+            tokio::spawn({
+                let stop = stop.clone();
+                async move {
+                    if let Err(e) = socket.serve(admin, stop).await {
+                        tracing::error!(error = %e, "the admin socket failed; berth gc/du/delete cannot reach this server");
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "no admin socket; berth gc/du/delete cannot reach this server")
+        }
+    }
     let options = Options {
         addr,
         tls,

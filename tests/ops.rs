@@ -5,13 +5,13 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::client::{OCI_INDEX, OCI_MANIFEST, client, header, push_blob, push_image};
-use support::{Berth, Hub, chromium, run, sha256};
+use support::ui::{form, htpasswd, input_value, session_cookie};
+use support::{Berth, Hub, chromium, sha256};
 
 /// One parsed series of the `/metrics` exposition.
 struct Series {
@@ -355,17 +355,6 @@ async fn drain_timeout_cuts_off_a_stalled_download_and_berth_still_exits_zero() 
 }
 
 /// An htpasswd file with bcrypt entries, made by `htpasswd -B` as users make it.
-fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
-    support::require("htpasswd");
-    let path = dir.join("htpasswd");
-    let text: String = users
-        .iter()
-        .map(|(user, password)| run(Command::new("htpasswd").args(["-Bbn", user, password])))
-        .collect();
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn every_request_logs_one_json_line_with_its_id_and_no_secret() {
     let dir = tempfile::tempdir().unwrap();
@@ -508,27 +497,6 @@ fn shot_path(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
-}
-
-/// The value of the first `<input name="NAME" value="...">` in `html`.
-fn input_value(html: &str, name: &str) -> Option<String> {
-    let at = html.find(&format!("name=\"{name}\" value=\""))?;
-    let rest = &html[at + name.len() + 15..];
-    Some(rest[..rest.find('"')?].to_owned())
-}
-
-/// An `application/x-www-form-urlencoded` body, as a browser submits a form.
-fn form(fields: &[(&str, &str)]) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(fields)
-        .finish()
-}
-
-/// The `berth_ui=...` pair of a response's `Set-Cookie`.
-fn session_cookie(r: &reqwest::Response) -> String {
-    let set = header(r, "set-cookie");
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
-    set.split(';').next().unwrap().to_owned()
 }
 
 #[tokio::test]

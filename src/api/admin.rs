@@ -1,76 +1,145 @@
-//! The admin API that `berth gc`, `berth delete` and `berth du` use while a server runs (the
-//! store's database is locked by the server, so the commands ask it instead of opening the
-//! store). Each request must carry the token the server writes to `<root>/admin.token` at startup
-//! (mode 0600): whoever may read the store may administer it, nobody else.
+//! The admin channel that `berth gc`, `berth delete` and `berth du` use while a server runs (the
+//! server holds the store's database lock, so the commands ask it instead of opening the store).
+//!
+//! It is a Unix socket, `<root>/admin.sock`, mode 0600, not a route of the registry's HTTP
+//! listener: whoever may open it owns the store, and nothing about it depends on the server's
+//! address, its TLS settings or its upstream secrets. The commands need only the config file
+//! (to find the store root). Answers are plain sentences on failure, NDJSON for a collection.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
-use super::AppState;
 use crate::gc::{self, Policy};
-use crate::oci::{Digest, parse_image_ref};
-use crate::service::Error;
+use crate::oci::{RepoName, parse_image_ref};
+use crate::service::{self, Registry};
 
-pub const TOKEN_HEADER: &str = "x-berth-admin-token";
-pub const TOKEN_FILE: &str = "admin.token";
+/// The socket's file name in the store root.
+pub const SOCKET_FILE: &str = "admin.sock";
 
-/// What the admin API needs besides the registry.
+/// What the admin channel works on.
 pub struct Admin {
-    pub token: String,
+    pub registry: Registry,
+    /// `[gc]`/`[cache]` as configured; a request may override the grace for one run.
     pub policy: Policy,
 }
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/_berth/gc", post(run_gc))
-        .route("/_berth/delete", post(delete))
-        .route("/_berth/du", get(du))
+/// A failure, answered as a sentence the command prints as it is.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, [("content-type", "text/plain; charset=utf-8")], self.1).into_response()
+    }
 }
 
-fn admin(app: &AppState, headers: &HeaderMap) -> Result<Arc<Admin>, Error> {
-    let admin = app.admin.clone().ok_or(Error::Denied("the admin API is off".into()))?;
-    let sent = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-    // Compare digests, not the strings: the comparison's timing then says nothing about the token.
-    if Digest::sha256_of(sent.as_bytes()) != Digest::sha256_of(admin.token.as_bytes()) {
-        return Err(Error::Denied(format!("missing or wrong {TOKEN_HEADER}")));
+impl From<service::Error> for Failure {
+    fn from(e: service::Error) -> Failure {
+        let status = match e {
+            service::Error::NameUnknown(_) | service::Error::ManifestUnknown(_) => StatusCode::NOT_FOUND,
+            service::Error::Name(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Failure(status, e.to_string())
     }
-    Ok(admin)
+}
+
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/gc", post(run_gc))
+        .route("/delete", post(delete))
+        .route("/du", get(du))
+        .with_state(Arc::new(admin))
+}
+
+/// The bound admin socket, not yet serving.
+pub struct Socket {
+    listener: tokio::net::UnixListener,
+    remove: RemoveOnDrop,
+}
+
+/// Bind `<root>/admin.sock`, owner-only, before the server starts taking requests.
+pub fn bind(root: &Path) -> std::io::Result<Socket> {
+    let path = root.join(SOCKET_FILE);
+    // Only the process holding the store's lock gets here, so a socket file present is a
+    // leftover of a server that died.
+    let _ = std::fs::remove_file(&path);
+    // Bound under a temporary name and renamed once it is owner-only, so nobody can connect
+    // while it still has the umask's mode.
+    let staging = root.join(format!("{SOCKET_FILE}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = tokio::net::UnixListener::bind(&staging)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding the admin socket {}: {e}", staging.display())))?;
+    let staged = RemoveOnDrop(staging);
+    std::fs::set_permissions(&staged.0, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::rename(&staged.0, &path)?;
+    std::mem::forget(staged);
+    Ok(Socket {
+        listener,
+        remove: RemoveOnDrop(path),
+    })
+}
+
+impl Socket {
+    /// Serve `admin` until `stop`; the socket file is removed when serving ends.
+    pub async fn serve(self, admin: Admin, stop: CancellationToken) -> std::io::Result<()> {
+        axum::serve(self.listener, router(admin))
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await?;
+        drop(self.remove);
+        Ok(())
+    }
+}
+
+/// Removes the socket file when the server stops (a crash leaves it; the next start replaces it).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 #[derive(Deserialize)]
 struct GcQuery {
     #[serde(default)]
     dry_run: bool,
+    /// Overrides `[gc] grace` for this run, e.g. `0s`.
+    grace: Option<String>,
 }
 
 /// Run a collection and stream it as NDJSON: progress lines, then `{"report": …}` or
 /// `{"error": …}`.
-async fn run_gc(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Query(q): Query<GcQuery>,
-) -> Result<Response, Error> {
-    let admin = admin(&app, &headers)?;
+async fn run_gc(State(admin): State<Arc<Admin>>, Query(q): Query<GcQuery>) -> Result<Response, Failure> {
+    let mut policy = admin.policy.clone();
+    if let Some(grace) = &q.grace {
+        policy.grace = parse_grace(grace).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // The run goes on if the command is interrupted: a collection stopped half-way is safe, but
+    // one that finishes is more useful than one abandoned.
     tokio::spawn(async move {
         let progress_tx = tx.clone();
         let progress = move |p: gc::Progress| {
             let _ = progress_tx.send(json!({ "progress": p }).to_string() + "\n");
         };
-        let (store, pulls) = (app.registry.store(), app.registry.pulls());
+        let reg = &admin.registry;
         let line = match gc::run(
-            store,
-            pulls,
-            Some(app.registry.metrics()),
-            &admin.policy,
+            reg.store(),
+            reg.pulls(),
+            Some(reg.metrics()),
+            &policy,
             q.dry_run,
             &progress,
         )
@@ -90,30 +159,49 @@ async fn run_gc(
         .into_response())
 }
 
-use futures_util::StreamExt;
+/// `[gc] grace`-style durations (`0s`, `10m`, `1h`).
+pub fn parse_grace(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("--grace {text:?} is not a duration like \"0s\" or \"10m\": {e}"))
+}
 
 #[derive(Deserialize)]
 struct DeleteQuery {
-    reference: String,
+    /// `repo:tag` or `repo@digest`.
+    reference: Option<String>,
+    /// A whole repository.
+    repository: Option<String>,
 }
 
-/// Delete `repo:tag` (the tag) or `repo@digest` (the manifest and its tags), in any repository.
-async fn delete(
-    State(app): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Query(q): Query<DeleteQuery>,
-) -> Result<Response, Error> {
-    admin(&app, &headers)?;
-    let (repo, reference) = parse_image_ref(&q.reference)?;
-    app.registry.delete_image(&repo, &reference).await?;
-    Ok(axum::Json(json!({ "deleted": q.reference })).into_response())
+/// Delete `repo:tag` (the tag), `repo@digest` (the manifest and its tags), or a whole
+/// repository, in any repository.
+async fn delete(State(admin): State<Arc<Admin>>, Query(q): Query<DeleteQuery>) -> Result<Response, Failure> {
+    match (q.reference, q.repository) {
+        (Some(reference), None) => {
+            let (repo, reference) = parse_image_ref(&reference).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
+            admin.registry.delete_image(&repo, &reference).await?;
+        }
+        (None, Some(repository)) => {
+            let repo: RepoName = repository
+                .parse()
+                .map_err(|e: crate::oci::NameError| Failure(StatusCode::BAD_REQUEST, e.to_string()))?;
+            admin.registry.remove_repository(&repo).await?;
+        }
+        _ => {
+            return Err(Failure(
+                StatusCode::BAD_REQUEST,
+                "give either reference or repository".into(),
+            ));
+        }
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn du(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, Error> {
-    admin(&app, &headers)?;
-    let store = app.registry.store().clone();
+async fn du(State(admin): State<Arc<Admin>>) -> Result<Response, Failure> {
+    let store = admin.registry.store().clone();
     let usage = tokio::task::spawn_blocking(move || gc::disk_usage(&store))
         .await
-        .map_err(|e| crate::store::Error::Meta(e.to_string()))??;
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(axum::Json(usage).into_response())
 }

@@ -45,7 +45,7 @@ impl IntoResponse for Error {
                 store::Error::Full(_) => (S::INSUFFICIENT_STORAGE, "UNAVAILABLE"),
                 // The metadata database is reopened on its next use (see `store::redb_handle`).
                 store::Error::MetaIo(_) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-                store::Error::Io(_) | store::Error::Meta(_) | store::Error::Locked => {
+                store::Error::Io(_) | store::Error::Meta(_) | store::Error::Locked | store::Error::Missing(_) => {
                     (S::INTERNAL_SERVER_ERROR, "UNKNOWN")
                 }
             },

@@ -42,8 +42,6 @@ pub struct AppState {
     pub limits: Arc<ClientLimits>,
     /// Whether berth itself terminates TLS (for the token realm's scheme).
     pub tls: bool,
-    /// The admin API (gc, delete, du); `None` turns it off.
-    pub admin: Option<Arc<admin::Admin>>,
 }
 
 impl AppState {
@@ -54,7 +52,6 @@ impl AppState {
             auth: Arc::new(Auth::disabled()),
             limits: Arc::new(ClientLimits::off()),
             tls: false,
-            admin: None,
         }
     }
 }
@@ -89,7 +86,6 @@ pub fn router_with(state: AppState, pages: Router) -> Router {
     let state = Arc::new(state);
     Router::new()
         .route("/token", get(token::token).post(token::token))
-        .merge(admin::routes())
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

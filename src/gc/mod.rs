@@ -59,10 +59,29 @@ pub struct RemovedBlob {
     pub size: u64,
 }
 
+/// An unreferenced blob the grace period keeps for now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HeldBlob {
+    pub digest: String,
+    pub size: u64,
+    /// When it becomes eligible for deletion (unix seconds), unless something references it
+    /// by then.
+    pub eligible_at: u64,
+}
+
 /// What a run removed, or with `dry_run` would remove.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Report {
     pub dry_run: bool,
+    /// The grace period this run used, in seconds.
+    #[serde(default)]
+    pub grace_secs: u64,
+    /// Blob files a remaining manifest references (registry:2's "blobs marked").
+    #[serde(default)]
+    pub marked: usize,
+    /// Unreferenced blobs younger than the grace period, kept by this run.
+    #[serde(default)]
+    pub held: Vec<HeldBlob>,
     /// Cached manifests evicted, as `repo@digest`.
     pub evicted: Vec<String>,
     /// Untagged private manifests deleted, as `repo@digest`.
@@ -224,11 +243,23 @@ pub async fn run(
         .flat_map(|m| m.refs.iter())
         .collect();
     let cutoff = SystemTime::now() - policy.grace;
-    let candidates: Vec<_> = files
+    let (candidates, young): (Vec<_>, Vec<_>) = files
         .iter()
-        .filter(|f| !live.contains(&f.digest) && f.modified < cutoff)
+        .filter(|f| !live.contains(&f.digest))
         .cloned()
+        .partition(|f| f.modified < cutoff);
+    let marked = files.iter().filter(|f| live.contains(&f.digest)).count();
+    let mut held: Vec<HeldBlob> = young
+        .iter()
+        .map(|f| HeldBlob {
+            digest: f.digest.to_string(),
+            size: f.size,
+            eligible_at: (f.modified + policy.grace)
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        })
         .collect();
+    held.sort_by_key(|h| h.eligible_at);
     let swept = if dry_run {
         candidates
     } else {
@@ -262,6 +293,9 @@ pub async fn run(
     let fmt = |list: &[(RepoName, Digest)]| list.iter().map(|(r, d)| format!("{r}@{d}")).collect::<Vec<_>>();
     let report = Report {
         dry_run,
+        grace_secs: policy.grace.as_secs(),
+        marked,
+        held,
         evicted: fmt(&evict),
         untagged: fmt(&untagged),
         reclaimed_bytes: swept.iter().map(|f| f.size).sum(),

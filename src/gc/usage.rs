@@ -1,4 +1,4 @@
-//! Disk use per repository, cached vs private, for `berth du` and the admin API.
+//! Disk use per repository, cached vs private, for `berth du` and the admin socket.
 
 use std::collections::{HashMap, HashSet};
 

@@ -143,16 +143,21 @@ impl fmt::Display for Reference {
     }
 }
 
-/// Parse an image reference as users write it: `repo:tag` or `repo@digest` (a bare `repo` means
-/// `repo:latest`).
-pub fn parse_image_ref(s: &str) -> Result<(RepoName, Reference), NameError> {
-    if let Some((repo, digest)) = s.split_once('@') {
-        return Ok((repo.parse()?, Reference::Digest(digest.parse()?)));
-    }
-    match s.rsplit_once(':') {
-        Some((repo, tag)) => Ok((repo.parse()?, Reference::Tag(tag.parse()?))),
-        None => Ok((s.parse()?, Reference::Tag("latest".parse()?))),
-    }
+/// Parse an image reference as users write it: `repo:tag` or `repo@digest`. A bare `repo` is an
+/// error, not `repo:latest`: deleting the wrong image by a guessed tag cannot be undone. Errors
+/// are sentences for a person at a terminal.
+pub fn parse_image_ref(s: &str) -> Result<(RepoName, Reference), String> {
+    let (repo, reference) = if let Some((repo, digest)) = s.split_once('@') {
+        (repo, digest.parse().map(Reference::Digest))
+    } else if let Some((repo, tag)) = s.rsplit_once(':') {
+        (repo, tag.parse().map(Reference::Tag))
+    } else {
+        return Err(format!(
+            "{s} names no tag or digest; write {s}:TAG or {s}@sha256:DIGEST (there is no implicit :latest)"
+        ));
+    };
+    let repo: RepoName = repo.parse().map_err(|e: NameError| format!("{e} in {s}"))?;
+    Ok((repo, reference.map_err(|e: NameError| format!("{e} in {s}"))?))
 }
 
 macro_rules! string_newtype_fmt {
@@ -236,7 +241,8 @@ mod tests {
         let d = format!("sha256:{}", "0".repeat(64));
         assert_eq!(parse_image_ref("team/app:1.4").unwrap().1.to_string(), "1.4");
         assert_eq!(parse_image_ref(&format!("team/app@{d}")).unwrap().1.to_string(), d);
-        assert_eq!(parse_image_ref("team/app").unwrap().1.to_string(), "latest");
+        let bare = parse_image_ref("team/app").unwrap_err();
+        assert!(bare.contains("no tag or digest"), "{bare}");
         assert!(parse_image_ref("Team/app:1").is_err());
     }
 

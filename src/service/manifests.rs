@@ -204,6 +204,28 @@ impl Registry {
         Ok(())
     }
 
+    /// Remove a whole repository: its tags, manifests and blob links, in one transaction. It
+    /// leaves the catalog and the UI at once, the next GC reclaims the blobs nothing else
+    /// references, and a name an upstream serves is routed to that upstream again.
+    pub async fn remove_repository(&self, repo: &RepoName) -> Result<()> {
+        let (meta, memo, r) = (self.store.meta.clone(), self.store.memo.clone(), repo.clone());
+        // The memo is invalidated in the same blocking task as the commit, so a caller that
+        // goes away mid-way cannot leave memoised answers for a repository that is gone.
+        let removed = tokio::task::spawn_blocking(move || {
+            let removed = meta.remove_repo(&r)?;
+            memo.forget_origin(&r);
+            memo.bump();
+            Ok::<_, crate::store::Error>(removed)
+        })
+        .await
+        .map_err(|e| crate::store::Error::Meta(format!("metadata task failed: {e}")))??;
+        if !removed {
+            return Err(Error::NameUnknown(repo.clone()));
+        }
+        tracing::info!(repo = %repo, "repository removed");
+        Ok(())
+    }
+
     /// `berth delete`: like a registry:2 delete script. By digest, the manifest and its tags go;
     /// by tag, the tag goes, and the manifest with it once no other tag points at it (unless an
     /// index in the repository lists it or it is a referrer). Garbage collection then reclaims

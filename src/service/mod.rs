@@ -108,6 +108,8 @@ pub struct Registry {
     upstreams: Arc<Vec<Arc<Upstream>>>,
     /// `[private] namespaces` patterns.
     private: Arc<Vec<String>>,
+    /// `[private] claim_on_push`: a push may claim an unclaimed name.
+    claim_on_push: bool,
     fills: Arc<fill::Fills>,
     /// When each proxied tag was last confirmed with its upstream.
     fresh_tags: Arc<Mutex<HashMap<(RepoName, Tag), Instant>>>,
@@ -136,6 +138,7 @@ impl Registry {
             store,
             upstreams: Arc::new(upstreams),
             private: Arc::default(),
+            claim_on_push: true,
             fills: Arc::new(fill::Fills::new(metrics.clone())),
             fresh_tags: Arc::default(),
             session_limit: u32::MAX,
@@ -154,6 +157,12 @@ impl Registry {
     /// Repositories matching these patterns are private even before anything is pushed.
     pub fn with_private_namespaces(mut self, patterns: Vec<String>) -> Registry {
         self.private = Arc::new(patterns);
+        self
+    }
+
+    /// Whether a first push claims an unclaimed name as private (`[private] claim_on_push`).
+    pub fn with_claim_on_push(mut self, claim: bool) -> Registry {
+        self.claim_on_push = claim;
         self
     }
 

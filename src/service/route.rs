@@ -84,22 +84,61 @@ impl Registry {
         }))
     }
 
-    /// Route a write: only private repositories take pushes. A name that would be served from an
-    /// upstream is refused with a message that says how to make it private.
+    /// Route a write. Private repositories take pushes; an unclaimed name is claimed as private
+    /// by its first push (unless `[private] claim_on_push` is off). Never claimed, so a push can
+    /// never replace what mirror clients get from an upstream:
+    /// - an upstream's reserved namespace: Docker Hub's `library/…` (what `registry-mirrors`
+    ///   clients ask for on `docker pull alpine`) and names that pick an upstream by prefix
+    ///   (`ghcr.io/…` when `ghcr.io` is configured);
+    /// - a name whose repository holds cached upstream content.
+    ///
+    /// A pushed `alpine` is the repository `alpine`, distinct from the cache `library/alpine`:
+    /// mirror clients keep getting Docker Hub's image, while `docker pull <berth>/alpine` gets
+    /// the pushed one. Every refusal names a fix that works for that very name.
     pub fn route_push(&self, requested: &RepoName) -> Result<RepoName> {
         if self.is_private(requested)? {
             return Ok(requested.clone());
         }
-        match self.route(requested, None)? {
-            Route::Private(_) => Ok(requested.clone()),
-            Route::Proxied(p) => {
-                let first = requested.as_str().split('/').next().unwrap_or("team");
-                Err(Error::Denied(format!(
-                    "{requested} is mirrored from upstream {}, so it does not accept pushes; to push here, add a pattern such as \"{first}/*\" to [private] namespaces in mirror.toml",
-                    p.upstream.name()
-                )))
-            }
+        let Route::Proxied(p) = self.route(requested, None)? else {
+            return Ok(requested.clone());
+        };
+        let name = requested.as_str();
+        let upstream = p.upstream.name();
+        let add_pattern = format!("add \"{name}\" to [private] namespaces in mirror.toml");
+        if let Some(reason) = self.reserved(name) {
+            let rest = name.split_once('/').map_or(name, |(_, rest)| rest);
+            return Err(Error::Denied(format!(
+                "{name} is {reason}, so berth keeps it a mirror and refuses pushes to it; push it as {rest} instead, or, to serve your own {name} instead of {upstream}'s to every client, {add_pattern}"
+            )));
         }
+        if let Some(Origin::Proxied { upstream }) = self.origin(requested)? {
+            return Err(Error::Denied(format!(
+                "{name} holds content cached from upstream {upstream}, so it stays a mirror and refuses pushes; push under another name, or remove the cached copy with `berth delete --repository {name}` and push again (or {add_pattern})"
+            )));
+        }
+        if !self.claim_on_push {
+            let namespace = match name.split_once('/') {
+                Some((first, _)) => format!(" (or \"{first}/*\" for the whole namespace)"),
+                None => String::new(),
+            };
+            return Err(Error::Denied(format!(
+                "{name} is mirrored from upstream {upstream} and this registry takes pushes only under [private] namespaces ([private] claim_on_push = false); to push here, {add_pattern}{namespace}"
+            )));
+        }
+        Ok(requested.clone())
+    }
+
+    /// Why `name` belongs to an upstream whatever is stored, if it does.
+    fn reserved(&self, name: &str) -> Option<String> {
+        let first = name.split('/').next().unwrap_or(name);
+        if let Some((_, u)) = self.upstream_named(first) {
+            return Some(format!("in the namespace that selects upstream {}", u.name()));
+        }
+        let default_is_hub = self.upstreams.first().is_some_and(|u| u.name() == "docker.io");
+        (default_is_hub && first == "library" && name.contains('/')).then(|| {
+            "in Docker Hub's official-images namespace (what `docker pull alpine` asks a registry mirror for)"
+                .to_owned()
+        })
     }
 
     /// Private: it matches a `[private] namespaces` pattern, or holds pushed content.

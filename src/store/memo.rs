@@ -28,8 +28,9 @@ pub struct Memoized {
 }
 
 pub struct Memo {
-    /// Origins of repositories that exist. An origin never changes once a repository is
-    /// created, so these need no invalidation; unknown names are not remembered.
+    /// Origins of repositories that exist. An origin never changes while a repository exists,
+    /// so the only invalidation is [`Memo::forget_origin`] when one is removed; unknown names
+    /// are not remembered.
     origins: Cache<RepoName, Origin>,
     generation: AtomicU64,
     tags: Cache<(RepoName, Tag), (Digest, u64)>,
@@ -67,6 +68,11 @@ impl Memo {
 
     pub fn put_origin(&self, repo: &RepoName, origin: Origin) {
         self.origins.insert(repo.clone(), origin);
+    }
+
+    /// Call after removing `repo`: the name may come back with another origin.
+    pub fn forget_origin(&self, repo: &RepoName) {
+        self.origins.invalidate(repo);
     }
 
     pub fn tag(&self, repo: &RepoName, tag: &Tag) -> Option<Digest> {

@@ -68,6 +68,10 @@ pub trait Meta: Send + Sync {
     fn ensure_repo(&self, repo: &RepoName, origin: Origin) -> Result<RepoInfo>;
     /// Repository names after `last`, in lexical order, at most `n`.
     fn repos(&self, last: Option<&str>, n: usize) -> Result<Vec<String>>;
+    /// Remove a repository and everything it holds (tags, manifest records, blob links,
+    /// referrer entries, pull times) in one transaction. The blob files stay for GC. `false`
+    /// when there was no such repository.
+    fn remove_repo(&self, repo: &RepoName) -> Result<bool>;
 
     /// Record that `repo` holds `digest` (created with the repo if needed).
     fn link_blob(&self, repo: &RepoName, digest: &Digest, origin: Origin) -> Result<()>;

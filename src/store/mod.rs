@@ -68,6 +68,8 @@ pub enum Error {
     Locked,
     #[error("this client already has {limit} upload sessions open; finish or cancel one")]
     SessionLimit { limit: u32 },
+    #[error("there is no berth store at {0} (no meta.redb there); check [storage] root in the configuration")]
+    Missing(std::path::PathBuf),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -101,6 +103,15 @@ pub struct Store {
 }
 
 impl Store {
+    /// Open the store at `root` that a server made before, never creating one: a maintenance
+    /// command pointed at the wrong directory must say so, not leave an empty store behind.
+    pub fn open_existing(root: &Path) -> Result<Store> {
+        if !root.join("meta.redb").is_file() {
+            return Err(Error::Missing(root.to_owned()));
+        }
+        Store::open(root)
+    }
+
     /// Open (or create) the filesystem store at `root`, clearing leftovers of a crash.
     pub fn open(root: &Path) -> Result<Store> {
         std::fs::create_dir_all(root)?;

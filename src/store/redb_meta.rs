@@ -192,6 +192,42 @@ impl Meta for RedbMeta {
         })
     }
 
+    fn remove_repo(&self, repo: &RepoName) -> Result<bool> {
+        self.write(|txn| {
+            let existed = txn
+                .open_table(REPOS)
+                .map_err(db_err)?
+                .remove(repo.as_str())
+                .map_err(db_err)?
+                .is_some();
+            let (start, end) = prefix_range(repo.as_str());
+            let range = start.as_str()..end.as_str();
+            // The same `repo\0…` prefix selects this repository's rows in every table; a
+            // nested name (`repo/sub`) sorts outside it because '/' is not '\0'.
+            txn.open_table(TAGS)
+                .map_err(db_err)?
+                .retain_in(range.clone(), |_, _| false)
+                .map_err(db_err)?;
+            txn.open_table(MANIFESTS)
+                .map_err(db_err)?
+                .retain_in(range.clone(), |_, _| false)
+                .map_err(db_err)?;
+            txn.open_table(BLOB_LINKS)
+                .map_err(db_err)?
+                .retain_in(range.clone(), |_, _| false)
+                .map_err(db_err)?;
+            txn.open_table(REFERRERS)
+                .map_err(db_err)?
+                .retain_in(range.clone(), |_, _| false)
+                .map_err(db_err)?;
+            txn.open_table(PULLS)
+                .map_err(db_err)?
+                .retain_in(range, |_, _| false)
+                .map_err(db_err)?;
+            Ok(existed)
+        })
+    }
+
     fn link_blob(&self, repo: &RepoName, digest: &Digest, origin: Origin) -> Result<()> {
         self.write(|txn| {
             ensure_repo_in(txn, repo, origin)?;
@@ -485,5 +521,51 @@ impl Meta for RedbMeta {
                 .map_err(db_err)?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> ManifestRecord {
+        ManifestRecord {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: 2,
+            blobs: Vec::new(),
+            children: Vec::new(),
+            subject: None,
+            artifact_type: None,
+            annotations: Default::default(),
+            stored_at: 0,
+        }
+    }
+
+    #[test]
+    fn removing_a_repository_leaves_its_nested_and_neighbouring_names_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = RedbMeta::open(&dir.path().join("meta.redb")).unwrap();
+        let d = Digest::sha256_of(b"{}");
+        let tag: Tag = "1".parse().unwrap();
+        let names = ["team", "team/app", "team-x"].map(|n| n.parse::<RepoName>().unwrap());
+        for repo in &names {
+            meta.put_manifest(repo, &d, &record(), Some(&tag), Origin::Private)
+                .unwrap();
+            meta.link_blob(repo, &d, Origin::Private).unwrap();
+            meta.record_pulls(&[(repo.clone(), d.clone(), 1)]).unwrap();
+        }
+        assert!(meta.remove_repo(&names[0]).unwrap());
+        assert!(!meta.remove_repo(&names[0]).unwrap(), "already gone");
+        assert_eq!(meta.repo(&names[0]).unwrap(), None);
+        assert_eq!(meta.tags(&names[0], None, 10).unwrap(), None);
+        assert!(meta.manifest(&names[0], &d).unwrap().is_none());
+        assert!(!meta.blob_linked(&names[0], &d).unwrap());
+        assert_eq!(meta.last_pull(&names[0], &d).unwrap(), None);
+        for other in &names[1..] {
+            assert_eq!(meta.tag(other, &tag).unwrap(), Some(d.clone()), "{other}");
+            assert!(meta.blob_linked(other, &d).unwrap());
+            assert_eq!(meta.last_pull(other, &d).unwrap(), Some(1));
+        }
+        assert_eq!(meta.repos(None, 10).unwrap(), ["team-x", "team/app"]);
     }
 }

@@ -1,6 +1,6 @@
 //! The web UI at `/ui`: server-rendered HTML, no JavaScript (the Content-Security-Policy forbids
 //! scripts outright). Repositories with a name search, a repository's tags, a manifest's platforms
-//! and layers, cache statistics, and a delete-tag action for admins.
+//! and layers, cache statistics, and delete-tag and remove-repository actions for admins.
 //!
 //! Who may see what follows the registry's own rules ([`Auth::allowed`]): with authentication on,
 //! every page needs an HTTP Basic login against the htpasswd users, a repository is listed only to
@@ -16,6 +16,7 @@
 
 mod html;
 mod pages;
+mod remove;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,7 @@ pub fn router(ui: Ui) -> Router {
         .route("/ui/repo", get(repo))
         .route("/ui/manifest", get(manifest))
         .route("/ui/delete", post(delete))
+        .route("/ui/remove", post(remove::remove))
         .with_state(Arc::new(ui))
 }
 
@@ -358,28 +360,47 @@ struct DeleteForm {
     csrf: String,
 }
 
+impl Ui {
+    /// The viewer of a deleting form, once it passed the cross-site guards (same origin, and a
+    /// token bound to this session and user).
+    async fn form_viewer(&self, headers: &HeaderMap, uri: &Uri, csrf: &str) -> Result<Viewer, Response> {
+        let viewer = self.viewer(headers, uri).await?;
+        let forbidden = |text: &str| self.message(&viewer, StatusCode::FORBIDDEN, "Not allowed", text);
+        if !same_origin(headers, &viewer.host) {
+            return Err(forbidden(
+                "The request did not come from a berth page (cross-site requests are refused).",
+            ));
+        }
+        if !self.csrf_ok(&viewer, csrf) {
+            return Err(forbidden("The form has expired. Reload the page and try again."));
+        }
+        Ok(viewer)
+    }
+
+    /// Check that `viewer` may delete in `name` (an admin of it); `refusal` says what not.
+    fn check_deleter(&self, viewer: &Viewer, name: &RepoName, refusal: &str) -> Result<(), Response> {
+        let summary = match self.registry.repo_summary(name.as_str()) {
+            Ok(Some(s)) if self.may(viewer, &s, Action::Pull) => s,
+            Ok(_) => return Err(self.not_found(viewer, "No such repository.")),
+            Err(e) => return Err(self.failed(viewer, e)),
+        };
+        if !self.may_delete(viewer, &summary) {
+            return Err(self.message(viewer, StatusCode::FORBIDDEN, "Not allowed", refusal));
+        }
+        Ok(())
+    }
+}
+
 async fn delete(State(ui): State<Arc<Ui>>, headers: HeaderMap, uri: Uri, Form(form): Form<DeleteForm>) -> Response {
-    let viewer = match ui.viewer(&headers, &uri).await {
+    let viewer = match ui.form_viewer(&headers, &uri, &form.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let forbidden = |text: &str| ui.message(&viewer, StatusCode::FORBIDDEN, "Not allowed", text);
-    if !same_origin(&headers, &viewer.host) {
-        return forbidden("The request did not come from a berth page (cross-site requests are refused).");
-    }
-    if !ui.csrf_ok(&viewer, &form.csrf) {
-        return forbidden("The form has expired. Reload the page and try again.");
-    }
     let (Ok(name), Ok(tag)) = (form.repo.parse::<RepoName>(), form.tag.parse::<Tag>()) else {
         return ui.not_found(&viewer, "No such tag.");
     };
-    let summary = match ui.registry.repo_summary(name.as_str()) {
-        Ok(Some(s)) if ui.may(&viewer, &s, Action::Pull) => s,
-        Ok(_) => return ui.not_found(&viewer, "No such repository."),
-        Err(e) => return ui.failed(&viewer, e),
-    };
-    if !ui.may_delete(&viewer, &summary) {
-        return forbidden("You may not delete tags in this repository.");
+    if let Err(r) = ui.check_deleter(&viewer, &name, "You may not delete tags in this repository.") {
+        return r;
     }
     match ui.registry.delete_manifest(&name, &Reference::Tag(tag.clone())).await {
         Ok(()) => {}

@@ -203,6 +203,20 @@ pub fn repo(ctx: &Ctx, view: &RepoView, deletion: Option<Deletion>, flash: Optio
             esc(&url("/ui/repo", &[("name", name), ("last", next)]))
         );
     }
+    if let Some(d) = &deletion {
+        // Typing the name to confirm stands in for a dialog: the pages run no script.
+        let _ = write!(
+            b,
+            "<h2>Remove repository</h2><form method=\"post\" action=\"/ui/remove\">\
+             <p class=\"muted\">Removes every tag, manifest and link of {n}; it leaves the catalog, and the next \
+             garbage collection reclaims blobs nothing else uses. Type the name to confirm.</p>\
+             <input type=\"hidden\" name=\"repo\" value=\"{n}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <input type=\"text\" name=\"confirm\" autocomplete=\"off\" placeholder=\"{n}\" required> \
+             <button class=\"danger\" type=\"submit\">Remove repository</button></form>",
+            esc(d.csrf),
+            n = esc(name),
+        );
+    }
     ctx.page(name, &b)
 }
 

@@ -19,6 +19,8 @@ pub struct Berth {
     /// Store root.
     pub root: PathBuf,
     pub config: PathBuf,
+    /// Variables set for the server process and its restarts (e.g. `BERTH_SERVER_TLS_CERT`).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     _dir: Option<TempDir>,
 }
@@ -33,8 +35,20 @@ impl Berth {
         b
     }
 
+    /// [`Berth::start`] with `env` set for the server process only.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Berth {
+        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap();
+        let mut b = Berth::start_in_with_env(dir.path(), extra, env);
+        b._dir = Some(dir);
+        b
+    }
+
     /// A berth whose store and config live in `dir` (kept when it stops, for restarts).
     pub fn start_in(dir: &Path, extra: &str) -> Berth {
+        Berth::start_in_with_env(dir, extra, &[])
+    }
+
+    fn start_in_with_env(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Berth {
         let port = super::free_port();
         let root = dir.join("data");
         let config = dir.join("mirror.toml");
@@ -51,6 +65,7 @@ impl Berth {
             url: format!("http://127.0.0.1:{port}"),
             root,
             config,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
             _dir: None,
         };
@@ -68,6 +83,7 @@ impl Berth {
             .args(["serve", "--config"])
             .arg(&self.config)
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -141,6 +157,14 @@ impl Berth {
         let mut c = self.child.take()?;
         super::terminate(&mut c, Duration::from_secs(30));
         c.try_wait().ok().flatten()
+    }
+
+    /// Stop gracefully and start again on the same store, config and port, with `env` for the
+    /// server process instead of the variables it had.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.spawn();
     }
 
     /// Start again on the same store, config and port.

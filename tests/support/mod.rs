@@ -10,6 +10,7 @@ pub mod dockerd;
 pub mod hub;
 pub mod podman;
 pub mod tls;
+pub mod ui;
 pub mod verify;
 
 use std::path::Path;

@@ -106,7 +106,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let registry = Registry::new(store.clone(), upstreams)
         .with_private_namespaces(config.private.namespaces.clone())
         .with_upload_session_limit(config.limits.max_upload_sessions);
-    let auth = Auth::new(&config.auth).map_err(anyhow::Error::msg)?;
+    let auth = Auth::with_metrics(&config.auth, registry.metrics().clone()).map_err(anyhow::Error::msg)?;
     let addr = config.listen_addr()?;
     if !auth.enabled() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "authentication is off ([auth] htpasswd is empty): anyone who reaches this address may push");

@@ -151,7 +151,8 @@ impl Logins {
         let running = Counted::new(&self.metrics.logins.checks_running);
         let (htpasswd, user, password) = (self.htpasswd.clone(), user.to_owned(), password.to_owned());
         tokio::task::spawn_blocking(move || {
-            let _held = (slot, running);
+            // The count drops before the slot is freed, so it never shows more than the slots.
+            let _held = (running, slot);
             htpasswd.verify(&user, &password)
         })
         .await

@@ -14,13 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
-use prometheus_client::metrics::gauge::Gauge;
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
 use super::htpasswd::Htpasswd;
 use super::throttle::{By, Throttle};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Tracked};
 
 /// Remembered results at most, each way.
 const REMEMBERED: u64 = 10_000;
@@ -55,22 +54,6 @@ pub struct Logins {
     slots: Arc<Semaphore>,
     throttle: Throttle,
     metrics: Arc<Metrics>,
-}
-
-/// Counts one in a gauge while alive: the count is right however the holder ends.
-struct Counted(Gauge);
-
-impl Counted {
-    fn new(gauge: &Gauge) -> Counted {
-        gauge.inc();
-        Counted(gauge.clone())
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 fn cache(ttl: Duration) -> moka::sync::Cache<[u8; 32], ()> {
@@ -143,12 +126,12 @@ impl Logins {
     /// Bcrypt on a blocking thread, once a slot is free. A caller that goes away while waiting
     /// gives up its place; a check already running finishes and frees its slot.
     async fn bcrypt(&self, user: &str, password: &str) -> bool {
-        let waiting = Counted::new(&self.metrics.logins.checks_waiting);
+        let waiting = Tracked::new(&self.metrics.logins.checks_waiting);
         let Ok(slot) = self.slots.clone().acquire_owned().await else {
             return false;
         };
         drop(waiting);
-        let running = Counted::new(&self.metrics.logins.checks_running);
+        let running = Tracked::new(&self.metrics.logins.checks_running);
         let (htpasswd, user, password) = (self.htpasswd.clone(), user.to_owned(), password.to_owned());
         tokio::task::spawn_blocking(move || {
             // The count drops before the slot is freed, so it never shows more than the slots.

@@ -106,7 +106,8 @@ impl Logins {
             Ok(r) => r,
             Err((by, wait)) => {
                 self.metrics.logins.throttled(by == By::User);
-                tracing::info!(user, client = ?client, by = ?by, "login throttled after repeated failures");
+                // Debug only: the access log already has a line per refused request.
+                tracing::debug!(user, client = ?client, by = ?by, "login throttled after repeated failures");
                 return Login::Throttled {
                     retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
                 };
@@ -140,5 +141,42 @@ impl Logins {
         })
         .await
         .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn remembered_results_skip_bcrypt_and_the_throttle() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("htpasswd");
+        std::fs::write(&file, format!("alice:{}\n", bcrypt::hash("right", 4).unwrap())).unwrap();
+        let bounds = Bounds {
+            failures_per_ip: 2,
+            failures_per_user: 0,
+            failure_window: Duration::from_secs(3600),
+            remember: Duration::from_secs(3600),
+            concurrent: 1,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let logins = Logins::new(Arc::new(Htpasswd::load(&file).unwrap()), bounds, metrics.clone());
+        let here = Some(IpAddr::from([127, 0, 0, 1]));
+        let check = |password: &'static str| logins.check("alice", password, here);
+
+        assert_eq!(check("right").await, Login::Ok, "a success takes no place");
+        assert_eq!(check("wrong-1").await, Login::Failed);
+        assert_eq!(
+            check("wrong-1").await,
+            Login::Failed,
+            "a repeat is known, not checked again"
+        );
+        assert_eq!(check("right").await, Login::Ok);
+        assert_eq!(check("wrong-2").await, Login::Failed);
+        assert!(matches!(check("wrong-3").await, Login::Throttled { retry_after } if retry_after > 1000));
+        assert_eq!(check("right").await, Login::Ok, "verified credentials still pass");
+        assert_eq!(metrics.logins.failures.get(), 2);
+        assert_eq!(metrics.logins.checks_running.get(), 0);
     }
 }

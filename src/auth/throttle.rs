@@ -19,6 +19,18 @@ enum Key {
     User(String),
 }
 
+/// The address a client is throttled by: an IPv6 client's /64, which one host usually holds
+/// whole (so it cannot rotate addresses to escape), else the address itself.
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 /// Which bucket refused a login; the `by` label of `login_throttled_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum By {
@@ -72,7 +84,7 @@ impl Throttle {
     pub fn reserve(&self, client: Option<IpAddr>, user: &str) -> Result<Reservation, (By, Duration)> {
         let mut taken = Reservation { keys: Vec::new() };
         let wanted = [
-            (client.map(Key::Ip), self.per_ip, By::Ip),
+            (client.map(|ip| Key::Ip(network_of(ip))), self.per_ip, By::Ip),
             (Some(Key::User(user.to_owned())), self.per_user, By::User),
         ];
         for (key, limit, by) in wanted {
@@ -172,6 +184,17 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1100));
         t.reserve(HERE, "a").unwrap();
         t.reserve(HERE, "a").unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_client_is_throttled_by_its_64() {
+        let t = Throttle::new(1, 0, Duration::from_secs(3600));
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        t.reserve(ip("2001:db8:1:2::1"), "a").unwrap();
+        assert!(t.reserve(ip("2001:db8:1:2:ffff::9"), "a").is_err());
+        t.reserve(ip("2001:db8:1:3::1"), "a").unwrap();
+        t.reserve(ip("::ffff:192.0.2.1"), "a").unwrap();
+        assert!(t.reserve(ip("192.0.2.1"), "a").is_err());
     }
 
     #[test]

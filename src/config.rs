@@ -141,9 +141,9 @@ pub struct AuthConfig {
     pub access: Vec<AccessRule>,
 
     // --- Login abuse: the failed-login throttle and bounded password checks ---
-    /// Failed logins one client IP may make within `login_failure_window` before its logins are
-    /// refused unchecked (429 with `Retry-After`); the allowance refills steadily over the
-    /// window. 0 turns the limit off. Default `10`.
+    /// Failed logins one client IP (for IPv6, its /64) may make within `login_failure_window`
+    /// before its logins are refused unchecked (429 with `Retry-After`); the allowance refills
+    /// steadily over the window. 0 turns the limit off. Default `10`.
     pub login_failures_per_ip: u32,
     /// The same, for one user name from any client. 0 turns the limit off. Default `20`.
     pub login_failures_per_user: u32,

@@ -60,22 +60,24 @@ async fn guesses(c: &reqwest::Client, b: &Berth, user: &str, n: usize) -> Vec<re
 async fn password_guessing_is_throttled_per_client_and_per_user_and_wears_off() {
     let dir = tempfile::tempdir().unwrap();
     let pw = htpasswd(dir.path(), &[("alice", "alice-pw"), ("bob", "bob-pw")]);
-    let window = Duration::from_secs(8);
+    // Long enough that the buckets barely leak while a slow machine answers the guesses.
+    let window = Duration::from_secs(16);
     let b = Berth::start(&format!(
         "[auth]\nhtpasswd = \"{}\"\nscheme = \"token\"\nlogin_failures_per_ip = 5\nlogin_failures_per_user = 8\nlogin_failure_window = \"{}s\"\n",
         pw.display(),
         window.as_secs()
     ));
 
-    // A burst of wrong passwords from one client: the first 5 are checked (401), the rest are
-    // refused unchecked with 429, Retry-After and the OCI error code.
+    // A burst of wrong passwords from one client: the first 5 are checked (401; one or two more if
+    // the bucket leaked while they arrived), the rest are refused unchecked with 429,
+    // Retry-After and the OCI error code.
     let attacker = client_from(1);
     let statuses = guesses(&attacker, &b, "alice", 12).await;
     let unauthorized = statuses
         .iter()
         .filter(|r| r.status() == StatusCode::UNAUTHORIZED)
         .count();
-    assert!((5..=6).contains(&unauthorized), "{unauthorized} guesses were checked");
+    assert!((5..=7).contains(&unauthorized), "{unauthorized} guesses were checked");
     let mut throttled = 0;
     for r in statuses
         .into_iter()

@@ -92,7 +92,7 @@ async fn password_guessing_is_throttled_per_client_and_per_user_and_wears_off() 
         throttled += 1;
     }
     assert_eq!(throttled, 12 - unauthorized);
-    // The client stays throttled, even with the right password, and on the /v2 API too.
+    // The client stays throttled, even with the right password, on the /v2 API and the web UI too.
     assert_eq!(
         login(&attacker, &b, "alice", "alice-pw").await.status(),
         StatusCode::TOO_MANY_REQUESTS
@@ -104,6 +104,14 @@ async fn password_guessing_is_throttled_per_client_and_per_user_and_wears_off() 
         .await
         .unwrap();
     assert_eq!(error_code(v2, StatusCode::TOO_MANY_REQUESTS).await, "TOOMANYREQUESTS");
+    let ui = attacker
+        .get(b.at("/ui"))
+        .basic_auth("alice", Some("a-third-guess"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ui.status(), StatusCode::TOO_MANY_REQUESTS, "the web UI's login too");
+    assert!(!header(&ui, "retry-after").is_empty());
     assert!(metric(&b, "berth_login_failures_total").await >= 5.0);
     assert!(metric(&b, "berth_login_throttled_total{by=\"ip\"}").await >= 6.0);
 

@@ -154,6 +154,21 @@ pub struct AuthConfig {
     pub groups: std::collections::BTreeMap<String, Vec<String>>,
     /// Access rules. Without any, every logged-in user may pull, push and delete everything.
     pub access: Vec<AccessRule>,
+
+    // --- Login abuse: the failed-login throttle and bounded password checks ---
+    /// Failed logins one client IP (for IPv6, its /64) may make within `login_failure_window`
+    /// before its logins are refused unchecked (429 with `Retry-After`); the allowance refills
+    /// steadily over the window. 0 turns the limit off. Default `10`.
+    pub login_failures_per_ip: u32,
+    /// The same, for one user name from any client. 0 turns the limit off. Default `20`.
+    pub login_failures_per_user: u32,
+    /// Time in which a throttled client's or user name's allowance refills completely. Default `"1m"`.
+    pub login_failure_window: String,
+    /// How long a verified (or refused) user and password are remembered, so a push does not pay
+    /// bcrypt on every request. Only an HMAC of them is kept. Default `"1m"`.
+    pub login_cache_ttl: String,
+    /// Bcrypt checks run at once; more wait. 0: one per CPU core. Default `0`.
+    pub password_checks: u32,
 }
 
 impl Default for AuthConfig {
@@ -168,6 +183,11 @@ impl Default for AuthConfig {
             anonymous_pull: true,
             groups: Default::default(),
             access: Vec::new(),
+            login_failures_per_ip: 10,
+            login_failures_per_user: 20,
+            login_failure_window: "1m".into(),
+            login_cache_ttl: "1m".into(),
+            password_checks: 0,
         }
     }
 }

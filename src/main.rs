@@ -132,7 +132,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_claim_on_push(config.private.claim_on_push)
         .with_upload_session_limit(config.limits.max_upload_sessions)
         .with_min_free(config.min_free()?);
-    let auth = Auth::new(&config.auth).map_err(anyhow::Error::msg)?;
+    let auth = Auth::with_metrics(&config.auth, registry.metrics().clone()).map_err(anyhow::Error::msg)?;
     let addr = config.listen_addr()?;
     if !auth.enabled() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "authentication is off ([auth] htpasswd is empty): anyone who reaches this address may push");

@@ -24,6 +24,9 @@
 //! gc_runs_total, gc_reclaimed_bytes_total         garbage collection
 //! store_bytes{content}, store_blobs{content}      blob store by content: private, cached, unreferenced
 //! build_info{version}                             always 1
+//! login_failures_total                            password checks that failed
+//! login_throttled_total{by}                       logins refused unchecked (429): ip, user
+//! login_checks_running, login_checks_waiting      bcrypt checks running now, and queued for a slot
 //! ```
 
 use std::sync::{Arc, OnceLock};
@@ -315,6 +318,8 @@ pub struct Metrics {
     pub gc_reclaimed_bytes: Counter,
     store_bytes: [Gauge; 3],
     store_blobs: [Gauge; 3],
+    /// Password checks and the failed-login throttle.
+    pub logins: LoginMetrics,
 }
 
 impl Default for Metrics {
@@ -469,6 +474,7 @@ impl Metrics {
             gc_reclaimed_bytes,
             store_bytes: Content::ALL.map(|content| pre(&store_bytes, ContentLabels { content })),
             store_blobs: Content::ALL.map(|content| pre(&store_blobs, ContentLabels { content })),
+            logins: LoginMetrics::register(&mut r),
             registry: r,
         }
     }
@@ -614,6 +620,60 @@ impl Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Password checks and the failed-login throttle.
+#[derive(Debug)]
+pub struct LoginMetrics {
+    /// Password checks that failed.
+    pub failures: Counter,
+    /// Logins refused without a check, `[by ip, by user]`.
+    throttled: [Counter; 2],
+    /// Bcrypt checks running now.
+    pub checks_running: Gauge,
+    /// Password checks waiting for a bcrypt slot.
+    pub checks_waiting: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThrottledLabels {
+    by: &'static str,
+}
+
+impl LoginMetrics {
+    fn register(r: &mut Registry) -> LoginMetrics {
+        let failures = Counter::default();
+        r.register("login_failures", "Password checks that failed", failures.clone());
+        let throttled = Family::<ThrottledLabels, Counter>::default();
+        r.register(
+            "login_throttled",
+            "Logins refused without a check after repeated failures, by the client IP or the user name",
+            throttled.clone(),
+        );
+        let checks_running = Gauge::default();
+        r.register(
+            "login_checks_running",
+            "Bcrypt password checks running",
+            checks_running.clone(),
+        );
+        let checks_waiting = Gauge::default();
+        r.register(
+            "login_checks_waiting",
+            "Password checks waiting for a bcrypt slot",
+            checks_waiting.clone(),
+        );
+        LoginMetrics {
+            failures,
+            throttled: ["ip", "user"].map(|by| pre(&throttled, ThrottledLabels { by })),
+            checks_running,
+            checks_waiting,
+        }
+    }
+
+    /// Count a login refused unchecked, because of its user name (else its client IP).
+    pub fn throttled(&self, by_user: bool) {
+        self.throttled[usize::from(by_user)].inc();
     }
 }
 

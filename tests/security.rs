@@ -12,19 +12,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use support::client::{client, error_code, header, raw_request};
 use support::tls::{TestCa, served_serial};
-use support::{Berth, Dockerd, Hub, run, sha256};
-
-/// An htpasswd file written by `htpasswd -B`, as users make them.
-fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
-    support::require("htpasswd");
-    let path = dir.join("htpasswd");
-    let mut text = String::new();
-    for (user, password) in users {
-        text += &run(Command::new("htpasswd").args(["-Bbn", user, password]));
-    }
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use support::{Berth, Dockerd, Hub, htpasswd, run, sha256};
 
 const USERS: [(&str, &str); 3] = [("alice", "alice-pw"), ("bob", "bob-pw"), ("carol", "carol-pw")];
 

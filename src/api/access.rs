@@ -22,7 +22,7 @@ use http_body::{Frame, SizeHint};
 use tracing::Instrument;
 
 use super::{AppState, endpoint};
-use crate::auth::User;
+use crate::auth::{ClientAddr, User};
 use crate::metrics::{self, CacheResult, Kind, Metrics};
 use crate::service::Cache;
 
@@ -66,6 +66,7 @@ pub async fn access(State(app): State<Arc<AppState>>, mut request: Request, next
     let kind = endpoint::kind(&path);
     let client = app.limits.client_ip(request.headers(), request.extensions());
     request.extensions_mut().insert(RequestId(id.clone()));
+    request.extensions_mut().insert(ClientAddr(client));
 
     let span = tracing::info_span!("request", id = %id);
     let mut response = next.run(request).instrument(span).await;

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::Params;
+use crate::auth::{Auth, Identity};
 use crate::oci::{Digest, RepoName, media};
 use crate::service::{Page, Registry, Result, Route, listing_limit};
 
@@ -28,9 +29,15 @@ fn with_link(mut response: Response, path: &str, n: usize, page: &Page) -> Respo
     response
 }
 
-pub fn catalog(reg: &Registry, params: &Params) -> Result<Response> {
+/// The catalog as `who` may see it: only repositories they may pull.
+pub fn catalog(reg: &Registry, auth: &Auth, who: &Identity, params: &Params) -> Result<Response> {
     let n = page_size(params);
-    let page = reg.catalog(params.last.as_deref(), n)?;
+    let last = params.last.as_deref();
+    let page = if auth.enabled() {
+        reg.catalog_filtered(last, n, |name, proxied| auth.may_pull(who, name, proxied))?
+    } else {
+        reg.catalog(last, n)?
+    };
     let response = axum::Json(json!({ "repositories": page.items })).into_response();
     Ok(with_link(response, "/v2/_catalog", n, &page))
 }

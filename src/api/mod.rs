@@ -126,16 +126,17 @@ async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Respons
         Err(ParseError::Invalid(e)) => return Error::Name(e).into_response(),
     };
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let who = app.auth.identify(authorization).await;
+    let client = app.limits.client_ip(&parts.headers, &parts.extensions);
+    let who = app.auth.identify(authorization, client).await;
+    if let Some(retry_after) = who.throttled {
+        return Error::throttled_login(retry_after).into_response();
+    }
     if let Some(user) = &who.user
         && let Err(e) = app.limits.check_user(user)
     {
         return e.into_response();
     }
-    let client = app
-        .limits
-        .client_ip(&parts.headers, &parts.extensions)
-        .map(|ip| ip.to_string());
+    let client = client.map(|ip| ip.to_string());
     let user = who.user.clone();
     let call = Call {
         app: &app,
@@ -216,7 +217,7 @@ impl Call<'_> {
             }
             (Method::GET, Endpoint::Catalog) => {
                 self.authorize(Scope::Catalog)?;
-                listing::catalog(reg, params)
+                listing::catalog(reg, &self.app.auth, &self.who, params)
             }
             (Method::GET, Endpoint::Tags(repo)) => listing::tags(reg, &self.readable(&repo)?, &repo, params).await,
             (Method::GET, Endpoint::Referrers(repo, d)) => {
@@ -287,6 +288,14 @@ fn base() -> Response {
 }
 
 impl Error {
+    /// 429 for a login refused unchecked after repeated failures.
+    fn throttled_login(retry_after: u64) -> Error {
+        Error::TooManyRequests {
+            retry_after,
+            reason: "too many failed logins from this client or for this user; try again later".into(),
+        }
+    }
+
     /// The OCI error body with a status other than the default for the variant.
     fn into_response_with(self, status: StatusCode) -> Response {
         let mut response = self.into_response();

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::AppState;
-use crate::auth::{Action, Actions, Grant, User, decode_basic};
+use crate::auth::{Action, Actions, Grant, Login, User, decode_basic};
 use crate::oci::RepoName;
 use crate::service::{Error, Route};
 
@@ -46,7 +46,12 @@ pub async fn token(State(app): State<Arc<AppState>>, request: Request) -> Respon
 
     let mut user = None;
     if let Some((name, password)) = credentials {
-        if app.auth.login(&name, &password).await {
+        let client = app.limits.client_ip(&parts.headers, &parts.extensions);
+        let login = app.auth.login(&name, &password, client).await;
+        if let Login::Throttled { retry_after } = login {
+            return Error::throttled_login(retry_after).into_response();
+        }
+        if login == Login::Ok {
             user = Some(name);
         } else if scopes.is_empty() || !scopes.iter().all(|s| s.ends_with(":pull")) {
             // A login, or a push: the password is wrong. Pull-only requests carrying foreign

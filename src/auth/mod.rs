@@ -10,18 +10,23 @@
 //! know is served as an anonymous pull (when anonymous pulls are allowed), not refused.
 
 mod htpasswd;
+mod login;
 mod rules;
+mod throttle;
 mod token;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 
+pub use login::Login;
 pub use rules::{Action, Actions, matches};
 pub use token::{Claims, Grant};
 
 use crate::config::{AuthConfig, AuthScheme};
+use crate::metrics::Metrics;
 
 /// How long a failed login waits before its 401: slows password guessing to a crawl.
 const FAILED_LOGIN_DELAY: Duration = Duration::from_millis(400);
@@ -29,6 +34,11 @@ const FAILED_LOGIN_DELAY: Duration = Duration::from_millis(400);
 /// The logged-in user of a request, left in the response's extensions for the access log.
 #[derive(Clone, Debug)]
 pub struct User(pub String);
+
+/// The client's address as the access middleware found it (the peer, or the trusted
+/// `X-Forwarded-For` hop), in a request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub Option<IpAddr>);
 
 /// Who sent a request.
 #[derive(Clone, Debug, Default)]
@@ -39,6 +49,9 @@ pub struct Identity {
     pub grants: Option<Vec<Grant>>,
     /// Credentials were presented and did not verify.
     pub rejected: bool,
+    /// Credentials were presented and not checked: too many failed logins from this client or
+    /// for this user name. Try again in this many seconds.
+    pub throttled: Option<u64>,
 }
 
 /// What a request is for.
@@ -64,7 +77,7 @@ pub enum Denied {
 }
 
 pub struct Auth {
-    htpasswd: Option<Arc<htpasswd::Htpasswd>>,
+    logins: Option<login::Logins>,
     rules: rules::Rules,
     signer: token::Signer,
     scheme: AuthScheme,
@@ -79,7 +92,13 @@ impl Auth {
         Auth::new(&AuthConfig::default()).expect("the default auth config is valid")
     }
 
+    /// Auth as `config` says, counting logins in a metrics registry of its own.
     pub fn new(config: &AuthConfig) -> Result<Auth, String> {
+        Auth::with_metrics(config, Arc::new(Metrics::new()))
+    }
+
+    /// Auth as `config` says, counting logins in `metrics`.
+    pub fn with_metrics(config: &AuthConfig, metrics: Arc<Metrics>) -> Result<Auth, String> {
         let htpasswd = if config.htpasswd.is_empty() {
             None
         } else {
@@ -111,8 +130,17 @@ impl Auth {
             .map_err(|e| format!("auth.token_ttl: {e}"))?
             .as_secs()
             .max(1);
+        let duration =
+            |key: &str, value: &str| humantime::parse_duration(value).map_err(|e| format!("auth.{key}: {e}"));
+        let bounds = login::Bounds {
+            failures_per_ip: config.login_failures_per_ip,
+            failures_per_user: config.login_failures_per_user,
+            failure_window: duration("login_failure_window", &config.login_failure_window)?,
+            remember: duration("login_cache_ttl", &config.login_cache_ttl)?,
+            concurrent: config.password_checks as usize,
+        };
         Ok(Auth {
-            htpasswd,
+            logins: htpasswd.map(|h| login::Logins::new(h, bounds, metrics)),
             rules: rules::Rules::new(config)?,
             signer: token::Signer::new(key, config.service.clone()),
             scheme: config.scheme,
@@ -123,23 +151,24 @@ impl Auth {
     }
 
     pub fn enabled(&self) -> bool {
-        self.htpasswd.is_some()
+        self.logins.is_some()
     }
 
-    /// Check a username and password (the `/token` endpoint's login). A failure waits first.
-    pub async fn login(&self, user: &str, password: &str) -> bool {
-        let ok = match &self.htpasswd {
-            Some(h) => h.verify(user, password).await,
-            None => false,
+    /// Check a username and password sent by `client` (the `/token` endpoint's login). A
+    /// failure waits first.
+    pub async fn login(&self, user: &str, password: &str, client: Option<IpAddr>) -> Login {
+        let result = match &self.logins {
+            Some(l) => l.check(user, password, client).await,
+            None => Login::Failed,
         };
-        if !ok {
+        if result == Login::Failed {
             tokio::time::sleep(FAILED_LOGIN_DELAY).await;
         }
-        ok
+        result
     }
 
-    /// Identify the sender of a request from its `Authorization` header.
-    pub async fn identify(&self, authorization: Option<&str>) -> Identity {
+    /// Identify the sender of a request, `client`, from its `Authorization` header.
+    pub async fn identify(&self, authorization: Option<&str>, client: Option<IpAddr>) -> Identity {
         if !self.enabled() {
             return Identity::default();
         }
@@ -155,25 +184,42 @@ impl Auth {
             let Some((user, password)) = decode_basic(credentials) else {
                 return rejected;
             };
-            if self.login(&user, &password).await {
-                return Identity {
+            return match self.login(&user, &password, client).await {
+                Login::Ok => Identity {
                     user: Some(user),
                     ..Identity::default()
-                };
-            }
-            return rejected;
+                },
+                Login::Failed => rejected,
+                Login::Throttled { retry_after } => Identity {
+                    throttled: Some(retry_after),
+                    ..rejected
+                },
+            };
         }
         if scheme.eq_ignore_ascii_case("bearer") {
             return match self.signer.verify(credentials.trim()) {
                 Some(claims) => Identity {
                     user: (!claims.sub.is_empty()).then_some(claims.sub),
                     grants: Some(claims.access),
-                    rejected: false,
+                    ..Identity::default()
                 },
                 None => rejected,
             };
         }
         rejected
+    }
+
+    /// Whether `who` may pull `name` (which caches an upstream when `proxied`): what the
+    /// catalog lists. By the rules for the user, not a token's grants: a catalog token grants
+    /// only the catalog.
+    pub fn may_pull(&self, who: &Identity, name: &str, proxied: bool) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        self.rules
+            .allowed(who.user.as_deref(), name, proxied)
+            .union(self.rules.allowed(None, name, proxied))
+            .contains(Action::Pull)
     }
 
     /// Decide whether `who` may do what `scope` says. `realm` is the token endpoint to name in a

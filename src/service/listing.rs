@@ -36,6 +36,17 @@ impl Registry {
         Ok(paginate(self.store.meta.repos(last, n + 1)?, n))
     }
 
+    /// Repository names after `last` that `visible` lets through, `n` at most. `visible` gets a
+    /// name and whether the repository caches an upstream. The cursor of the next page is the
+    /// last name shown, so filtering never skips or repeats a name.
+    pub fn catalog_filtered(&self, last: Option<&str>, n: usize, visible: impl Fn(&str, bool) -> bool) -> Result<Page> {
+        let list = self.browse_repos("", last, n.min(MAX_PAGE), |r| visible(&r.name, !r.private))?;
+        Ok(Page {
+            items: list.repos.into_iter().map(|r| r.name).collect(),
+            next: list.next,
+        })
+    }
+
     /// Tags of the routed repository: the upstream's list for a proxied one (the cached tags when
     /// the upstream cannot answer).
     pub async fn tags(&self, route: &Route, last: Option<&str>, n: usize) -> Result<Page> {

@@ -21,7 +21,7 @@ mod remove;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Form, Query, State};
+use axum::extract::{Extension, Form, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -30,7 +30,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::auth::{Action, Auth, User};
+use crate::auth::{Action, Auth, ClientAddr, User};
 use crate::oci::{Reference, RepoName, Tag};
 use crate::service::{self, Registry, RepoSummary};
 use crate::store::unix_now;
@@ -41,6 +41,9 @@ const PAGE_SIZE: usize = 100;
 /// A disk-use measurement this recent is shown as it is rather than measured again.
 const USAGE_MAX_AGE: Duration = Duration::from_secs(2);
 const SESSION_COOKIE: &str = "berth_ui";
+
+/// The client's address, which the access middleware records (absent when the UI runs alone).
+type Client = Option<Extension<ClientAddr>>;
 
 /// Everything the UI's handlers need.
 pub struct Ui {
@@ -128,9 +131,14 @@ fn same_origin(headers: &HeaderMap, host: &str) -> bool {
 
 impl Ui {
     /// Who is looking; with authentication on and no valid Basic login, the 401 that asks for one.
-    async fn viewer(&self, headers: &HeaderMap, uri: &Uri) -> Result<Viewer, Response> {
+    async fn viewer(&self, headers: &HeaderMap, uri: &Uri, client: Client) -> Result<Viewer, Response> {
         let user = if self.auth.enabled() {
-            match self.auth.identify(header_str(headers, "authorization")).await.user {
+            let client = client.and_then(|c| c.0.0);
+            let who = self.auth.identify(header_str(headers, "authorization"), client).await;
+            if let Some(retry_after) = who.throttled {
+                return Err(throttled(retry_after));
+            }
+            match who.user {
                 Some(user) => Some(user),
                 None => return Err(login_required()),
             }
@@ -249,6 +257,18 @@ fn secure_headers(response: &mut Response) {
     );
 }
 
+/// 429 for a login refused unchecked after repeated failures.
+fn throttled(retry_after: u64) -> Response {
+    let mut response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, HeaderValue::from(retry_after))],
+        Body::from("<!doctype html><title>Too many failed logins · berth</title><p>Too many failed logins; try again later.</p>"),
+    )
+        .into_response();
+    secure_headers(&mut response);
+    response
+}
+
 fn login_required() -> Response {
     let mut response = (
         StatusCode::UNAUTHORIZED,
@@ -271,8 +291,14 @@ struct HomeQuery {
     last: Option<String>,
 }
 
-async fn home(State(ui): State<Arc<Ui>>, Query(q): Query<HomeQuery>, headers: HeaderMap, uri: Uri) -> Response {
-    let viewer = match ui.viewer(&headers, &uri).await {
+async fn home(
+    State(ui): State<Arc<Ui>>,
+    Query(q): Query<HomeQuery>,
+    headers: HeaderMap,
+    uri: Uri,
+    client: Client,
+) -> Response {
+    let viewer = match ui.viewer(&headers, &uri, client).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -309,8 +335,14 @@ struct RepoQuery {
     deleted: Option<String>,
 }
 
-async fn repo(State(ui): State<Arc<Ui>>, Query(q): Query<RepoQuery>, headers: HeaderMap, uri: Uri) -> Response {
-    let viewer = match ui.viewer(&headers, &uri).await {
+async fn repo(
+    State(ui): State<Arc<Ui>>,
+    Query(q): Query<RepoQuery>,
+    headers: HeaderMap,
+    uri: Uri,
+    client: Client,
+) -> Response {
+    let viewer = match ui.viewer(&headers, &uri, client).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -336,8 +368,14 @@ struct ManifestQuery {
     reference: String,
 }
 
-async fn manifest(State(ui): State<Arc<Ui>>, Query(q): Query<ManifestQuery>, headers: HeaderMap, uri: Uri) -> Response {
-    let viewer = match ui.viewer(&headers, &uri).await {
+async fn manifest(
+    State(ui): State<Arc<Ui>>,
+    Query(q): Query<ManifestQuery>,
+    headers: HeaderMap,
+    uri: Uri,
+    client: Client,
+) -> Response {
+    let viewer = match ui.viewer(&headers, &uri, client).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -363,8 +401,8 @@ struct DeleteForm {
 impl Ui {
     /// The viewer of a deleting form, once it passed the cross-site guards (same origin, and a
     /// token bound to this session and user).
-    async fn form_viewer(&self, headers: &HeaderMap, uri: &Uri, csrf: &str) -> Result<Viewer, Response> {
-        let viewer = self.viewer(headers, uri).await?;
+    async fn form_viewer(&self, headers: &HeaderMap, uri: &Uri, client: Client, csrf: &str) -> Result<Viewer, Response> {
+        let viewer = self.viewer(headers, uri, client).await?;
         let forbidden = |text: &str| self.message(&viewer, StatusCode::FORBIDDEN, "Not allowed", text);
         if !same_origin(headers, &viewer.host) {
             return Err(forbidden(
@@ -391,8 +429,14 @@ impl Ui {
     }
 }
 
-async fn delete(State(ui): State<Arc<Ui>>, headers: HeaderMap, uri: Uri, Form(form): Form<DeleteForm>) -> Response {
-    let viewer = match ui.form_viewer(&headers, &uri, &form.csrf).await {
+async fn delete(
+    State(ui): State<Arc<Ui>>,
+    headers: HeaderMap,
+    uri: Uri,
+    client: Client,
+    Form(form): Form<DeleteForm>,
+) -> Response {
+    let viewer = match ui.form_viewer(&headers, &uri, client, &form.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };

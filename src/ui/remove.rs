@@ -26,9 +26,10 @@ pub(super) async fn remove(
     State(ui): State<Arc<Ui>>,
     headers: HeaderMap,
     uri: Uri,
+    client: super::Client,
     Form(form): Form<RemoveForm>,
 ) -> Response {
-    let viewer = match ui.form_viewer(&headers, &uri, &form.csrf).await {
+    let viewer = match ui.form_viewer(&headers, &uri, client, &form.csrf).await {
         Ok(v) => v,
         Err(r) => return r,
     };

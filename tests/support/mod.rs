@@ -55,6 +55,23 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// An htpasswd file written by `htpasswd -B` (its default bcrypt cost, 5), as users make them.
+pub fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> std::path::PathBuf {
+    htpasswd_with_cost(dir, users, 5)
+}
+
+/// An htpasswd file written by `htpasswd -B -C cost`.
+pub fn htpasswd_with_cost(dir: &Path, users: &[(&str, &str)], cost: u32) -> std::path::PathBuf {
+    require("htpasswd");
+    let path = dir.join("htpasswd");
+    let mut text = String::new();
+    for (user, password) in users {
+        text += &run(Command::new("htpasswd").args(["-Bbn", "-C", &cost.to_string(), user, password]));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// sha256 digest string of `bytes`.
 pub fn sha256(bytes: &[u8]) -> String {
     berth::digest_of(bytes)

@@ -11,6 +11,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+mod notifications;
+pub use notifications::{NotificationEndpoint, NotificationSettings};
+
 /// The documented default configuration, compiled in so `berth serve` runs with no file at all.
 pub const DEFAULT_TOML: &str = include_str!("../mirror.toml");
 
@@ -38,6 +41,9 @@ pub struct Config {
     pub limits: Limits,
     pub cache: CacheConfig,
     pub gc: GcConfig,
+    // --- registry:2 compatibility (issue 12): notification endpoints ---
+    /// `[[notifications]]` endpoints that receive registry:2-style event envelopes. Default none.
+    pub notifications: Vec<NotificationEndpoint>,
 }
 
 /// `[cache]`: how long cached content lives, and how much disk it may use.
@@ -99,6 +105,7 @@ impl Default for Config {
             limits: Limits::default(),
             cache: CacheConfig::default(),
             gc: GcConfig::default(),
+            notifications: Vec::new(),
         }
     }
 }
@@ -305,6 +312,11 @@ pub struct Server {
     pub drain_timeout: String,
     /// `[server.tls]`: serve HTTPS (HTTP/2 and HTTP/1.1) with these PEM files.
     pub tls: Tls,
+    // --- registry:2 compatibility (issue 12) ---
+    /// Take the host and scheme of berth's own URLs (the token realm, notification target URLs)
+    /// from `X-Forwarded-Host` and `X-Forwarded-Proto`. Only behind a reverse proxy you trust,
+    /// which sets them. Default `false`.
+    pub trust_forwarded_headers: bool,
 }
 
 impl Default for Server {
@@ -313,6 +325,7 @@ impl Default for Server {
             listen: "127.0.0.1:5000".into(),
             drain_timeout: "30s".into(),
             tls: Tls::default(),
+            trust_forwarded_headers: false,
         }
     }
 }
@@ -332,12 +345,21 @@ pub struct Tls {
 pub struct Storage {
     /// Directory of the blob store and metadata. Default `"./data"`.
     pub root: PathBuf,
+    // --- registry:2 compatibility (issue 12): switches, re-read on SIGHUP ---
+    /// Whether manifests, tags and blobs may be deleted (registry:2's `storage.delete.enabled`,
+    /// but on by default). Off: every delete answers 405 UNSUPPORTED. Default `true`.
+    pub delete: bool,
+    /// Maintenance mode: pushes and deletes are refused with 405 UNSUPPORTED while pulls (and
+    /// cache fills) go on (registry:2's `storage.maintenance.readonly.enabled`). Default `false`.
+    pub read_only: bool,
 }
 
 impl Default for Storage {
     fn default() -> Self {
         Storage {
             root: PathBuf::from("./data"),
+            delete: true,
+            read_only: false,
         }
     }
 }
@@ -399,6 +421,7 @@ impl Config {
         self.upstream_settings()?;
         self.gc_policy()?;
         self.gc_interval()?;
+        self.notification_settings()?;
         Ok(())
     }
 

@@ -253,7 +253,11 @@ fn startup_line(config: &Config, state: &AppState, addr: std::net::SocketAddr) {
     let mirrors = if config.upstreams.is_empty() {
         "nothing (a private registry only)".to_owned()
     } else {
-        let names: Vec<String> = config.upstreams.iter().map(|u| format!("{} ({})", u.name, u.url)).collect();
+        let names: Vec<String> = config
+            .upstreams
+            .iter()
+            .map(|u| format!("{} ({})", u.name, u.url))
+            .collect();
         names.join(", ")
     };
     let host = if addr.ip().is_unspecified() {

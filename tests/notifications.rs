@@ -111,16 +111,36 @@ ignored_media_types = ["application/octet-stream"]
     assert_eq!(r.status(), StatusCode::CREATED);
     let digest = sha256(&manifest);
     let layer = sha256(b"notified layer");
-    let c = reqwest::Client::builder().user_agent("notify-test/1.0").build().unwrap();
-    let r = c.get(b.at("/v2/team/app/manifests/1")).header("accept", OCI_MANIFEST).send().await.unwrap();
+    let c = reqwest::Client::builder()
+        .user_agent("notify-test/1.0")
+        .build()
+        .unwrap();
+    let r = c
+        .get(b.at("/v2/team/app/manifests/1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = c.get(b.at(&format!("/v2/team/app/blobs/{layer}"))).send().await.unwrap();
+    let r = c
+        .get(b.at(&format!("/v2/team/app/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"notified layer");
     // A cold pull of mirrored content: the manifest and a blob are filled from the hub.
     let (alpine, m) = manifest_json(&b.url, "library/alpine", "latest").await;
-    let alpine_layer = m["layers"][0]["digest"].as_str().or(m["manifests"][0]["digest"].as_str()).unwrap().to_owned();
+    let alpine_layer = m["layers"][0]["digest"]
+        .as_str()
+        .or(m["manifests"][0]["digest"].as_str())
+        .unwrap()
+        .to_owned();
     let kind = if m["layers"].is_array() { "blobs" } else { "manifests" };
-    let r = c.get(b.at(&format!("/v2/library/alpine/{kind}/{alpine_layer}"))).send().await.unwrap();
+    let r = c
+        .get(b.at(&format!("/v2/library/alpine/{kind}/{alpine_layer}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     r.bytes().await.unwrap();
     let r = c.delete(b.at("/v2/team/app/manifests/1")).send().await.unwrap();
@@ -153,7 +173,12 @@ ignored_media_types = ["application/octet-stream"]
     let ts = push["timestamp"].as_str().unwrap();
     assert!(ts.len() > 20 && ts.ends_with('Z') && ts.contains('T'), "RFC 3339: {ts}");
     assert!(!push["source"]["instanceID"].as_str().unwrap().is_empty());
-    assert!(push["source"]["addr"].as_str().unwrap().ends_with(&format!(":{}", b.addr.rsplit(':').next().unwrap())));
+    assert!(
+        push["source"]["addr"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", b.addr.rsplit(':').next().unwrap()))
+    );
 
     let blob_push = find(&events, "push", |t| t["digest"] == layer.as_str()).expect("blob push");
     assert_eq!(blob_push["target"]["mediaType"], "application/octet-stream");
@@ -163,11 +188,17 @@ ignored_media_types = ["application/octet-stream"]
     assert_eq!(pull["target"]["tag"], "1");
     assert_eq!(pull["request"]["method"], "GET");
     assert_eq!(pull["request"]["useragent"], "notify-test/1.0");
-    assert!(find(&events, "pull", |t| t["digest"] == layer.as_str()).is_some(), "blob pull");
+    assert!(
+        find(&events, "pull", |t| t["digest"] == layer.as_str()).is_some(),
+        "blob pull"
+    );
 
     let fill = find(&events, "fill", |t| t["digest"] == alpine.as_str()).unwrap_or_else(|| panic!("{events:#?}"));
     assert_eq!(fill["target"]["repository"], "library/alpine");
-    assert!(find(&events, "fill", |t| t["digest"] == alpine_layer.as_str()).is_some(), "{events:#?}");
+    assert!(
+        find(&events, "fill", |t| t["digest"] == alpine_layer.as_str()).is_some(),
+        "{events:#?}"
+    );
 
     let delete = find(&events, "delete", |_| true).unwrap();
     assert_eq!(delete["target"]["repository"], "team/app");
@@ -175,14 +206,29 @@ ignored_media_types = ["application/octet-stream"]
 
     // The quiet endpoint ignores pulls and blobs.
     let quiet = rx.wait("/quiet", |e| find(e, "delete", |_| true).is_some()).await;
-    assert!(find(&quiet, "push", |t| t["digest"] == digest.as_str()).is_some(), "{quiet:#?}");
+    assert!(
+        find(&quiet, "push", |t| t["digest"] == digest.as_str()).is_some(),
+        "{quiet:#?}"
+    );
     assert!(quiet.iter().all(|e| e["action"] != "pull"), "{quiet:#?}");
-    assert!(quiet.iter().all(|e| e["target"]["mediaType"] != "application/octet-stream"), "{quiet:#?}");
+    assert!(
+        quiet
+            .iter()
+            .all(|e| e["target"]["mediaType"] != "application/octet-stream"),
+        "{quiet:#?}"
+    );
 }
 
 /// The value of `berth_notification_events_total{endpoint,result}`.
 async fn events_metric(b: &Berth, endpoint: &str, result: &str) -> f64 {
-    let text = client().get(b.at("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = client()
+        .get(b.at("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let series = format!("berth_notification_events_total{{endpoint=\"{endpoint}\",result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series)?.parse().ok())
@@ -241,14 +287,24 @@ url = "{rx}/live"
     }
     // Waiting for the hung endpoint even once would take its 5 s timeout.
     assert!(slowest < Duration::from_secs(3), "a pull took {slowest:?}");
-    assert!(started.elapsed() < Duration::from_secs(30), "{PULLS} pulls took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{PULLS} pulls took {:?}",
+        started.elapsed()
+    );
 
     assert!(wait_metric(&b, "live", "delivered", PULLS as f64).await >= PULLS as f64);
     assert!(rx.events("/live").iter().filter(|e| e["action"] == "pull").count() >= PULLS);
     let dropped = wait_metric(&b, "hung", "dropped", 50.0).await;
-    assert!(dropped >= 50.0, "the hung endpoint's queue of 5 drops the oldest: {dropped}");
+    assert!(
+        dropped >= 50.0,
+        "the hung endpoint's queue of 5 drops the oldest: {dropped}"
+    );
     assert_eq!(events_metric(&b, "hung", "delivered").await, 0.0);
-    assert!(wait_metric(&b, "closed", "failed", 1.0).await >= 1.0, "refused deliveries fail after the retry");
+    assert!(
+        wait_metric(&b, "closed", "failed", 1.0).await >= 1.0,
+        "refused deliveries fail after the retry"
+    );
     assert_eq!(events_metric(&b, "closed", "delivered").await, 0.0);
     drop(hung);
 }

@@ -39,12 +39,20 @@ async fn with_delete_off_every_delete_answers_405_unsupported_and_pulls_go_on() 
         format!("/v2/team/app/blobs/{layer}"),
     ] {
         let (status, code, message) = oci_error(c.delete(b.at(&path)).send().await.unwrap()).await;
-        assert_eq!((status, code.as_str()), (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"), "{path}");
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            "{path}"
+        );
         assert!(message.contains("delete = false"), "{path}: {message}");
     }
     let (got, _) = manifest_json(&b.url, "team/app", "1").await;
     assert_eq!(got, digest, "the tag and its manifest are still there");
-    let r = c.get(b.at(&format!("/v2/team/app/blobs/{layer}"))).send().await.unwrap();
+    let r = c
+        .get(b.at(&format!("/v2/team/app/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // The operator's `berth delete` obeys the same switch.
     let out = b.cli(&["delete", "team/app:1"]);
@@ -109,20 +117,31 @@ async fn read_only_mode_refuses_pushes_and_deletes_while_pulls_go_on_and_switche
             .unwrap(),
         c.patch(b.at(&session)).body("more").send().await.unwrap(),
         c.post(b.at("/v2/team/app/blobs/uploads/")).send().await.unwrap(),
-        c.delete(b.at(&format!("/v2/team/app/manifests/{digest}"))).send().await.unwrap(),
+        c.delete(b.at(&format!("/v2/team/app/manifests/{digest}")))
+            .send()
+            .await
+            .unwrap(),
         c.delete(b.at("/v2/team/app/manifests/1")).send().await.unwrap(),
     ];
     for r in refused {
         let url = r.url().to_string();
         let (status, code, message) = oci_error(r).await;
-        assert_eq!((status, code.as_str()), (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"), "{url}");
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            "{url}"
+        );
         assert!(message.contains("read-only mode"), "{url}: {message}");
     }
     // Pulls go on.
     let (got, _) = manifest_json(&b.url, "team/app", "1").await;
     assert_eq!(got, digest);
     let layer = sha256(b"layer one");
-    let r = c.get(b.at(&format!("/v2/team/app/blobs/{layer}"))).send().await.unwrap();
+    let r = c
+        .get(b.at(&format!("/v2/team/app/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"layer one");
     assert!(b.log().contains("SIGHUP"), "the re-read is logged");
@@ -190,7 +209,10 @@ async fn manifests_carry_their_digest_as_etag_and_if_none_match_gets_304() {
     }
     // curl, as a user checks it.
     support::require("curl");
-    let out = run(Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"]).arg(format!("If-None-Match: {etag}")).arg(b.at("/v2/team/app/manifests/1")));
+    let out = run(Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("If-None-Match: {etag}"))
+        .arg(b.at("/v2/team/app/manifests/1")));
     assert_eq!(out, "304");
 }
 
@@ -280,7 +302,11 @@ async fn forwarded_host_and_proto_count_only_when_trusted_and_a_configured_realm
     let r = forwarded(client().get(trusted.at("/v2/"))).send().await.unwrap();
     assert_eq!(realm_of(&r), "https://registry.example.com/token");
     let r = client().get(trusted.at("/v2/")).send().await.unwrap();
-    assert_eq!(realm_of(&r), format!("http://{}/token", trusted.addr), "without the headers");
+    assert_eq!(
+        realm_of(&r),
+        format!("http://{}/token", trusted.addr),
+        "without the headers"
+    );
 
     let fixed = Berth::start(&format!(
         "{auth}realm = \"https://auth.example.com/token\"\n[server]\ntrust_forwarded_headers = true\n"
@@ -293,7 +319,10 @@ async fn forwarded_host_and_proto_count_only_when_trusted_and_a_configured_realm
 async fn the_startup_line_says_what_is_mirrored_where_the_ui_is_and_whether_auth_is_on() {
     let b = Berth::start("");
     let log = b.log();
-    let line = log.lines().find(|l| l.contains("berth serving")).expect("a startup line");
+    let line = log
+        .lines()
+        .find(|l| l.contains("berth serving"))
+        .expect("a startup line");
     assert!(line.contains("mirrors nothing"), "{line}");
     assert!(line.contains(&format!("web UI at http://{}/ui", b.addr)), "{line}");
     assert!(line.contains("auth off"), "{line}");
@@ -305,7 +334,10 @@ async fn the_startup_line_says_what_is_mirrored_where_the_ui_is_and_whether_auth
         pw.display()
     ));
     let log = b.log();
-    let line = log.lines().find(|l| l.contains("berth serving")).expect("a startup line");
+    let line = log
+        .lines()
+        .find(|l| l.contains("berth serving"))
+        .expect("a startup line");
     assert!(line.contains("mirrors docker.io (http://127.0.0.1:9)"), "{line}");
     assert!(line.contains("auth on (token"), "{line}");
 }

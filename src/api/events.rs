@@ -17,7 +17,7 @@ pub struct Pushed {
     pub size: u64,
 }
 
-fn text<'h>(h: &'h HeaderMap, name: impl header::AsHeaderName) -> &'h str {
+fn text(h: &HeaderMap, name: impl header::AsHeaderName) -> &str {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
@@ -68,7 +68,9 @@ async fn note_parts(
             (Action::Pull, repo, blob(size))
         }
         (&Method::PUT, Endpoint::Manifest(repo, reference)) if status == StatusCode::CREATED => {
-            let Some(Pushed { media_type, size }) = pushed else { return };
+            let Some(Pushed { media_type, size }) = pushed else {
+                return;
+            };
             let target = Target {
                 media_type,
                 tag: tag_of(&reference),
@@ -119,17 +121,26 @@ async fn note_parts(
     }
     target.repository = repo.to_string();
     let request = Request {
-        id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
+        id: parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default(),
         addr: app
             .limits
             .client_ip(&parts.headers, &parts.extensions)
             .map(|ip| ip.to_string())
             .unwrap_or_default(),
-        host: base.split_once("://").map(|(_, host)| host.to_owned()).unwrap_or_default(),
+        host: base
+            .split_once("://")
+            .map(|(_, host)| host.to_owned())
+            .unwrap_or_default(),
         method: parts.method.to_string(),
         useragent: text(&parts.headers, header::USER_AGENT).to_owned(),
     };
-    app.registry.notifier().emit(action, target, request, Actor { name: user });
+    app.registry
+        .notifier()
+        .emit(action, target, request, Actor { name: user });
 }
 
 fn sized(size: u64) -> Target {

@@ -145,7 +145,10 @@ mod tests {
             } else {
                 toml + "url = \"http://127.0.0.1:9/\"\n"
             };
-            assert!(Config::from_toml(&toml, std::iter::empty()).is_err(), "{bad} should be refused");
+            assert!(
+                Config::from_toml(&toml, std::iter::empty()).is_err(),
+                "{bad} should be refused"
+            );
         }
     }
 }

@@ -40,7 +40,11 @@ struct Started {
 
 impl std::fmt::Debug for Notifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Notifier({} endpoints)", self.started.get().map_or(0, |s| s.sinks.len()))
+        write!(
+            f,
+            "Notifier({} endpoints)",
+            self.started.get().map_or(0, |s| s.sinks.len())
+        )
     }
 }
 
@@ -123,7 +127,7 @@ impl Sink {
     fn wants(&self, action: Action, target: &Target) -> bool {
         let s = &self.settings;
         !s.ignored_actions.iter().any(|a| a == action.as_str())
-            && !s.ignored_media_types.iter().any(|m| *m == target.media_type)
+            && !s.ignored_media_types.contains(&target.media_type)
     }
 
     fn offer(&self, event: Event) {

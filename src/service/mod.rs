@@ -208,7 +208,12 @@ fn notify_fill(notifier: &Notifier, repo: &RepoName, digest: &Digest, media_type
         repository: repo.to_string(),
         ..Default::default()
     };
-    notifier.emit(crate::notify::Action::Fill, target, Default::default(), Default::default());
+    notifier.emit(
+        crate::notify::Action::Fill,
+        target,
+        Default::default(),
+        Default::default(),
+    );
 }
 
 /// Run a blocking metadata write off the async workers: redb commits fsync.

@@ -221,14 +221,7 @@ ignored_media_types = ["application/octet-stream"]
 
 /// The value of `berth_notification_events_total{endpoint,result}`.
 async fn events_metric(b: &Berth, endpoint: &str, result: &str) -> f64 {
-    let text = client()
-        .get(b.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(b.at("/metrics")).await;
     let series = format!("berth_notification_events_total{{endpoint=\"{endpoint}\",result=\"{result}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series)?.parse().ok())

@@ -341,3 +341,43 @@ async fn the_startup_line_says_what_is_mirrored_where_the_ui_is_and_whether_auth
     assert!(line.contains("mirrors docker.io (http://127.0.0.1:9)"), "{line}");
     assert!(line.contains("auth on (token"), "{line}");
 }
+
+#[tokio::test]
+async fn docker_push_in_read_only_mode_stops_at_once_with_the_message_while_docker_pull_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Berth::start("");
+    let d = support::Dockerd::start(&[]);
+    let image = format!("{}/team/app:1", b.addr);
+    let tar = support::rootfs_tar(dir.path(), "read-only test");
+    d.ok(&["import", tar.to_str().unwrap(), &image]);
+    d.ok(&["push", &image]);
+
+    switch_read_only(&b, true);
+    wait_for_push_status(&b, StatusCode::METHOD_NOT_ALLOWED).await;
+    // A new layer: the push fails at its first upload; docker does not retry an UNSUPPORTED.
+    let other = format!("{}/team/other:1", b.addr);
+    std::fs::write(dir.path().join("rootfs/etc/berth-test"), "another layer").unwrap();
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(dir.path().join("rootfs"))
+        .arg("."));
+    d.ok(&["import", tar.to_str().unwrap(), &other]);
+    let started = Instant::now();
+    let err = d
+        .try_docker(&["push", &other])
+        .expect_err("a push in read-only mode fails");
+    assert!(err.contains("read-only mode"), "docker shows berth's message: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "no retries: {:?}",
+        started.elapsed()
+    );
+    d.ok(&["rmi", &image]);
+    d.ok(&["pull", &image]);
+
+    switch_read_only(&b, false);
+    wait_for_push_status(&b, StatusCode::CREATED).await;
+    d.ok(&["push", &other]);
+}

@@ -126,8 +126,7 @@ struct Sink {
 impl Sink {
     fn wants(&self, action: Action, target: &Target) -> bool {
         let s = &self.settings;
-        !s.ignored_actions.iter().any(|a| a == action.as_str())
-            && !s.ignored_media_types.contains(&target.media_type)
+        !s.ignored_actions.iter().any(|a| a == action.as_str()) && !s.ignored_media_types.contains(&target.media_type)
     }
 
     fn offer(&self, event: Event) {

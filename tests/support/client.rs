@@ -101,6 +101,11 @@ pub fn raw_request(addr: &str, request: &str) -> (u16, String) {
     (status, text)
 }
 
+/// GET `url` and return its body as text.
+pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
+    client().get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// GET `url` and decode its JSON body.
 pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
     client().get(url).send().await.unwrap().json().await.unwrap()

@@ -22,6 +22,8 @@ use tracing_subscriber::EnvFilter;
 
 /// How often pull times noted in memory are written to the metadata store.
 const PULL_FLUSH: Duration = Duration::from_secs(30);
+/// How long queued notification events may hold up the exit.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(3);
 /// How often the store's disk use is measured for the `berth_store_*` gauges.
 const USAGE_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -157,8 +159,9 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         .await
         .with_context(|| format!("serving on {addr}"))?;
     // The drain is over: no request runs any more. Pull times noted in memory are written now,
-    // before the process exits 0.
+    // before the process exits 0, and queued notifications get a moment to go out.
     write_pulls(&registry).await;
+    registry.notifier().flush(NOTIFY_FLUSH).await;
     tracing::info!("berth stopped");
     Ok(())
 }

@@ -25,7 +25,8 @@ struct Delivery {
     body: Value,
 }
 
-/// A tiny event receiver (axum on 127.0.0.1) that keeps every POST.
+/// A tiny event receiver (axum on 127.0.0.1) that keeps every POST. The first POST to a path
+/// under `/flaky` gets a 500 (and is not kept), as from a receiver that restarts.
 struct Receiver {
     url: String,
     got: Arc<Mutex<Vec<Delivery>>>,
@@ -38,6 +39,16 @@ impl Receiver {
         let app = axum::Router::new().fallback(move |uri: axum::http::Uri, h: HeaderMap, body: Bytes| {
             let keep = keep.clone();
             async move {
+                if uri.path().starts_with("/flaky") && !keep.lock().unwrap().iter().any(|d| d.path == "/flaky-refused")
+                {
+                    keep.lock().unwrap().push(Delivery {
+                        path: "/flaky-refused".into(),
+                        content_type: String::new(),
+                        authorization: String::new(),
+                        body: Value::Null,
+                    });
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
                 let text = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                 keep.lock().unwrap().push(Delivery {
                     path: uri.path().to_owned(),
@@ -300,4 +311,29 @@ url = "{rx}/live"
     );
     assert_eq!(events_metric(&b, "closed", "delivered").await, 0.0);
     drop(hung);
+}
+
+#[tokio::test]
+async fn events_still_queued_at_sigterm_are_sent_before_berth_exits() {
+    let rx = Receiver::start().await;
+    let b = Berth::start(&format!(
+        "[[notifications]]\nname = \"flaky\"\nurl = \"{}/flaky\"\nretries = 1\nbackoff = \"1s\"\n",
+        rx.url
+    ));
+    let digest = push_image(&b.url, "team/app", "1", &[b"last push"]).await;
+    // The first delivery is refused, so the events wait out the 1 s backoff while berth stops.
+    // Stopped off the runtime's thread: the receiver runs on it and must keep answering.
+    let status = tokio::task::spawn_blocking(move || {
+        let mut b = b;
+        b.stop()
+    })
+    .await
+    .unwrap()
+    .expect("berth exits");
+    assert!(status.success(), "{status}");
+    let events = rx.events("/flaky");
+    assert!(
+        find(&events, "push", |t| t["digest"] == digest.as_str()).is_some(),
+        "the push event reached the receiver before the exit: {events:#?}"
+    );
 }

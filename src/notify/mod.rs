@@ -7,13 +7,15 @@
 //! counted), because a receiver that is that far behind cares more about what happens now. A
 //! delivery that fails (no answer within `timeout`, or a non-2xx status) is retried `retries`
 //! times with a doubling `backoff`, then its events count as failed and the next batch goes.
-//! Events still queued when berth stops are lost, as with registry:2.
+//! At shutdown berth waits a little for queued events (see [`Notifier::flush`]); what is still
+//! queued after that is lost, as with registry:2.
 //!
 //! A leaf like `metrics`: the API and the service call in; it knows neither.
 
 pub mod event;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -72,6 +74,7 @@ impl Notifier {
                 metrics: metrics.notification_endpoint(&settings.name),
                 settings,
                 queue: Mutex::default(),
+                sending: AtomicBool::new(false),
                 wake: tokio::sync::Notify::new(),
                 http,
             });
@@ -83,6 +86,18 @@ impl Notifier {
             instance_id: uuid::Uuid::new_v4().to_string(),
         };
         let _ = self.started.set(Started { sinks, source });
+    }
+
+    /// Wait up to `limit` for every queued event to be delivered or given up (at shutdown, so
+    /// the last pushes before a restart are not lost to a healthy endpoint).
+    pub async fn flush(&self, limit: Duration) {
+        let Some(started) = self.started.get() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + limit;
+        while !started.sinks.iter().all(|s| s.idle()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Whether any endpoint listens; callers skip building events when none does.
@@ -118,6 +133,8 @@ impl Notifier {
 struct Sink {
     settings: NotificationSettings,
     queue: Mutex<VecDeque<Event>>,
+    /// A batch is out (taken from the queue, not yet delivered or given up).
+    sending: AtomicBool,
     wake: tokio::sync::Notify,
     http: reqwest::Client,
     metrics: NotificationMetrics,
@@ -147,7 +164,14 @@ impl Sink {
         let n = queue.len().min(MAX_BATCH);
         let batch: Vec<Event> = queue.drain(..n).collect();
         self.metrics.queued.set(queue.len() as i64);
+        // Under the lock, so `idle` never sees an empty queue before the batch counts as out.
+        self.sending.store(n > 0, Ordering::SeqCst);
         batch
+    }
+
+    fn idle(&self) -> bool {
+        let queue = self.queue.lock().expect("notification queue lock");
+        queue.is_empty() && !self.sending.load(Ordering::SeqCst)
     }
 
     async fn deliver_forever(self: Arc<Self>) {

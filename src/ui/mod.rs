@@ -321,7 +321,9 @@ async fn repo(State(ui): State<Arc<Ui>>, Query(q): Query<RepoQuery>, headers: He
         Err(e) => return ui.failed(&viewer, e),
     };
     let csrf = ui.csrf(&viewer);
-    let deletion = ui.may_delete(&viewer, &view.repo).then_some(Deletion { csrf: &csrf });
+    // No delete buttons while deletes are off or in read-only mode.
+    let deletion =
+        (ui.may_delete(&viewer, &view.repo) && ui.registry.check_delete().is_ok()).then_some(Deletion { csrf: &csrf });
     let flash = q.deleted.as_deref().map(Flash::Deleted);
     let html = pages::repo(&ui.ctx(&viewer), &view, deletion, flash);
     ui.respond(&viewer, StatusCode::OK, html)
@@ -384,6 +386,9 @@ async fn delete(State(ui): State<Arc<Ui>>, headers: HeaderMap, uri: Uri, Form(fo
     match ui.registry.delete_manifest(&name, &Reference::Tag(tag.clone())).await {
         Ok(()) => {}
         Err(service::Error::ManifestUnknown(_)) => return ui.not_found(&viewer, "No such tag."),
+        Err(e @ (service::Error::ReadOnly | service::Error::DeleteDisabled)) => {
+            return ui.message(&viewer, StatusCode::METHOD_NOT_ALLOWED, "Not deleted", &e.to_string());
+        }
         Err(e) => return ui.failed(&viewer, e),
     }
     tracing::info!(repo = %name, tag = %tag.as_str(), user = viewer.user.as_deref().unwrap_or("-"), "tag deleted in the web UI");

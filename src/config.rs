@@ -709,6 +709,23 @@ mod tests {
     }
 
     #[test]
+    fn registry2_switches_default_as_documented_and_come_from_the_environment() {
+        let c = Config::from_toml(DEFAULT_TOML, env(&[])).unwrap();
+        assert!(c.storage.delete && !c.storage.read_only && !c.server.trust_forwarded_headers);
+        assert!(c.notifications.is_empty());
+        let c = Config::from_toml(
+            DEFAULT_TOML,
+            env(&[
+                ("BERTH_STORAGE_READ_ONLY", "true"),
+                ("BERTH_STORAGE_DELETE", "false"),
+                ("BERTH_SERVER_TRUST_FORWARDED_HEADERS", "true"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.storage.delete && c.storage.read_only && c.server.trust_forwarded_headers);
+    }
+
+    #[test]
     fn bad_listen_address_is_refused() {
         assert!(Config::from_toml("[server]\nlisten = \"nowhere\"\n", env(&[])).is_err());
     }

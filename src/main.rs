@@ -259,7 +259,7 @@ fn startup_line(config: &Config, state: &AppState, addr: std::net::SocketAddr) {
         let names: Vec<String> = config
             .upstreams
             .iter()
-            .map(|u| format!("{} ({})", u.name, u.url))
+            .map(|u| format!("{} ({})", u.name, without_userinfo(&u.url)))
             .collect();
         names.join(", ")
     };
@@ -290,4 +290,16 @@ fn startup_line(config: &Config, state: &AppState, addr: std::net::SocketAddr) {
         notifications = config.notifications.len(),
         "berth serving: mirrors {mirrors}; web UI at {ui}; auth {auth}"
     );
+}
+
+/// `url` without a user name or password, for the log.
+fn without_userinfo(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.as_str().trim_end_matches('/').to_owned()
+        }
+        Err(_) => url.to_owned(),
+    }
 }

@@ -215,6 +215,19 @@ ignored_media_types = ["application/octet-stream"]
     assert_eq!(delete["target"]["repository"], "team/app");
     assert_eq!(delete["target"]["tag"], "1");
 
+    // A tag deleted in the web UI is a delete too.
+    let r = put_manifest(&b.url, "team/app", "2", OCI_MANIFEST, &manifest).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (cookie, csrf) = ui_delete_form(&b.url, "team/app").await;
+    let r = ui_delete(&b.url, &cookie, &csrf, "team/app", "2").await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let events = rx
+        .wait("/all", |e| find(e, "delete", |t| t["tag"] == "2").is_some())
+        .await;
+    let ui_delete = find(&events, "delete", |t| t["tag"] == "2").unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(ui_delete["target"]["repository"], "team/app");
+    assert_eq!(ui_delete["request"]["method"], "POST");
+
     // The quiet endpoint ignores pulls and blobs.
     let quiet = rx.wait("/quiet", |e| find(e, "delete", |_| true).is_some()).await;
     assert!(

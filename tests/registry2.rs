@@ -386,33 +386,22 @@ async fn docker_push_in_read_only_mode_stops_at_once_with_the_message_while_dock
 async fn the_web_ui_hides_delete_in_read_only_mode_and_refuses_a_form_sent_before() {
     let b = Berth::start("");
     push_image(&b.url, "team/app", "1", &[b"ui layer"]).await;
-    let c = client();
-    let page = b.at("/ui/repo?name=team/app");
-    let r = c.get(&page).send().await.unwrap();
-    let cookie = header(&r, "set-cookie").split(';').next().unwrap().to_owned();
-    let html = r.text().await.unwrap();
-    assert!(html.contains("action=\"/ui/delete\""), "deletes are offered");
-    let at = html.find("name=\"csrf\" value=\"").unwrap() + 19;
-    let csrf = html[at..].split('"').next().unwrap().to_owned();
+    let (cookie, csrf) = ui_delete_form(&b.url, "team/app").await;
 
     switch_read_only(&b, true);
     wait_for_push_status(&b, StatusCode::METHOD_NOT_ALLOWED).await;
-    let r = c.get(&page).header("cookie", &cookie).send().await.unwrap();
+    let r = client()
+        .get(b.at("/ui/repo?name=team/app"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     let html = r.text().await.unwrap();
     assert!(
         html.contains("team/app") && !html.contains("/ui/delete"),
         "no delete button"
     );
-    let body = format!("repo=team%2Fapp&tag=1&csrf={csrf}");
-    let r = c
-        .post(b.at("/ui/delete"))
-        .header("origin", b.url.clone())
-        .header("cookie", &cookie)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = ui_delete(&b.url, &cookie, &csrf, "team/app", "1").await;
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert!(r.text().await.unwrap().contains("read-only mode"));
     manifest_json(&b.url, "team/app", "1").await;

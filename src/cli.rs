@@ -147,7 +147,11 @@ pub async fn gc(config: &Config, dry_run: bool) -> anyhow::Result<()> {
 pub async fn delete(config: &Config, reference: &str) -> anyhow::Result<()> {
     let (repo, r) = parse_image_ref(reference)?;
     match target(config)? {
-        Target::Direct(store) => Registry::new(store, Vec::new()).delete_image(&repo, &r).await?,
+        Target::Direct(store) => {
+            let registry = Registry::new(store, Vec::new());
+            registry.apply_switches(&config.storage); // [storage] delete and read_only hold here too
+            registry.delete_image(&repo, &r).await?
+        }
         Target::Server { url, token, http } => {
             let query: String = form_urlencoded::byte_serialize(reference.as_bytes()).collect();
             let response = http

@@ -113,7 +113,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
             config.notification_settings()?,
             format!("{}:{}", hostname(), addr.port()),
         );
-    apply_switches(&registry, &config);
+    registry.apply_switches(&config.storage);
     let auth = Auth::new(&config.auth).map_err(anyhow::Error::msg)?;
     if !auth.enabled() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "authentication is off ([auth] htpasswd is empty): anyone who reaches this address may push");
@@ -208,12 +208,6 @@ async fn collect_periodically(registry: Registry, policy: berth::gc::Policy, int
     }
 }
 
-/// The `[storage]` switches that change without a restart.
-fn apply_switches(registry: &Registry, config: &Config) {
-    registry.set_read_only(config.storage.read_only);
-    registry.set_delete_enabled(config.storage.delete);
-}
-
 /// On SIGHUP, read the config file again (environment overrides included) and apply
 /// `[storage] read_only` and `[storage] delete`. Other keys need a restart; a file that no longer
 /// parses is reported and changes nothing.
@@ -226,7 +220,7 @@ async fn reread_switches_on_sighup(registry: Registry, path: Option<PathBuf>) {
     while hup.recv().await.is_some() {
         match Config::load(path.as_deref()) {
             Ok(config) => {
-                apply_switches(&registry, &config);
+                registry.apply_switches(&config.storage);
                 tracing::info!(
                     read_only = config.storage.read_only,
                     delete = config.storage.delete,

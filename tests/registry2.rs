@@ -29,7 +29,7 @@ async fn oci_error(r: reqwest::Response) -> (StatusCode, String, String) {
 
 #[tokio::test]
 async fn with_delete_off_every_delete_answers_405_unsupported_and_pulls_go_on() {
-    let b = Berth::start("[storage]\ndelete = false\n");
+    let mut b = Berth::start("[storage]\ndelete = false\n");
     let digest = push_image(&b.url, "team/app", "1", &[b"layer one"]).await;
     let layer = sha256(b"layer one");
     let c = client();
@@ -54,9 +54,13 @@ async fn with_delete_off_every_delete_answers_405_unsupported_and_pulls_go_on() 
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    // The operator's `berth delete` obeys the same switch.
+    // The operator's `berth delete` obeys the same switch, through the server and without one.
     let out = b.cli(&["delete", "team/app:1"]);
     assert!(!out.status.success(), "berth delete must be refused too");
+    b.stop();
+    let out = b.cli(&["delete", "team/app:1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("delete = false"), "{stderr}");
 }
 
 /// Rewrite `[storage] read_only` in berth's config file and send SIGHUP.

@@ -24,6 +24,13 @@ impl Default for Switches {
 }
 
 impl Registry {
+    /// Set both switches as `[storage]` says (at startup, on SIGHUP, and in the maintenance
+    /// commands when they work on the store themselves).
+    pub fn apply_switches(&self, storage: &crate::config::Storage) {
+        self.set_read_only(storage.read_only);
+        self.set_delete_enabled(storage.delete);
+    }
+
     /// Turn read-only maintenance mode on or off: pushes and deletes are refused while it is on;
     /// pulls, cache fills and garbage collection go on. Returns the previous state.
     pub fn set_read_only(&self, on: bool) -> bool {

@@ -235,6 +235,7 @@ pub async fn delete(config: &Config, reference: Option<String>, repository: Opti
     match target(config)? {
         Target::Direct(store) => {
             let registry = Registry::new(store, Vec::new());
+            registry.apply_switches(&config.storage); // [storage] delete and read_only hold here too
             match &what {
                 Ok((repo, r)) => registry.delete_image(repo, r).await?,
                 Err(repo) => registry.remove_repository(repo).await?,

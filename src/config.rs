@@ -11,6 +11,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+mod notifications;
+pub use notifications::{NotificationEndpoint, NotificationSettings};
+
 /// The documented default configuration, compiled in so `berth serve` runs with no file at all.
 pub const DEFAULT_TOML: &str = include_str!("../mirror.toml");
 
@@ -38,6 +41,9 @@ pub struct Config {
     pub limits: Limits,
     pub cache: CacheConfig,
     pub gc: GcConfig,
+    // --- registry:2 compatibility (issue 12): notification endpoints ---
+    /// `[[notifications]]` endpoints that receive registry:2-style event envelopes. Default none.
+    pub notifications: Vec<NotificationEndpoint>,
 }
 
 /// `[cache]`: how long cached content lives, and how much disk it may use.
@@ -99,6 +105,7 @@ impl Default for Config {
             limits: Limits::default(),
             cache: CacheConfig::default(),
             gc: GcConfig::default(),
+            notifications: Vec::new(),
         }
     }
 }
@@ -375,6 +382,11 @@ pub struct Server {
     pub drain_timeout: String,
     /// `[server.tls]`: serve HTTPS (HTTP/2 and HTTP/1.1) with these PEM files.
     pub tls: Tls,
+    // --- registry:2 compatibility (issue 12) ---
+    /// Take the host and scheme of berth's own URLs (the token realm, notification target URLs)
+    /// from `X-Forwarded-Host` and `X-Forwarded-Proto`. Only behind a reverse proxy you trust,
+    /// which sets them. Default `false`.
+    pub trust_forwarded_headers: bool,
 }
 
 impl Default for Server {
@@ -383,6 +395,7 @@ impl Default for Server {
             listen: "127.0.0.1:5000".into(),
             drain_timeout: "30s".into(),
             tls: Tls::default(),
+            trust_forwarded_headers: false,
         }
     }
 }
@@ -408,6 +421,13 @@ pub struct Storage {
     /// `"1GiB"`, or a percentage of the filesystem such as `"5%"`; `"0"` turns the check off.
     /// Default `"1GiB"`.
     pub min_free: String,
+    // --- registry:2 compatibility (issue 12): switches, re-read on SIGHUP ---
+    /// Whether manifests, tags and blobs may be deleted (registry:2's `storage.delete.enabled`,
+    /// but on by default). Off: every delete answers 405 UNSUPPORTED. Default `true`.
+    pub delete: bool,
+    /// Maintenance mode: pushes and deletes are refused with 405 UNSUPPORTED while pulls (and
+    /// cache fills) go on (registry:2's `storage.maintenance.readonly.enabled`). Default `false`.
+    pub read_only: bool,
 }
 
 impl Default for Storage {
@@ -415,6 +435,8 @@ impl Default for Storage {
         Storage {
             root: PathBuf::from("./data"),
             min_free: "1GiB".into(),
+            delete: true,
+            read_only: false,
         }
     }
 }
@@ -487,6 +509,7 @@ impl Config {
         self.gc_policy()?;
         self.gc_interval()?;
         self.min_free()?;
+        self.notification_settings()?;
         Ok(())
     }
 
@@ -818,6 +841,23 @@ mod tests {
             let e = c(bad).unwrap_err().to_string();
             assert!(e.contains("storage.min_free"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn registry2_switches_default_as_documented_and_come_from_the_environment() {
+        let c = Config::from_toml(DEFAULT_TOML, env(&[])).unwrap();
+        assert!(c.storage.delete && !c.storage.read_only && !c.server.trust_forwarded_headers);
+        assert!(c.notifications.is_empty());
+        let c = Config::from_toml(
+            DEFAULT_TOML,
+            env(&[
+                ("BERTH_STORAGE_READ_ONLY", "true"),
+                ("BERTH_STORAGE_DELETE", "false"),
+                ("BERTH_SERVER_TRUST_FORWARDED_HEADERS", "true"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.storage.delete && c.storage.read_only && c.server.trust_forwarded_headers);
     }
 
     #[test]

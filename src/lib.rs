@@ -1,8 +1,9 @@
 //! berth: an OCI Distribution registry and pull-through mirror.
 //!
 //! Dependencies point one way: `api | ui → service → store → oci`, with `metrics` a leaf that every
-//! layer counts into, and `sendfile` a leaf that `store` registers mapped blob windows with and
-//! `server` sends them through. `main` builds the concrete parts.
+//! layer counts into, `notify` a leaf that the API and the service send events to, and `sendfile`
+//! a leaf that `store` registers mapped blob windows with and `server` sends them through. `main`
+//! builds the concrete parts.
 
 pub mod api;
 pub mod auth;
@@ -10,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod gc;
 pub mod metrics;
+pub mod notify;
 pub mod oci;
 pub mod sendfile;
 pub mod server;

@@ -20,6 +20,8 @@ use tracing_subscriber::EnvFilter;
 
 /// How often pull times noted in memory are written to the metadata store.
 const PULL_FLUSH: Duration = Duration::from_secs(30);
+/// How long queued notification events may hold up the exit.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(3);
 /// How often the store's disk use is measured for the `berth_store_*` gauges.
 const USAGE_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -111,14 +113,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     berth::install_crypto_provider();
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve => serve(config).await,
+        Command::Serve => serve(config, cli.config).await,
         Command::Gc { dry_run, grace } => cli::gc(&config, dry_run, grace.as_deref()).await,
         Command::Delete { reference, repository } => cli::delete(&config, reference, repository).await,
         Command::Du => cli::du(&config).await,
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging(&config);
     let root = &config.storage.root;
     let store = Store::open(root).with_context(|| format!("opening the store at {}", root.display()))?;
@@ -127,13 +129,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .into_iter()
         .map(|settings| berth::upstream::Upstream::new(settings).context("building an upstream client"))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let addr = config.listen_addr()?;
     let registry = Registry::new(store.clone(), upstreams)
         .with_private_namespaces(config.private.namespaces.clone())
         .with_claim_on_push(config.private.claim_on_push)
         .with_upload_session_limit(config.limits.max_upload_sessions)
-        .with_min_free(config.min_free()?);
+        .with_min_free(config.min_free()?)
+        .with_notifications(
+            config.notification_settings()?,
+            format!("{}:{}", hostname(), addr.port()),
+        );
+    registry.apply_switches(&config.storage);
     let auth = Auth::with_metrics(&config.auth, registry.metrics().clone()).map_err(anyhow::Error::msg)?;
-    let addr = config.listen_addr()?;
     if !auth.enabled() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "authentication is off ([auth] htpasswd is empty): anyone who reaches this address may push");
     }
@@ -152,7 +159,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         auth: Arc::new(auth),
         limits: Arc::new(ClientLimits::new(&config.limits)),
         tls: tls.is_some(),
+        trust_forwarded: config.server.trust_forwarded_headers,
     };
+    tokio::spawn(reread_switches_on_sighup(registry.clone(), config_path));
     tokio::spawn(flush_pulls(registry.clone()));
     tokio::spawn(collect_periodically(
         registry.clone(),
@@ -193,13 +202,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tls,
         drain_timeout: config.drain_timeout()?,
     };
-    tracing::info!(listen = %addr, root = %root.display(), tls = options.tls.is_some(), "berth serving");
+    startup_line(&config, &state, addr);
     berth::server::serve(berth::app(state), options, stop)
         .await
         .with_context(|| format!("serving on {addr}"))?;
     // The drain is over: no request runs any more. Pull times noted in memory are written now,
-    // before the process exits 0.
+    // before the process exits 0, and queued notifications get a moment to go out.
     write_pulls(&registry).await;
+    registry.notifier().flush(NOTIFY_FLUSH).await;
     tracing::info!("berth stopped");
     Ok(())
 }
@@ -243,5 +253,95 @@ async fn collect_periodically(registry: Registry, policy: berth::gc::Policy, int
         {
             tracing::error!(error = %e, "garbage collection failed");
         }
+    }
+}
+
+/// On SIGHUP, read the config file again (environment overrides included) and apply
+/// `[storage] read_only` and `[storage] delete`. Other keys need a restart; a file that no longer
+/// parses is reported and changes nothing.
+async fn reread_switches_on_sighup(registry: Registry, path: Option<PathBuf>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot watch SIGHUP; read-only mode can only change with a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Config::load(path.as_deref()) {
+            Ok(config) => {
+                registry.apply_switches(&config.storage);
+                tracing::info!(
+                    read_only = config.storage.read_only,
+                    delete = config.storage.delete,
+                    "SIGHUP: [storage] read_only and delete re-read"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: the configuration did not load; nothing changed"),
+        }
+    }
+}
+
+/// This machine's name, for the UI address and the notification source.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or fails.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(0);
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if ok && !name.is_empty() => name.to_owned(),
+        _ => "localhost".to_owned(),
+    }
+}
+
+/// One line that says what this berth is: what it mirrors, where its web UI is, whether
+/// authentication is on, and the maintenance switches.
+fn startup_line(config: &Config, state: &AppState, addr: std::net::SocketAddr) {
+    let mirrors = if config.upstreams.is_empty() {
+        "nothing (a private registry only)".to_owned()
+    } else {
+        let names: Vec<String> = config
+            .upstreams
+            .iter()
+            .map(|u| format!("{} ({})", u.name, without_userinfo(&u.url)))
+            .collect();
+        names.join(", ")
+    };
+    let host = if addr.ip().is_unspecified() {
+        format!("{}:{}", hostname(), addr.port())
+    } else {
+        addr.to_string()
+    };
+    let ui = format!("{}://{host}/ui", if state.tls { "https" } else { "http" });
+    let auth = if !state.auth.enabled() {
+        "off (anyone who reaches berth may pull and push)".to_owned()
+    } else {
+        let scheme = match config.auth.scheme {
+            berth::config::AuthScheme::Token => "on (token",
+            berth::config::AuthScheme::Basic => "on (basic",
+        };
+        format!("{scheme}, users from {})", config.auth.htpasswd)
+    };
+    tracing::info!(
+        listen = %addr,
+        root = %config.storage.root.display(),
+        tls = state.tls,
+        mirrors = %mirrors,
+        ui = %ui,
+        auth = %auth,
+        read_only = config.storage.read_only,
+        delete = config.storage.delete,
+        notifications = config.notifications.len(),
+        "berth serving: mirrors {mirrors}; web UI at {ui}; auth {auth}"
+    );
+}
+
+/// `url` without a user name or password, for the log.
+fn without_userinfo(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.as_str().trim_end_matches('/').to_owned()
+        }
+        Err(_) => url.to_owned(),
     }
 }

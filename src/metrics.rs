@@ -27,6 +27,8 @@
 //! login_failures_total                            password checks that failed
 //! login_throttled_total{by}                       logins refused unchecked (429): ip, user
 //! login_checks_running, login_checks_waiting      bcrypt checks running now, and queued for a slot
+//! notification_events_total{endpoint,result}      events delivered, failed (retries spent), dropped (queue full)
+//! notification_queued_events{endpoint}            events waiting for delivery
 //! ```
 
 use std::sync::{Arc, OnceLock};
@@ -320,6 +322,9 @@ pub struct Metrics {
     store_blobs: [Gauge; 3],
     /// Password checks and the failed-login throttle.
     pub logins: LoginMetrics,
+    // --- notifications (issue 12) ---
+    notification_events: Family<NotificationLabels, Counter>,
+    notification_queued: Family<EndpointLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -443,6 +448,18 @@ impl Metrics {
             "Blob store files by content (measured periodically)",
             store_blobs.clone(),
         );
+        let notification_events = Family::<NotificationLabels, Counter>::default();
+        r.register(
+            "notification_events",
+            "Notification events by endpoint and result: delivered, failed (retries spent), dropped (queue full)",
+            notification_events.clone(),
+        );
+        let notification_queued = Family::<EndpointLabels, Gauge>::default();
+        r.register(
+            "notification_queued_events",
+            "Notification events waiting for delivery, by endpoint",
+            notification_queued.clone(),
+        );
         r.register(
             "build",
             "The running berth version",
@@ -475,6 +492,8 @@ impl Metrics {
             store_bytes: Content::ALL.map(|content| pre(&store_bytes, ContentLabels { content })),
             store_blobs: Content::ALL.map(|content| pre(&store_blobs, ContentLabels { content })),
             logins: LoginMetrics::register(&mut r),
+            notification_events,
+            notification_queued,
             registry: r,
         }
     }
@@ -555,6 +574,52 @@ impl Metrics {
             }),
             requests: self.upstream_requests.clone(),
             upstream,
+        }
+    }
+}
+
+// --- notifications (issue 12) ---
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    endpoint: String,
+    result: &'static str,
+}
+
+/// One notification endpoint's counters, registered (as 0) under its name.
+#[derive(Clone, Debug, Default)]
+pub struct NotificationMetrics {
+    /// Events the endpoint accepted (a 2xx answer).
+    pub delivered: Counter,
+    /// Events given up on after the last retry.
+    pub failed: Counter,
+    /// Events dropped unsent because the queue was full (the oldest go first).
+    pub dropped: Counter,
+    /// Events waiting now.
+    pub queued: Gauge,
+}
+
+impl Metrics {
+    /// The counters of the notification endpoint `name`.
+    pub fn notification_endpoint(&self, name: &str) -> NotificationMetrics {
+        let result = |result| {
+            self.notification_events.get_or_create_owned(&NotificationLabels {
+                endpoint: name.to_owned(),
+                result,
+            })
+        };
+        NotificationMetrics {
+            delivered: result("delivered"),
+            failed: result("failed"),
+            dropped: result("dropped"),
+            queued: self.notification_queued.get_or_create_owned(&EndpointLabels {
+                endpoint: name.to_owned(),
+            }),
         }
     }
 }

@@ -5,7 +5,7 @@
 use crate::metrics::Kind;
 use crate::oci::{Digest, NameError, Reference, RepoName};
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     /// `/v2/`
     Base,

@@ -24,7 +24,9 @@ impl IntoResponse for Error {
             Error::ManifestTooLarge => (S::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
             Error::ManifestBlobUnknown(_) => (S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
             Error::ContentRange(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
-            Error::Unsupported(_) => (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            // As registry:2 answers with `storage.delete.enabled: false` or in read-only mode; a
+            // 405 fails the client at once with the message, where a 503 would make it retry.
+            Error::Unsupported(_) | Error::ReadOnly | Error::DeleteDisabled => (S::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
             Error::Denied(_) => (S::FORBIDDEN, "DENIED"),
             Error::Unauthorized { .. } => (S::UNAUTHORIZED, "UNAUTHORIZED"),
             Error::TooManyRequests { .. } => (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),

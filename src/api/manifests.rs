@@ -13,24 +13,46 @@ use crate::upstream::DEFAULT_ACCEPT;
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 
-fn headers(head: &ManifestHead) -> [(HeaderName, String); 3] {
+fn headers(head: &ManifestHead) -> [(HeaderName, String); 4] {
     [
         (header::CONTENT_TYPE, head.media_type.clone()),
         (header::CONTENT_LENGTH, head.size.to_string()),
         (CONTENT_DIGEST, head.digest.to_string()),
+        (header::ETAG, etag(head)),
     ]
+}
+
+/// The manifest's entity tag: its digest, quoted, as registry:2 sends it.
+fn etag(head: &ManifestHead) -> String {
+    format!("\"{}\"", head.digest)
+}
+
+/// `304 Not Modified` when the client's `If-None-Match` names this manifest (or is `*`).
+fn not_modified(head: &ManifestHead, h: &HeaderMap) -> Option<Response> {
+    let ours = etag(head);
+    let matches = h
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == ours);
+    matches.then(|| {
+        let headers = [(header::ETAG, ours), (CONTENT_DIGEST, head.digest.to_string())];
+        (StatusCode::NOT_MODIFIED, headers).into_response()
+    })
 }
 
 pub async fn get(reg: &Registry, route: &Route, reference: &Reference, h: &HeaderMap) -> Result<Response> {
     let m = reg.manifest(route, reference, &accept(h)).await?;
-    let mut response = (headers(&m.head), m.bytes).into_response();
+    let mut response = not_modified(&m.head, h).unwrap_or_else(|| (headers(&m.head), m.bytes).into_response());
     set_cache(&mut response, m.head.cache);
     Ok(response)
 }
 
 pub async fn head(reg: &Registry, route: &Route, reference: &Reference, h: &HeaderMap) -> Result<Response> {
     let head = reg.manifest_head(route, reference, &accept(h)).await?;
-    let mut response = (headers(&head), Body::empty()).into_response();
+    let mut response = not_modified(&head, h).unwrap_or_else(|| (headers(&head), Body::empty()).into_response());
     set_cache(&mut response, head.cache);
     Ok(response)
 }
@@ -78,6 +100,10 @@ pub async fn put(
         let value = HeaderValue::from_str(&subject.to_string()).expect("digest is ascii");
         response.headers_mut().insert(OCI_SUBJECT, value);
     }
+    response.extensions_mut().insert(super::events::Pushed {
+        media_type: put.media_type,
+        size: put.size,
+    });
     Ok(response)
 }
 

@@ -8,10 +8,12 @@ mod blobs;
 mod drain;
 mod endpoint;
 mod error;
+mod events;
 mod limits;
 mod listing;
 mod manifests;
 mod ops;
+mod origin;
 mod token;
 mod uploads;
 
@@ -31,7 +33,7 @@ pub use endpoint::{Endpoint, ParseError};
 pub use limits::ClientLimits;
 
 use crate::auth::{Action, Auth, Denied, Identity, Scope, User};
-use crate::oci::RepoName;
+use crate::oci::{NameError, RepoName};
 use crate::service::{Error, Registry, Route};
 
 /// Everything a request handler needs.
@@ -42,6 +44,9 @@ pub struct AppState {
     pub limits: Arc<ClientLimits>,
     /// Whether berth itself terminates TLS (for the token realm's scheme).
     pub tls: bool,
+    /// `[server] trust_forwarded_headers`: take berth's own host and scheme from
+    /// `X-Forwarded-Host`/`-Proto`.
+    pub trust_forwarded: bool,
 }
 
 impl AppState {
@@ -52,6 +57,7 @@ impl AppState {
             auth: Arc::new(Auth::disabled()),
             limits: Arc::new(ClientLimits::off()),
             tls: false,
+            trust_forwarded: false,
         }
     }
 }
@@ -123,8 +129,15 @@ async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Respons
         Err(ParseError::NotFound) => {
             return Error::Unsupported("no such endpoint").into_response_with(StatusCode::NOT_FOUND);
         }
+        // No manifest can have an invalid tag, so reading one is "unknown", as the reference
+        // registry and the conformance suite expect; a PUT with it stays 400 TAG_INVALID.
+        Err(ParseError::Invalid(NameError::Tag(tag))) if matches!(parts.method, Method::GET | Method::HEAD) => {
+            return Error::ManifestUnknown(tag).into_response();
+        }
         Err(ParseError::Invalid(e)) => return Error::Name(e).into_response(),
     };
+    // Kept for the notification event only when someone listens.
+    let noted = app.registry.notifier().enabled().then(|| endpoint.clone());
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let client = app.limits.client_ip(&parts.headers, &parts.extensions);
     let who = app.auth.identify(authorization, client).await;
@@ -142,29 +155,23 @@ async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Respons
         app: &app,
         owner: who.user.clone().or(client).unwrap_or_else(|| "unknown".into()),
         who,
-        realm: realm(&parts.headers, app.tls),
+        realm: format!("{}/token", origin::base_url(&parts, app.tls, app.trust_forwarded)),
         params: Query::<Params>::try_from_uri(&parts.uri)
             .map(|q| q.0)
             .unwrap_or_default(),
         headers: &parts.headers,
     };
     let mut response = call
-        .handle(parts.method, endpoint, body)
+        .handle(parts.method.clone(), endpoint, body)
         .await
         .unwrap_or_else(IntoResponse::into_response);
+    if let Some(endpoint) = noted {
+        events::note(&app, &parts, endpoint, user.clone(), &response).await;
+    }
     if let Some(user) = user {
         response.extensions_mut().insert(User(user));
     }
     response
-}
-
-/// `http(s)://<Host>/token`: where clients of this host fetch tokens.
-fn realm(headers: &HeaderMap, tls: bool) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("{}://{host}/token", if tls { "https" } else { "http" })
 }
 
 impl Call<'_> {

@@ -64,6 +64,7 @@ impl Registry {
 
     /// Remove the blob from `repo`. The bytes stay until garbage collection finds them unused.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        self.check_delete()?;
         let (r, d) = (repo.clone(), digest.clone());
         if !blocking(&self.store.meta, move |m| m.unlink_blob(&r, &d)).await? {
             return Err(Error::BlobUnknown(digest.clone()));
@@ -74,6 +75,7 @@ impl Registry {
     /// Start an upload session for `owner` (a user name or client address); `resumable` unless
     /// it is a monolithic upload finished in the same request.
     pub async fn start_upload(&self, repo: &RepoName, owner: &str, resumable: bool) -> Result<UploadState> {
+        self.check_push()?;
         let id = self
             .store
             .uploads
@@ -102,6 +104,7 @@ impl Registry {
 
     /// Link `digest` from `from` into `repo` when `from` holds it, else start a session.
     pub async fn mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>, owner: &str) -> Result<Mount> {
+        self.check_push()?;
         if let Some(from) = from {
             // The mounted blob is about to be referenced by this push: renew its grace period
             // under the fence, so a GC sweep either ran before (and the mount falls back to an
@@ -140,6 +143,7 @@ impl Registry {
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
     {
+        self.check_push()?;
         let state = self.session(repo, id).await?;
         let len = self
             .store
@@ -161,6 +165,7 @@ impl Registry {
     where
         S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
     {
+        self.check_push()?;
         let state = self.session(repo, id).await?;
         self.store
             .uploads

@@ -31,6 +31,8 @@ pub struct ManifestBody {
 pub struct PutManifest {
     pub digest: Digest,
     pub subject: Option<Digest>,
+    pub media_type: String,
+    pub size: u64,
 }
 
 impl Registry {
@@ -140,6 +142,7 @@ impl Registry {
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<PutManifest> {
+        self.check_push()?;
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(Error::ManifestTooLarge);
         }
@@ -176,6 +179,7 @@ impl Registry {
         self.store.blobs.write(&digest, &bytes).await?;
         let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
         let record = record_of(&manifest, bytes.len());
+        let media_type = record.media_type.clone();
         let tag = match reference {
             Reference::Tag(t) => Some(t.clone()),
             Reference::Digest(_) => None,
@@ -186,11 +190,17 @@ impl Registry {
         })
         .await?;
         self.store.memo.bump();
-        Ok(PutManifest { digest, subject })
+        Ok(PutManifest {
+            digest,
+            subject,
+            media_type,
+            size: bytes.len() as u64,
+        })
     }
 
     /// Delete by digest removes the manifest and its tags; delete by tag removes only the tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        self.check_delete()?;
         let (repo, r) = (repo.clone(), reference.clone());
         let removed = blocking(&self.store.meta, move |m| match &r {
             Reference::Digest(d) => m.delete_manifest(&repo, d),
@@ -231,6 +241,7 @@ impl Registry {
     /// index in the repository lists it or it is a referrer). Garbage collection then reclaims
     /// the blobs only it used.
     pub async fn delete_image(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        self.check_delete()?;
         let Reference::Tag(tag) = reference else {
             return self.delete_manifest(repo, reference).await;
         };

@@ -8,6 +8,7 @@ mod listing;
 mod manifests;
 mod proxy;
 mod route;
+mod switches;
 mod usage;
 
 use std::collections::HashMap;
@@ -22,9 +23,11 @@ pub use browse::{Item, ManifestView, RepoList, RepoSummary, RepoView, TagRow};
 pub use listing::{Page, listing_limit};
 pub use manifests::{ManifestBody, ManifestHead, PutManifest};
 pub use route::{Proxied, Route};
+pub use switches::Switches;
 pub use usage::{Part, Usage};
 
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::oci::{Digest, NameError, RepoName, Tag};
 use crate::store::{self, BlobFile, Store};
 use crate::upstream::{self, Upstream};
@@ -86,6 +89,12 @@ pub enum Error {
     ContentRange(String),
     #[error("operation unsupported: {0}")]
     Unsupported(&'static str),
+    #[error(
+        "the registry is in read-only mode for maintenance: pushes and deletes are refused until an operator turns it off; pulls work"
+    )]
+    ReadOnly,
+    #[error("deleting is turned off on this registry ([storage] delete = false)")]
+    DeleteDisabled,
     #[error("{0}")]
     Denied(String),
     #[error("authentication required")]
@@ -121,12 +130,17 @@ pub struct Registry {
     usage: Arc<usage::Cached>,
     /// Below this much free space the registry reports itself not ready.
     min_free: store::MinFree,
+    /// Read-only mode and the delete switch.
+    switches: Arc<Switches>,
+    /// Where push, pull, delete and fill events go (nowhere unless configured).
+    notifier: Arc<Notifier>,
 }
 
 impl Registry {
     /// A registry over `store`, pulling through `upstreams`, counting into a fresh [`Metrics`].
     pub fn new(store: Store, upstreams: Vec<Upstream>) -> Registry {
         let metrics = Arc::new(Metrics::new());
+        let notifier = Arc::new(Notifier::default());
         let upstreams = upstreams
             .into_iter()
             .map(|u| {
@@ -139,13 +153,15 @@ impl Registry {
             upstreams: Arc::new(upstreams),
             private: Arc::default(),
             claim_on_push: true,
-            fills: Arc::new(fill::Fills::new(metrics.clone())),
+            fills: Arc::new(fill::Fills::new(metrics.clone(), notifier.clone())),
             fresh_tags: Arc::default(),
             session_limit: u32::MAX,
             pulls: Arc::default(),
             metrics,
             usage: Arc::default(),
             min_free: store::MinFree::Bytes(0),
+            switches: Arc::default(),
+            notifier,
         }
     }
 
@@ -178,6 +194,18 @@ impl Registry {
         self
     }
 
+    /// Send events to these `[[notifications]]` endpoints (starts one delivery task each, so it
+    /// must run inside the Tokio runtime).
+    pub fn with_notifications(self, endpoints: Vec<crate::config::NotificationSettings>, source: String) -> Registry {
+        self.notifier.start(endpoints, source, &self.metrics);
+        self
+    }
+
+    /// The notification sink of push, pull, delete and fill events.
+    pub fn notifier(&self) -> &Arc<Notifier> {
+        &self.notifier
+    }
+
     /// Pulls noted since the last flush (for eviction by last pull).
     pub fn pulls(&self) -> &Arc<crate::cache::Pulls> {
         &self.pulls
@@ -186,6 +214,27 @@ impl Registry {
     pub fn store(&self) -> &Store {
         &self.store
     }
+}
+
+/// A `fill` event: `digest` (a manifest of `media_type`, or a blob) is now cached in `repo`.
+fn notify_fill(notifier: &Notifier, repo: &RepoName, digest: &Digest, media_type: Option<&str>, size: u64) {
+    if !notifier.enabled() {
+        return;
+    }
+    let target = crate::notify::Target {
+        media_type: media_type.unwrap_or(crate::notify::BLOB_MEDIA_TYPE).to_owned(),
+        size,
+        digest: digest.to_string(),
+        length: size,
+        repository: repo.to_string(),
+        ..Default::default()
+    };
+    notifier.emit(
+        crate::notify::Action::Fill,
+        target,
+        Default::default(),
+        Default::default(),
+    );
 }
 
 /// Run a blocking metadata write off the async workers: redb commits fsync.

@@ -139,6 +139,8 @@ impl Registry {
                 if let Some(tag) = tag {
                     self.mark_fresh(p, tag);
                 }
+                let media_type = Some(manifest.media_type.as_str());
+                super::notify_fill(&self.notifier, &p.local, &digest, media_type, bytes.len() as u64);
                 ManifestHead {
                     digest,
                     media_type: manifest.media_type,

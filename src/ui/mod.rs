@@ -355,7 +355,9 @@ async fn repo(
         Err(e) => return ui.failed(&viewer, e),
     };
     let csrf = ui.csrf(&viewer);
-    let deletion = ui.may_delete(&viewer, &view.repo).then_some(Deletion { csrf: &csrf });
+    // No delete buttons while deletes are off or in read-only mode.
+    let deletion =
+        (ui.may_delete(&viewer, &view.repo) && ui.registry.check_delete().is_ok()).then_some(Deletion { csrf: &csrf });
     let flash = q.deleted.as_deref().map(Flash::Deleted);
     let html = pages::repo(&ui.ctx(&viewer), &view, deletion, flash);
     ui.respond(&viewer, StatusCode::OK, html)
@@ -449,15 +451,42 @@ async fn delete(
     match ui.registry.delete_manifest(&name, &Reference::Tag(tag.clone())).await {
         Ok(()) => {}
         Err(service::Error::ManifestUnknown(_)) => return ui.not_found(&viewer, "No such tag."),
+        Err(e @ (service::Error::ReadOnly | service::Error::DeleteDisabled)) => {
+            return ui.message(&viewer, StatusCode::METHOD_NOT_ALLOWED, "Not deleted", &e.to_string());
+        }
         Err(e) => return ui.failed(&viewer, e),
     }
     tracing::info!(repo = %name, tag = %tag.as_str(), user = viewer.user.as_deref().unwrap_or("-"), "tag deleted in the web UI");
+    notify_deleted(&ui.registry, &name, &tag, &viewer, &headers);
     let target = html::url("/ui/repo", &[("name", name.as_str()), ("deleted", tag.as_str())]);
     let mut response = Redirect::to(&target).into_response();
     if let Some(user) = &viewer.user {
         response.extensions_mut().insert(User(user.clone()));
     }
     response
+}
+
+/// The `delete` notification event of a tag deleted here, as the API sends for a `DELETE`.
+fn notify_deleted(registry: &Registry, repo: &RepoName, tag: &Tag, viewer: &Viewer, headers: &HeaderMap) {
+    use crate::notify::{Action, Actor, Request, Target};
+    if !registry.notifier().enabled() {
+        return;
+    }
+    let target = Target {
+        repository: repo.to_string(),
+        tag: tag.as_str().to_owned(),
+        ..Target::default()
+    };
+    let request = Request {
+        host: viewer.host.clone(),
+        method: "POST".into(),
+        useragent: header_str(headers, "user-agent").unwrap_or("").to_owned(),
+        ..Request::default()
+    };
+    let actor = Actor {
+        name: viewer.user.clone(),
+    };
+    registry.notifier().emit(Action::Delete, target, request, actor);
 }
 
 #[cfg(test)]

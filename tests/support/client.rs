@@ -101,6 +101,11 @@ pub fn raw_request(addr: &str, request: &str) -> (u16, String) {
     (status, text)
 }
 
+/// GET `url` and return its body as text.
+pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
+    client().get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// GET `url` and decode its JSON body.
 pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
     client().get(url).send().await.unwrap().json().await.unwrap()
@@ -115,4 +120,36 @@ pub async fn manifest_json(base: &str, repo: &str, reference: &str) -> (String, 
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "{repo}:{reference}");
     (header(&r, "docker-content-digest"), r.json().await.unwrap())
+}
+
+/// Open the web UI's page of `repo` as a browser would: the session cookie and the delete form's
+/// CSRF token (panics when the page offers no delete form).
+pub async fn ui_delete_form(base: &str, repo: &str) -> (String, String) {
+    let r = client()
+        .get(format!("{base}/ui/repo?name={repo}"))
+        .send()
+        .await
+        .unwrap();
+    let cookie = header(&r, "set-cookie").split(';').next().unwrap().to_owned();
+    let html = r.text().await.unwrap();
+    assert!(html.contains("action=\"/ui/delete\""), "the page offers a delete form");
+    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    let csrf = html[at..].split('"').next().unwrap().to_owned();
+    (cookie, csrf)
+}
+
+/// Submit the web UI's delete form for `repo:tag`.
+pub async fn ui_delete(base: &str, cookie: &str, csrf: &str, repo: &str, tag: &str) -> Response {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("repo", repo), ("tag", tag), ("csrf", csrf)])
+        .finish();
+    client()
+        .post(format!("{base}/ui/delete"))
+        .header("origin", base)
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
 }

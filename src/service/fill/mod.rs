@@ -77,13 +77,15 @@ pub struct Fill {
 pub struct Fills {
     inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
     metrics: Arc<Metrics>,
+    notifier: Arc<crate::notify::Notifier>,
 }
 
 impl Fills {
-    pub fn new(metrics: Arc<Metrics>) -> Fills {
+    pub fn new(metrics: Arc<Metrics>, notifier: Arc<crate::notify::Notifier>) -> Fills {
         Fills {
             inflight: Mutex::default(),
             metrics,
+            notifier,
         }
     }
 
@@ -154,7 +156,10 @@ impl Job {
             Err(_) => FillResult::Failed,
         });
         let final_state = match outcome {
-            Ok(size) => Progress::Done { size },
+            Ok(size) => {
+                super::notify_fill(&self.fills.notifier, &self.local, &self.fill.digest, None, size);
+                Progress::Done { size }
+            }
             Err(e) => {
                 tracing::warn!(digest = %self.fill.digest, upstream = %self.upstream.name(), error = ?e, "cache fill failed");
                 Progress::Failed(e)

@@ -101,11 +101,9 @@ fn prebuilt_context(dir: &Path) -> PathBuf {
     ctx
 }
 
-/// A directory the container's berth user (uid 10001) can read: tempdirs are 0700.
-fn readable_dir(path: &Path) -> PathBuf {
-    std::fs::create_dir_all(path).unwrap();
+/// Let the container's berth user (uid 10001) read `path` and what is in it: tempdirs are 0700.
+fn readable_dir(path: &Path) {
     run(Command::new("chmod").arg("-R").arg("a+rX").arg(path));
-    path.to_owned()
 }
 
 /// Wait until `url` answers 200 (curl, so TLS uses `ca`); panic with the container's log if not.
@@ -185,9 +183,10 @@ fn the_image_builds_from_a_local_debian_base_and_serves_both_compose_setups() {
 
     // Setup 1, compose's `registry`: docker/private.toml with TLS and htpasswd, as in compose.yml
     // (host networking: this dockerd has no bridge; the listen address keeps it on loopback).
-    let certs = readable_dir(&work.path().join("certs"));
+    let (certs, auth) = (work.path().join("certs"), work.path().join("auth"));
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::create_dir_all(&auth).unwrap();
     let ca = TestCa::new(&certs);
-    let auth = readable_dir(&work.path().join("auth"));
     let htpasswd = run(Command::new("htpasswd").args(["-Bbn", "alice", "alice-pw"]));
     std::fs::write(auth.join("htpasswd"), htpasswd).unwrap();
     readable_dir(&certs);
@@ -224,7 +223,7 @@ fn the_image_builds_from_a_local_debian_base_and_serves_both_compose_setups() {
     let tar = support::rootfs_tar(work.path(), "pushed into the image's berth");
     d.ok(&["import", tar.to_str().unwrap(), "alpine:latest"]);
     let id = d.ok(&["image", "inspect", "-f", "{{.Id}}", "alpine:latest"]);
-    for name in ["my-alpine", "cdecl/alpine:3.13"] {
+    for name in ["my-alpine", "alpine", "cdecl/alpine:3.13"] {
         let image = format!("{private_addr}/{name}");
         d.ok(&["tag", "alpine:latest", &image]);
         d.ok(&["push", &image]);
@@ -243,7 +242,7 @@ fn the_image_builds_from_a_local_debian_base_and_serves_both_compose_setups() {
     ]);
     assert_eq!(
         catalog["repositories"],
-        serde_json::json!(["cdecl/alpine", "my-alpine"])
+        serde_json::json!(["alpine", "cdecl/alpine", "my-alpine"])
     );
     let anonymous = run(Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", cacert])
@@ -264,7 +263,8 @@ fn the_image_builds_from_a_local_debian_base_and_serves_both_compose_setups() {
         mirror_toml.contains(&hub.url),
         "mirror.toml names Docker Hub's URL to replace"
     );
-    let conf = readable_dir(&work.path().join("mirror-conf"));
+    let conf = work.path().join("mirror-conf");
+    std::fs::create_dir_all(&conf).unwrap();
     std::fs::write(conf.join("mirror.toml"), mirror_toml).unwrap();
     readable_dir(&conf);
     d.ok(&[

@@ -1,6 +1,6 @@
-//! An isolated Docker daemon: its own data and exec roots and socket, vfs storage, no bridge or
-//! iptables, and registry traffic other than the given mirror sent to a dead proxy, so a failing
-//! mirror cannot silently fall back to the real Docker Hub.
+//! An isolated Docker daemon: its own data and exec roots and socket, vfs storage (unless a test
+//! asks for another driver), no bridge or iptables, and registry traffic other than the given
+//! mirror sent to a dead proxy, so a failing mirror cannot silently fall back to the real Docker Hub.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -20,6 +20,13 @@ impl Dockerd {
     /// Start dockerd with `--registry-mirror` for each of `mirrors` and `daemon_json` merged into
     /// its config (for example `"insecure-registries"`).
     pub fn start(mirrors: &[&str]) -> Dockerd {
+        Dockerd::start_with_storage(mirrors, "vfs")
+    }
+
+    /// As [`Dockerd::start`], with another storage driver. vfs copies the whole root filesystem
+    /// for every container and image build step, which is fine for the tests' tiny images but
+    /// takes minutes per build on a real Debian base; tests/image.rs uses overlay2.
+    pub fn start_with_storage(mirrors: &[&str], storage_driver: &str) -> Dockerd {
         super::require("dockerd");
         super::require("docker");
         let dir = tempfile::Builder::new()
@@ -40,11 +47,11 @@ impl Dockerd {
             .arg(d.join("pid"))
             .arg("-H")
             .arg(format!("unix://{}/sock", d.display()))
+            .arg(format!("--storage-driver={storage_driver}"))
             .args([
                 "--iptables=false",
                 "--ip6tables=false",
                 "--bridge=none",
-                "--storage-driver=vfs",
                 // One attempt per layer: a failing pull should fail fast, not retry with back-off.
                 "--max-download-attempts=1",
             ]);
@@ -147,6 +154,12 @@ impl Drop for Dockerd {
         // dockerd stops its containerd; make sure, in case it was killed.
         if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("exec/containerd/containerd.pid")) {
             let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
+        // dockerd leaves the host network namespace bind-mounted in its exec root once a container
+        // ran with --network host, even after a clean shutdown; rm cannot remove a mount point.
+        let netns = self.dir.path().join("exec/netns/default");
+        if netns.exists() {
+            let _ = Command::new("umount").arg(&netns).stderr(Stdio::null()).status();
         }
         // vfs layers can hold read-only files; remove as root without failing the test.
         let _ = Command::new("rm").arg("-rf").arg(self.dir.path()).status();

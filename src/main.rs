@@ -96,6 +96,8 @@ fn write_admin_token(root: &std::path::Path) -> anyhow::Result<String> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
+    let limits = config.connection_limits()?;
+    log_descriptor_limit(limits.max_connections);
     let root = &config.storage.root;
     let store = Store::open(root).with_context(|| format!("opening the store at {}", root.display()))?;
     let upstreams = config
@@ -144,6 +146,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         addr,
         tls,
         drain_timeout: config.drain_timeout()?,
+        limits,
     };
     tracing::info!(listen = %addr, root = %root.display(), tls = options.tls.is_some(), "berth serving");
     berth::server::serve(berth::app(state), options, stop)
@@ -154,6 +157,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     write_pulls(&registry).await;
     tracing::info!("berth stopped");
     Ok(())
+}
+
+/// Raise the descriptor limit and say what it is; warn when it cannot cover the connection cap
+/// (a socket and a blob file or upstream socket per connection, plus the store's own files).
+fn log_descriptor_limit(max_connections: usize) {
+    match berth::server::raise_descriptor_limit() {
+        Ok((before, soft, hard)) => {
+            tracing::info!(
+                soft_before = before,
+                soft,
+                hard,
+                "file descriptor limit (RLIMIT_NOFILE)"
+            );
+            let needed = 2 * max_connections as u64 + 64;
+            if soft < needed {
+                tracing::warn!(
+                    soft,
+                    needed,
+                    max_connections,
+                    "the descriptor limit is low for [server] max_connections; raise the hard limit (LimitNOFILE=) or lower the cap"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
 }
 
 async fn write_pulls(registry: &Registry) {

@@ -19,6 +19,8 @@ pub struct Berth {
     /// Store root.
     pub root: PathBuf,
     pub config: PathBuf,
+    /// The soft `RLIMIT_NOFILE` berth starts with, when a test sets one.
+    soft_nofile: Option<u64>,
     child: Option<Child>,
     _dir: Option<TempDir>,
 }
@@ -33,8 +35,26 @@ impl Berth {
         b
     }
 
+    /// A fresh berth started with a soft `RLIMIT_NOFILE` of `soft` (as systemd's default of 1024),
+    /// its hard limit left as it is.
+    pub fn start_with_soft_nofile(extra: &str, soft: u64) -> Berth {
+        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap();
+        let mut b = Berth::configure(dir.path(), extra);
+        b.soft_nofile = Some(soft);
+        b.spawn();
+        b._dir = Some(dir);
+        b
+    }
+
     /// A berth whose store and config live in `dir` (kept when it stops, for restarts).
     pub fn start_in(dir: &Path, extra: &str) -> Berth {
+        let mut b = Berth::configure(dir, extra);
+        b.spawn();
+        b
+    }
+
+    /// Write the config in `dir`; the process is not started yet.
+    fn configure(dir: &Path, extra: &str) -> Berth {
         let port = super::free_port();
         let root = dir.join("data");
         let config = dir.join("mirror.toml");
@@ -46,16 +66,15 @@ impl Berth {
         let mut toml: toml::Table = base.parse().unwrap();
         merge(&mut toml, extra.parse().expect("extra TOML parses"));
         std::fs::write(&config, toml.to_string()).unwrap();
-        let mut b = Berth {
+        Berth {
             addr: format!("127.0.0.1:{port}"),
             url: format!("http://127.0.0.1:{port}"),
             root,
             config,
+            soft_nofile: None,
             child: None,
             _dir: None,
-        };
-        b.spawn();
-        b
+        }
     }
 
     fn spawn(&mut self) {
@@ -64,7 +83,29 @@ impl Berth {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
+        if let Some(soft) = self.soft_nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec the closure only calls getrlimit and setrlimit, which
+            // are async-signal-safe, on a local struct.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    limit.rlim_cur = soft.min(limit.rlim_max as u64) as libc::rlim_t;
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .args(["serve", "--config"])
             .arg(&self.config)
             .env_remove("RUST_LOG")

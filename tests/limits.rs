@@ -79,9 +79,10 @@ async fn a_thousand_keep_alive_clients_under_a_soft_descriptor_limit_of_1024_get
     );
     // Timeouts far above the test's length: on a loaded machine a client that waits at the
     // barrier must not see its kept-alive connection closed as idle.
-    let b = Berth::start_with_soft_nofile(
+    let b = Berth::start_with_nofile(
         &format!("{PRIVATE}[server]\nheader_timeout = \"5m\"\nidle_timeout = \"5m\"\n"),
         1024,
+        None,
     );
     assert!(
         b.log().contains("soft_before=1024") && b.log().contains(&format!("hard={hard}")),
@@ -159,6 +160,75 @@ async fn a_thousand_keep_alive_clients_under_a_soft_descriptor_limit_of_1024_get
         &failures[..failures.len().min(5)],
         warnings(&b)
     );
+}
+
+/// Send `request` on `s` and read the response head and what follows of it within `cap`.
+async fn answer(mut s: TcpStream, request: String, cap: Duration) -> Option<String> {
+    s.write_all(request.as_bytes()).await.ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(cap, async {
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}") {
+                return; // a head and a JSON error body (a blob body may come in pieces)
+            }
+        }
+    })
+    .await;
+    (!got.is_empty()).then(|| String::from_utf8_lossy(&got).into_owned())
+}
+
+#[tokio::test]
+async fn out_of_descriptors_berth_answers_503_with_retry_after_logs_failed_accepts_sparingly_and_recovers() {
+    // A hard limit berth cannot raise: a few dozen descriptors beyond what it needs to start.
+    let b = Berth::start_with_nofile(PRIVATE, 48, Some(48));
+    assert!(b.log().contains("descriptor limit is low"), "no warning:\n{}", b.log());
+    let layer = pseudo_random(64 << 10, 9);
+    push_image(&b.url, "team/app", "v1", &[&layer]).await;
+    let blob = format!("/v2/team/app/blobs/{}", sha256(&layer));
+
+    // More connections than berth has descriptors: it accepts until its table is full, and the
+    // rest wait in the listen queue while every accept fails.
+    let mut conns = Vec::new();
+    for _ in 0..80 {
+        conns.push(TcpStream::connect(&b.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let request = format!("GET {blob} HTTP/1.1\r\nHost: berth\r\n\r\n");
+    let answers: Vec<_> = conns
+        .into_iter()
+        .map(|s| tokio::spawn(answer(s, request.clone(), Duration::from_secs(3))))
+        .collect();
+    let mut unavailable = 0;
+    for a in answers {
+        let Some(text) = a.await.unwrap() else { continue }; // still queued, never accepted
+        let status = text.split(' ').nth(1).unwrap_or("");
+        let lower = text.to_ascii_lowercase();
+        match status {
+            "200" => {}
+            "503" => {
+                assert!(lower.contains("retry-after: 1\r\n"), "503 without Retry-After: {text}");
+                assert!(text.contains("\"UNAVAILABLE\""), "503 without the OCI code: {text}");
+                unavailable += 1;
+            }
+            _ => panic!("out of descriptors, berth answered {text:?}"),
+        }
+    }
+    assert!(unavailable > 0, "no request ran into the descriptor limit");
+    // Accepts failed every 50 ms or so for seconds; they are logged at most every 5 s.
+    let logged = b.log().matches("accepting a connection failed").count();
+    assert!(
+        (1..=2).contains(&logged),
+        "failed accepts logged {logged} times:\n{}",
+        b.log()
+    );
+
+    // The clients are gone: berth serves again, without a restart.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = client().get(b.at(&blob)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap()[..], layer[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,8 +19,8 @@ pub struct Berth {
     /// Store root.
     pub root: PathBuf,
     pub config: PathBuf,
-    /// The soft `RLIMIT_NOFILE` berth starts with, when a test sets one.
-    soft_nofile: Option<u64>,
+    /// The soft and (if given) hard `RLIMIT_NOFILE` berth starts with, when a test sets them.
+    nofile: Option<(u64, Option<u64>)>,
     child: Option<Child>,
     _dir: Option<TempDir>,
 }
@@ -36,11 +36,11 @@ impl Berth {
     }
 
     /// A fresh berth started with a soft `RLIMIT_NOFILE` of `soft` (as systemd's default of 1024),
-    /// its hard limit left as it is.
-    pub fn start_with_soft_nofile(extra: &str, soft: u64) -> Berth {
+    /// and a hard one of `hard` (`None`: as it is).
+    pub fn start_with_nofile(extra: &str, soft: u64, hard: Option<u64>) -> Berth {
         let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap();
         let mut b = Berth::configure(dir.path(), extra);
-        b.soft_nofile = Some(soft);
+        b.nofile = Some((soft, hard));
         b.spawn();
         b._dir = Some(dir);
         b
@@ -71,7 +71,7 @@ impl Berth {
             url: format!("http://127.0.0.1:{port}"),
             root,
             config,
-            soft_nofile: None,
+            nofile: None,
             child: None,
             _dir: None,
         }
@@ -84,7 +84,7 @@ impl Berth {
             .open(self.log_path())
             .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
-        if let Some(soft) = self.soft_nofile {
+        if let Some((soft, hard)) = self.nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: between fork and exec the closure only calls getrlimit and setrlimit, which
             // are async-signal-safe, on a local struct.
@@ -97,7 +97,9 @@ impl Berth {
                     if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    limit.rlim_cur = soft.min(limit.rlim_max as u64) as libc::rlim_t;
+                    let hard = hard.map_or(limit.rlim_max as u64, |h| h.min(limit.rlim_max as u64));
+                    limit.rlim_max = hard as libc::rlim_t;
+                    limit.rlim_cur = soft.min(hard) as libc::rlim_t;
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }

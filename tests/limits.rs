@@ -6,6 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use support::client::{OCI_MANIFEST, client, header, push_image};
 use support::{Berth, files_under, pseudo_random, sha256};
@@ -453,4 +454,103 @@ async fn an_upload_body_that_stops_halfway_is_cut_off_within_the_body_timeout_an
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "half a blob was published");
+}
+
+#[tokio::test]
+async fn a_body_that_keeps_sending_slowly_is_not_cut_off_by_the_body_timeout() {
+    let b = Berth::start(&format!("{PRIVATE}[server]\nbody_timeout = \"2s\"\n"));
+    let content = pseudo_random(5000, 11);
+    // 1000 bytes a second for 5 s: longer than the body timeout in all, never silent that long.
+    let chunks: Vec<Vec<u8>> = content.chunks(1000).map(<[u8]>::to_vec).collect();
+    let body = futures_util::stream::iter(chunks).then(|chunk| async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let digest = sha256(&content);
+    let r = client()
+        .post(b.at(&format!("/v2/team/slow/blobs/uploads/?digest={digest}")))
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout_on_http1_and_http2() {
+    let idle = Duration::from_secs(2);
+    let b = Berth::start("[server]\nidle_timeout = \"2s\"\nheader_timeout = \"1m\"\n");
+
+    // HTTP/2 (cleartext, prior knowledge): one request, then nothing.
+    let tcp = TcpStream::connect(&b.addr).await.unwrap();
+    let (mut h2, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let request = axum::http::Request::get(b.at("/v2/")).body(()).unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    let response = tokio::select! {
+        r = response => r.unwrap(),
+        e = &mut conn => panic!("connection ended first: {e:?}"),
+    };
+    assert_eq!(response.status(), 200);
+    drop(h2);
+    let start = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(15), conn).await;
+    assert!(closed.is_ok(), "an idle HTTP/2 connection stayed open for 15 s");
+    assert!(
+        start.elapsed() <= idle + Duration::from_secs(3),
+        "closed after {:?}",
+        start.elapsed()
+    );
+
+    // HTTP/1.1: one request, then nothing (header_timeout, which also ends the wait for a next
+    // request, is a minute here).
+    let mut s = TcpStream::connect(&b.addr).await.unwrap();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: berth\r\n\r\n").await.unwrap();
+    let after = closed_within(&mut s, Duration::from_secs(15)).await;
+    let after = after.expect("an idle HTTP/1.1 connection stayed open for 15 s");
+    assert!(after <= idle + Duration::from_secs(3), "closed after {after:?}");
+}
+
+#[tokio::test]
+async fn berth_advertises_its_http2_stream_cap() {
+    let b = Berth::start("[server]\nmax_streams = 7\n");
+    let tcp = TcpStream::connect(&b.addr).await.unwrap();
+    let (mut h2, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let request = axum::http::Request::get(b.at("/v2/")).body(()).unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    // Answered: berth's SETTINGS came before its response.
+    tokio::select! {
+        r = response => assert_eq!(r.unwrap().status(), 200),
+        e = &mut conn => panic!("connection ended first: {e:?}"),
+    }
+    assert_eq!(conn.max_concurrent_send_streams(), 7, "SETTINGS_MAX_CONCURRENT_STREAMS");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_download_is_cut_off_after_the_idle_timeout() {
+    let b = Berth::start(&format!("{PRIVATE}[server]\nidle_timeout = \"2s\"\n"));
+    // Far more than the socket buffers of both ends hold.
+    let blob = pseudo_random(64 << 20, 12);
+    let digest = support::client::push_blob(&b.url, "team/big", &blob).await;
+    let mut s = TcpStream::connect(&b.addr).await.unwrap();
+    let request = format!("GET /v2/team/big/blobs/{digest} HTTP/1.1\r\nHost: berth\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    // Read nothing while berth's writes stall, then see how much arrives before the end.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    assert!(
+        received < blob.len(),
+        "all {received} bytes arrived: the stalled download was not cut off"
+    );
 }

@@ -9,7 +9,7 @@
 //!
 //! Limits: every connection waits for one of `max_connections` slots and is closed once idle
 //! ([`conn`]); hyper bounds the time to send request headers and the HTTP/2 streams per
-//! connection; a request body that stalls is cut off ([`body_timeout`]); failed accepts are
+//! connection; a request body that stalls is cut off ([`conn::StallTimeout`]); failed accepts are
 //! logged at most every few seconds. [`raise_descriptor_limit`] runs at startup.
 
 mod conn;
@@ -20,13 +20,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::Request;
 use axum_server::accept::DefaultAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use axum_server::{Handle, Server};
-use http_body::Body as _;
-use tower_http::timeout::TimeoutBody;
 
 use crate::config::ConnectionLimits;
 use tokio::signal::unix::{SignalKind, signal};
@@ -58,13 +54,11 @@ pub async fn serve(app: Router, options: Options, stop: CancellationToken) -> st
     let handle = Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone(), stop, options.drain_timeout));
     let limits = options.limits;
-    let service = body_timeout(app, limits.body_timeout).into_make_service_with_connect_info::<SocketAddr>();
-    fn limited<A>(inner: A, l: &ConnectionLimits) -> conn::Limited<A> {
-        conn::Limited::new(inner, l.max_connections, l.header_timeout, l.idle_timeout)
-    }
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match options.tls {
         None => {
-            let server = axum_server::bind(options.addr).acceptor(limited(crate::sendfile::Acceptor, &limits));
+            let server =
+                axum_server::bind(options.addr).acceptor(conn::Limited::new(crate::sendfile::Acceptor, &limits));
             with_limits(server, &limits).handle(handle).serve(service).await
         }
         Some(files) => {
@@ -72,7 +66,7 @@ pub async fn serve(app: Router, options: Options, stop: CancellationToken) -> st
             tokio::spawn(reload_certificates(config.clone(), files));
             let acceptor = RustlsAcceptor::new(config)
                 .handshake_timeout(limits.header_timeout)
-                .acceptor(limited(DefaultAcceptor, &limits));
+                .acceptor(conn::Limited::new(DefaultAcceptor, &limits));
             let server = axum_server::bind(options.addr).acceptor(acceptor);
             with_limits(server, &limits).handle(handle).serve(service).await
         }
@@ -101,19 +95,6 @@ fn with_limits<A>(mut server: Server<SocketAddr, A>, limits: &ConnectionLimits) 
             tracing::warn!(peer = ?peer, %error, not_logged_since_last = *unlogged, "accepting a connection failed");
             (*last, *unlogged) = (Some(Instant::now()), 0);
         })
-}
-
-/// Cut off a request body that sends nothing for `timeout`: its read fails, so an upload
-/// chunk ends as on a disconnect and its session stays as it was before the chunk. A body wrapper
-/// rather than a socket timeout, because only the handler knows it is waiting for body bytes
-/// (and not, say, writing them to disk).
-fn body_timeout(app: Router, timeout: Duration) -> Router {
-    app.layer(axum::middleware::map_request(move |request: Request| async move {
-        if request.body().is_end_stream() {
-            return request; // nothing to wait for
-        }
-        request.map(|body| Body::new(TimeoutBody::new(timeout, body)))
-    }))
 }
 
 /// Raise the soft `RLIMIT_NOFILE` to the hard limit (systemd's soft default of 1024 runs out

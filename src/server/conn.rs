@@ -2,7 +2,8 @@
 //! which nothing moves.
 //!
 //! Both live in one acceptor ([`Limited`]) because it is the one place that sees every connection
-//! (plain, or beneath rustls for TLS) and hands hyper both its byte stream and its service.
+//! (plain, or beneath rustls for TLS) and hands hyper both its byte stream and its service. The
+//! service also cuts off request bodies that stall ([`StallTimeout`]).
 //! "Idle" needs both halves: the service knows whether a request is in flight (from its call until
 //! its response body is dropped), and the stream knows whether bytes move. hyper closes neither
 //! an idle HTTP/2 connection nor one whose client stopped reading, so this wrapper is what bounds
@@ -32,6 +33,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep, sleep};
 use tower_service::Service;
 
+use crate::config::ConnectionLimits;
+
 /// Wraps an inner acceptor: waits for a connection slot, then tracks the connection's activity.
 #[derive(Clone)]
 pub struct Limited<A> {
@@ -39,15 +42,17 @@ pub struct Limited<A> {
     slots: Arc<Semaphore>,
     slot_wait: Duration,
     idle: Duration,
+    body_timeout: Duration,
 }
 
 impl<A> Limited<A> {
-    pub fn new(inner: A, max_connections: usize, slot_wait: Duration, idle: Duration) -> Self {
+    pub fn new(inner: A, limits: &ConnectionLimits) -> Self {
         Limited {
             inner,
-            slots: Arc::new(Semaphore::new(max_connections)),
-            slot_wait,
-            idle,
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            slot_wait: limits.header_timeout,
+            idle: limits.idle_timeout,
+            body_timeout: limits.body_timeout,
         }
     }
 }
@@ -83,6 +88,7 @@ where
             let service = Tracked {
                 inner: service,
                 requests: requests.clone(),
+                body_timeout: this.body_timeout,
             };
             let (io, service) = this.inner.accept(stream, service).await?;
             Ok((Conn::new(io, requests, this.idle, slot), service))
@@ -232,16 +238,17 @@ impl Drop for InFlight {
     }
 }
 
-/// The connection's service, counting its requests in flight.
+/// The connection's service: counts its requests in flight and cuts off their stalled bodies.
 #[derive(Clone)]
 pub struct Tracked<S> {
     inner: S,
     requests: Arc<AtomicUsize>,
+    body_timeout: Duration,
 }
 
 impl<S, Req, B> Service<Request<Req>> for Tracked<S>
 where
-    S: Service<Request<Req>, Response = Response<B>>,
+    S: Service<Request<StallTimeout<Req>>, Response = Response<B>>,
     S::Future: Send + 'static,
 {
     type Response = Response<TrackedBody<B>>;
@@ -254,7 +261,8 @@ where
 
     fn call(&mut self, request: Request<Req>) -> Self::Future {
         let guard = InFlight::new(&self.requests);
-        let response = self.inner.call(request);
+        let timeout = self.body_timeout;
+        let response = self.inner.call(request.map(|body| StallTimeout::new(body, timeout)));
         Box::pin(async move {
             let response = response.await?;
             Ok(response.map(|body| TrackedBody { body, _guard: guard }))
@@ -282,5 +290,146 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A request body that fails once it has sent nothing for `timeout` while its reader waits. An
+/// upload chunk then ends as on a disconnect, and its session stays as it was before the chunk.
+/// A body wrapper rather than a socket timeout, because only the handler's reads say that the
+/// request is waiting for body bytes (and not, say, for the disk). tower-http's `TimeoutBody`
+/// does the same but hides the body's length and end from the handler, and starts a new timer
+/// for every frame; this one arms its timer once and moves it only when it fires.
+pub struct StallTimeout<B> {
+    body: B,
+    timeout: Duration,
+    /// When the body last sent a frame (or was first read).
+    last: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl<B> StallTimeout<B> {
+    fn new(body: B, timeout: Duration) -> Self {
+        StallTimeout {
+            body,
+            timeout,
+            last: None,
+            timer: None,
+        }
+    }
+
+    /// The body is waiting: fail once it sent nothing for the timeout.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let last = *self.last.get_or_insert_with(Instant::now);
+        let timer = self.timer.get_or_insert_with(|| Box::pin(sleep(self.timeout)));
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            let due = last + self.timeout;
+            if Instant::now() >= due {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the request body sent nothing for {:?}", self.timeout),
+                ));
+            }
+            timer.as_mut().reset(due);
+        }
+    }
+}
+
+impl<B> Body for StallTimeout<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending => this.poll_stalled(cx).map(|e| Some(Err(e.into()))),
+            Poll::Ready(frame) => {
+                this.last = Some(Instant::now());
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use futures_util::{StreamExt, stream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const T: Duration = Duration::from_millis(150);
+
+    async fn next_frame<B: Body + Unpin>(body: &mut B) -> Option<Result<Frame<B::Data>, B::Error>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+    }
+
+    #[tokio::test]
+    async fn a_body_silent_for_the_timeout_fails_and_one_that_keeps_sending_does_not() {
+        // Five frames 100 ms apart: 500 ms in all, never 150 ms silent.
+        let steady = stream::unfold(0, |n| async move {
+            if n == 5 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((Ok::<_, io::Error>(Bytes::from_static(b"x")), n + 1))
+        });
+        let mut body = StallTimeout::new(axum::body::Body::from_stream(steady), T);
+        for _ in 0..5 {
+            assert!(next_frame(&mut body).await.unwrap().is_ok());
+        }
+        assert!(next_frame(&mut body).await.is_none());
+
+        let stalls = stream::once(async { Ok::<_, io::Error>(Bytes::from_static(b"x")) }).chain(stream::pending());
+        let mut body = StallTimeout::new(axum::body::Body::from_stream(stalls), T);
+        assert!(next_frame(&mut body).await.unwrap().is_ok());
+        let start = Instant::now();
+        let err = next_frame(&mut body).await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("sent nothing"), "{err}");
+        assert!(
+            start.elapsed() >= T && start.elapsed() < 10 * T,
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    fn conn(io: tokio::io::DuplexStream, requests: &Arc<AtomicUsize>) -> Conn<tokio::io::DuplexStream> {
+        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        Conn::new(io, requests.clone(), T, slot)
+    }
+
+    #[tokio::test]
+    async fn a_connection_reads_eof_once_idle_but_not_while_a_request_is_in_flight() {
+        let requests = Arc::new(AtomicUsize::new(1));
+        let (_client, server) = tokio::io::duplex(1024);
+        let mut c = conn(server, &requests);
+        let mut buf = [0u8; 16];
+        let busy = tokio::time::timeout(4 * T, c.read(&mut buf)).await;
+        assert!(busy.is_err(), "closed while a request was in flight: {busy:?}");
+        requests.store(0, Ordering::Release);
+        let start = Instant::now();
+        assert_eq!(c.read(&mut buf).await.unwrap(), 0, "EOF once idle");
+        assert!(start.elapsed() < 10 * T);
+    }
+
+    #[tokio::test]
+    async fn a_write_the_client_does_not_read_fails_after_the_idle_timeout() {
+        let requests = Arc::new(AtomicUsize::new(1));
+        let (_client, server) = tokio::io::duplex(64);
+        let mut c = conn(server, &requests);
+        let err = c.write_all(&[0u8; 4096]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

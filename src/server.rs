@@ -9,9 +9,10 @@
 //!
 //! Limits: every connection waits for one of `max_connections` slots and is closed once idle
 //! ([`conn`]); hyper bounds the time to send request headers and the HTTP/2 streams per
-//! connection; a request body that stalls is cut off ([`conn::StallTimeout`]); failed accepts are
+//! connection; a request body that stalls is cut off ([`body::StallTimeout`]); failed accepts are
 //! logged at most every few seconds. [`raise_descriptor_limit`] runs at startup.
 
+mod body;
 mod conn;
 
 use std::net::SocketAddr;

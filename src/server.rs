@@ -118,7 +118,7 @@ pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64, u64)> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok((before as u64, limit.rlim_cur as u64, limit.rlim_max as u64))
+    Ok((before, limit.rlim_cur, limit.rlim_max))
 }
 
 async fn shutdown_on_signal(handle: Handle<SocketAddr>, stop: CancellationToken, drain: Duration) {

@@ -97,9 +97,9 @@ impl Berth {
                     if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    let hard = hard.map_or(limit.rlim_max as u64, |h| h.min(limit.rlim_max as u64));
-                    limit.rlim_max = hard as libc::rlim_t;
-                    limit.rlim_cur = soft.min(hard) as libc::rlim_t;
+                    let hard = hard.map_or(limit.rlim_max, |h| h.min(limit.rlim_max));
+                    limit.rlim_max = hard;
+                    limit.rlim_cur = soft.min(hard);
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }

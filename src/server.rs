@@ -24,10 +24,10 @@ use axum::Router;
 use axum_server::accept::DefaultAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use axum_server::{Handle, Server};
-
-use crate::config::ConnectionLimits;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::ConnectionLimits;
 
 /// How often the certificate files are checked for changes.
 const CERT_POLL: Duration = Duration::from_secs(10);

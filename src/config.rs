@@ -387,6 +387,22 @@ pub struct Server {
     /// from `X-Forwarded-Host` and `X-Forwarded-Proto`. Only behind a reverse proxy you trust,
     /// which sets them. Default `false`.
     pub trust_forwarded_headers: bool,
+    // --- Connection limits and timeouts (issue 11 item 3) ---
+    /// Time a client has to send a request's headers. On a kept-alive HTTP/1.1 connection the
+    /// wait for the next request counts too; it also bounds a new connection's first request
+    /// (HTTP/2 included). Default `"30s"`.
+    pub header_timeout: String,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    /// Default `"60s"`.
+    pub idle_timeout: String,
+    /// A request body that sends nothing for this long is cut off (an upload chunk then leaves
+    /// its session as it was). Default `"60s"`.
+    pub body_timeout: String,
+    /// Connections served at once. Further connections wait up to `header_timeout` for a slot,
+    /// then are closed. Default `4096`.
+    pub max_connections: u32,
+    /// Concurrent HTTP/2 streams (requests) per connection. Default `100`.
+    pub max_streams: u32,
 }
 
 impl Default for Server {
@@ -396,8 +412,23 @@ impl Default for Server {
             drain_timeout: "30s".into(),
             tls: Tls::default(),
             trust_forwarded_headers: false,
+            header_timeout: "30s".into(),
+            idle_timeout: "60s".into(),
+            body_timeout: "60s".into(),
+            max_connections: 4096,
+            max_streams: 100,
         }
     }
+}
+
+/// `[server]` connection limits and timeouts, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_streams: u32,
 }
 
 /// `[server.tls]`. Both empty: plain HTTP. The files are re-read when they change or on SIGHUP.
@@ -505,6 +536,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.drain_timeout()?;
+        self.connection_limits()?;
         self.upstream_settings_with(false)?;
         self.gc_policy()?;
         self.gc_interval()?;
@@ -637,6 +669,31 @@ impl Config {
         duration("server.drain_timeout", &self.server.drain_timeout)
     }
 
+    /// `[server]` connection limits and timeouts as typed values.
+    pub fn connection_limits(&self) -> Result<ConnectionLimits, ConfigError> {
+        let s = &self.server;
+        let positive = |key: &str, text: &str| {
+            let d = duration(key, text)?;
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!("{key} must be above 0")));
+            }
+            Ok(d)
+        };
+        let count = |key: &str, n: u32| {
+            if n == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be above 0")));
+            }
+            Ok(n)
+        };
+        Ok(ConnectionLimits {
+            header_timeout: positive("server.header_timeout", &s.header_timeout)?,
+            idle_timeout: positive("server.idle_timeout", &s.idle_timeout)?,
+            body_timeout: positive("server.body_timeout", &s.body_timeout)?,
+            max_connections: count("server.max_connections", s.max_connections)? as usize,
+            max_streams: count("server.max_streams", s.max_streams)?,
+        })
+    }
+
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.server.listen.parse().map_err(|_| {
             ConfigError::Invalid(format!(
@@ -746,6 +803,29 @@ mod tests {
         let c = Config::from_toml("", env(&[("BERTH_SERVER_DRAIN_TIMEOUT", "1m")])).unwrap();
         assert_eq!(c.drain_timeout().unwrap(), Duration::from_secs(60));
         assert!(Config::from_toml("[server]\ndrain_timeout = \"soon\"\n", env(&[])).is_err());
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_refuse_zero() {
+        let c = Config::from_toml(DEFAULT_TOML, env(&[])).unwrap();
+        let l = c.connection_limits().unwrap();
+        assert_eq!(l.header_timeout, Duration::from_secs(30));
+        assert_eq!(l.idle_timeout, Duration::from_secs(60));
+        assert_eq!(l.body_timeout, Duration::from_secs(60));
+        assert_eq!((l.max_connections, l.max_streams), (4096, 100));
+        assert_eq!(
+            Config::default().connection_limits().unwrap(),
+            l,
+            "mirror.toml documents the compiled-in defaults"
+        );
+        let c = Config::from_toml("", env(&[("BERTH_SERVER_MAX_CONNECTIONS", "10")])).unwrap();
+        assert_eq!(c.connection_limits().unwrap().max_connections, 10);
+        for bad in ["header_timeout = \"0s\"", "body_timeout = \"soon\"", "max_streams = 0"] {
+            assert!(
+                Config::from_toml(&format!("[server]\n{bad}\n"), env(&[])).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

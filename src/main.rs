@@ -122,6 +122,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging(&config);
+    let limits = config.connection_limits()?;
+    log_descriptor_limit(limits.max_connections);
     let root = &config.storage.root;
     let store = Store::open(root).with_context(|| format!("opening the store at {}", root.display()))?;
     let upstreams = config
@@ -201,6 +203,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         addr,
         tls,
         drain_timeout: config.drain_timeout()?,
+        limits,
     };
     startup_line(&config, &state, addr);
     berth::server::serve(berth::app(state), options, stop)
@@ -212,6 +215,31 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     registry.notifier().flush(NOTIFY_FLUSH).await;
     tracing::info!("berth stopped");
     Ok(())
+}
+
+/// Raise the descriptor limit and say what it is; warn when it cannot cover the connection cap
+/// (a socket and a blob file or upstream socket per connection, plus the store's own files).
+fn log_descriptor_limit(max_connections: usize) {
+    match berth::server::raise_descriptor_limit() {
+        Ok((before, soft, hard)) => {
+            tracing::info!(
+                soft_before = before,
+                soft,
+                hard,
+                "file descriptor limit (RLIMIT_NOFILE)"
+            );
+            let needed = 2 * max_connections as u64 + 64;
+            if soft < needed {
+                tracing::warn!(
+                    soft,
+                    needed,
+                    max_connections,
+                    "the descriptor limit is low for [server] max_connections; raise the hard limit (LimitNOFILE=) or lower the cap"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
 }
 
 async fn write_pulls(registry: &Registry) {

@@ -6,19 +6,34 @@
 //! background tasks can end, the listener closes, and connections in flight get the drain timeout
 //! to finish. [`serve`] returns once they are done (or cut off); whatever must be flushed at exit
 //! (in-memory access times, say) goes after it returns, when no request runs any more.
+//!
+//! Limits: every connection waits for one of `max_connections` slots and is closed once idle
+//! ([`conn`]); hyper bounds the time to send request headers and the HTTP/2 streams per
+//! connection; a request body that stalls is cut off ([`body::StallTimeout`]); failed accepts are
+//! logged at most every few seconds. [`raise_descriptor_limit`] runs at startup.
+
+mod body;
+mod conn;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
-use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::DefaultAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use axum_server::{Handle, Server};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ConnectionLimits;
+
 /// How often the certificate files are checked for changes.
 const CERT_POLL: Duration = Duration::from_secs(10);
+/// Failed accepts (descriptors exhausted, TLS handshakes, connections over the cap) are logged
+/// at most this often, with a count of those not logged: out of descriptors, every accept fails.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 pub struct TlsFiles {
     pub cert: PathBuf,
@@ -31,30 +46,79 @@ pub struct Options {
     pub tls: Option<TlsFiles>,
     /// How long transfers in flight may take to finish after shutdown begins.
     pub drain_timeout: Duration,
+    /// `[server]` connection limits and timeouts.
+    pub limits: ConnectionLimits,
 }
 
 /// Serve `app` until SIGTERM, Ctrl-C or `stop`, then drain connections and return.
 pub async fn serve(app: Router, options: Options, stop: CancellationToken) -> std::io::Result<()> {
     let handle = Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone(), stop, options.drain_timeout));
+    let limits = options.limits;
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match options.tls {
         None => {
-            axum_server::bind(options.addr)
-                .acceptor(crate::sendfile::Acceptor)
-                .handle(handle)
-                .serve(service)
-                .await
+            let server =
+                axum_server::bind(options.addr).acceptor(conn::Limited::new(crate::sendfile::Acceptor, &limits));
+            with_limits(server, &limits).handle(handle).serve(service).await
         }
         Some(files) => {
             let config = RustlsConfig::from_pem_file(&files.cert, &files.key).await?;
             tokio::spawn(reload_certificates(config.clone(), files));
-            axum_server::bind_rustls(options.addr, config)
-                .handle(handle)
-                .serve(service)
-                .await
+            let acceptor = RustlsAcceptor::new(config)
+                .handshake_timeout(limits.header_timeout)
+                .acceptor(conn::Limited::new(DefaultAcceptor, &limits));
+            let server = axum_server::bind(options.addr).acceptor(acceptor);
+            with_limits(server, &limits).handle(handle).serve(service).await
         }
     }
+}
+
+/// hyper's limits, and rate-limited logging of failed accepts.
+fn with_limits<A>(mut server: Server<SocketAddr, A>, limits: &ConnectionLimits) -> Server<SocketAddr, A> {
+    let builder = server.http_builder();
+    // axum-server installs hyper's timer. For HTTP/1.1 the header timer also runs while a
+    // kept-alive connection waits for its next request.
+    builder.http1().header_read_timeout(limits.header_timeout);
+    builder.http2().max_concurrent_streams(limits.max_streams);
+    let failures = Mutex::new((None::<Instant>, 0u64));
+    server
+        // Also bounds protocol detection and an HTTP/2 connection's first request, which hyper's
+        // HTTP/1 header timer does not cover.
+        .first_request_timeout(limits.header_timeout)
+        .accept_error_handler(move |peer, error| {
+            let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+            let (last, unlogged) = &mut *failures;
+            if last.is_some_and(|t| t.elapsed() < ACCEPT_LOG_EVERY) {
+                *unlogged += 1;
+                return;
+            }
+            tracing::warn!(peer = ?peer, %error, not_logged_since_last = *unlogged, "accepting a connection failed");
+            (*last, *unlogged) = (Some(Instant::now()), 0);
+        })
+}
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit (systemd's soft default of 1024 runs out
+/// with about 500 clients, each holding a socket and a blob file). Returns (soft before, soft now,
+/// hard).
+pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur != limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, limit.rlim_cur, limit.rlim_max))
 }
 
 async fn shutdown_on_signal(handle: Handle<SocketAddr>, stop: CancellationToken, drain: Duration) {

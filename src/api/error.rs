@@ -47,6 +47,7 @@ impl IntoResponse for Error {
                 store::Error::Full(_) => (S::INSUFFICIENT_STORAGE, "UNAVAILABLE"),
                 // The metadata database is reopened on its next use (see `store::redb_handle`).
                 store::Error::MetaIo(_) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+                store::Error::Io(e) if exhausted(e) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
                 store::Error::Io(_) | store::Error::Meta(_) | store::Error::Locked | store::Error::Missing(_) => {
                     (S::INTERNAL_SERVER_ERROR, "UNKNOWN")
                 }
@@ -78,6 +79,14 @@ impl IntoResponse for Error {
             }
             _ => {}
         }
+        if let Error::Store(store::Error::Io(e)) = &self
+            && exhausted(e)
+        {
+            // Passing: descriptors or memory come back as requests finish.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, EXHAUSTED_RETRY_AFTER.into());
+        }
         if let Error::Upstream(upstream::Error::RateLimited { retry_after, .. }) = &self {
             response
                 .headers_mut()
@@ -87,8 +96,35 @@ impl IntoResponse for Error {
     }
 }
 
+/// Seconds a client is asked to wait when berth ran out of descriptors or memory.
+const EXHAUSTED_RETRY_AFTER: u32 = 1;
+
+/// Whether `e` says the process or system ran out of file descriptors or memory: a passing
+/// overload (503), not a fault of the store (500).
+fn exhausted(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::OutOfMemory
+        || matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM))
+}
+
 /// The `Range: 0-<last>` header of an upload holding `len` bytes (`0-0` when empty, as
 /// distribution does and clients expect).
 pub fn range_value(len: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("0-{}", len.saturating_sub(1))).expect("ascii")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_or_memory_is_503_with_retry_after_not_500() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
+            let e = Error::Store(store::Error::Io(std::io::Error::from_raw_os_error(errno)));
+            let response = e.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "errno {errno}");
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        }
+        let other = Error::Store(store::Error::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        assert_eq!(other.into_response().status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 }

@@ -21,6 +21,8 @@ pub struct Berth {
     pub config: PathBuf,
     /// Variables set for the server process and its restarts (e.g. `BERTH_SERVER_TLS_CERT`).
     env: Vec<(String, String)>,
+    /// The soft and (if given) hard `RLIMIT_NOFILE` berth starts with, when a test sets them.
+    nofile: Option<(u64, Option<u64>)>,
     child: Option<Child>,
     _dir: Option<TempDir>,
 }
@@ -43,12 +45,30 @@ impl Berth {
         b
     }
 
+    /// A fresh berth started with a soft `RLIMIT_NOFILE` of `soft` (as systemd's default of 1024),
+    /// and a hard one of `hard` (`None`: as it is).
+    pub fn start_with_nofile(extra: &str, soft: u64, hard: Option<u64>) -> Berth {
+        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap();
+        let mut b = Berth::configure(dir.path(), extra, &[]);
+        b.nofile = Some((soft, hard));
+        b.spawn();
+        b._dir = Some(dir);
+        b
+    }
+
     /// A berth whose store and config live in `dir` (kept when it stops, for restarts).
     pub fn start_in(dir: &Path, extra: &str) -> Berth {
         Berth::start_in_with_env(dir, extra, &[])
     }
 
     fn start_in_with_env(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Berth {
+        let mut b = Berth::configure(dir, extra, env);
+        b.spawn();
+        b
+    }
+
+    /// Write the config in `dir`; the process is not started yet.
+    fn configure(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Berth {
         let port = super::free_port();
         let root = dir.join("data");
         let config = dir.join("mirror.toml");
@@ -60,17 +80,16 @@ impl Berth {
         let mut toml: toml::Table = base.parse().unwrap();
         merge(&mut toml, extra.parse().expect("extra TOML parses"));
         std::fs::write(&config, toml.to_string()).unwrap();
-        let mut b = Berth {
+        Berth {
             addr: format!("127.0.0.1:{port}"),
             url: format!("http://127.0.0.1:{port}"),
             root,
             config,
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            nofile: None,
             child: None,
             _dir: None,
-        };
-        b.spawn();
-        b
+        }
     }
 
     fn spawn(&mut self) {
@@ -79,7 +98,31 @@ impl Berth {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
+        if let Some((soft, hard)) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec the closure only calls getrlimit and setrlimit, which
+            // are async-signal-safe, on a local struct.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let hard = hard.map_or(limit.rlim_max, |h| h.min(limit.rlim_max));
+                    limit.rlim_max = hard;
+                    limit.rlim_cur = soft.min(hard);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .args(["serve", "--config"])
             .arg(&self.config)
             .env_remove("RUST_LOG")

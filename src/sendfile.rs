@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -36,12 +38,12 @@ static WINDOWS: Mutex<BTreeMap<usize, Window>> = Mutex::new(BTreeMap::new());
 /// Note that the `len` bytes at `at` are `file`'s bytes from `offset`, until [`unregister`].
 pub(crate) fn register(at: *const u8, len: usize, file: Arc<std::fs::File>, offset: u64) {
     let window = Window { len, file, offset };
-    WINDOWS.lock().expect("windows lock").insert(at as usize, window);
+    WINDOWS.lock().insert(at as usize, window);
 }
 
 /// Forget the window at `at`; called before it is unmapped.
 pub(crate) fn unregister(at: *const u8) {
-    WINDOWS.lock().expect("windows lock").remove(&(at as usize));
+    WINDOWS.lock().remove(&(at as usize));
 }
 
 /// The file, the offset in it and the bytes left in the window, if `at` lies in a window.
@@ -62,7 +64,7 @@ enum Next {
 /// Plan the next write under one lock of the registry.
 fn next(bufs: &[IoSlice<'_>]) -> Option<Next> {
     let first = bufs.iter().position(|b| !b.is_empty())?;
-    let windows = WINDOWS.lock().expect("windows lock");
+    let windows = WINDOWS.lock();
     if let Some((file, offset, left)) = lookup(&windows, bufs[first].as_ptr()) {
         let len = bufs[first].len().min(left);
         return Some(Next::Sendfile { file, offset, len });
@@ -164,12 +166,29 @@ mod tests {
         let at = 0x7000_0000_1000usize as *const u8;
         register(at, 0x100, file.clone(), 5000);
         let fd = file.as_raw_fd();
-        let find = |at: *const u8| lookup(&WINDOWS.lock().unwrap(), at);
+        let find = |at: *const u8| lookup(&WINDOWS.lock(), at);
         assert_eq!(find(at), Some((fd, 5000, 0x100)));
         assert_eq!(find(at.wrapping_add(0xff)), Some((fd, 5000 + 0xff, 1)));
         assert_eq!(find(at.wrapping_add(0x100)), None, "one past the end");
         assert_eq!(find(at.wrapping_sub(1)), None, "one before the start");
         unregister(at);
         assert_eq!(find(at), None, "gone once unregistered");
+    }
+
+    /// A panic while the process-wide registry is locked must not fail every later request
+    /// (a poisoned `std::sync::Mutex` would).
+    #[test]
+    fn a_panic_while_the_registry_is_locked_does_not_break_it() {
+        let panicked = std::thread::spawn(|| {
+            let _held = WINDOWS.lock();
+            panic!("a request panics while it holds the registry");
+        })
+        .join();
+        assert!(panicked.is_err());
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        let at = 0x7000_0000_9000usize as *const u8;
+        register(at, 0x10, file.clone(), 0);
+        assert!(lookup(&WINDOWS.lock(), at).is_some());
+        unregister(at);
     }
 }

@@ -15,9 +15,9 @@
 mod body;
 mod conn;
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
@@ -87,7 +87,7 @@ fn with_limits<A>(mut server: Server<SocketAddr, A>, limits: &ConnectionLimits) 
         // HTTP/1 header timer does not cover.
         .first_request_timeout(limits.header_timeout)
         .accept_error_handler(move |peer, error| {
-            let mut failures = failures.lock().unwrap_or_else(|p| p.into_inner());
+            let mut failures = failures.lock();
             let (last, unlogged) = &mut *failures;
             if last.is_some_and(|t| t.elapsed() < ACCEPT_LOG_EVERY) {
                 *unlogged += 1;

@@ -8,7 +8,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -50,7 +52,7 @@ where
     type Item = io::Result<Bytes>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.0.lock();
         state.started = true;
         let next = state.body.poll_next_unpin(cx);
         if matches!(next, Poll::Ready(None | Some(Err(_)))) {
@@ -67,7 +69,7 @@ where
     /// Read and discard what is left of a body the store started on, within the limits.
     pub async fn drain(self) {
         {
-            let state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let state = self.0.lock();
             if !state.started || state.ended {
                 return;
             }
@@ -109,13 +111,13 @@ mod tests {
         drop(body);
         let state = rest.0.clone();
         rest.after(Err::<(), ()>(())).await.unwrap_err();
-        assert!(state.lock().unwrap().ended, "the rest was read to its end");
+        assert!(state.lock().ended, "the rest was read to its end");
 
         let (body, rest) = drainable(chunks(10));
         drop(body);
         let state = rest.0.clone();
         rest.after(Err::<(), ()>(())).await.unwrap_err();
-        let state = state.lock().unwrap();
+        let state = state.lock();
         assert!(
             !state.started && !state.ended,
             "a body the store never read is left alone"

@@ -16,7 +16,9 @@ pub mod event;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime};
 
 pub use event::{Action, Actor, BLOB_MEDIA_TYPE, ENVELOPE_MEDIA_TYPE, Event, Request, Source, Target};
@@ -148,7 +150,7 @@ impl Sink {
 
     fn offer(&self, event: Event) {
         {
-            let mut queue = self.queue.lock().expect("notification queue lock");
+            let mut queue = self.queue.lock();
             if queue.len() >= self.settings.queue {
                 queue.pop_front();
                 self.metrics.dropped.inc();
@@ -160,7 +162,7 @@ impl Sink {
     }
 
     fn take_batch(&self) -> Vec<Event> {
-        let mut queue = self.queue.lock().expect("notification queue lock");
+        let mut queue = self.queue.lock();
         let n = queue.len().min(MAX_BATCH);
         let batch: Vec<Event> = queue.drain(..n).collect();
         self.metrics.queued.set(queue.len() as i64);
@@ -170,7 +172,7 @@ impl Sink {
     }
 
     fn idle(&self) -> bool {
-        let queue = self.queue.lock().expect("notification queue lock");
+        let queue = self.queue.lock();
         queue.is_empty() && !self.sending.load(Ordering::SeqCst)
     }
 

@@ -403,7 +403,13 @@ struct DeleteForm {
 impl Ui {
     /// The viewer of a deleting form, once it passed the cross-site guards (same origin, and a
     /// token bound to this session and user).
-    async fn form_viewer(&self, headers: &HeaderMap, uri: &Uri, client: Client, csrf: &str) -> Result<Viewer, Response> {
+    async fn form_viewer(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        client: Client,
+        csrf: &str,
+    ) -> Result<Viewer, Response> {
         let viewer = self.viewer(headers, uri, client).await?;
         let forbidden = |text: &str| self.message(&viewer, StatusCode::FORBIDDEN, "Not allowed", text);
         if !same_origin(headers, &viewer.host) {

@@ -44,7 +44,7 @@ pub struct ChunkRange {
 impl ChunkRange {
     /// Bytes the range covers. Saturates: `0-18446744073709551615` claims more than any limit
     /// allows and is refused as too large, never wrapped.
-    pub fn len(&self) -> u64 {
+    pub fn byte_count(&self) -> u64 {
         self.end.saturating_sub(self.start).saturating_add(1)
     }
 }
@@ -218,7 +218,7 @@ impl Uploads {
                 offset: session.len,
             });
         }
-        let declared = range.map(|r| r.len());
+        let declared = range.map(|r| r.byte_count());
         self.settle(id, &slot, session.len).await?;
         // Work on a copy: if this future is dropped anywhere below, the session stays as it was.
         let mut work = session.clone();

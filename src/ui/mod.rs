@@ -424,6 +424,9 @@ impl Ui {
     }
 
     /// Check that `viewer` may delete in `name` (an admin of it); `refusal` says what not.
+    // The error is the page to send, built only on a refusal and sent at once; boxing it would
+    // buy nothing.
+    #[allow(clippy::result_large_err)]
     fn check_deleter(&self, viewer: &Viewer, name: &RepoName, refusal: &str) -> Result<(), Response> {
         let summary = match self.registry.repo_summary(name.as_str()) {
             Ok(Some(s)) if self.may(viewer, &s, Action::Pull) => s,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use base64::Engine;
 
 pub use rules::{Action, Actions, matches};
-pub use token::{Claims, Grant};
+pub use token::{Claims, Grant, Signer};
 
 use crate::config::{AuthConfig, AuthScheme};
 

@@ -367,9 +367,20 @@ fn size(key: &str, text: &str) -> Result<u64, ConfigError> {
         .map_err(|e| ConfigError::Invalid(format!("{key}: {text:?} is not a size like \"10KiB\": {e}")))
 }
 
+/// The longest duration any key takes. A century is "never" in practice, and a longer one could
+/// overflow the clock arithmetic done with it (a deadline, a GC cut-off), which panics.
+/// (Years of 365.25 days, as humantime counts them.)
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(text)
-        .map_err(|e| ConfigError::Invalid(format!("{key}: {text:?} is not a duration like \"30s\" or \"5m\": {e}")))
+    let d = humantime::parse_duration(text)
+        .map_err(|e| ConfigError::Invalid(format!("{key}: {text:?} is not a duration like \"30s\" or \"5m\": {e}")))?;
+    if d > MAX_DURATION {
+        return Err(ConfigError::Invalid(format!(
+            "{key}: {text:?} is longer than 100 years"
+        )));
+    }
+    Ok(d)
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -953,5 +964,21 @@ mod tests {
         let err = c.upstream_settings().unwrap_err().to_string();
         assert!(err.contains("BERTH_CONFIG_TEST_UNSET_PASSWORD is not set"), "{err}");
         assert!(c.private.claim_on_push, "claiming on push is the default");
+    }
+
+    /// Found with the config fuzz target's clock invariant: `grace = "500000000000years"` parsed,
+    /// then panicked every GC run (`SystemTime::now() - grace`).
+    #[test]
+    fn durations_past_a_century_are_refused() {
+        let err = Config::from_toml("[gc]\ngrace = \"500000000000years\"\n", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gc.grace") && err.contains("100 years"), "{err}");
+        let c = Config::from_toml("[gc]\ngrace = \"100years\"\n", env(&[])).unwrap();
+        assert!(
+            std::time::SystemTime::now()
+                .checked_sub(c.gc_policy().unwrap().grace)
+                .is_some()
+        );
     }
 }

@@ -173,6 +173,46 @@ async fn chunked_upload_with_status_out_of_order_and_cancel() {
 }
 
 #[tokio::test]
+async fn content_range_ending_at_u64_max_is_refused_and_the_session_survives() {
+    let b = Berth::start("");
+    let c = client();
+    let r = c.post(b.at("/v2/team/app/blobs/uploads/")).send().await.unwrap();
+    let location = header(&r, "location");
+    // end + 1 - start overflows a u64: a debug build panicked, a release build wrapped to length 0.
+    for range in ["0-18446744073709551615", "bytes 0-18446744073709551615/*"] {
+        let r = c
+            .patch(b.at(&location))
+            .header("content-range", range)
+            .body(&b"abc"[..])
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            [StatusCode::BAD_REQUEST, StatusCode::RANGE_NOT_SATISFIABLE].contains(&r.status()),
+            "{range}: {}",
+            r.status()
+        );
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["errors"][0]["code"],
+            "BLOB_UPLOAD_INVALID"
+        );
+    }
+    // The session is untouched and still takes a proper chunk.
+    let r = c.get(b.at(&location)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&r, "range"), "0-0");
+    let r = c
+        .patch(b.at(&location))
+        .header("content-range", "0-2")
+        .body(&b"abc"[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&r, "range"), "0-2");
+}
+
+#[tokio::test]
 async fn digest_mismatch_stores_nothing() {
     let b = Berth::start("");
     let wrong = sha256(b"something else");
@@ -498,6 +538,25 @@ async fn tags_and_catalog_paginate_with_link() {
     );
     let r = client().get(b.at("/v2/_catalog?n=2&last=team/x")).send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap(), json!({ "repositories": ["team/y"] }));
+}
+
+#[tokio::test]
+async fn a_page_of_zero_names_is_empty_and_links_nowhere() {
+    let b = Berth::start("");
+    push_image(&b.url, "team/app", "a", &[b"l"]).await;
+    // Before the fix, n=0 answered `Link: <...?n=0&last=>`, the request itself: a client that
+    // follows links looped forever.
+    for (path, key) in [
+        ("/v2/team/app/tags/list?n=0", "tags"),
+        ("/v2/_catalog?n=0", "repositories"),
+    ] {
+        let r = client().get(b.at(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert_eq!(header(&r, "link"), "", "{path}");
+        assert_eq!(r.json::<Value>().await.unwrap()[key], json!([]), "{path}");
+    }
+    let r = client().get(b.at("/v2/team/none/tags/list?n=0")).send().await.unwrap();
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "NAME_UNKNOWN");
 }
 
 #[tokio::test]

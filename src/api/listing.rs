@@ -18,9 +18,10 @@ fn page_size(params: &Params) -> usize {
         .unwrap_or(listing_limit())
 }
 
-/// Attach `Link: <path?n=N&last=L>; rel="next"` when there is a next page.
+/// Attach `Link: <path?n=N&last=L>; rel="next"` when there is a next page. An empty page (`n=0`)
+/// has none: its cursor would be the request itself, and a client following it would loop.
 fn with_link(mut response: Response, path: &str, n: usize, page: &Page) -> Response {
-    if let Some(last) = &page.next {
+    if let Some(last) = page.next.as_ref().filter(|_| !page.items.is_empty()) {
         let link = format!("<{path}?n={n}&last={last}>; rel=\"next\"");
         if let Ok(v) = HeaderValue::from_str(&link) {
             response.headers_mut().insert(header::LINK, v);

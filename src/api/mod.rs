@@ -6,7 +6,7 @@ mod access;
 pub mod admin;
 mod blobs;
 mod drain;
-mod endpoint;
+pub mod endpoint;
 mod error;
 mod events;
 mod limits;
@@ -29,8 +29,11 @@ use axum::routing::get;
 use serde::Deserialize;
 
 pub use access::RequestId;
+// The parsers of untrusted request bytes are public for the fuzz targets in fuzz/.
+pub use blobs::{RangeSpec, parse_range};
 pub use endpoint::{Endpoint, ParseError};
 pub use limits::ClientLimits;
+pub use uploads::parse_content_range;
 
 use crate::auth::{Action, Auth, Denied, Identity, Scope, User};
 use crate::oci::{NameError, RepoName};

@@ -40,23 +40,25 @@ fn digest_param(params: &Params) -> Result<Option<Digest>> {
         .transpose()
 }
 
-/// `Content-Range: <start>-<end>` (distribution's form; a `bytes ` prefix is tolerated).
+/// The request's `Content-Range`, if any; a malformed one is a 400.
 fn chunk_range(h: &HeaderMap) -> Result<Option<ChunkRange>> {
     let Some(value) = h.get(header::CONTENT_RANGE) else {
         return Ok(None);
     };
     let text = value.to_str().unwrap_or("");
-    let bad = || Error::ContentRange(text.chars().take(100).collect());
+    parse_content_range(text)
+        .map(Some)
+        .ok_or_else(|| Error::ContentRange(text.chars().take(100).collect()))
+}
+
+/// Parse `Content-Range: <start>-<end>` (distribution's form; a `bytes ` prefix and a `/<size>`
+/// suffix are tolerated). The chunk's length, `end + 1 - start`, must be a `u64`, so an end of
+/// `u64::MAX` is refused here: the store computes that length without checking.
+pub fn parse_content_range(text: &str) -> Option<ChunkRange> {
     let spec = text.trim().trim_start_matches("bytes ").split('/').next().unwrap_or("");
-    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-    let (start, end) = (
-        a.trim().parse::<u64>().map_err(|_| bad())?,
-        b.trim().parse::<u64>().map_err(|_| bad())?,
-    );
-    if end < start {
-        return Err(bad());
-    }
-    Ok(Some(ChunkRange { start, end }))
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = (a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?);
+    (start <= end && end < u64::MAX).then_some(ChunkRange { start, end })
 }
 
 pub async fn start(
@@ -131,4 +133,28 @@ pub async fn put(
 pub async fn cancel(reg: &Registry, repo: &RepoName, id: &str) -> Result<Response> {
     reg.cancel_upload(repo, id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_lengths_always_fit_in_a_u64() {
+        assert_eq!(parse_content_range("0-9"), Some(ChunkRange { start: 0, end: 9 }));
+        assert_eq!(
+            parse_content_range("bytes 5-5/*"),
+            Some(ChunkRange { start: 5, end: 5 })
+        );
+        assert_eq!(parse_content_range("9-0"), None);
+        assert_eq!(parse_content_range("0-"), None);
+        // end + 1 would wrap: issue 11's overflow (a panic in debug builds, a bogus length else).
+        assert_eq!(parse_content_range("0-18446744073709551615"), None);
+        assert_eq!(parse_content_range("18446744073709551615-18446744073709551615"), None);
+        let max = u64::MAX - 1;
+        assert_eq!(
+            parse_content_range(&format!("0-{max}")),
+            Some(ChunkRange { start: 0, end: max })
+        );
+    }
 }

@@ -23,7 +23,7 @@ use base64::Engine;
 
 pub use login::Login;
 pub use rules::{Action, Actions, matches};
-pub use token::{Claims, Grant};
+pub use token::{Claims, Grant, Signer};
 
 use crate::config::{AuthConfig, AuthScheme};
 use crate::metrics::Metrics;

@@ -58,7 +58,8 @@ impl Signer {
             iss: "berth".into(),
             sub: user.into(),
             aud: self.service.clone(),
-            exp: now + ttl,
+            // A configured TTL may be anything up to u64::MAX seconds: such a token never expires.
+            exp: now.saturating_add(ttl),
             nbf: now.saturating_sub(5),
             iat: now,
             access,
@@ -122,5 +123,20 @@ mod tests {
                 .is_none(),
             "other audience"
         );
+    }
+
+    /// Found by the config fuzz target: `token_ttl = "18446744073709551615s"` made every issued
+    /// token overflow its expiry (a panic per `/token` request in debug builds; in release, a
+    /// wrapped expiry in the past, so no login ever worked).
+    #[test]
+    fn a_ttl_up_to_u64_max_issues_a_token_that_verifies() {
+        let signer = Signer::new(b"secret".to_vec(), "berth".into());
+        let token = signer.issue(
+            "alice",
+            vec![],
+            humantime::parse_duration("18446744073709551615s").unwrap().as_secs(),
+        );
+        let claims = signer.verify(&token).expect("verifies");
+        assert_eq!((claims.sub.as_str(), claims.exp), ("alice", u64::MAX));
     }
 }

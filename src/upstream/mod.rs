@@ -8,6 +8,9 @@
 mod auth;
 mod budget;
 
+/// Public for the fuzz target in fuzz/: challenges come from upstreams, untrusted.
+pub use auth::{Challenge, parse_challenge};
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -7,6 +7,7 @@ mod fill;
 mod listing;
 mod manifests;
 mod proxy;
+mod referrers;
 mod route;
 mod switches;
 mod usage;
@@ -75,6 +76,12 @@ pub enum Error {
     ManifestUnknown(String),
     #[error("blob {0} is not known in this repository")]
     BlobUnknown(Digest),
+    /// Offline mode, and the manifest is not in the cache (404 `MANIFEST_UNKNOWN`).
+    #[error("upstream {upstream} is offline (berth does not contact it) and manifest {reference} is not cached")]
+    ManifestOffline { reference: String, upstream: String },
+    /// Offline mode, and the blob is not in the cache (404 `BLOB_UNKNOWN`).
+    #[error("upstream {upstream} is offline (berth does not contact it) and blob {digest} is not cached")]
+    BlobOffline { digest: Digest, upstream: String },
     #[error("manifest invalid: {0}")]
     ManifestInvalid(String),
     #[error("manifest exceeds the {MAX_MANIFEST_BYTES}-byte limit")]

@@ -66,6 +66,7 @@ async fn oci_error(r: reqwest::Response) -> (StatusCode, String, String) {
 async fn offline_mode_serves_the_cache_past_its_ttl_never_contacts_the_hub_and_switches_at_runtime() {
     let hub = Hub::start();
     let seed = hub.seed(0);
+    hub.reset_stats().await; // the seeding pushes count too
     let b = berth_for(&hub.url, "1s", "offline = true");
     let alpine = &seed["images"]["library/alpine:latest"];
     let layer = alpine["layers"][0]["digest"].as_str().unwrap();
@@ -162,6 +163,11 @@ async fn referrers(b: &Berth, repo: &str, subject: &str, query: &str) -> (Value,
     (r.json().await.unwrap(), headers)
 }
 
+/// `?artifactType=<t>`, encoded as clients send it (a `+` in a query would mean a space).
+fn artifact_query(artifact_type: &str) -> String {
+    format!("?artifactType={}", artifact_type.replace('+', "%2B"))
+}
+
 /// Pull an artifact manifest of library/alpine by digest through `b`, and its payload blob.
 async fn pull_artifact(b: &Berth, digest: &str, payload: &str) {
     let r = client()
@@ -216,7 +222,7 @@ async fn signatures_come_through_the_mirror_and_a_mirror_of_the_mirror_by_the_re
     let (got, _) = referrers(&a, "alpine", subject_digest, "?ns=docker.io").await;
     assert_eq!(listed(&got), want);
     // Filtering by artifactType.
-    let (got, headers) = referrers(&a, "library/alpine", subject_digest, &format!("?artifactType={SIG_TYPE}")).await;
+    let (got, headers) = referrers(&a, "library/alpine", subject_digest, &artifact_query(SIG_TYPE)).await;
     assert_eq!(listed(&got), vec![(sig["digest"].as_str().unwrap().to_owned(), SIG_TYPE.to_owned())]);
     assert_eq!(headers["oci-filters-applied"], "artifactType");
 
@@ -235,7 +241,7 @@ async fn signatures_come_through_the_mirror_and_a_mirror_of_the_mirror_by_the_re
     let b = berth_for(&a.url, "1s", "forward_ns = true");
     let (got, _) = referrers(&b, "library/alpine", subject_digest, "").await;
     assert_eq!(listed(&got), want, "through two hops: {got}");
-    let (got, headers) = referrers(&b, "library/alpine", subject_digest, &format!("?artifactType={SBOM_TYPE}")).await;
+    let (got, headers) = referrers(&b, "library/alpine", subject_digest, &artifact_query(SBOM_TYPE)).await;
     assert_eq!(listed(&got), vec![(sbom["digest"].as_str().unwrap().to_owned(), SBOM_TYPE.to_owned())]);
     assert_eq!(headers["oci-filters-applied"], "artifactType");
     assert!(api_answers(a.log()) > answered_before, "B asked A's referrers API");

@@ -30,7 +30,14 @@ async fn switch_offline(b: &Berth, offline: bool) {
     let want = format!("berth_upstream_offline{{upstream=\"docker.io\"}} {}", u8::from(offline));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let metrics = client().get(b.at("/metrics")).send().await.unwrap().text().await.unwrap();
+        let metrics = client()
+            .get(b.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if metrics.contains(&want) {
             return;
         }
@@ -49,7 +56,11 @@ fn hub_requests(stats: &Value) -> u64 {
 
 /// GET a blob through `b`, asserting it arrives whole.
 async fn pull_blob(b: &Berth, repo: &str, digest: &str) {
-    let r = client().get(b.at(&format!("/v2/{repo}/blobs/{digest}"))).send().await.unwrap();
+    let r = client()
+        .get(b.at(&format!("/v2/{repo}/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "blob {digest}");
     assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
 }
@@ -59,7 +70,11 @@ async fn oci_error(r: reqwest::Response) -> (StatusCode, String, String) {
     let status = r.status();
     let body: Value = r.json().await.expect("OCI error JSON");
     let e = &body["errors"][0];
-    (status, e["code"].as_str().unwrap().into(), e["message"].as_str().unwrap().into())
+    (
+        status,
+        e["code"].as_str().unwrap().into(),
+        e["message"].as_str().unwrap().into(),
+    )
 }
 
 #[tokio::test]
@@ -72,14 +87,28 @@ async fn offline_mode_serves_the_cache_past_its_ttl_never_contacts_the_hub_and_s
     let layer = alpine["layers"][0]["digest"].as_str().unwrap();
 
     // Configured offline from the start: nothing is cached, every read is a 404 that says why.
-    let r = client().get(b.at("/v2/library/alpine/manifests/latest")).send().await.unwrap();
+    let r = client()
+        .get(b.at("/v2/library/alpine/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
     let (status, code, message) = oci_error(r).await;
     assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
-    assert!(message.contains("offline") && message.contains("not cached"), "{message}");
-    let r = client().get(b.at(&format!("/v2/library/alpine/blobs/{layer}"))).send().await.unwrap();
+    assert!(
+        message.contains("offline") && message.contains("not cached"),
+        "{message}"
+    );
+    let r = client()
+        .get(b.at(&format!("/v2/library/alpine/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
     let (status, code, message) = oci_error(r).await;
     assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"));
-    assert!(message.contains("offline") && message.contains("not cached"), "{message}");
+    assert!(
+        message.contains("offline") && message.contains("not cached"),
+        "{message}"
+    );
     let html = client().get(b.at("/ui")).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("badge offline"), "the web UI shows the mode");
     assert_eq!(hub_requests(&hub.stats().await), 0, "the hub was never contacted");
@@ -97,35 +126,74 @@ async fn offline_mode_serves_the_cache_past_its_ttl_never_contacts_the_hub_and_s
     hub.reset_stats().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for _ in 0..2 {
-        let r = client().get(b.at("/v2/library/alpine/manifests/latest")).send().await.unwrap();
+        let r = client()
+            .get(b.at("/v2/library/alpine/manifests/latest"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(header(&r, "docker-content-digest"), digest);
         assert_eq!(header(&r, "x-berth-cache"), "hit");
         pull_blob(&b, "library/alpine", layer).await;
     }
-    let r = client().head(b.at("/v2/alpine/manifests/latest?ns=docker.io")).send().await.unwrap();
+    let r = client()
+        .head(b.at("/v2/alpine/manifests/latest?ns=docker.io"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // The tag list comes from the cache too.
-    let tags: Value = client().get(b.at("/v2/library/alpine/tags/list")).send().await.unwrap().json().await.unwrap();
+    let tags: Value = client()
+        .get(b.at("/v2/library/alpine/tags/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(tags["tags"], json!(["latest"]));
     // What was never cached is a 404 with the offline message, manifests and blobs alike.
-    let r = client().get(b.at("/v2/library/busybox/manifests/latest")).send().await.unwrap();
+    let r = client()
+        .get(b.at("/v2/library/busybox/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
     let (status, code, message) = oci_error(r).await;
     assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
-    assert!(message.contains("upstream docker.io is offline") && message.contains("not cached"), "{message}");
-    let other = seed["images"]["library/alpine:3.20"]["config"]["digest"].as_str().unwrap();
-    let r = client().get(b.at(&format!("/v2/library/alpine/blobs/{other}"))).send().await.unwrap();
+    assert!(
+        message.contains("upstream docker.io is offline") && message.contains("not cached"),
+        "{message}"
+    );
+    let other = seed["images"]["library/alpine:3.20"]["config"]["digest"]
+        .as_str()
+        .unwrap();
+    let r = client()
+        .get(b.at(&format!("/v2/library/alpine/blobs/{other}")))
+        .send()
+        .await
+        .unwrap();
     let (status, code, _) = oci_error(r).await;
     assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"));
-    let r = client().head(b.at(&format!("/v2/library/alpine/blobs/{other}"))).send().await.unwrap();
+    let r = client()
+        .head(b.at(&format!("/v2/library/alpine/blobs/{other}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let stats = hub.stats().await;
-    assert_eq!(hub_requests(&stats), 0, "offline: the hub saw no request at all: {stats}");
+    assert_eq!(
+        hub_requests(&stats),
+        0,
+        "offline: the hub saw no request at all: {stats}"
+    );
 
     // And back online: the stale tag is revalidated and the miss is fetched.
     switch_offline(&b, false).await;
     let (busybox, _) = manifest_json(&b.url, "library/busybox", "latest").await;
-    assert_eq!(busybox, seed["images"]["library/busybox:latest"]["digest"].as_str().unwrap());
+    assert_eq!(
+        busybox,
+        seed["images"]["library/busybox:latest"]["digest"].as_str().unwrap()
+    );
     assert!(hub_requests(&hub.stats().await) > 0, "online again, the hub is asked");
     let html = client().get(b.at("/ui")).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("badge online") && !html.contains("badge offline"));
@@ -148,7 +216,9 @@ async fn push_artifact(hub: &Hub, repo: &str, subject: &Value, artifact_type: &s
         "subject": subject,
     });
     let bytes = serde_json::to_vec(&manifest).unwrap();
-    let digest = hub.put_manifest_bytes(repo, &sha256(&bytes), OCI_MANIFEST, &bytes).await;
+    let digest = hub
+        .put_manifest_bytes(repo, &sha256(&bytes), OCI_MANIFEST, &bytes)
+        .await;
     let mut d = descriptor(OCI_MANIFEST, &digest, bytes.len());
     d["artifactType"] = json!(artifact_type);
     (d, layer)
@@ -156,7 +226,11 @@ async fn push_artifact(hub: &Hub, repo: &str, subject: &Value, artifact_type: &s
 
 /// The referrers index `b` answers for `subject`, with its headers.
 async fn referrers(b: &Berth, repo: &str, subject: &str, query: &str) -> (Value, reqwest::header::HeaderMap) {
-    let r = client().get(b.at(&format!("/v2/{repo}/referrers/{subject}{query}"))).send().await.unwrap();
+    let r = client()
+        .get(b.at(&format!("/v2/{repo}/referrers/{subject}{query}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "referrers of {subject}{query}");
     assert_eq!(header(&r, "content-type"), OCI_INDEX);
     let headers = r.headers().clone();
@@ -187,7 +261,12 @@ fn listed(index: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["digest"].as_str().unwrap().into(), d["artifactType"].as_str().unwrap_or("").into()))
+        .map(|d| {
+            (
+                d["digest"].as_str().unwrap().into(),
+                d["artifactType"].as_str().unwrap_or("").into(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -207,11 +286,23 @@ async fn signatures_come_through_the_mirror_and_a_mirror_of_the_mirror_by_the_re
     // A "signed" image on a registry without the referrers API (distribution 2.8): artifacts
     // with `subject`, and the tag-schema index `sha256-<hex>` listing them.
     let (sig, sig_payload) = push_artifact(&hub, "library/alpine", &subject, SIG_TYPE, b"{\"critical\":{}}").await;
-    let (sbom, _) = push_artifact(&hub, "library/alpine", &subject, SBOM_TYPE, b"{\"spdxVersion\":\"SPDX-2.3\"}").await;
+    let (sbom, _) = push_artifact(
+        &hub,
+        "library/alpine",
+        &subject,
+        SBOM_TYPE,
+        b"{\"spdxVersion\":\"SPDX-2.3\"}",
+    )
+    .await;
     let index = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [sig, sbom] });
     let schema_tag = subject_digest.replace(':', "-");
-    hub.put_manifest_bytes("library/alpine", &schema_tag, OCI_INDEX, &serde_json::to_vec(&index).unwrap())
-        .await;
+    hub.put_manifest_bytes(
+        "library/alpine",
+        &schema_tag,
+        OCI_INDEX,
+        &serde_json::to_vec(&index).unwrap(),
+    )
+    .await;
     let want = listed(&index);
 
     let a = berth_for(&hub.url, "1s", "");
@@ -223,7 +314,10 @@ async fn signatures_come_through_the_mirror_and_a_mirror_of_the_mirror_by_the_re
     assert_eq!(listed(&got), want);
     // Filtering by artifactType.
     let (got, headers) = referrers(&a, "library/alpine", subject_digest, &artifact_query(SIG_TYPE)).await;
-    assert_eq!(listed(&got), vec![(sig["digest"].as_str().unwrap().to_owned(), SIG_TYPE.to_owned())]);
+    assert_eq!(
+        listed(&got),
+        vec![(sig["digest"].as_str().unwrap().to_owned(), SIG_TYPE.to_owned())]
+    );
     assert_eq!(headers["oci-filters-applied"], "artifactType");
 
     // The signature manifest and its payload pull through like any manifest.
@@ -242,7 +336,10 @@ async fn signatures_come_through_the_mirror_and_a_mirror_of_the_mirror_by_the_re
     let (got, _) = referrers(&b, "library/alpine", subject_digest, "").await;
     assert_eq!(listed(&got), want, "through two hops: {got}");
     let (got, headers) = referrers(&b, "library/alpine", subject_digest, &artifact_query(SBOM_TYPE)).await;
-    assert_eq!(listed(&got), vec![(sbom["digest"].as_str().unwrap().to_owned(), SBOM_TYPE.to_owned())]);
+    assert_eq!(
+        listed(&got),
+        vec![(sbom["digest"].as_str().unwrap().to_owned(), SBOM_TYPE.to_owned())]
+    );
     assert_eq!(headers["oci-filters-applied"], "artifactType");
     assert!(api_answers(a.log()) > answered_before, "B asked A's referrers API");
     assert!(
@@ -300,21 +397,43 @@ async fn dockerd_pulls_through_a_berth_whose_upstream_is_a_berth_and_the_hub_sen
 
     // `?ns=` and path prefixes keep picking the same upstream across both hops.
     let tool = seed["images"]["myorg/tool:1.0"]["digest"].as_str().unwrap();
-    let r = client().get(b.at("/v2/myorg/tool/manifests/1.0?ns=hub2")).send().await.unwrap();
+    let r = client()
+        .get(b.at("/v2/myorg/tool/manifests/1.0?ns=hub2"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "docker-content-digest"), tool);
-    let r = client().get(b.at("/v2/hub2/myorg/tool/manifests/1.0")).send().await.unwrap();
+    let r = client()
+        .get(b.at("/v2/hub2/myorg/tool/manifests/1.0"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "docker-content-digest"), tool);
     assert_eq!(header(&r, "x-berth-cache"), "hit", "both forms share B's cache");
-    let catalog: Value = client().get(a.at("/v2/_catalog")).send().await.unwrap().json().await.unwrap();
+    let catalog: Value = client()
+        .get(a.at("/v2/_catalog"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(
-        catalog["repositories"].as_array().unwrap().contains(&json!("hub2/myorg/tool")),
+        catalog["repositories"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("hub2/myorg/tool")),
         "A cached it under its hub2 upstream: {catalog}"
     );
     // A single-entry remote berth needs no forward_ns: the prefix form passes through as a name.
     let c = berth_for(&a.url, "5m", "");
-    let r = client().get(c.at("/v2/hub2/myorg/tool/manifests/1.0")).send().await.unwrap();
+    let r = client()
+        .get(c.at("/v2/hub2/myorg/tool/manifests/1.0"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(header(&r, "docker-content-digest"), tool);
 }

@@ -304,7 +304,11 @@ pub(super) fn manifest_error(e: upstream::Error, p: &Proxied, reference: &Refere
     match e {
         upstream::Error::NotFound => Error::ManifestUnknown(reference.to_string()),
         upstream::Error::Offline { upstream } => {
-            let sep = if matches!(reference, Reference::Digest(_)) { '@' } else { ':' };
+            let sep = if matches!(reference, Reference::Digest(_)) {
+                '@'
+            } else {
+                ':'
+            };
             Error::ManifestOffline {
                 reference: format!("{}{sep}{reference}", p.local),
                 upstream,

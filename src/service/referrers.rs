@@ -39,7 +39,11 @@ impl Registry {
     async fn proxied_referrers(&self, p: &Proxied, subject: &Digest) -> Result<(Bytes, Cache)> {
         let tag = schema_tag(subject);
         let reference = Reference::Tag(tag.clone());
-        let cached = self.local(&p.local, &reference).await.ok().map(|(_, m)| m.bytes.clone());
+        let cached = self
+            .local(&p.local, &reference)
+            .await
+            .ok()
+            .map(|(_, m)| m.bytes.clone());
         if (p.upstream.is_offline() || self.tag_is_fresh(p, &tag))
             && let Some(bytes) = &cached
         {
@@ -133,8 +137,12 @@ mod tests {
             {"digest": "sha256:3"},
         ]});
         let bytes = serde_json::to_vec(&index).unwrap();
-        let out: serde_json::Value = serde_json::from_slice(&filtered(&bytes, Some("application/sbom")).unwrap()).unwrap();
-        assert_eq!(out["manifests"], json!([{"digest": "sha256:2", "artifactType": "application/sbom"}]));
+        let out: serde_json::Value =
+            serde_json::from_slice(&filtered(&bytes, Some("application/sbom")).unwrap()).unwrap();
+        assert_eq!(
+            out["manifests"],
+            json!([{"digest": "sha256:2", "artifactType": "application/sbom"}])
+        );
         assert_eq!(filtered(&bytes, None).unwrap(), bytes);
         assert!(filtered(b"not json", Some("x")).is_err());
     }

@@ -61,7 +61,9 @@ impl Registry {
                     tracing::info!(upstream = %entry.name, offline = entry.offline, "upstream offline mode changed");
                 }
                 Some(_) => {}
-                None => tracing::warn!(upstream = %entry.name, "an [[upstream]] entry added since the start takes effect only after a restart"),
+                None => {
+                    tracing::warn!(upstream = %entry.name, "an [[upstream]] entry added since the start takes effect only after a restart")
+                }
             }
         }
     }

@@ -452,8 +452,14 @@ mod tests {
             u.head_manifest("owner/app", "latest", &[]).await,
             Err(Error::Offline { upstream }) if upstream == "ghcr.io"
         ));
-        assert!(matches!(u.get_blob("owner/app", &digest).await, Err(Error::Offline { .. })));
-        assert!(matches!(u.referrers("owner/app", &digest).await, Err(Error::Offline { .. })));
+        assert!(matches!(
+            u.get_blob("owner/app", &digest).await,
+            Err(Error::Offline { .. })
+        ));
+        assert!(matches!(
+            u.referrers("owner/app", &digest).await,
+            Err(Error::Offline { .. })
+        ));
         assert!(listener.accept().is_err(), "offline: no connection was made");
         assert!(u.set_offline(false));
         // Online again: the request goes out (and the listener never answers, so just check it
@@ -470,9 +476,18 @@ mod tests {
     #[test]
     fn forward_ns_names_the_upstream_on_every_request() {
         let u = upstream("forward_ns = true", "http://central:5000/");
-        assert_eq!(u.url("/v2/owner/app/manifests/1"), "http://central:5000/v2/owner/app/manifests/1?ns=ghcr.io");
-        assert_eq!(u.url("/v2/owner/app/tags/list?n=5"), "http://central:5000/v2/owner/app/tags/list?n=5&ns=ghcr.io");
+        assert_eq!(
+            u.url("/v2/owner/app/manifests/1"),
+            "http://central:5000/v2/owner/app/manifests/1?ns=ghcr.io"
+        );
+        assert_eq!(
+            u.url("/v2/owner/app/tags/list?n=5"),
+            "http://central:5000/v2/owner/app/tags/list?n=5&ns=ghcr.io"
+        );
         let plain = upstream("", "http://central:5000");
-        assert_eq!(plain.url("/v2/owner/app/manifests/1"), "http://central:5000/v2/owner/app/manifests/1");
+        assert_eq!(
+            plain.url("/v2/owner/app/manifests/1"),
+            "http://central:5000/v2/owner/app/manifests/1"
+        );
     }
 }

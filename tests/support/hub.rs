@@ -208,7 +208,12 @@ impl Hub {
         // The registry behind the hub may name itself in Location; keep only path and query.
         let url = reqwest::Url::parse(&self.url).unwrap().join(&location).unwrap();
         let sep = if url.query().is_some() { '&' } else { '?' };
-        let put = format!("{}{}{}{sep}digest={digest}", self.url, url.path(), url.query().map(|q| format!("?{q}")).unwrap_or_default());
+        let put = format!(
+            "{}{}{}{sep}digest={digest}",
+            self.url,
+            url.path(),
+            url.query().map(|q| format!("?{q}")).unwrap_or_default()
+        );
         let r = c
             .put(put)
             .bearer_auth(&token)

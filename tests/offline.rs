@@ -357,8 +357,16 @@ async fn signatures_come_through_the_mirror_and_a_mirror_of_the_mirror_by_the_re
     // An image nobody signed has an empty list, not an error (hub back up).
     hub.fault(json!({})).await;
     let busybox = seed["images"]["library/busybox:latest"]["digest"].as_str().unwrap();
-    let (got, _) = referrers(&a, "library/busybox", busybox, "").await;
+    let c = berth_for(&hub.url, "5m", "");
+    let (got, headers) = referrers(&c, "library/busybox", busybox, "").await;
     assert_eq!(got["manifests"], json!([]));
+    assert_eq!(headers["x-berth-cache"], "miss");
+    // ... and that answer is remembered for the tag TTL: asking again costs no upstream request.
+    hub.reset_stats().await;
+    let (got, headers) = referrers(&c, "library/busybox", busybox, "").await;
+    assert_eq!(got["manifests"], json!([]));
+    assert_eq!(headers["x-berth-cache"], "hit");
+    assert_eq!(hub_requests(&hub.stats().await), 0);
 }
 
 #[tokio::test]

@@ -129,6 +129,8 @@ pub struct Registry {
     fills: Arc<fill::Fills>,
     /// When each proxied tag was last confirmed with its upstream.
     fresh_tags: Arc<Mutex<HashMap<(RepoName, Tag), Instant>>>,
+    /// Subjects of proxied repositories the upstream listed no referrers for, and when.
+    no_referrers: Arc<referrers::Absent>,
     /// Upload sessions one client may hold open at once.
     session_limit: u32,
     /// Pulls noted in memory, flushed to the metadata store in batches.
@@ -162,6 +164,7 @@ impl Registry {
             claim_on_push: true,
             fills: Arc::new(fill::Fills::new(metrics.clone(), notifier.clone())),
             fresh_tags: Arc::default(),
+            no_referrers: Arc::default(),
             session_limit: u32::MAX,
             pulls: Arc::default(),
             metrics,

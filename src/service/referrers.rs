@@ -8,13 +8,17 @@
 //! is served stale while the upstream is down, and is served however old in offline mode. A
 //! client that reads the tag schema from berth itself gets the same index.
 
+use std::collections::HashMap;
+use std::time::Instant;
+
 use bytes::Bytes;
+use parking_lot::Mutex;
 use serde_json::json;
 
 use super::proxy::manifest_error;
 use super::route::{Proxied, Route};
 use super::{Cache, Error, Registry, Result};
-use crate::oci::{Digest, Reference, Tag, media};
+use crate::oci::{Digest, Reference, RepoName, Tag, media};
 use crate::upstream::{self, RemoteManifest};
 
 impl Registry {
@@ -49,6 +53,9 @@ impl Registry {
         {
             return Ok((bytes.clone(), Cache::Hit));
         }
+        if cached.is_none() && self.no_referrers.fresh(p, subject) {
+            return Ok((empty_index(), Cache::Hit));
+        }
         match p.upstream.referrers(&p.remote, subject).await {
             // The spec makes the answer an OCI index whatever Content-Type says.
             Ok(bytes) => {
@@ -70,8 +77,12 @@ impl Registry {
                         let (_, m) = self.local(&p.local, &Reference::Digest(head.digest.clone())).await?;
                         Ok((m.bytes.clone(), head.cache.unwrap_or(Cache::Hit)))
                     }
-                    // No tag: nothing refers to the subject (yet).
-                    Err(Error::ManifestUnknown(_)) => Ok((empty_index(), Cache::Miss)),
+                    // No tag: nothing refers to the subject (yet); remembered for the tag TTL,
+                    // so asking again does not cost two upstream requests each time.
+                    Err(Error::ManifestUnknown(_)) => {
+                        self.no_referrers.note(p, subject);
+                        Ok((empty_index(), Cache::Miss))
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -83,6 +94,36 @@ impl Registry {
                 None => Err(manifest_error(e, p, &reference)),
             },
         }
+    }
+}
+
+/// Subjects known to have no referrers upstream, each for its upstream's `tag_ttl`. Any client
+/// can name any digest, so the map is bounded: when full, expired entries go, and if that is not
+/// enough, all of them (the cost is only a few upstream requests).
+#[derive(Debug, Default)]
+pub struct Absent(Mutex<HashMap<(RepoName, Digest), Instant>>);
+
+/// Entries [`Absent`] holds at most.
+const ABSENT_MAX: usize = 4096;
+
+impl Absent {
+    fn fresh(&self, p: &Proxied, subject: &Digest) -> bool {
+        self.0
+            .lock()
+            .get(&(p.local.clone(), subject.clone()))
+            .is_some_and(|at| at.elapsed() < p.upstream.settings.tag_ttl)
+    }
+
+    fn note(&self, p: &Proxied, subject: &Digest) {
+        let mut map = self.0.lock();
+        if map.len() >= ABSENT_MAX {
+            let ttl = p.upstream.settings.tag_ttl;
+            map.retain(|_, at| at.elapsed() < ttl);
+            if map.len() >= ABSENT_MAX {
+                map.clear();
+            }
+        }
+        map.insert((p.local.clone(), subject.clone()), Instant::now());
     }
 }
 
@@ -121,7 +162,39 @@ fn filtered(index: &[u8], artifact_type: Option<&str>) -> Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::config::Config;
+    use crate::upstream::Upstream;
+
+    fn proxied(tag_ttl: &str) -> Proxied {
+        crate::install_crypto_provider();
+        let toml = format!("[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\ntag_ttl = \"{tag_ttl}\"\n");
+        let config = Config::from_toml(&toml, std::iter::empty()).unwrap();
+        let upstream = Upstream::new(config.upstream_settings().unwrap().remove(0)).unwrap();
+        Proxied {
+            local: "library/x".parse().unwrap(),
+            remote: "library/x".into(),
+            upstream: Arc::new(upstream),
+        }
+    }
+
+    #[test]
+    fn subjects_without_referrers_are_remembered_for_the_tag_ttl_in_bounded_memory() {
+        let p = proxied("1h");
+        let absent = Absent::default();
+        let d = |i: usize| Digest::sha256_of(&i.to_be_bytes());
+        absent.note(&p, &d(0));
+        assert!(absent.fresh(&p, &d(0)));
+        assert!(!absent.fresh(&p, &d(1)));
+        assert!(!absent.fresh(&proxied("0s"), &d(0)), "expired after the TTL");
+        for i in 1..ABSENT_MAX + 10 {
+            absent.note(&p, &d(i));
+        }
+        assert!(absent.0.lock().len() <= ABSENT_MAX);
+        assert!(absent.fresh(&p, &d(ABSENT_MAX + 9)), "the newest is kept");
+    }
 
     #[test]
     fn the_schema_tag_is_algorithm_dash_hex() {

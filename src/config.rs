@@ -301,6 +301,15 @@ pub struct UpstreamConfig {
     /// The window over which `fill_min_rate` is measured. Default `"30s"`.
     #[serde(default = "default_fill_rate_window")]
     pub fill_rate_window: String,
+    // --- issue 15: air-gapped sites (offline mode, a mirror of a mirror) ---
+    /// Offline mode: berth never contacts this upstream; cached tags never expire and a miss
+    /// answers 404 saying the upstream is offline. Re-read on SIGHUP. Default `false`.
+    #[serde(default)]
+    pub offline: bool,
+    /// The upstream is itself a mirror (another berth): send this entry's `name` with every
+    /// request as containerd's `?ns=`, so the next berth picks the same upstream. Default `false`.
+    #[serde(default)]
+    pub forward_ns: bool,
 }
 
 fn default_max_retry_after() -> String {
@@ -341,6 +350,8 @@ impl UpstreamConfig {
             max_retry_after: default_max_retry_after(),
             fill_min_rate: default_fill_min_rate(),
             fill_rate_window: default_fill_rate_window(),
+            offline: false,
+            forward_ns: false,
         }
     }
 }
@@ -359,6 +370,10 @@ pub struct UpstreamSettings {
     /// Bytes per second a fill must average over `fill_rate_window`.
     pub fill_min_rate: u64,
     pub fill_rate_window: Duration,
+    /// Offline at startup (switchable at runtime).
+    pub offline: bool,
+    /// Send `?ns=<name>` upstream.
+    pub forward_ns: bool,
 }
 
 fn size(key: &str, text: &str) -> Result<u64, ConfigError> {
@@ -670,6 +685,8 @@ impl Config {
                     fill_min_rate: size(&key("fill_min_rate"), &u.fill_min_rate)?,
                     fill_rate_window: duration(&key("fill_rate_window"), &u.fill_rate_window)?
                         .max(Duration::from_secs(1)),
+                    offline: u.offline,
+                    forward_ns: u.forward_ns,
                 })
             })
             .collect()

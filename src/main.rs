@@ -285,8 +285,8 @@ async fn collect_periodically(registry: Registry, policy: berth::gc::Policy, int
 }
 
 /// On SIGHUP, read the config file again (environment overrides included) and apply
-/// `[storage] read_only` and `[storage] delete`. Other keys need a restart; a file that no longer
-/// parses is reported and changes nothing.
+/// `[storage] read_only`, `[storage] delete` and each `[[upstream]]`'s `offline`. Other keys need
+/// a restart; a file that no longer parses is reported and changes nothing.
 async fn reread_switches_on_sighup(registry: Registry, path: Option<PathBuf>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -297,10 +297,11 @@ async fn reread_switches_on_sighup(registry: Registry, path: Option<PathBuf>) {
         match Config::load(path.as_deref()) {
             Ok(config) => {
                 registry.apply_switches(&config.storage);
+                registry.apply_offline(&config.upstreams);
                 tracing::info!(
                     read_only = config.storage.read_only,
                     delete = config.storage.delete,
-                    "SIGHUP: [storage] read_only and delete re-read"
+                    "SIGHUP: [storage] read_only and delete, and [[upstream]] offline, re-read"
                 );
             }
             Err(e) => tracing::error!(error = %e, "SIGHUP: the configuration did not load; nothing changed"),
@@ -329,7 +330,10 @@ fn startup_line(config: &Config, state: &AppState, addr: std::net::SocketAddr) {
         let names: Vec<String> = config
             .upstreams
             .iter()
-            .map(|u| format!("{} ({})", u.name, without_userinfo(&u.url)))
+            .map(|u| {
+                let offline = if u.offline { ", offline" } else { "" };
+                format!("{} ({}{offline})", u.name, without_userinfo(&u.url))
+            })
             .collect();
         names.join(", ")
     };

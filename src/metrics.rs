@@ -312,6 +312,8 @@ pub struct Metrics {
     upstream_latency: HistogramFamily<UpstreamLabels>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     upstream_bytes: Family<UpstreamLabels, Counter>,
+    /// 1 while an upstream is in offline mode (issue 15).
+    upstream_offline: Family<UpstreamLabels, Gauge>,
     /// Cached manifests evicted (and untagged private ones deleted) by GC runs.
     pub evictions: Counter,
     /// Garbage collection runs completed: `metrics.gc_runs.inc()`.
@@ -419,6 +421,12 @@ impl Metrics {
             Unit::Bytes,
             upstream_bytes.clone(),
         );
+        let upstream_offline = Family::<UpstreamLabels, Gauge>::default();
+        r.register(
+            "upstream_offline",
+            "1 while an upstream is in offline mode (berth does not contact it), else 0",
+            upstream_offline.clone(),
+        );
         let evictions = Counter::default();
         r.register(
             "evictions",
@@ -485,6 +493,7 @@ impl Metrics {
             upstream_latency,
             upstream_errors,
             upstream_bytes,
+            upstream_offline,
             evictions,
 
             gc_runs,
@@ -566,6 +575,7 @@ impl Metrics {
         UpstreamMetrics {
             latency: self.upstream_latency.get_or_create_owned(&labels),
             bytes: self.upstream_bytes.get_or_create_owned(&labels),
+            offline: self.upstream_offline.get_or_create_owned(&labels),
             errors: UpstreamError::ALL.map(|reason| {
                 self.upstream_errors.get_or_create_owned(&UpstreamErrorLabels {
                     upstream: upstream.clone(),
@@ -641,6 +651,7 @@ pub struct UpstreamMetrics {
     latency: Histogram,
     bytes: Counter,
     errors: [Counter; 5],
+    offline: Gauge,
 }
 
 impl Default for UpstreamMetrics {
@@ -663,6 +674,11 @@ impl UpstreamMetrics {
 
     pub fn error(&self, reason: UpstreamError) {
         self.errors[reason as usize].inc();
+    }
+
+    /// Offline mode on (1) or off (0).
+    pub fn set_offline(&self, on: bool) {
+        self.offline.set(i64::from(on));
     }
 
     /// `n` body bytes read from the upstream.

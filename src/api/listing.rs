@@ -50,10 +50,13 @@ pub async fn tags(reg: &Registry, route: &Route, repo: &RepoName, params: &Param
     Ok(with_link(response, &format!("/v2/{repo}/tags/list"), n, &page))
 }
 
-pub fn referrers(reg: &Registry, repo: &RepoName, subject: &Digest, params: &Params) -> Result<Response> {
+/// The referrers of `subject`; a mirrored repository's come from its upstream (see
+/// `service::referrers`).
+pub async fn referrers(reg: &Registry, route: &Route, subject: &Digest, params: &Params) -> Result<Response> {
     let filter = params.artifact_type.as_deref();
-    let body = reg.referrers(repo, subject, filter)?;
+    let (body, cache) = reg.referrers_of(route, subject, filter).await?;
     let mut response = ([(header::CONTENT_TYPE, media::OCI_INDEX)], body).into_response();
+    super::set_cache(&mut response, cache);
     if filter.is_some() {
         const FILTERS: HeaderName = HeaderName::from_static("oci-filters-applied");
         response

@@ -231,8 +231,7 @@ impl Call<'_> {
             }
             (Method::GET, Endpoint::Tags(repo)) => listing::tags(reg, &self.readable(&repo)?, &repo, params).await,
             (Method::GET, Endpoint::Referrers(repo, d)) => {
-                let route = self.readable(&repo)?;
-                listing::referrers(reg, route.local(), &d, params)
+                listing::referrers(reg, &self.readable(&repo)?, &d, params).await
             }
             (Method::GET, Endpoint::Manifest(repo, r)) => manifests::get(reg, &self.readable(&repo)?, &r, h).await,
             (Method::HEAD, Endpoint::Manifest(repo, r)) => manifests::head(reg, &self.readable(&repo)?, &r, h).await,

@@ -7,6 +7,7 @@ mod fill;
 mod listing;
 mod manifests;
 mod proxy;
+mod referrers;
 mod route;
 mod switches;
 mod usage;
@@ -75,6 +76,12 @@ pub enum Error {
     ManifestUnknown(String),
     #[error("blob {0} is not known in this repository")]
     BlobUnknown(Digest),
+    /// Offline mode, and the manifest is not in the cache (404 `MANIFEST_UNKNOWN`).
+    #[error("upstream {upstream} is offline (berth does not contact it) and manifest {reference} is not cached")]
+    ManifestOffline { reference: String, upstream: String },
+    /// Offline mode, and the blob is not in the cache (404 `BLOB_UNKNOWN`).
+    #[error("upstream {upstream} is offline (berth does not contact it) and blob {digest} is not cached")]
+    BlobOffline { digest: Digest, upstream: String },
     #[error("manifest invalid: {0}")]
     ManifestInvalid(String),
     #[error("manifest exceeds the {MAX_MANIFEST_BYTES}-byte limit")]
@@ -122,6 +129,8 @@ pub struct Registry {
     fills: Arc<fill::Fills>,
     /// When each proxied tag was last confirmed with its upstream.
     fresh_tags: Arc<Mutex<HashMap<(RepoName, Tag), Instant>>>,
+    /// Subjects of proxied repositories the upstream listed no referrers for, and when.
+    no_referrers: Arc<referrers::Absent>,
     /// Upload sessions one client may hold open at once.
     session_limit: u32,
     /// Pulls noted in memory, flushed to the metadata store in batches.
@@ -155,6 +164,7 @@ impl Registry {
             claim_on_push: true,
             fills: Arc::new(fill::Fills::new(metrics.clone(), notifier.clone())),
             fresh_tags: Arc::default(),
+            no_referrers: Arc::default(),
             session_limit: u32::MAX,
             pulls: Arc::default(),
             metrics,

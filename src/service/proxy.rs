@@ -1,6 +1,8 @@
 //! Pull-through for proxied repositories: manifests by tag live for the upstream's `tag_ttl`,
 //! then one HEAD revalidates them; content by digest is immutable; blob misses go through the
 //! single-flight fills. When the upstream fails, cached content is served and marked stale.
+//! In offline mode the upstream is never asked: what is cached is served however old, and a miss
+//! is a 404 that says so.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +18,7 @@ use crate::store::Origin;
 use crate::upstream::{self, RemoteManifest};
 
 impl Registry {
-    fn tag_is_fresh(&self, p: &Proxied, tag: &Tag) -> bool {
+    pub(super) fn tag_is_fresh(&self, p: &Proxied, tag: &Tag) -> bool {
         let fresh = self.fresh_tags.lock();
         fresh
             .get(&(p.local.clone(), tag.clone()))
@@ -37,6 +39,13 @@ impl Registry {
         accept: &[String],
     ) -> Result<(ManifestHead, Option<Bytes>)> {
         let cached = self.local_head(&p.local, reference).await.ok();
+        if p.upstream.is_offline() {
+            // Offline: a cached tag never expires, and nothing is asked upstream.
+            return match cached {
+                Some(head) => Ok((with_cache(Some(head), Cache::Hit), None)),
+                None => Err(manifest_error(upstream_offline(p), p, reference)),
+            };
+        }
         let tag = match reference {
             // Content by digest never changes: a cached copy is always good.
             Reference::Digest(_) if cached.is_some() => {
@@ -81,7 +90,7 @@ impl Registry {
             }
             (Err(upstream::Error::NotFound), _) => Err(Error::ManifestUnknown(reference.to_string())),
             (Err(e), Some(cached)) => Ok((self.stale(p, reference, Some(cached), &e), None)),
-            (Err(e), None) => Err(Error::Upstream(e)),
+            (Err(e), None) => Err(manifest_error(e, p, reference)),
         }
     }
 
@@ -109,10 +118,19 @@ impl Registry {
             .upstream
             .get_manifest(&p.remote, &by.to_string(), accept, expected)
             .await
-            .map_err(|e| match e {
-                upstream::Error::NotFound => Error::ManifestUnknown(by.to_string()),
-                other => Error::Upstream(other),
-            })?;
+            .map_err(|e| manifest_error(e, p, by))?;
+        let bytes = remote.bytes.clone();
+        Ok((self.cache_manifest(p, by, remote, tag).await?, Some(bytes)))
+    }
+
+    /// Verify-parsed, store and (with `tag`) tag a manifest fetched from the upstream.
+    pub(super) async fn cache_manifest(
+        &self,
+        p: &Proxied,
+        by: &Reference,
+        remote: RemoteManifest,
+        tag: Option<&Tag>,
+    ) -> Result<ManifestHead> {
         let RemoteManifest {
             digest,
             media_type,
@@ -160,7 +178,7 @@ impl Registry {
                 }
             }
         };
-        Ok((head, Some(bytes)))
+        Ok(head)
     }
 
     /// A proxied blob: from the store when cached, else streamed through a fill. With `whole`
@@ -168,6 +186,9 @@ impl Registry {
     pub(super) async fn proxied_blob(&self, p: &Proxied, digest: &Digest, whole: bool) -> Result<BlobBody> {
         if let Some(file) = self.cached_blob(p, digest).await? {
             return Ok(BlobBody::File(file, Some(Cache::Hit)));
+        }
+        if p.upstream.is_offline() {
+            return Err(blob_error(upstream_offline(p), digest));
         }
         let fill = self
             .fills
@@ -226,8 +247,7 @@ impl Registry {
     async fn confirm_upstream_has(&self, p: &Proxied, digest: &Digest) -> Result<()> {
         match p.upstream.head_blob(&p.remote, digest).await {
             Ok(_) => Ok(()),
-            Err(upstream::Error::NotFound) => Err(Error::BlobUnknown(digest.clone())),
-            Err(e) => Err(Error::Upstream(e)),
+            Err(e) => Err(blob_error(e, digest)),
         }
     }
 
@@ -242,8 +262,7 @@ impl Registry {
                 upstream: p.upstream.name().into(),
                 reason: "blob HEAD without Content-Length".into(),
             })),
-            Err(upstream::Error::NotFound) => Err(Error::BlobUnknown(digest.clone())),
-            Err(e) => Err(Error::Upstream(e)),
+            Err(e) => Err(blob_error(e, digest)),
         }
     }
 
@@ -273,10 +292,47 @@ fn is_outage(e: &upstream::Error) -> bool {
     !matches!(e, upstream::Error::NotFound)
 }
 
+/// The error an offline upstream's client gives, without a request.
+fn upstream_offline(p: &Proxied) -> upstream::Error {
+    upstream::Error::Offline {
+        upstream: p.upstream.name().to_owned(),
+    }
+}
+
+/// An upstream failure to fetch manifest `reference` of `p`, as a client of berth sees it.
+pub(super) fn manifest_error(e: upstream::Error, p: &Proxied, reference: &Reference) -> Error {
+    match e {
+        upstream::Error::NotFound => Error::ManifestUnknown(reference.to_string()),
+        upstream::Error::Offline { upstream } => {
+            let sep = if matches!(reference, Reference::Digest(_)) {
+                '@'
+            } else {
+                ':'
+            };
+            Error::ManifestOffline {
+                reference: format!("{}{sep}{reference}", p.local),
+                upstream,
+            }
+        }
+        other => Error::Upstream(other),
+    }
+}
+
+/// An upstream failure to fetch blob `digest`, as a client of berth sees it.
+fn blob_error(e: upstream::Error, digest: &Digest) -> Error {
+    match e {
+        upstream::Error::NotFound => Error::BlobUnknown(digest.clone()),
+        upstream::Error::Offline { upstream } => Error::BlobOffline {
+            digest: digest.clone(),
+            upstream,
+        },
+        other => Error::Upstream(other),
+    }
+}
+
 fn fill_error(e: FillError, digest: &Digest) -> Error {
     match e {
-        FillError::Upstream(upstream::Error::NotFound) => Error::BlobUnknown(digest.clone()),
-        FillError::Upstream(e) => Error::Upstream(e),
+        FillError::Upstream(e) => blob_error(e, digest),
         FillError::Corrupt(reason) => Error::Upstream(upstream::Error::Invalid {
             upstream: "upstream".into(),
             reason,

@@ -1,7 +1,8 @@
-//! Switches an operator flips while berth serves: read-only maintenance mode and whether deletes
-//! are allowed (`[storage] read_only` and `[storage] delete`, re-read on SIGHUP). Every write path
-//! of the service asks here first, so the HTTP API, the web UI and the maintenance commands obey
-//! the same switch.
+//! Switches an operator flips while berth serves: read-only maintenance mode, whether deletes
+//! are allowed (`[storage] read_only` and `[storage] delete`), and each upstream's offline mode
+//! (`[[upstream]] offline`), all re-read on SIGHUP. Every write path of the service asks here
+//! first, so the HTTP API, the web UI and the maintenance commands obey the same switch; the
+//! offline switch lives in the upstream client itself, so no path can contact an offline upstream.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -48,6 +49,38 @@ impl Registry {
 
     pub fn delete_enabled(&self) -> bool {
         self.switches.delete.load(Ordering::SeqCst)
+    }
+
+    /// Set each configured upstream's offline mode as its `[[upstream]]` entry says (at startup
+    /// and on SIGHUP). Entries that name no running upstream are reported: adding or removing an
+    /// upstream needs a restart.
+    pub fn apply_offline(&self, entries: &[crate::config::UpstreamConfig]) {
+        for entry in entries {
+            match self.set_offline(&entry.name, entry.offline) {
+                Some(was) if was != entry.offline => {
+                    tracing::info!(upstream = %entry.name, offline = entry.offline, "upstream offline mode changed");
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(upstream = %entry.name, "an [[upstream]] entry added since the start takes effect only after a restart")
+                }
+            }
+        }
+    }
+
+    /// Turn offline mode of upstream `name` on or off; its previous state, or `None` when no
+    /// upstream has that name.
+    pub fn set_offline(&self, name: &str, on: bool) -> Option<bool> {
+        let upstream = self.upstreams.iter().find(|u| u.name() == name)?;
+        Some(upstream.set_offline(on))
+    }
+
+    /// Each upstream's name and whether it is offline, in configuration order.
+    pub fn upstream_modes(&self) -> Vec<(String, bool)> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.name().to_owned(), u.is_offline()))
+            .collect()
     }
 
     /// Refuse a push (an upload or a manifest PUT) in read-only mode.

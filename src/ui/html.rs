@@ -119,6 +119,8 @@ td.num{text-align:right;white-space:nowrap}
 .badge.private{background:var(--private)}
 .badge.cached{background:var(--cached)}
 .badge.missing{background:#8c959f}
+.badge.online{background:#1a7f37}
+.badge.offline{background:#cf222e}
 .search{display:flex;gap:.5rem;margin:0 0 1rem}
 .search input{flex:1;max-width:28rem;padding:.45rem .7rem;border:1px solid #c6ccd4;border-radius:6px;font-size:1rem}
 button{padding:.45rem .9rem;border:1px solid #c6ccd4;border-radius:6px;background:#fff;font-size:.95rem;cursor:pointer}

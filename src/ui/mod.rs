@@ -320,6 +320,7 @@ async fn home(
         stale,
         saved: ui.registry.metrics().bytes_saved(),
         usage: usage.ok(),
+        upstreams: ui.registry.upstream_modes(),
     };
     ui.respond(
         &viewer,

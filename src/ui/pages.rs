@@ -29,6 +29,34 @@ pub struct Stats {
     /// Body bytes answered from the cache.
     pub saved: u64,
     pub usage: Option<Usage>,
+    /// Each upstream's name and whether it is in offline mode.
+    pub upstreams: Vec<(String, bool)>,
+}
+
+/// A card with each upstream's mode: an operator sees at a glance that a site runs offline.
+fn upstreams_card(upstreams: &[(String, bool)]) -> String {
+    if upstreams.is_empty() {
+        return String::new();
+    }
+    let mut modes = String::new();
+    for (name, offline) in upstreams {
+        let badge = if *offline {
+            "<span class=\"badge offline\">offline</span>"
+        } else {
+            "<span class=\"badge online\">online</span>"
+        };
+        let _ = write!(modes, "<div>{} {badge}</div>", esc(name));
+    }
+    let offline = upstreams.iter().filter(|(_, o)| *o).count();
+    let value = match offline {
+        0 => "online".to_owned(),
+        n if n == upstreams.len() => "offline".to_owned(),
+        n => format!("{n} of {} offline", upstreams.len()),
+    };
+    format!(
+        "<div class=\"card\"><div class=\"label\">Upstreams</div><div class=\"value\">{value}</div>\
+         <div class=\"sub\">{modes}</div></div>"
+    )
 }
 
 fn kind_badge(repo: &RepoSummary) -> String {
@@ -87,6 +115,7 @@ pub fn home(ctx: &Ctx, stats: &Stats, query: &str, list: &RepoList) -> String {
              <div class=\"sub\">could not be measured; see the log</div></div>",
         ),
     }
+    b.push_str(&upstreams_card(&stats.upstreams));
     b.push_str("</section>");
     let _ = write!(
         b,

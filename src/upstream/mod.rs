@@ -11,6 +11,7 @@ mod budget;
 /// Public for the fuzz target in fuzz/: challenges come from upstreams, untrusted.
 pub use auth::{Challenge, parse_challenge};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +33,9 @@ pub enum Error {
     NotFound,
     #[error("upstream {upstream} sent invalid content: {reason}")]
     Invalid { upstream: String, reason: String },
+    /// Offline mode: the request was never sent.
+    #[error("upstream {upstream} is offline")]
+    Offline { upstream: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -69,6 +73,8 @@ pub struct Upstream {
     tokens: auth::Tokens,
     budget: budget::Budget,
     metrics: UpstreamMetrics,
+    /// Offline mode: `send` refuses every request, so nothing reaches the upstream.
+    offline: AtomicBool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -90,6 +96,7 @@ impl Upstream {
             .build()?;
         let budget = budget::Budget::new(settings.requests_per_second, settings.burst, settings.max_retry_after);
         Ok(Upstream {
+            offline: AtomicBool::new(settings.offline),
             settings,
             http,
             tokens: auth::Tokens::default(),
@@ -100,8 +107,21 @@ impl Upstream {
 
     /// Count this upstream's requests in `metrics` (a detached set otherwise).
     pub fn with_metrics(mut self, metrics: UpstreamMetrics) -> Upstream {
+        metrics.set_offline(self.is_offline());
         self.metrics = metrics;
         self
+    }
+
+    /// Whether offline mode is on: no request reaches this upstream.
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::SeqCst)
+    }
+
+    /// Turn offline mode on or off; returns the previous state.
+    pub fn set_offline(&self, on: bool) -> bool {
+        let was = self.offline.swap(on, Ordering::SeqCst);
+        self.metrics.set_offline(on);
+        was
     }
 
     pub fn metrics(&self) -> &UpstreamMetrics {
@@ -119,8 +139,17 @@ impl Upstream {
         }
     }
 
+    /// The URL of `path`; with `forward_ns`, carrying this upstream's name as `?ns=` (the next
+    /// berth routes by it, as it does for containerd).
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.settings.url.as_str().trim_end_matches('/'), path)
+        let base = self.settings.url.as_str().trim_end_matches('/');
+        if !self.settings.forward_ns {
+            return format!("{base}{path}");
+        }
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut ns = form_urlencoded::Serializer::new(String::new());
+        ns.append_pair("ns", &self.settings.name);
+        format!("{base}{path}{sep}{}", ns.finish())
     }
 
     /// HEAD a manifest. Docker Hub does not count HEADs against its pull rate limit.
@@ -149,21 +178,7 @@ impl Upstream {
             .await?;
         let media_type = header(&response, CONTENT_TYPE.as_str());
         let announced: Option<Digest> = header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
-        if response
-            .content_length()
-            .is_some_and(|n| n > crate::service::MAX_MANIFEST_BYTES as u64)
-        {
-            self.metrics.error(UpstreamError::Invalid);
-            return Err(Error::Invalid {
-                upstream: self.settings.name.clone(),
-                reason: "manifest exceeds 4 MiB".into(),
-            });
-        }
-        let bytes = response.bytes().await.map_err(|e| {
-            self.metrics.error(UpstreamError::Body);
-            self.unavailable(format!("reading manifest: {e}"))
-        })?;
-        self.metrics.received(bytes.len() as u64);
+        let bytes = self.manifest_body(response, "manifest").await?;
         let check = expected.or(announced.as_ref());
         let digest = match check {
             Some(d) => {
@@ -203,6 +218,37 @@ impl Upstream {
         Ok(header(&response, "content-length").and_then(|n| n.parse().ok()))
     }
 
+    /// GET the referrers index of `subject` (OCI 1.1 referrers API), unfiltered. `Error::NotFound`
+    /// when the upstream has no such API (distribution 2.8 answers 404).
+    pub async fn referrers(&self, name: &str, subject: &Digest) -> Result<Bytes> {
+        let accept = [crate::oci::media::OCI_INDEX.to_owned()];
+        let response = self
+            .send(Method::GET, name, &format!("/v2/{name}/referrers/{subject}"), &accept)
+            .await?;
+        self.manifest_body(response, "referrers index").await
+    }
+
+    /// The body of a manifest-sized response (`what` names it in errors): refused when its
+    /// announced length exceeds the manifest limit.
+    async fn manifest_body(&self, response: Response, what: &str) -> Result<Bytes> {
+        if response
+            .content_length()
+            .is_some_and(|n| n > crate::service::MAX_MANIFEST_BYTES as u64)
+        {
+            self.metrics.error(UpstreamError::Invalid);
+            return Err(Error::Invalid {
+                upstream: self.settings.name.clone(),
+                reason: format!("{what} exceeds 4 MiB"),
+            });
+        }
+        let bytes = response.bytes().await.map_err(|e| {
+            self.metrics.error(UpstreamError::Body);
+            self.unavailable(format!("reading {what}: {e}"))
+        })?;
+        self.metrics.received(bytes.len() as u64);
+        Ok(bytes)
+    }
+
     /// GET the upstream's tag list (query passed through); the JSON body as it came.
     pub async fn tags(&self, name: &str, query: &str) -> Result<Bytes> {
         let path = format!(
@@ -225,6 +271,11 @@ impl Upstream {
     /// Send an idempotent request for repository `name` through the budget, authenticating on a
     /// challenge, retrying connection failures, and following redirects without credentials.
     async fn send(&self, method: Method, name: &str, path: &str, accept: &[String]) -> Result<Response> {
+        if self.is_offline() {
+            return Err(Error::Offline {
+                upstream: self.settings.name.clone(),
+            });
+        }
         let scope = format!("repository:{name}:pull");
         let mut auth: Option<Auth> = self.tokens.get(&self.token_key(&scope)).map(Auth::Bearer);
         let mut authenticated_once = false;
@@ -379,4 +430,67 @@ fn header(response: &Response, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn upstream(entry: &str, url: &str) -> Upstream {
+        crate::install_crypto_provider();
+        let toml = format!("[[upstream]]\nname = \"ghcr.io\"\nurl = \"{url}\"\n{entry}\n");
+        let config = Config::from_toml(&toml, std::iter::empty::<(String, String)>()).unwrap();
+        Upstream::new(config.upstream_settings().unwrap().remove(0)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_offline_upstream_is_never_connected_to_and_switches_back() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let u = upstream("offline = true", &format!("http://{}", listener.local_addr().unwrap()));
+        assert!(u.is_offline());
+        let digest = Digest::sha256_of(b"x");
+        assert!(matches!(
+            u.head_manifest("owner/app", "latest", &[]).await,
+            Err(Error::Offline { upstream }) if upstream == "ghcr.io"
+        ));
+        assert!(matches!(
+            u.get_blob("owner/app", &digest).await,
+            Err(Error::Offline { .. })
+        ));
+        assert!(matches!(
+            u.referrers("owner/app", &digest).await,
+            Err(Error::Offline { .. })
+        ));
+        assert!(listener.accept().is_err(), "offline: no connection was made");
+        assert!(u.set_offline(false));
+        // Online again: the request goes out (and the listener never answers, so just check it
+        // connected).
+        let pending = tokio::spawn(async move { u.head_manifest("owner/app", "latest", &[]).await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while listener.accept().is_err() {
+            assert!(Instant::now() < deadline, "online: the request never connected");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pending.abort();
+    }
+
+    #[test]
+    fn forward_ns_names_the_upstream_on_every_request() {
+        let u = upstream("forward_ns = true", "http://central:5000/");
+        assert_eq!(
+            u.url("/v2/owner/app/manifests/1"),
+            "http://central:5000/v2/owner/app/manifests/1?ns=ghcr.io"
+        );
+        assert_eq!(
+            u.url("/v2/owner/app/tags/list?n=5"),
+            "http://central:5000/v2/owner/app/tags/list?n=5&ns=ghcr.io"
+        );
+        let plain = upstream("", "http://central:5000");
+        assert_eq!(
+            plain.url("/v2/owner/app/manifests/1"),
+            "http://central:5000/v2/owner/app/manifests/1"
+        );
+    }
 }

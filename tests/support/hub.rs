@@ -190,6 +190,63 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Push `bytes` as a blob of `repo` as the hub's user (POST, then PUT to the upload's path);
+    /// returns the digest.
+    pub async fn push_blob_bytes(&self, repo: &str, bytes: &[u8]) -> String {
+        let token = self.push_token(repo).await;
+        let c = super::client::client();
+        let digest = super::sha256(bytes);
+        let r = c
+            .post(format!("{}/v2/{repo}/blobs/uploads/", self.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202, "hub start upload to {repo}");
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        // The registry behind the hub may name itself in Location; keep only path and query.
+        let url = reqwest::Url::parse(&self.url).unwrap().join(&location).unwrap();
+        let sep = if url.query().is_some() { '&' } else { '?' };
+        let put = format!(
+            "{}{}{}{sep}digest={digest}",
+            self.url,
+            url.path(),
+            url.query().map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        let r = c
+            .put(put)
+            .bearer_auth(&token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "hub upload {digest} to {repo}");
+        digest
+    }
+
+    /// PUT a manifest to the hub as its user; returns its digest.
+    pub async fn put_manifest_bytes(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> String {
+        let token = self.push_token(repo).await;
+        let r = super::client::client()
+            .put(format!("{}/v2/{repo}/manifests/{reference}", self.url))
+            .bearer_auth(&token)
+            .header("content-type", media_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert!(
+            status.is_success(),
+            "hub PUT manifest {repo}:{reference}: {status} {}",
+            r.text().await.unwrap_or_default()
+        );
+        super::sha256(bytes)
+    }
+}
+
 impl Drop for Hub {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::tree::{Tree, walk};
 use super::{Error, ExportOptions, Origins, Progress, REF_NAME, Result, Sink, io_at, ref_name};
-use crate::oci::{Descriptor, Digest, RepoName, Tag};
+use crate::oci::{Descriptor, Digest, RepoName, Tag, media};
 use crate::service::Registry;
 use crate::store::{Blobs, Origin};
 
@@ -113,6 +113,16 @@ impl Registry {
                     continue;
                 }
                 warn(format!("{name} exported without {missing}"), &mut report);
+            }
+            if matches!(media_type.as_str(), media::DOCKER_MANIFEST | media::DOCKER_LIST) {
+                // Kept as it is (converting would change its digest), and said once per image:
+                // skopeo's oci: transport (1.9, at least) skips entries that are not OCI-typed.
+                warn(
+                    format!(
+                        "{name} is in Docker's manifest format, which berth import reads but skopeo's oci: transport does not"
+                    ),
+                    &mut report,
+                );
             }
             let mut d = descriptor;
             d.annotations.insert(REF_NAME.into(), name.clone());

@@ -439,3 +439,46 @@ async fn referrers_come_along_and_read_only_mode_refuses_imports() {
         .unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"a signature");
 }
+
+#[tokio::test]
+async fn an_import_as_an_upstreams_cache_is_served_under_the_mirrors_names() {
+    let a = Berth::start("");
+    let pushed = push_image(&a.url, "app", "1", &[&b"cached layer"[..]]).await;
+    let work = tempfile::tempdir().unwrap();
+    let tar = work.path().join("app.tar");
+    berth_ok(&a, &["export", "--output", tar.to_str().unwrap(), "app:1"]);
+
+    // A mirror of a Docker Hub it cannot reach (nothing listens on port 9).
+    let c = Berth::start("[[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:9\"\ntimeout = \"2s\"\n");
+    let unknown = berth_fails(&c, &["import", tar.to_str().unwrap(), "--upstream", "ghcr.io"]);
+    assert!(
+        unknown.contains("not a configured upstream (configured: docker.io)"),
+        "{unknown}"
+    );
+    let out = berth_ok(&c, &["import", tar.to_str().unwrap(), "--upstream", "docker.io"]);
+    assert!(
+        out.contains("imported library/app:1"),
+        "Docker Hub's name for it: {out}"
+    );
+    for name in ["app", "library/app"] {
+        let r = client()
+            .get(c.at(&format!("/v2/{name}/manifests/1")))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{name}");
+        assert_eq!(support::client::header(&r, "docker-content-digest"), pushed);
+        assert_eq!(
+            support::client::header(&r, "x-berth-cache"),
+            "stale",
+            "served from the cache"
+        );
+    }
+    let du = berth_ok(&c, &["du"]);
+    assert!(
+        du.lines()
+            .any(|l| l.starts_with("library/app") && l.contains("docker.io")),
+        "{du}"
+    );
+}

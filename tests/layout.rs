@@ -353,8 +353,22 @@ async fn an_import_cut_off_midway_shows_nothing_and_a_second_run_finishes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-    writer.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    // In a thread: opening a pipe waits for its reader, which a broken import never opens.
+    let half = bytes[..bytes.len() / 2].to_vec();
+    let feeder = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || {
+            let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            writer.write_all(&half).unwrap();
+            writer
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !feeder.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "the import never read the pipe");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let writer = feeder.join().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     import.kill().unwrap();
     import.wait().unwrap();

@@ -73,6 +73,11 @@ impl Registry {
             ));
         }
         let roots = self.export_selection(opts)?;
+        if roots.is_empty() {
+            return Err(Error::Invalid(
+                "nothing to export: the store holds no tagged image of that kind".into(),
+            ));
+        }
         let mut report = ExportReport {
             output: output.display().to_string(),
             ..Default::default()

@@ -6,7 +6,7 @@
 
 // issue 15: `berth export` and `berth import`.
 mod layout;
-pub use layout::{export, import};
+pub use layout::{ExportArgs, ImportArgs, export, import};
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

@@ -13,7 +13,6 @@ use berth::auth::Auth;
 use berth::config::{Config, LogFormat};
 use berth::server::{Options, TlsFiles};
 use berth::service::Registry;
-use berth::service::layout::{ExportOptions, ImportOptions, Origins};
 use berth::store::Store;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -71,47 +70,11 @@ enum Command {
     /// Write images to an OCI image layout: a directory, or a tar when PATH ends in .tar. Each
     /// tag becomes an index.json entry named REPO:TAG (org.opencontainers.image.ref.name), as
     /// `skopeo copy oci:PATH:REPO:TAG …` and `berth import` read it.
-    Export {
-        /// The directory or .tar file to write; it must not exist yet.
-        #[arg(long, short, value_name = "PATH")]
-        output: std::path::PathBuf,
-        /// REPO or REPO:TAG; `*` matches any run of characters (`team/*`, `library/alpine:3.*`).
-        /// A pattern without a tag takes every tag.
-        #[arg(value_name = "REPO[:TAG]", required_unless_present = "all")]
-        patterns: Vec<String>,
-        /// Every tag of every repository.
-        #[arg(long)]
-        all: bool,
-        /// Only private (pushed) repositories.
-        #[arg(long, conflicts_with = "cached")]
-        private: bool,
-        /// Only repositories cached from an upstream.
-        #[arg(long)]
-        cached: bool,
-        /// Bring along the manifests that refer to an exported one (signatures, SBOMs).
-        #[arg(long)]
-        referrers: bool,
-        /// Export what the store has of incomplete images (a multi-arch image of which only some
-        /// platforms were pulled carries those platforms) instead of refusing.
-        #[arg(long)]
-        partial: bool,
-    },
+    Export(cli::ExportArgs),
     /// Read an OCI image layout (a directory or a tar of one) into the store, as private content
     /// or, with --upstream, as content cached from that upstream. Every digest is verified;
     /// images appear whole or not at all, and running it again finishes an interrupted import.
-    Import {
-        /// The layout directory or tar.
-        path: std::path::PathBuf,
-        /// Store the images as cached content of this configured upstream.
-        #[arg(long, value_name = "NAME")]
-        upstream: Option<String>,
-        /// The repository for ref names that are bare tags (skopeo's `oci:DIR:TAG`).
-        #[arg(long, value_name = "REPO")]
-        repository: Option<String>,
-        /// Accept multi-arch images of which some platforms are not in the layout.
-        #[arg(long)]
-        partial: bool,
-    },
+    Import(cli::ImportArgs),
 }
 
 fn init_logging(config: &Config) {
@@ -164,44 +127,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete { reference, repository } => cli::delete(&config, reference, repository).await,
         Command::Du => cli::du(&config).await,
         // --- issue 15: export and import ---
-        Command::Export {
-            output,
-            patterns,
-            all,
-            private,
-            cached,
-            referrers,
-            partial,
-        } => {
-            let origins = match (private, cached) {
-                (true, _) => Origins::Private,
-                (_, true) => Origins::Cached,
-                _ => Origins::Both,
-            };
-            let opts = ExportOptions {
-                output,
-                patterns,
-                all,
-                origins,
-                referrers,
-                partial,
-            };
-            cli::export(&config, opts).await
-        }
-        Command::Import {
-            path,
-            upstream,
-            repository,
-            partial,
-        } => {
-            let opts = ImportOptions {
-                path,
-                upstream,
-                repository,
-                partial,
-            };
-            cli::import(&config, opts).await
-        }
+        Command::Export(args) => cli::export(&config, args.into()).await,
+        Command::Import(args) => cli::import(&config, args.into()).await,
     }
 }
 

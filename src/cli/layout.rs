@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use berth::config::Config;
 use berth::service::Registry;
-use berth::service::layout::{ExportOptions, ExportReport, ImportOptions, ImportReport, Progress, Sink};
+use berth::service::layout::{ExportOptions, ExportReport, ImportOptions, ImportReport, Origins, Progress, Sink};
 use berth::store::Store;
 use bytesize::ByteSize;
 use futures_util::StreamExt;
@@ -16,6 +16,79 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::{Target, admin_url, ask, target};
+
+/// `berth export`'s arguments.
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The directory or .tar file to write; it must not exist yet.
+    #[arg(long, short, value_name = "PATH")]
+    output: std::path::PathBuf,
+    /// REPO or REPO:TAG; `*` matches any run of characters (`team/*`, `library/alpine:3.*`).
+    /// A pattern without a tag takes every tag.
+    #[arg(value_name = "REPO[:TAG]", required_unless_present = "all")]
+    patterns: Vec<String>,
+    /// Every tag of every repository.
+    #[arg(long)]
+    all: bool,
+    /// Only private (pushed) repositories.
+    #[arg(long, conflicts_with = "cached")]
+    private: bool,
+    /// Only repositories cached from an upstream.
+    #[arg(long)]
+    cached: bool,
+    /// Bring along the manifests that refer to an exported one (signatures, SBOMs).
+    #[arg(long)]
+    referrers: bool,
+    /// Export what the store has of incomplete images (a multi-arch image of which only some
+    /// platforms were pulled carries those platforms) instead of refusing.
+    #[arg(long)]
+    partial: bool,
+}
+
+impl From<ExportArgs> for ExportOptions {
+    fn from(a: ExportArgs) -> ExportOptions {
+        let origins = match (a.private, a.cached) {
+            (true, _) => Origins::Private,
+            (_, true) => Origins::Cached,
+            _ => Origins::Both,
+        };
+        ExportOptions {
+            output: a.output,
+            patterns: a.patterns,
+            all: a.all,
+            origins,
+            referrers: a.referrers,
+            partial: a.partial,
+        }
+    }
+}
+
+/// `berth import`'s arguments.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// The layout directory or tar.
+    path: std::path::PathBuf,
+    /// Store the images as cached content of this configured upstream.
+    #[arg(long, value_name = "NAME")]
+    upstream: Option<String>,
+    /// The repository for ref names that are bare tags (skopeo's `oci:DIR:TAG`).
+    #[arg(long, value_name = "REPO")]
+    repository: Option<String>,
+    /// Accept multi-arch images of which some platforms are not in the layout.
+    #[arg(long)]
+    partial: bool,
+}
+
+impl From<ImportArgs> for ImportOptions {
+    fn from(a: ImportArgs) -> ImportOptions {
+        ImportOptions {
+            path: a.path,
+            upstream: a.upstream,
+            repository: a.repository,
+            partial: a.partial,
+        }
+    }
+}
 
 /// A registry over the stopped store, routed as the server would route it.
 fn direct(config: &Config, store: Store) -> anyhow::Result<Registry> {

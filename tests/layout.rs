@@ -332,36 +332,24 @@ async fn corrupt_or_incomplete_layouts_import_nothing_and_the_fixed_layout_finis
     }
 }
 
-#[tokio::test]
-async fn an_import_cut_off_midway_shows_nothing_and_a_second_run_finishes() {
-    let a = Berth::start("");
-    let b = Berth::start("");
-    let work = tempfile::tempdir().unwrap();
-    let big = support::pseudo_random(8 << 20, 9);
-    push_image(&a.url, "team/big", "1", &[&big]).await;
-    let tar = work.path().join("big.tar");
-    berth_ok(&a, &["export", "--output", tar.to_str().unwrap(), "team/big:1"]);
-    let bytes = std::fs::read(&tar).unwrap();
-
-    // The import reads from a pipe that delivers half the tar, then its process is killed.
-    let fifo = work.path().join("pipe.tar");
+/// Start `berth import --config CONFIG` of a pipe that delivers the first half of `tar`, wait until that half
+/// is read, then run `cut` (which kills something); the pipe closes afterwards.
+async fn import_cut_off(config: &Path, tar: &[u8], dir: &Path, cut: impl FnOnce(&mut std::process::Child)) {
+    let fifo = dir.join(format!("pipe-{}.tar", support::free_port()));
     run(Command::new("mkfifo").arg(&fifo));
     let mut import = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["import", fifo.to_str().unwrap(), "--config"])
-        .arg(&b.config)
+        .arg(config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     // In a thread: opening a pipe waits for its reader, which a broken import never opens.
-    let half = bytes[..bytes.len() / 2].to_vec();
-    let feeder = std::thread::spawn({
-        let fifo = fifo.clone();
-        move || {
-            let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-            writer.write_all(&half).unwrap();
-            writer
-        }
+    let half = tar[..tar.len() / 2].to_vec();
+    let feeder = std::thread::spawn(move || {
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        writer.write_all(&half).unwrap();
+        writer
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !feeder.is_finished() {
@@ -370,12 +358,34 @@ async fn an_import_cut_off_midway_shows_nothing_and_a_second_run_finishes() {
     }
     let writer = feeder.join().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    import.kill().unwrap();
+    cut(&mut import);
+    let _ = import.kill();
     import.wait().unwrap();
-    drop(writer); // the server's read ends; its job ends with it
+    drop(writer);
+}
+
+#[tokio::test]
+async fn an_import_cut_off_midway_shows_nothing_and_a_second_run_finishes() {
+    let a = Berth::start("");
+    let work = tempfile::tempdir().unwrap();
+    let mut b = Berth::start_in(work.path(), "");
+    let big = support::pseudo_random(8 << 20, 9);
+    push_image(&a.url, "team/big", "1", &[&big]).await;
+    let tar = work.path().join("big.tar");
+    berth_ok(&a, &["export", "--output", tar.to_str().unwrap(), "team/big:1"]);
+    let bytes = std::fs::read(&tar).unwrap();
+
+    // The command is killed (Ctrl-C) half-way; the server's job ends with the pipe.
+    import_cut_off(&b.config, &bytes, work.path(), |cli| cli.kill().unwrap()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(catalog(&b).await.is_empty(), "nothing visible after the cut");
     assert_eq!(manifest_status(&b, "team/big", "1").await, StatusCode::NOT_FOUND);
+
+    // The server is killed (-9) half-way: it restarts clean, with nothing visible.
+    let config = b.config.clone();
+    import_cut_off(&config, &bytes, work.path(), |_| b.kill()).await;
+    b.restart();
+    assert!(catalog(&b).await.is_empty(), "nothing visible after the crash");
 
     let out = berth_ok(&b, &["import", tar.to_str().unwrap()]);
     assert!(out.contains("imported team/big:1"), "{out}");

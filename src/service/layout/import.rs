@@ -140,6 +140,10 @@ impl Registry {
             };
             match walk(&self.store.blobs, entry).await? {
                 Err(why) => problems.push(format!("{name}: {why} (neither in the layout nor in the store)")),
+                Ok(tree) if !tree.missing.is_empty() && tree.manifests.len() == 1 => problems.push(format!(
+                    "{name}: none of its platforms is whole in the layout ({})",
+                    tree.missing.join(", ")
+                )),
                 Ok(tree) if !tree.missing.is_empty() && !partial => problems.push(format!(
                     "{name} is a multi-arch image that lacks {} in the layout; give --partial to import the platforms it has",
                     tree.missing.join(", ")

@@ -1,8 +1,12 @@
-//! `berth gc`, `berth delete` and `berth du`. They need only the config file, for the store
+//! `berth gc`, `delete`, `du`, `export` and `import`. They need only the config file, for the store
 //! root. While a server runs, its database lock keeps other processes out of the store, so these
 //! commands ask the server over its admin socket (`<root>/admin.sock`, owner-only; see
 //! `api::admin`), whatever its address, TLS settings or upstream secrets. With no server running,
 //! they open the store directly. They never create a store.
+
+// issue 15: `berth export` and `berth import`.
+mod layout;
+pub use layout::{ExportArgs, ImportArgs, export, import};
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;

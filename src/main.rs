@@ -66,6 +66,15 @@ enum Command {
     },
     /// Disk use per repository, private vs cached.
     Du,
+    // --- issue 15: export and import ---
+    /// Write images to an OCI image layout: a directory, or a tar when PATH ends in .tar. Each
+    /// tag becomes an index.json entry named REPO:TAG (org.opencontainers.image.ref.name), as
+    /// `skopeo copy oci:PATH:REPO:TAG …` and `berth import` read it.
+    Export(cli::ExportArgs),
+    /// Read an OCI image layout (a directory or a tar of one) into the store, as private content
+    /// or, with --upstream, as content cached from that upstream. Every digest is verified;
+    /// images appear whole or not at all, and running it again finishes an interrupted import.
+    Import(cli::ImportArgs),
 }
 
 fn init_logging(config: &Config) {
@@ -117,6 +126,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc { dry_run, grace } => cli::gc(&config, dry_run, grace.as_deref()).await,
         Command::Delete { reference, repository } => cli::delete(&config, reference, repository).await,
         Command::Du => cli::du(&config).await,
+        // --- issue 15: export and import ---
+        Command::Export(args) => cli::export(&config, args.into()).await,
+        Command::Import(args) => cli::import(&config, args.into()).await,
     }
 }
 

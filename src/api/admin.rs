@@ -1,5 +1,6 @@
-//! The admin channel that `berth gc`, `berth delete` and `berth du` use while a server runs (the
-//! server holds the store's database lock, so the commands ask it instead of opening the store).
+//! The admin channel that `berth gc`, `delete`, `du`, `export` and `import` use while a server
+//! runs (the server holds the store's database lock, so the commands ask it instead of opening
+//! the store).
 //!
 //! It is a Unix socket, `<root>/admin.sock`, mode 0600, not a route of the registry's HTTP
 //! listener: whoever may open it owns the store, and nothing about it depends on the server's
@@ -20,6 +21,9 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+// issue 15: `berth export` and `berth import` through the running server.
+mod layout;
 
 use crate::gc::{self, Policy};
 use crate::oci::{RepoName, parse_image_ref};
@@ -60,6 +64,9 @@ pub fn router(admin: Admin) -> Router {
         .route("/gc", post(run_gc))
         .route("/delete", post(delete))
         .route("/du", get(du))
+        // issue 15
+        .route("/export", post(layout::export))
+        .route("/import", post(layout::import))
         .with_state(Arc::new(admin))
 }
 

@@ -4,6 +4,8 @@
 mod blobs;
 mod browse;
 mod fill;
+// issue 15: `berth export` and `berth import` in the OCI image layout.
+pub mod layout;
 mod listing;
 mod manifests;
 mod proxy;

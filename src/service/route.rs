@@ -142,7 +142,7 @@ impl Registry {
     }
 
     /// Private: it matches a `[private] namespaces` pattern, or holds pushed content.
-    fn is_private(&self, repo: &RepoName) -> Result<bool> {
+    pub(super) fn is_private(&self, repo: &RepoName) -> Result<bool> {
         if self.private.iter().any(|p| crate::auth::matches(p, repo.as_str())) {
             return Ok(true);
         }

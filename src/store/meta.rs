@@ -53,6 +53,15 @@ pub struct UploadRecord {
     pub owner: String,
 }
 
+/// One image as an import commits it: every manifest of it (an index with its children and the
+/// referrers that came along), the blobs they use, and the tag on its root.
+#[derive(Clone, Debug, Default)]
+pub struct ImageRecords {
+    pub blobs: Vec<Digest>,
+    pub manifests: Vec<(Digest, ManifestRecord)>,
+    pub tag: Option<(Tag, Digest)>,
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -125,4 +134,9 @@ pub trait Meta: Send + Sync {
 
     /// Commit one small durable write, for the readiness check: whether the store takes writes.
     fn probe(&self) -> Result<()>;
+
+    // --- issue 15: export and import ---
+    /// Store a whole image in one transaction (`berth import`): link its blobs, store its
+    /// manifests and point its tag, so an interrupted import leaves all of an image or none of it.
+    fn put_image(&self, repo: &RepoName, origin: Origin, image: &ImageRecords) -> Result<()>;
 }

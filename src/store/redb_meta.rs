@@ -7,7 +7,7 @@ use std::path::Path;
 
 use redb::{Durability, ReadableTable, TableDefinition};
 
-use super::meta::{ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
+use super::meta::{ImageRecords, ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
 use super::redb_handle::{Handle, db_err};
 use super::{Error, Result};
 use crate::oci::{Digest, RepoName, Tag};
@@ -114,6 +114,39 @@ fn remove_manifest_in(txn: &redb::WriteTransaction, repo: &RepoName, digest: &st
         tags.remove(k.as_str()).map_err(db_err)?;
     }
     Ok(true)
+}
+
+/// Store one manifest record (and its referrer entry) inside `txn`.
+fn put_manifest_in(
+    txn: &redb::WriteTransaction,
+    repo: &RepoName,
+    digest: &Digest,
+    record: &ManifestRecord,
+) -> Result<()> {
+    let bytes = serde_json::to_vec(record).map_err(json_err)?;
+    let digest = digest.to_string();
+    let mut manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
+    manifests
+        .insert(key(&[repo.as_str(), &digest]).as_str(), bytes.as_slice())
+        .map_err(db_err)?;
+    if let Some(subject) = &record.subject {
+        let mut referrers = txn.open_table(REFERRERS).map_err(db_err)?;
+        referrers
+            .insert(key(&[repo.as_str(), &subject.to_string(), &digest]).as_str(), ())
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Point `tag` at `digest` inside `txn`.
+fn put_tag_in(txn: &redb::WriteTransaction, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<()> {
+    let mut tags = txn.open_table(TAGS).map_err(db_err)?;
+    tags.insert(
+        key(&[repo.as_str(), tag.as_str()]).as_str(),
+        digest.to_string().as_str(),
+    )
+    .map_err(db_err)?;
+    Ok(())
 }
 
 /// Split a `repo\0digest` key.
@@ -267,24 +300,11 @@ impl Meta for RedbMeta {
         tag: Option<&Tag>,
         origin: Origin,
     ) -> Result<()> {
-        let bytes = serde_json::to_vec(record).map_err(json_err)?;
-        let digest = digest.to_string();
         self.write(|txn| {
             ensure_repo_in(txn, repo, origin)?;
-            let mut manifests = txn.open_table(MANIFESTS).map_err(db_err)?;
-            manifests
-                .insert(key(&[repo.as_str(), &digest]).as_str(), bytes.as_slice())
-                .map_err(db_err)?;
-            if let Some(subject) = &record.subject {
-                let mut referrers = txn.open_table(REFERRERS).map_err(db_err)?;
-                referrers
-                    .insert(key(&[repo.as_str(), &subject.to_string(), &digest]).as_str(), ())
-                    .map_err(db_err)?;
-            }
+            put_manifest_in(txn, repo, digest, record)?;
             if let Some(tag) = tag {
-                let mut tags = txn.open_table(TAGS).map_err(db_err)?;
-                tags.insert(key(&[repo.as_str(), tag.as_str()]).as_str(), digest.as_str())
-                    .map_err(db_err)?;
+                put_tag_in(txn, repo, tag, digest)?;
             }
             Ok(())
         })
@@ -519,6 +539,27 @@ impl Meta for RedbMeta {
                 .map_err(db_err)?
                 .insert("probe", unix_now())
                 .map_err(db_err)?;
+            Ok(())
+        })
+    }
+
+    // --- issue 15: export and import ---
+    fn put_image(&self, repo: &RepoName, origin: Origin, image: &ImageRecords) -> Result<()> {
+        self.write(|txn| {
+            ensure_repo_in(txn, repo, origin)?;
+            let mut links = txn.open_table(BLOB_LINKS).map_err(db_err)?;
+            for blob in &image.blobs {
+                links
+                    .insert(key(&[repo.as_str(), &blob.to_string()]).as_str(), ())
+                    .map_err(db_err)?;
+            }
+            drop(links);
+            for (digest, record) in &image.manifests {
+                put_manifest_in(txn, repo, digest, record)?;
+            }
+            if let Some((tag, digest)) = &image.tag {
+                put_tag_in(txn, repo, tag, digest)?;
+            }
             Ok(())
         })
     }

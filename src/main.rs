@@ -66,6 +66,25 @@ enum Command {
     },
     /// Disk use per repository, private vs cached.
     Du,
+    // --- issue 15: prefetch ---
+    /// Fetch images into the cache now: the named ones, or else the config's [[prefetch]]
+    /// lists. Through the running server when there is one (its admin socket), else on the
+    /// store directly, contacting the upstreams itself (their password_env variables must be
+    /// set). Shows progress on a terminal, prints one line per image, and exits non-zero when
+    /// any image failed. A second run fetches nothing new.
+    Prefetch {
+        /// Only this platform of a multi-platform image (repeat for several), e.g.
+        /// linux/amd64 or linux/arm64/v8; replaces the lists' own. Default: all platforms.
+        #[arg(long = "platform", value_name = "OS/ARCH")]
+        platforms: Vec<String>,
+        /// Also fetch the images' referrers (signatures, SBOMs) kept under the tag schema.
+        #[arg(long)]
+        referrers: bool,
+        /// Images by tag or digest as a mirror client names them: alpine:3.20,
+        /// ghcr.io/org/app:1.4, nginx@sha256:…; no tag means :latest.
+        #[arg(value_name = "IMAGE")]
+        images: Vec<String>,
+    },
 }
 
 fn init_logging(config: &Config) {
@@ -117,6 +136,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc { dry_run, grace } => cli::gc(&config, dry_run, grace.as_deref()).await,
         Command::Delete { reference, repository } => cli::delete(&config, reference, repository).await,
         Command::Du => cli::du(&config).await,
+        Command::Prefetch {
+            platforms,
+            referrers,
+            images,
+        } => cli::prefetch(&config, &platforms, referrers, &images).await,
     }
 }
 
@@ -155,7 +179,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         }),
         _ => anyhow::bail!("[server.tls] needs both cert and key"),
     };
-    let policy = config.gc_policy()?;
+    let policy = cli::gc_policy(&config)?;
     let state = AppState {
         registry: registry.clone(),
         auth: Arc::new(auth),
@@ -176,6 +200,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         let (registry, stop) = (registry.clone(), stop.clone());
         async move { registry.measure_usage_every(USAGE_PERIOD, stop).await }
     });
+    // --- issue 15: [[prefetch]] lists, each kept fresh on its own interval ---
+    for list in config.prefetch_settings()? {
+        let Some(interval) = list.interval else { continue };
+        let jobs = berth::service::prefetch::Job::from_settings(std::slice::from_ref(&list), &[]);
+        tokio::spawn(registry.clone().prefetch_every(jobs, interval, stop.clone()));
+    }
     // The admin channel of `berth gc`/`du`/`delete`; the token file of the old HTTP channel goes.
     let _ = std::fs::remove_file(root.join("admin.token"));
     let admin = Admin {

@@ -368,7 +368,9 @@ fn prefetch_jobs(
     if images.is_empty() {
         let mut jobs = PrefetchJob::from_settings(&config.prefetch_settings()?, platforms);
         if jobs.is_empty() {
-            bail!("nothing to prefetch: name images (berth prefetch alpine:3.20) or add [[prefetch]] lists to the config file");
+            bail!(
+                "nothing to prefetch: name images (berth prefetch alpine:3.20) or add [[prefetch]] lists to the config file"
+            );
         }
         for job in &mut jobs {
             job.referrers |= referrers;
@@ -390,12 +392,7 @@ fn prefetch_jobs(
 
 /// `berth prefetch`: through the running server when there is one, else on the store directly
 /// (then with this process's own upstream clients, so `password_env` variables must be set).
-pub async fn prefetch(
-    config: &Config,
-    platforms: &[String],
-    referrers: bool,
-    images: &[String],
-) -> anyhow::Result<()> {
+pub async fn prefetch(config: &Config, platforms: &[String], referrers: bool, images: &[String]) -> anyhow::Result<()> {
     let jobs = prefetch_jobs(config, platforms, referrers, images)?;
     let tally = parking_lot::Mutex::new(Tally::default());
     let show = |e: PrefetchEvent| show_prefetch(&tally, e);

@@ -34,18 +34,28 @@ fn blobs(image: &Value) -> BTreeSet<String> {
 
 /// busybox's children: (the host platform's, the other one's).
 fn busybox_children(seed: &Value) -> (Value, Value) {
-    let children = seed["images"]["library/busybox:latest"]["manifests"].as_array().unwrap();
+    let children = seed["images"]["library/busybox:latest"]["manifests"]
+        .as_array()
+        .unwrap();
     let (host, other): (Vec<&Value>, Vec<&Value>) = children
         .iter()
         .partition(|c| c["platform"]["architecture"] == host_arch());
-    assert_eq!((host.len(), other.len()), (1, 1), "busybox has two platforms: {children:?}");
+    assert_eq!(
+        (host.len(), other.len()),
+        (1, 1),
+        "busybox has two platforms: {children:?}"
+    );
     (host[0].clone(), other[0].clone())
 }
 
 fn platform_of(child: &Value) -> String {
     let p = &child["platform"];
     match p["variant"].as_str() {
-        Some(v) => format!("{}/{}/{v}", p["os"].as_str().unwrap(), p["architecture"].as_str().unwrap()),
+        Some(v) => format!(
+            "{}/{}/{v}",
+            p["os"].as_str().unwrap(),
+            p["architecture"].as_str().unwrap()
+        ),
         None => format!("{}/{}", p["os"].as_str().unwrap(), p["architecture"].as_str().unwrap()),
     }
 }
@@ -127,7 +137,10 @@ async fn prefetch_through_the_server_fetches_only_the_asked_platforms_and_docker
     for section in ["cdn_gets", "blob_gets", "manifest_gets"] {
         assert!(is_empty(&stats, section), "second run: no {section}: {stats}");
     }
-    assert!(!is_empty(&stats, "manifest_heads"), "the tags were revalidated: {stats}");
+    assert!(
+        !is_empty(&stats, "manifest_heads"),
+        "the tags were revalidated: {stats}"
+    );
 
     // Named on the command line without --platform: all platforms; only the new one is fetched.
     hub.reset_stats().await;
@@ -165,7 +178,10 @@ async fn prefetch_on_a_stopped_store_reports_each_failure_and_the_server_then_se
 
     let (ok, stdout, stderr) = prefetch(&b, &["alpine:3.20", "nosuch/image:1"]);
     assert!(!ok, "a failed image fails the command:\n{stdout}\n{stderr}");
-    assert!(!stderr.contains("server is running"), "worked on the store directly: {stderr}");
+    assert!(
+        !stderr.contains("server is running"),
+        "worked on the store directly: {stderr}"
+    );
     assert!(stdout.contains("ok      alpine:3.20"), "{stdout}");
     assert!(
         stdout.contains("FAILED  nosuch/image:1") && stdout.contains("not known"),
@@ -174,7 +190,10 @@ async fn prefetch_on_a_stopped_store_reports_each_failure_and_the_server_then_se
     assert!(stderr.contains("1 of 2 images failed"), "{stderr}");
 
     let (ok, stdout, stderr) = prefetch(&b, &["alpine:3.20"]);
-    assert!(ok && stdout.contains("fetched 0 blobs"), "idempotent:\n{stdout}\n{stderr}");
+    assert!(
+        ok && stdout.contains("fetched 0 blobs"),
+        "idempotent:\n{stdout}\n{stderr}"
+    );
 
     b.restart();
     drop(hub);
@@ -204,7 +223,10 @@ async fn the_server_refreshes_its_lists_on_schedule_and_eviction_keeps_them() {
          [[prefetch]]\nimages = [\"alpine:3.20\"]\ninterval = \"1s\"\n",
         hub_upstream(&hub, "1h")
     ));
-    let config = images["library/alpine:3.20"]["config"]["digest"].as_str().unwrap().to_owned();
+    let config = images["library/alpine:3.20"]["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     wait_for("the first scheduled run", || async {
         count(&hub.stats().await, "cdn_gets", &config) == 1
     })
@@ -212,7 +234,10 @@ async fn the_server_refreshes_its_lists_on_schedule_and_eviction_keeps_them() {
 
     // Upstream moves the tag: the next runs fetch the new image, with nobody pulling.
     let moved = hub.retag("library/alpine", "latest", "3.20").await;
-    let new_config = images["library/alpine:latest"]["config"]["digest"].as_str().unwrap().to_owned();
+    let new_config = images["library/alpine:latest"]["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     wait_for("the schedule to pick up the moved tag", || async {
         count(&hub.stats().await, "cdn_gets", &new_config) == 1
     })
@@ -226,7 +251,10 @@ async fn the_server_refreshes_its_lists_on_schedule_and_eviction_keeps_them() {
     let out = b.cli(&["gc", "--grace", "0s"]);
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "gc: {report}");
-    assert!(report.contains(&format!("evicted cached manifest myorg/tool@{tool}")), "{report}");
+    assert!(
+        report.contains(&format!("evicted cached manifest myorg/tool@{tool}")),
+        "{report}"
+    );
     assert!(
         !report.contains(&format!("library/alpine@{moved}")),
         "the prefetched image counts as pulled (TTL) and is exempt from the 1-byte cap: {report}"

@@ -174,7 +174,10 @@ mod tests {
         let ms = [pinned, cached("library/b", 2, true, 2, &[2])];
         let sizes: HashMap<Digest, u64> = [(d(1), 100), (d(2), 100)].into();
         // The oldest image is pinned: the cap takes the next one and stops short of its target.
-        assert_eq!(over_size(&ms, &sizes, 200, 0, &[]), vec![("library/b".parse().unwrap(), d(2))]);
+        assert_eq!(
+            over_size(&ms, &sizes, 200, 0, &[]),
+            vec![("library/b".parse().unwrap(), d(2))]
+        );
         assert_eq!(expired(&ms, 10).len(), 2, "pinning is about the cap, not the TTL");
     }
 }

@@ -270,7 +270,9 @@ impl Registry {
                         bytes_fetched = r.bytes_fetched,
                         "prefetch: image up to date"
                     ),
-                    Some(e) => tracing::warn!(image = %r.image, error = %e, "prefetch: image failed; next try in one interval"),
+                    Some(e) => {
+                        tracing::warn!(image = %r.image, error = %e, "prefetch: image failed; next try in one interval")
+                    }
                 }
             }
         }
@@ -288,7 +290,13 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     /// A fetched manifest: an index's chosen children, or an image's blobs; then its referrers.
-    async fn manifest(&self, reg: &Registry, fetched: Fetched, report: &mut ImageReport, depth: usize) -> Result<(), String> {
+    async fn manifest(
+        &self,
+        reg: &Registry,
+        fetched: Fetched,
+        report: &mut ImageReport,
+        depth: usize,
+    ) -> Result<(), String> {
         let Fetched { digest, manifest } = fetched;
         if manifest.manifests.is_empty() {
             self.blobs(reg, &manifest, report).await?;
@@ -387,7 +395,13 @@ impl Walk<'_> {
 
     /// The tag-schema referrers of `subject`: the `sha256-<hex>` index, if the upstream has
     /// one, and every artifact it lists.
-    async fn referrers_of(&self, reg: &Registry, subject: &Digest, report: &mut ImageReport, depth: usize) -> Result<(), String> {
+    async fn referrers_of(
+        &self,
+        reg: &Registry,
+        subject: &Digest,
+        report: &mut ImageReport,
+        depth: usize,
+    ) -> Result<(), String> {
         let tag: Tag = format!("{}-{}", subject.algorithm().as_str(), subject.hex())
             .parse()
             .map_err(|e: crate::oci::NameError| e.to_string())?;

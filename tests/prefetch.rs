@@ -279,3 +279,132 @@ where
     }
     panic!("timed out waiting for {what}");
 }
+
+/// Push `body` as a blob of `repo` to the hub with a push token; returns its digest.
+async fn hub_push_blob(hub: &Hub, token: &str, repo: &str, body: &[u8]) -> String {
+    let digest = support::sha256(body);
+    let c = client();
+    let r = c
+        .post(format!("{}/v2/{repo}/blobs/uploads/", hub.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "hub upload start");
+    let location = support::client::header(&r, "location");
+    let location = if location.starts_with('/') {
+        format!("{}{location}", hub.url)
+    } else {
+        location
+    };
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{location}{sep}digest={digest}"))
+        .bearer_auth(token)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "hub upload finish");
+    digest
+}
+
+/// PUT a manifest to the hub; returns its digest.
+async fn hub_put_manifest(
+    hub: &Hub,
+    token: &str,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &Value,
+) -> String {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let r = client()
+        .put(format!("{}/v2/{repo}/manifests/{reference}", hub.url))
+        .bearer_auth(token)
+        .header("content-type", media_type)
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 201, "hub PUT {repo}:{reference}: {}", r.text().await.unwrap());
+    support::sha256(&bytes)
+}
+
+#[tokio::test]
+async fn prefetch_with_referrers_brings_tag_schema_signatures_along() {
+    let hub = Hub::start();
+    let seed = hub.seed(0);
+    let subject = &seed["images"]["library/alpine:3.20"];
+    let subject_digest = subject["digest"].as_str().unwrap();
+    // A signature the way cosign stores one on a registry without the referrers API: an
+    // artifact manifest with `subject`, listed in the index under the tag `sha256-<hex>`.
+    let token = &hub.push_token("library/alpine").await;
+    let empty = hub_push_blob(&hub, token, "library/alpine", b"{}").await;
+    let signature = b"{\"signature\": \"prefetch-test\"}";
+    let sig_blob = hub_push_blob(&hub, token, "library/alpine", signature).await;
+    let artifact_type = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    let artifact = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": artifact_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": artifact_type, "digest": sig_blob, "size": signature.len()}],
+        "subject": {"mediaType": subject["mediaType"], "digest": subject_digest, "size": subject["size"]},
+    });
+    let artifact_bytes = serde_json::to_vec(&artifact).unwrap();
+    let artifact_digest = hub_put_manifest(
+        &hub,
+        token,
+        "library/alpine",
+        &support::sha256(&artifact_bytes),
+        "application/vnd.oci.image.manifest.v1+json",
+        &artifact,
+    )
+    .await;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": artifact_digest,
+                       "size": artifact_bytes.len(), "artifactType": artifact_type}],
+    });
+    let tag = subject_digest.replace(':', "-");
+    hub_put_manifest(
+        &hub,
+        token,
+        "library/alpine",
+        &tag,
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    )
+    .await;
+
+    let b = Berth::start(&hub_upstream(&hub, "1s"));
+    hub.reset_stats().await;
+    let (ok, stdout, stderr) = prefetch(&b, &["alpine:3.20"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(!stdout.contains("referrers"), "none asked for: {stdout}");
+    assert_eq!(count(&hub.stats().await, "cdn_gets", &sig_blob), 0);
+
+    let (ok, stdout, stderr) = prefetch(&b, &["--referrers", "alpine:3.20"]);
+    assert!(ok && stdout.contains("; 1 referrers"), "{stdout}\n{stderr}");
+    let stats = hub.stats().await;
+    assert_eq!(count(&stats, "cdn_gets", &sig_blob), 1, "{stats}");
+    let (ok, stdout, _) = prefetch(&b, &["--referrers", "alpine:3.20"]);
+    assert!(ok && stdout.contains("fetched 0 blobs"), "idempotent: {stdout}");
+
+    drop(hub);
+    let (digest, _) = manifest_json(&b.url, "library/alpine", &artifact_digest).await;
+    assert_eq!(digest, artifact_digest);
+    let (index_digest, listed) = manifest_json(&b.url, "library/alpine", &tag).await;
+    assert!(!index_digest.is_empty());
+    assert_eq!(listed["manifests"][0]["digest"], artifact_digest.as_str());
+    let r = client()
+        .get(b.at(&format!("/v2/library/alpine/blobs/{sig_blob}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.unwrap()[..], signature);
+}

@@ -428,3 +428,34 @@ impl Walk<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(images: &[&str], exempt: bool) -> PrefetchSettings {
+        PrefetchSettings {
+            images: images.iter().map(|s| s.to_string()).collect(),
+            platforms: vec!["linux/arm64".parse().unwrap()],
+            referrers: true,
+            interval: None,
+            exempt_from_size_cap: exempt,
+        }
+    }
+
+    #[test]
+    fn pins_are_the_exempt_lists_images_under_their_local_names() {
+        let lists = [
+            list(&["alpine", "ghcr.io/org/app:1.4"], true),
+            list(&["busybox"], false),
+        ];
+        let pins: Vec<String> = pins(&lists, &["docker.io", "ghcr.io"])
+            .iter()
+            .map(|(r, t)| format!("{r}:{t}"))
+            .collect();
+        assert_eq!(pins, ["library/alpine:latest", "ghcr.io/org/app:1.4"]);
+        let jobs = Job::from_settings(&lists, &["linux/s390x".into()]);
+        assert_eq!(jobs.len(), 3);
+        assert!(jobs.iter().all(|j| j.platforms == ["linux/s390x"] && j.referrers));
+    }
+}

@@ -174,3 +174,26 @@ impl Registry {
         Ok(origin)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::resolve;
+
+    #[test]
+    fn names_resolve_to_an_upstream_its_remote_name_and_the_local_cache_name() {
+        let both = ["docker.io", "ghcr.io"];
+        let r = |name: &str, ns: Option<&str>| resolve(&both, name, ns).unwrap();
+        let owned = |i: usize, remote: &str, local: &str| (i, remote.to_owned(), local.to_owned());
+        assert_eq!(r("alpine", None), owned(0, "library/alpine", "library/alpine"));
+        assert_eq!(
+            r("docker.io/alpine", None),
+            owned(0, "library/alpine", "library/alpine")
+        );
+        assert_eq!(r("myorg/tool", None), owned(0, "myorg/tool", "myorg/tool"));
+        assert_eq!(r("ghcr.io/org/app", None), owned(1, "org/app", "ghcr.io/org/app"));
+        assert_eq!(r("org/app", Some("ghcr.io")), owned(1, "org/app", "ghcr.io/org/app"));
+        assert_eq!(r("org/app", Some("unknown.io")), owned(0, "org/app", "org/app"));
+        assert_eq!(resolve(&["quay.io"], "app", None).unwrap(), owned(0, "app", "app"));
+        assert_eq!(resolve(&[], "app", None), None);
+    }
+}

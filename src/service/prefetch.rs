@@ -7,7 +7,9 @@
 //! budget and the pull times that keep an image from TTL eviction all work as for any pull, and a
 //! second run finds everything cached and fetches nothing. With `referrers`, the tag-schema index
 //! of each fetched manifest (`sha256-<hex>`) and the artifacts it lists come along when the
-//! upstream has them.
+//! upstream has them. The OCI referrers API is not asked: the tag schema works on every registry
+//! (distribution 2.8 has no API); `Walk::referrers_of` is the one place to ask the API first once
+//! the pull path offers it for mirrored repositories.
 
 use std::time::Duration;
 

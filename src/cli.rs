@@ -1,8 +1,8 @@
-//! `berth gc`, `delete`, `du`, `export` and `import`. They need only the config file, for the store
+//! `berth gc`, `delete`, `du`, `export`, `import` and `prefetch`. They need only the config file, for the store
 //! root. While a server runs, its database lock keeps other processes out of the store, so these
 //! commands ask the server over its admin socket (`<root>/admin.sock`, owner-only; see
 //! `api::admin`), whatever its address, TLS settings or upstream secrets. With no server running,
-//! they open the store directly. They never create a store.
+//! they open the store directly. Only `berth prefetch` creates a store (to prepare a site).
 
 // issue 15: `berth export` and `berth import`.
 mod layout;
@@ -22,6 +22,10 @@ use berth::service::Registry;
 use berth::store::{self, Store};
 use bytesize::ByteSize;
 use futures_util::StreamExt;
+
+// --- issue 15: `berth prefetch` ---
+mod prefetch;
+pub use prefetch::{gc_policy, prefetch};
 
 enum Target {
     Direct(Store),
@@ -78,6 +82,24 @@ async fn ask(socket: &std::path::Path, request: reqwest::RequestBuilder) -> anyh
         bail!("{}", text.trim());
     }
     Ok(response)
+}
+
+/// Hand each JSON line of a streamed admin answer to `each` as it arrives.
+async fn read_lines(
+    response: reqwest::Response,
+    mut each: impl FnMut(serde_json::Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut lines = response.bytes_stream();
+    let mut buffer = Vec::new();
+    while let Some(chunk) = lines.next().await {
+        buffer.extend_from_slice(&chunk?);
+        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+            let line: serde_json::Value = serde_json::from_slice(&buffer[..end])?;
+            buffer.drain(..=end);
+            each(line)?;
+        }
+    }
+    Ok(())
 }
 
 /// Progress on a terminal only: a log or a pipe gets the report alone.
@@ -190,7 +212,7 @@ pub async fn gc(config: &Config, dry_run: bool, grace: Option<&str>) -> anyhow::
         .map_err(anyhow::Error::msg)?;
     let report = match target(config)? {
         Target::Direct(store) => {
-            let mut policy = config.gc_policy()?;
+            let mut policy = gc_policy(config)?;
             if let Some((_, g)) = grace {
                 policy.grace = g;
             }
@@ -202,23 +224,19 @@ pub async fn gc(config: &Config, dry_run: bool, grace: Option<&str>) -> anyhow::
                 query.push(("grace", text.to_owned()));
             }
             let response = ask(&socket, http.post(admin_url("gc", &query))).await?;
-            let mut lines = response.bytes_stream();
-            let (mut buffer, mut report) = (Vec::new(), None);
-            while let Some(chunk) = lines.next().await {
-                buffer.extend_from_slice(&chunk?);
-                while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
-                    let line: serde_json::Value = serde_json::from_slice(&buffer[..end])?;
-                    buffer.drain(..=end);
-                    if let Some(error) = line.get("error").and_then(|e| e.as_str()) {
-                        bail!("gc failed on the server: {error}");
-                    }
-                    if let Some(r) = line.get("report") {
-                        report = Some(serde_json::from_value(r.clone())?);
-                    } else if let Some(p) = line.get("progress") {
-                        show_progress(serde_json::from_value(p.clone())?);
-                    }
+            let mut report = None;
+            read_lines(response, |line| {
+                if let Some(error) = line.get("error").and_then(|e| e.as_str()) {
+                    bail!("gc failed on the server: {error}");
                 }
-            }
+                if let Some(r) = line.get("report") {
+                    report = Some(serde_json::from_value(r.clone())?);
+                } else if let Some(p) = line.get("progress") {
+                    show_progress(serde_json::from_value(p.clone())?);
+                }
+                Ok(())
+            })
+            .await?;
             report.context("the server ended the gc stream without a report")?
         }
     };

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
 mod notifications;
+mod prefetch;
 pub use notifications::{NotificationEndpoint, NotificationSettings};
+pub use prefetch::{PrefetchEntry, PrefetchSettings, parse_image};
 
 /// The documented default configuration, compiled in so `berth serve` runs with no file at all.
 pub const DEFAULT_TOML: &str = include_str!("../mirror.toml");
@@ -44,6 +46,10 @@ pub struct Config {
     // --- registry:2 compatibility (issue 12): notification endpoints ---
     /// `[[notifications]]` endpoints that receive registry:2-style event envelopes. Default none.
     pub notifications: Vec<NotificationEndpoint>,
+    // --- issue 15: prefetch (pre-warm) lists ---
+    /// `[[prefetch]]` lists of images the running server keeps cached; `berth prefetch` runs
+    /// them now. Default none.
+    pub prefetch: Vec<PrefetchEntry>,
 }
 
 /// `[cache]`: how long cached content lives, and how much disk it may use.
@@ -106,6 +112,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             gc: GcConfig::default(),
             notifications: Vec::new(),
+            prefetch: Vec::new(),
         }
     }
 }
@@ -568,6 +575,7 @@ impl Config {
         self.gc_interval()?;
         self.min_free()?;
         self.notification_settings()?;
+        self.prefetch_settings()?;
         Ok(())
     }
 
@@ -616,6 +624,7 @@ impl Config {
             grace: duration("gc.grace", &self.gc.grace)?,
             upload_ttl: duration("gc.upload_ttl", &self.gc.upload_ttl)?,
             delete_untagged: self.gc.delete_untagged,
+            pinned: Vec::new(),
         })
     }
 

@@ -75,6 +75,25 @@ enum Command {
     /// or, with --upstream, as content cached from that upstream. Every digest is verified;
     /// images appear whole or not at all, and running it again finishes an interrupted import.
     Import(cli::ImportArgs),
+    // --- issue 15: prefetch ---
+    /// Fetch images into the cache now: the named ones, or else the config's [[prefetch]]
+    /// lists. Through the running server when there is one (its admin socket), else on the
+    /// store directly, contacting the upstreams itself (their password_env variables must be
+    /// set). Shows progress on a terminal, prints one line per image, and exits non-zero when
+    /// any image failed. A second run fetches nothing new.
+    Prefetch {
+        /// Only this platform of a multi-platform image (repeat for several), e.g.
+        /// linux/amd64 or linux/arm64/v8; replaces the lists' own. Default: all platforms.
+        #[arg(long = "platform", value_name = "OS/ARCH")]
+        platforms: Vec<String>,
+        /// Also fetch the images' referrers (signatures, SBOMs) kept under the tag schema.
+        #[arg(long)]
+        referrers: bool,
+        /// Images by tag or digest as a mirror client names them: alpine:3.20,
+        /// ghcr.io/org/app:1.4, nginx@sha256:…; no tag means :latest.
+        #[arg(value_name = "IMAGE")]
+        images: Vec<String>,
+    },
 }
 
 fn init_logging(config: &Config) {
@@ -129,6 +148,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // --- issue 15: export and import ---
         Command::Export(args) => cli::export(&config, args.into()).await,
         Command::Import(args) => cli::import(&config, args.into()).await,
+        Command::Prefetch {
+            platforms,
+            referrers,
+            images,
+        } => cli::prefetch(&config, &platforms, referrers, &images).await,
     }
 }
 
@@ -167,7 +191,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         }),
         _ => anyhow::bail!("[server.tls] needs both cert and key"),
     };
-    let policy = config.gc_policy()?;
+    let policy = cli::gc_policy(&config)?;
     let state = AppState {
         registry: registry.clone(),
         auth: Arc::new(auth),
@@ -188,6 +212,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         let (registry, stop) = (registry.clone(), stop.clone());
         async move { registry.measure_usage_every(USAGE_PERIOD, stop).await }
     });
+    // --- issue 15: [[prefetch]] lists, each kept fresh on its own interval ---
+    for list in config.prefetch_settings()? {
+        let Some(interval) = list.interval else { continue };
+        let jobs = berth::service::prefetch::Job::from_settings(std::slice::from_ref(&list), &[]);
+        tokio::spawn(registry.clone().prefetch_every(jobs, interval, stop.clone()));
+    }
     // The admin channel of `berth gc`/`du`/`delete`; the token file of the old HTTP channel goes.
     let _ = std::fs::remove_file(root.join("admin.token"));
     let admin = Admin {

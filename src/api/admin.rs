@@ -1,6 +1,6 @@
-//! The admin channel that `berth gc`, `delete`, `du`, `export` and `import` use while a server
-//! runs (the server holds the store's database lock, so the commands ask it instead of opening
-//! the store).
+//! The admin channel that `berth gc`, `delete`, `du`, `export`, `import` and `prefetch` use while
+//! a server runs (the server holds the store's database lock, so the commands ask it instead of
+//! opening the store).
 //!
 //! It is a Unix socket, `<root>/admin.sock`, mode 0600, not a route of the registry's HTTP
 //! listener: whoever may open it owns the store, and nothing about it depends on the server's
@@ -67,6 +67,7 @@ pub fn router(admin: Admin) -> Router {
         // issue 15
         .route("/export", post(layout::export))
         .route("/import", post(layout::import))
+        .route("/prefetch", post(run_prefetch))
         .with_state(Arc::new(admin))
 }
 
@@ -133,7 +134,7 @@ async fn run_gc(State(admin): State<Arc<Admin>>, Query(q): Query<GcQuery>) -> Re
     if let Some(grace) = &q.grace {
         policy.grace = parse_grace(grace).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     // The run goes on if the command is interrupted: a collection stopped half-way is safe, but
     // one that finishes is more useful than one abandoned.
     tokio::spawn(async move {
@@ -157,13 +158,18 @@ async fn run_gc(State(admin): State<Arc<Admin>>, Query(q): Query<GcQuery>) -> Re
         };
         let _ = tx.send(line.to_string() + "\n");
     });
+    Ok(ndjson(rx))
+}
+
+/// A streamed answer: each line sent on `rx` as it comes, until every sender is gone.
+fn ndjson(mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Response {
     let lines = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).map(Ok::<_, std::io::Error>);
-    Ok((
+    (
         StatusCode::OK,
         [("content-type", "application/x-ndjson")],
         Body::from_stream(lines),
     )
-        .into_response())
+        .into_response()
 }
 
 /// `[gc] grace`-style durations (`0s`, `10m`, `1h`).
@@ -211,4 +217,39 @@ async fn du(State(admin): State<Arc<Admin>>) -> Result<Response, Failure> {
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(axum::Json(usage).into_response())
+}
+
+// --- issue 15: `berth prefetch` through the running server ---
+
+/// Images one request may name at most (a request is one run, streamed back as it goes).
+const MAX_PREFETCH_JOBS: usize = 10_000;
+
+#[derive(Deserialize)]
+struct PrefetchRequest {
+    jobs: Vec<crate::service::prefetch::Job>,
+}
+
+/// Prefetch the images named in the body and stream NDJSON: `{"progress": …}` lines, then
+/// `{"reports": [...]}`, one per image, failures included.
+async fn run_prefetch(
+    State(admin): State<Arc<Admin>>,
+    axum::Json(request): axum::Json<PrefetchRequest>,
+) -> Result<Response, Failure> {
+    if request.jobs.len() > MAX_PREFETCH_JOBS {
+        return Err(Failure(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_PREFETCH_JOBS} images per prefetch run"),
+        ));
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // As with gc, an interrupted command does not stop the run: what it fetches stays useful.
+    tokio::spawn(async move {
+        let progress_tx = tx.clone();
+        let progress = move |e: crate::service::prefetch::Event| {
+            let _ = progress_tx.send(json!({ "progress": e }).to_string() + "\n");
+        };
+        let reports = admin.registry.prefetch(&request.jobs, &progress).await;
+        let _ = tx.send(json!({ "reports": reports }).to_string() + "\n");
+    });
+    Ok(ndjson(rx))
 }

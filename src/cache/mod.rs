@@ -42,6 +42,8 @@ pub struct Cached {
     pub last_pulled: u64,
     /// Everything this manifest keeps alive: its own bytes, its blobs, its child manifests.
     pub refs: Vec<Digest>,
+    /// Part of a `[[prefetch]]` list exempt from the size cap: `over_size` never picks it.
+    pub pinned: bool,
 }
 
 /// Cached manifests nobody pulled since `cutoff`.
@@ -91,7 +93,7 @@ pub fn over_size(
     }
     let mut order: Vec<&Cached> = manifests
         .iter()
-        .filter(|m| m.proxied && !already.contains(&(m.repo.clone(), m.digest.clone())))
+        .filter(|m| m.proxied && !m.pinned && !already.contains(&(m.repo.clone(), m.digest.clone())))
         .collect();
     order.sort_by_key(|m| m.last_pulled);
     let mut evict = Vec::new();
@@ -125,6 +127,7 @@ mod tests {
             proxied,
             last_pulled: last,
             refs: refs.iter().map(|&r| d(r)).collect(),
+            pinned: false,
         }
     }
 
@@ -162,5 +165,19 @@ mod tests {
         // c's big layer is shared with private content: evicting c frees 1 byte, never 100.
         let plan = over_size(&ms, &sizes, usage, 0, &[]);
         assert_eq!(plan.len(), 3, "private team/p is never evicted");
+    }
+
+    #[test]
+    fn size_cap_never_picks_pinned_prefetched_images_but_ttl_still_may() {
+        let mut pinned = cached("library/a", 1, true, 1, &[1]);
+        pinned.pinned = true;
+        let ms = [pinned, cached("library/b", 2, true, 2, &[2])];
+        let sizes: HashMap<Digest, u64> = [(d(1), 100), (d(2), 100)].into();
+        // The oldest image is pinned: the cap takes the next one and stops short of its target.
+        assert_eq!(
+            over_size(&ms, &sizes, 200, 0, &[]),
+            vec![("library/b".parse().unwrap(), d(2))]
+        );
+        assert_eq!(expired(&ms, 10).len(), 2, "pinning is about the cap, not the TTL");
     }
 }

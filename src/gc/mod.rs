@@ -2,7 +2,8 @@
 //!
 //! 1. flushes the pull times noted in memory, then plans evictions: cached (proxied) manifests
 //!    nobody pulled within `[cache] ttl`, then, above `[cache] max_size`, the least recently
-//!    pulled cached manifests until usage falls to the low-water mark. Private manifests are never
+//!    pulled cached manifests until usage falls to the low-water mark, skipping the images of
+//!    `[[prefetch]]` lists exempt from the cap (`pins.rs`). Private manifests are never
 //!    evicted; untagged private manifests go only with `[gc] delete_untagged`;
 //! 2. removes the evicted manifest records (with their tags);
 //! 3. marks every digest a remaining manifest references (its own bytes, blobs, child manifests);
@@ -33,11 +34,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+mod pins;
 mod usage;
 pub use usage::{RepoUsage, Usage, disk_usage, referenced};
 
 use crate::cache::{self, Cached, Pulls};
-use crate::oci::{Digest, RepoName};
+use crate::oci::{Digest, Reference, RepoName};
 use crate::store::{self, Origin, Store, unix_now};
 
 /// What a run may remove, from `[cache]` and `[gc]`.
@@ -50,6 +52,9 @@ pub struct Policy {
     pub grace: Duration,
     pub upload_ttl: Duration,
     pub delete_untagged: bool,
+    /// Images of `[[prefetch]]` lists exempt from `max_size` (local repository names), with
+    /// their child manifests and tag-schema referrers. Default none.
+    pub pinned: Vec<(RepoName, Reference)>,
 }
 
 /// A removed (or, in a dry run, removable) blob.
@@ -124,8 +129,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> store::Result<T> + Send
         .map_err(|e| store::Error::Meta(format!("gc task failed: {e}")))?
 }
 
-/// Every manifest with what it keeps alive and when it was last pulled.
-fn cached_view(store: &Store) -> store::Result<Vec<Cached>> {
+/// Every manifest with what it keeps alive, when it was last pulled, and whether a prefetch
+/// list pins it above the size cap.
+fn cached_view(store: &Store, pins: &[(RepoName, Reference)]) -> store::Result<Vec<Cached>> {
     let proxied: HashSet<RepoName> = store
         .meta
         .all_repos()?
@@ -139,9 +145,9 @@ fn cached_view(store: &Store) -> store::Result<Vec<Cached>> {
         .into_iter()
         .map(|(r, d, t)| ((r, d), t))
         .collect();
-    Ok(store
-        .meta
-        .all_manifests()?
+    let all = store.meta.all_manifests()?;
+    let pinned = pins::pinned(store, pins, &all)?;
+    Ok(all
         .into_iter()
         .map(|(repo, digest, record)| {
             let last_pulled = pulls
@@ -152,6 +158,7 @@ fn cached_view(store: &Store) -> store::Result<Vec<Cached>> {
             refs.extend(record.blobs);
             refs.extend(record.children);
             Cached {
+                pinned: pinned.contains(&(repo.clone(), digest.clone())),
                 proxied: proxied.contains(&repo),
                 repo,
                 digest,
@@ -206,8 +213,8 @@ pub async fn run(
     let meta = store.meta.clone();
     blocking(move || meta.record_pulls(&batch)).await?;
 
-    let (s, b) = (store.clone(), store.blobs.clone());
-    let (manifests, files) = blocking(move || Ok((cached_view(&s)?, b.list()?))).await?;
+    let (s, b, pins) = (store.clone(), store.blobs.clone(), policy.pinned.clone());
+    let (manifests, files) = blocking(move || Ok((cached_view(&s, &pins)?, b.list()?))).await?;
     let sizes: HashMap<Digest, u64> = files.iter().map(|f| (f.digest.clone(), f.size)).collect();
     let usage: u64 = sizes.values().sum();
     progress(Progress::Plan {

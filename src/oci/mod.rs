@@ -4,7 +4,9 @@
 mod digest;
 mod manifest;
 mod name;
+mod platform;
 
 pub use digest::{Algorithm, Digest, Hasher};
 pub use manifest::{Descriptor, Manifest, ManifestError, media};
 pub use name::{NameError, Reference, RepoName, Tag, parse_image_ref};
+pub use platform::Platform;

@@ -8,6 +8,7 @@ mod fill;
 pub mod layout;
 mod listing;
 mod manifests;
+pub mod prefetch;
 mod proxy;
 mod referrers;
 mod route;
@@ -25,7 +26,7 @@ pub use blobs::{CancelOnDrop, Mount, UploadState};
 pub use browse::{Item, ManifestView, RepoList, RepoSummary, RepoView, TagRow};
 pub use listing::{Page, listing_limit};
 pub use manifests::{ManifestBody, ManifestHead, PutManifest};
-pub use route::{Proxied, Route};
+pub use route::{Proxied, Route, resolve};
 pub use switches::Switches;
 pub use usage::{Part, Usage};
 

@@ -42,6 +42,35 @@ impl Route {
     }
 }
 
+/// Which of `upstreams` (by name, the first the default) serves `name` as requested (with
+/// containerd's `ns`), as `(index, remote name, local name)`; `None` without upstreams. Pure, so
+/// `[[prefetch]]` lists resolve the same way before a registry exists.
+pub fn resolve(upstreams: &[&str], name: &str, ns: Option<&str>) -> Option<(usize, String, String)> {
+    let position = |n: &str| upstreams.iter().position(|u| *u == n);
+    let (index, remote) = match ns.and_then(position) {
+        Some(i) => (i, name),
+        None => match name
+            .split_once('/')
+            .and_then(|(first, rest)| position(first).map(|i| (i, rest)))
+        {
+            Some(picked) => picked,
+            None if !upstreams.is_empty() => (0, name),
+            None => return None,
+        },
+    };
+    let remote = if upstreams[index] == "docker.io" && !remote.contains('/') {
+        format!("library/{remote}")
+    } else {
+        remote.to_owned()
+    };
+    let local = if index == 0 {
+        remote.clone()
+    } else {
+        format!("{}/{remote}", upstreams[index])
+    };
+    Some((index, remote, local))
+}
+
 impl Registry {
     fn upstream_named(&self, name: &str) -> Option<(usize, &Arc<Upstream>)> {
         self.upstreams.iter().enumerate().find(|(_, u)| u.name() == name)
@@ -52,27 +81,11 @@ impl Registry {
         if self.is_private(requested)? {
             return Ok(Route::Private(requested.clone()));
         }
-        let name = requested.as_str();
-        let picked = match ns.and_then(|ns| self.upstream_named(ns)) {
-            Some((i, u)) => Some((i, u, name)),
-            None => name
-                .split_once('/')
-                .and_then(|(first, rest)| self.upstream_named(first).map(|(i, u)| (i, u, rest)))
-                .or_else(|| self.upstreams.first().map(|u| (0, u, name))),
-        };
-        let Some((index, upstream, remote)) = picked else {
+        let names: Vec<&str> = self.upstreams.iter().map(|u| u.name()).collect();
+        let Some((index, remote, local)) = resolve(&names, requested.as_str(), ns) else {
             return Ok(Route::Private(requested.clone()));
         };
-        let remote = if upstream.name() == "docker.io" && !remote.contains('/') {
-            format!("library/{remote}")
-        } else {
-            remote.to_owned()
-        };
-        let local = if index == 0 {
-            remote.clone()
-        } else {
-            format!("{}/{remote}", upstream.name())
-        };
+        let upstream = &self.upstreams[index];
         let local: RepoName = local.parse()?;
         if self.is_private(&local)? {
             return Ok(Route::Private(local));
@@ -159,5 +172,28 @@ impl Registry {
             self.store.memo.put_origin(repo, origin.clone());
         }
         Ok(origin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve;
+
+    #[test]
+    fn names_resolve_to_an_upstream_its_remote_name_and_the_local_cache_name() {
+        let both = ["docker.io", "ghcr.io"];
+        let r = |name: &str, ns: Option<&str>| resolve(&both, name, ns).unwrap();
+        let owned = |i: usize, remote: &str, local: &str| (i, remote.to_owned(), local.to_owned());
+        assert_eq!(r("alpine", None), owned(0, "library/alpine", "library/alpine"));
+        assert_eq!(
+            r("docker.io/alpine", None),
+            owned(0, "library/alpine", "library/alpine")
+        );
+        assert_eq!(r("myorg/tool", None), owned(0, "myorg/tool", "myorg/tool"));
+        assert_eq!(r("ghcr.io/org/app", None), owned(1, "org/app", "ghcr.io/org/app"));
+        assert_eq!(r("org/app", Some("ghcr.io")), owned(1, "org/app", "ghcr.io/org/app"));
+        assert_eq!(r("org/app", Some("unknown.io")), owned(0, "org/app", "org/app"));
+        assert_eq!(resolve(&["quay.io"], "app", None).unwrap(), owned(0, "app", "app"));
+        assert_eq!(resolve(&[], "app", None), None);
     }
 }

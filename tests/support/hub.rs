@@ -138,7 +138,7 @@ impl Hub {
 
 impl Hub {
     /// A push-scoped token for `repo` as the hub's user (hubuser:hubpass).
-    async fn push_token(&self, repo: &str) -> String {
+    pub async fn push_token(&self, repo: &str) -> String {
         let url = format!(
             "{}/token?service=registry.docker.io&scope=repository:{repo}:pull,push",
             self.url

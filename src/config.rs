@@ -625,6 +625,12 @@ impl Config {
             upload_ttl: duration("gc.upload_ttl", &self.gc.upload_ttl)?,
             delete_untagged: self.gc.delete_untagged,
             pinned: Vec::new(),
+            offline_upstreams: self
+                .upstreams
+                .iter()
+                .filter(|u| u.offline)
+                .map(|u| u.name.clone())
+                .collect(),
         })
     }
 

@@ -311,6 +311,11 @@ async fn collect_periodically(registry: Registry, policy: berth::gc::Policy, int
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tick.tick().await;
+        // Offline mode switches at runtime (SIGHUP); each run takes the modes of the moment.
+        let policy = berth::gc::Policy {
+            offline_upstreams: registry.offline_upstreams(),
+            ..policy.clone()
+        };
         if let Err(e) = berth::gc::run(
             registry.store(),
             registry.pulls(),

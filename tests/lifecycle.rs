@@ -154,6 +154,7 @@ async fn size_cap_evicts_the_least_recently_pulled_and_recent_images_still_pull_
 
 /// Run one collection through the server's admin socket; the bytes it reclaimed.
 async fn admin_gc(root: &std::path::Path) -> u64 {
+    berth::install_crypto_provider();
     let r = reqwest::Client::builder()
         .unix_socket(root.join("admin.sock"))
         .build()

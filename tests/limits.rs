@@ -104,6 +104,7 @@ async fn a_thousand_keep_alive_clients_under_a_soft_descriptor_limit_of_1024_get
     // berth holds 1,000 connections at once while it opens blob files to answer them.
     let barrier = Arc::new(tokio::sync::Barrier::new(CLIENTS));
     // Built before any connects: building 1,000 clients takes seconds of CPU.
+    berth::install_crypto_provider();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             reqwest::Client::builder()
@@ -267,6 +268,7 @@ async fn slowloris_connections_are_closed_within_the_header_timeout_while_others
     // Meanwhile new clients, each on a new connection, keep being answered promptly.
     let mut served = 0;
     while stalled_at.elapsed() < header_timeout + Duration::from_secs(1) {
+        berth::install_crypto_provider();
         let c = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
@@ -313,6 +315,7 @@ async fn over_the_connection_cap_a_new_client_waits_for_a_slot_and_is_served_whe
     // Let berth accept them all, so they hold every slot.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = Instant::now();
+    berth::install_crypto_provider();
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -122,6 +122,7 @@ ignored_media_types = ["application/octet-stream"]
     assert_eq!(r.status(), StatusCode::CREATED);
     let digest = sha256(&manifest);
     let layer = sha256(b"notified layer");
+    berth::install_crypto_provider();
     let c = reqwest::Client::builder()
         .user_agent("notify-test/1.0")
         .build()

@@ -199,6 +199,46 @@ async fn offline_mode_serves_the_cache_past_its_ttl_never_contacts_the_hub_and_s
     assert!(html.contains("badge online") && !html.contains("badge offline"));
 }
 
+/// What an offline upstream cached cannot be fetched again, so `[cache] ttl` does not evict it
+/// while the upstream is offline; once it is back online, the TTL applies again.
+#[tokio::test]
+async fn eviction_by_ttl_spares_an_offline_upstreams_cache_until_it_is_back_online() {
+    let hub = Hub::start();
+    hub.seed(0);
+    let b = Berth::start(&format!(
+        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ntimeout = \"5s\"\n[cache]\nttl = \"1s\"\n[gc]\ngrace = \"0s\"\n",
+        hub.url
+    ));
+    let (digest, _) = manifest_json(&b.url, "library/alpine", "latest").await;
+    switch_offline(&b, true).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let gc = b.cli(&["gc"]);
+    assert!(gc.status.success(), "{}", String::from_utf8_lossy(&gc.stderr));
+    let r = client()
+        .get(b.at("/v2/library/alpine/manifests/latest"))
+        .header("accept", OCI_INDEX)
+        .header("accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "gc evicted what the offline upstream cannot give back"
+    );
+    assert_eq!(header(&r, "docker-content-digest"), digest);
+
+    switch_offline(&b, false).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let gc = b.cli(&["gc"]);
+    let out = String::from_utf8_lossy(&gc.stdout).into_owned() + &String::from_utf8_lossy(&gc.stderr);
+    assert!(gc.status.success(), "{out}");
+    assert!(
+        out.contains(&digest),
+        "online again, the TTL evicts the unpulled image:\n{out}"
+    );
+}
+
 const SIG_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 const SBOM_TYPE: &str = "application/spdx+json";
 

@@ -412,6 +412,7 @@ async fn a_burst_over_the_rate_limit_gets_429_and_other_clients_are_not_affected
     }
     assert!(limited >= 20, "most of the burst is refused: {limited}");
     // Another client address on the loopback network is not affected.
+    berth::install_crypto_provider();
     let other = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()

@@ -143,6 +143,7 @@ async fn run_gc(State(admin): State<Arc<Admin>>, Query(q): Query<GcQuery>) -> Re
             let _ = progress_tx.send(json!({ "progress": p }).to_string() + "\n");
         };
         let reg = &admin.registry;
+        policy.offline_upstreams = reg.offline_upstreams();
         let line = match gc::run(
             reg.store(),
             reg.pulls(),

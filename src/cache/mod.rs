@@ -44,13 +44,16 @@ pub struct Cached {
     pub refs: Vec<Digest>,
     /// Part of a `[[prefetch]]` list exempt from the size cap: `over_size` never picks it.
     pub pinned: bool,
+    /// Cached from an upstream in offline mode, which cannot give it back: `expired` never picks
+    /// it (the size cap still may, so the disk stays bounded).
+    pub offline: bool,
 }
 
 /// Cached manifests nobody pulled since `cutoff`.
 pub fn expired(manifests: &[Cached], cutoff: u64) -> Vec<(RepoName, Digest)> {
     manifests
         .iter()
-        .filter(|m| m.proxied && m.last_pulled < cutoff)
+        .filter(|m| m.proxied && !m.offline && m.last_pulled < cutoff)
         .map(|m| (m.repo.clone(), m.digest.clone()))
         .collect()
 }
@@ -128,7 +131,19 @@ mod tests {
             last_pulled: last,
             refs: refs.iter().map(|&r| d(r)).collect(),
             pinned: false,
+            offline: false,
         }
+    }
+
+    #[test]
+    fn ttl_spares_what_an_offline_upstream_cannot_give_back_but_the_size_cap_does_not() {
+        let mut offline = cached("library/a", 1, true, 1, &[1]);
+        offline.offline = true;
+        let ms = [offline, cached("library/b", 2, true, 1, &[2])];
+        assert_eq!(expired(&ms, 10), vec![("library/b".parse().unwrap(), d(2))]);
+        let sizes: HashMap<Digest, u64> = [(d(1), 100), (d(2), 100)].into();
+        let evicted = over_size(&ms, &sizes, 200, 50, &[]);
+        assert!(evicted.contains(&("library/a".parse().unwrap(), d(1))), "{evicted:?}");
     }
 
     #[test]

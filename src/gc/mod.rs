@@ -55,6 +55,9 @@ pub struct Policy {
     /// Images of `[[prefetch]]` lists exempt from `max_size` (local repository names), with
     /// their child manifests and tag-schema referrers. Default none.
     pub pinned: Vec<(RepoName, Reference)>,
+    /// Upstreams in offline mode: what is cached from them is not evicted by `ttl`, since it
+    /// cannot be fetched again (`max_size` still applies). Read at each run.
+    pub offline_upstreams: Vec<String>,
 }
 
 /// A removed (or, in a dry run, removable) blob.
@@ -131,12 +134,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> store::Result<T> + Send
 
 /// Every manifest with what it keeps alive, when it was last pulled, and whether a prefetch
 /// list pins it above the size cap.
-fn cached_view(store: &Store, pins: &[(RepoName, Reference)]) -> store::Result<Vec<Cached>> {
-    let proxied: HashSet<RepoName> = store
-        .meta
-        .all_repos()?
-        .into_iter()
+fn cached_view(store: &Store, pins: &[(RepoName, Reference)], offline: &[String]) -> store::Result<Vec<Cached>> {
+    let repos = store.meta.all_repos()?;
+    let proxied: HashSet<RepoName> = repos
+        .iter()
         .filter(|(_, info)| info.origin != Origin::Private)
+        .map(|(r, _)| r.clone())
+        .collect();
+    let frozen: HashSet<RepoName> = repos
+        .into_iter()
+        .filter(|(_, info)| matches!(&info.origin, Origin::Proxied { upstream } if offline.contains(upstream)))
         .map(|(r, _)| r)
         .collect();
     let pulls: HashMap<(RepoName, Digest), u64> = store
@@ -159,6 +166,7 @@ fn cached_view(store: &Store, pins: &[(RepoName, Reference)]) -> store::Result<V
             refs.extend(record.children);
             Cached {
                 pinned: pinned.contains(&(repo.clone(), digest.clone())),
+                offline: frozen.contains(&repo),
                 proxied: proxied.contains(&repo),
                 repo,
                 digest,
@@ -213,8 +221,13 @@ pub async fn run(
     let meta = store.meta.clone();
     blocking(move || meta.record_pulls(&batch)).await?;
 
-    let (s, b, pins) = (store.clone(), store.blobs.clone(), policy.pinned.clone());
-    let (manifests, files) = blocking(move || Ok((cached_view(&s, &pins)?, b.list()?))).await?;
+    let (s, b, pins, offline) = (
+        store.clone(),
+        store.blobs.clone(),
+        policy.pinned.clone(),
+        policy.offline_upstreams.clone(),
+    );
+    let (manifests, files) = blocking(move || Ok((cached_view(&s, &pins, &offline)?, b.list()?))).await?;
     let sizes: HashMap<Digest, u64> = files.iter().map(|f| (f.digest.clone(), f.size)).collect();
     let usage: u64 = sizes.values().sum();
     progress(Progress::Plan {

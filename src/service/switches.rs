@@ -75,6 +75,15 @@ impl Registry {
         Some(upstream.set_offline(on))
     }
 
+    /// The names of the upstreams in offline mode now (for eviction, which spares their content).
+    pub fn offline_upstreams(&self) -> Vec<String> {
+        self.upstreams
+            .iter()
+            .filter(|u| u.is_offline())
+            .map(|u| u.name().to_owned())
+            .collect()
+    }
+
     /// Each upstream's name and whether it is offline, in configuration order.
     pub fn upstream_modes(&self) -> Vec<(String, bool)> {
         self.upstreams

@@ -154,6 +154,40 @@ async fn a_mirrors_export_imported_into_a_berth_without_upstream_pulls_with_iden
     }
 }
 
+/// The air-gap workflow as an operator runs it: berth A prefetches (every platform), exports
+/// the whole images to a tar, and berth B, which has no upstream, imports it without `--partial`
+/// and serves docker the hub's digests.
+#[tokio::test]
+async fn a_prefetched_site_exports_whole_images_that_a_berth_without_upstream_serves() {
+    let hub = Hub::start();
+    let seed = hub.seed(0);
+    let a = mirror_of(&hub);
+    let out = berth_ok(&a, &["prefetch", "alpine:3.20", "busybox"]);
+    assert!(out.contains("alpine:3.20") && out.contains("busybox"), "{out}");
+    let work = tempfile::tempdir().unwrap();
+    let tar = work.path().join("site.tar");
+    let tar_arg = tar.to_str().unwrap();
+    let out = berth_ok(
+        &a,
+        &["export", "--output", tar_arg, "library/alpine:3.20", "library/busybox:latest"],
+    );
+    assert!(!out.contains("without linux/"), "prefetched images are whole: {out}");
+
+    let mut b = Berth::start("");
+    b.stop();
+    berth_ok(&b, &["import", tar_arg]);
+    b.restart();
+    drop(a);
+    drop(hub);
+    let d = Dockerd::start(&[&b.url]);
+    for (image, key) in [("alpine:3.20", "library/alpine:3.20"), ("busybox", "library/busybox:latest")] {
+        d.ok(&["pull", image]);
+        let digests = d.ok(&["image", "inspect", "--format", "{{json .RepoDigests}}", image]);
+        let expected = seed["images"][key]["digest"].as_str().unwrap();
+        assert!(digests.contains(expected), "{image}: {digests} has the hub's {expected}");
+    }
+}
+
 #[tokio::test]
 async fn skopeo_reads_berths_layouts_and_berth_imports_skopeos() {
     let hub = Hub::start();

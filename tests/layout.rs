@@ -169,7 +169,13 @@ async fn a_prefetched_site_exports_whole_images_that_a_berth_without_upstream_se
     let tar_arg = tar.to_str().unwrap();
     let out = berth_ok(
         &a,
-        &["export", "--output", tar_arg, "library/alpine:3.20", "library/busybox:latest"],
+        &[
+            "export",
+            "--output",
+            tar_arg,
+            "library/alpine:3.20",
+            "library/busybox:latest",
+        ],
     );
     assert!(!out.contains("without linux/"), "prefetched images are whole: {out}");
 
@@ -180,11 +186,17 @@ async fn a_prefetched_site_exports_whole_images_that_a_berth_without_upstream_se
     drop(a);
     drop(hub);
     let d = Dockerd::start(&[&b.url]);
-    for (image, key) in [("alpine:3.20", "library/alpine:3.20"), ("busybox", "library/busybox:latest")] {
+    for (image, key) in [
+        ("alpine:3.20", "library/alpine:3.20"),
+        ("busybox", "library/busybox:latest"),
+    ] {
         d.ok(&["pull", image]);
         let digests = d.ok(&["image", "inspect", "--format", "{{json .RepoDigests}}", image]);
         let expected = seed["images"][key]["digest"].as_str().unwrap();
-        assert!(digests.contains(expected), "{image}: {digests} has the hub's {expected}");
+        assert!(
+            digests.contains(expected),
+            "{image}: {digests} has the hub's {expected}"
+        );
     }
 }
 

@@ -1,0 +1,199 @@
+//! Unit tests of config loading, defaults, environment overrides and validation.
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+#[test]
+fn embedded_default_parses_to_the_documented_defaults() {
+    let c = Config::from_toml(DEFAULT_TOML, env(&[])).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:5000");
+    assert_eq!(c.storage.root, PathBuf::from("./data"));
+    let upstreams = c.upstream_settings().unwrap();
+    assert_eq!(upstreams.len(), 1);
+    assert_eq!(upstreams[0].name, "docker.io");
+    assert_eq!(upstreams[0].url.as_str(), "https://registry-1.docker.io/");
+    assert_eq!(upstreams[0].tag_ttl, Duration::from_secs(300));
+    assert_eq!(c.drain_timeout().unwrap(), Duration::from_secs(30));
+}
+
+#[test]
+fn drain_timeout_comes_from_file_or_environment_and_is_validated() {
+    let c = Config::from_toml("[server]\ndrain_timeout = \"2s\"\n", env(&[])).unwrap();
+    assert_eq!(c.drain_timeout().unwrap(), Duration::from_secs(2));
+    let c = Config::from_toml("", env(&[("BERTH_SERVER_DRAIN_TIMEOUT", "1m")])).unwrap();
+    assert_eq!(c.drain_timeout().unwrap(), Duration::from_secs(60));
+    assert!(Config::from_toml("[server]\ndrain_timeout = \"soon\"\n", env(&[])).is_err());
+}
+
+#[test]
+fn connection_limits_have_defaults_and_refuse_zero() {
+    let c = Config::from_toml(DEFAULT_TOML, env(&[])).unwrap();
+    let l = c.connection_limits().unwrap();
+    assert_eq!(l.header_timeout, Duration::from_secs(30));
+    assert_eq!(l.idle_timeout, Duration::from_secs(60));
+    assert_eq!(l.body_timeout, Duration::from_secs(60));
+    assert_eq!((l.max_connections, l.max_streams), (4096, 100));
+    assert_eq!(
+        Config::default().connection_limits().unwrap(),
+        l,
+        "mirror.toml documents the compiled-in defaults"
+    );
+    let c = Config::from_toml("", env(&[("BERTH_SERVER_MAX_CONNECTIONS", "10")])).unwrap();
+    assert_eq!(c.connection_limits().unwrap().max_connections, 10);
+    for bad in ["header_timeout = \"0s\"", "body_timeout = \"soon\"", "max_streams = 0"] {
+        assert!(
+            Config::from_toml(&format!("[server]\n{bad}\n"), env(&[])).is_err(),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn upstream_entries_are_validated_and_secrets_stay_out_of_debug() {
+    let toml = "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\nusername = \"u\"\npassword = \"hunter2\"\ntag_ttl = \"2s\"\n";
+    let c = Config::from_toml(toml, env(&[])).unwrap();
+    assert!(!format!("{c:?}").contains("hunter2"));
+    assert_eq!(c.upstream_settings().unwrap()[0].tag_ttl, Duration::from_secs(2));
+    for bad in [
+        "tag_ttl = \"soon\"",
+        "url = \"ftp://x\"",
+        "username = \"only\"",
+        "requests_per_second = 0",
+    ] {
+        let toml = format!("[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\n{bad}\n")
+            .replace("url = \"http://127.0.0.1:1\"\nurl", "url");
+        assert!(Config::from_toml(&toml, env(&[])).is_err(), "{bad} should be refused");
+    }
+}
+
+#[test]
+fn environment_overrides_file() {
+    let c = Config::from_toml(
+        DEFAULT_TOML,
+        env(&[
+            ("BERTH_SERVER_LISTEN", "127.0.0.1:6000"),
+            ("BERTH_STORAGE_ROOT", "/tmp/x"),
+            ("OTHER", "1"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:6000");
+    assert_eq!(c.storage.root, PathBuf::from("/tmp/x"));
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let err = Config::from_toml("[server]\nlisen = \"x\"\n", env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lisen"), "{err}");
+    let err = Config::from_toml("", env(&[("BERTH_SERVER_PORT", "1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("port"), "{err}");
+    let err = Config::from_toml("", env(&[("BERTH_NOPE_X", "1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("BERTH_NOPE_X"), "{err}");
+}
+
+#[test]
+fn nested_tables_and_typed_values_come_from_the_environment() {
+    let c = Config::from_toml(
+        DEFAULT_TOML,
+        env(&[
+            ("BERTH_SERVER_TLS_CERT", "/etc/berth/cert.pem"),
+            ("BERTH_AUTH_ANONYMOUS_PULL", "false"),
+            ("BERTH_LIMITS_REQUESTS_PER_SECOND", "7"),
+            ("BERTH_PRIVATE_NAMESPACES", "team/*"),
+        ]),
+    );
+    let err = c.unwrap_err().to_string();
+    assert!(
+        err.contains("BERTH_PRIVATE_NAMESPACES"),
+        "a list cannot come from the environment: {err}"
+    );
+    let c = Config::from_toml(
+        DEFAULT_TOML,
+        env(&[
+            ("BERTH_SERVER_TLS_CERT", "/c.pem"),
+            ("BERTH_AUTH_ANONYMOUS_PULL", "false"),
+            ("BERTH_LIMITS_REQUESTS_PER_SECOND", "7"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.server.tls.cert, "/c.pem");
+    assert!(!c.auth.anonymous_pull);
+    assert_eq!(c.limits.requests_per_second, 7);
+    assert!(Config::from_toml(DEFAULT_TOML, env(&[("BERTH_LIMITS_BURST", "many")])).is_err());
+}
+
+#[test]
+fn min_free_is_a_size_or_a_percentage() {
+    use crate::store::MinFree;
+    let c = |v: &str| Config::from_toml(&format!("[storage]\nmin_free = {v:?}\n"), env(&[]));
+    assert_eq!(Config::default().min_free().unwrap(), MinFree::Bytes(1 << 30));
+    assert_eq!(c("512MiB").unwrap().min_free().unwrap(), MinFree::Bytes(512 << 20));
+    assert_eq!(c("5%").unwrap().min_free().unwrap(), MinFree::Percent(5));
+    assert_eq!(c("0").unwrap().min_free().unwrap(), MinFree::Bytes(0));
+    assert_eq!(MinFree::Percent(5).of(1000), 50);
+    for bad in ["lots", "101%", "-1%"] {
+        let e = c(bad).unwrap_err().to_string();
+        assert!(e.contains("storage.min_free"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn registry2_switches_default_as_documented_and_come_from_the_environment() {
+    let c = Config::from_toml(DEFAULT_TOML, env(&[])).unwrap();
+    assert!(c.storage.delete && !c.storage.read_only && !c.server.trust_forwarded_headers);
+    assert!(c.notifications.is_empty());
+    let c = Config::from_toml(
+        DEFAULT_TOML,
+        env(&[
+            ("BERTH_STORAGE_READ_ONLY", "true"),
+            ("BERTH_STORAGE_DELETE", "false"),
+            ("BERTH_SERVER_TRUST_FORWARDED_HEADERS", "true"),
+        ]),
+    )
+    .unwrap();
+    assert!(!c.storage.delete && c.storage.read_only && c.server.trust_forwarded_headers);
+}
+
+#[test]
+fn bad_listen_address_is_refused() {
+    assert!(Config::from_toml("[server]\nlisten = \"nowhere\"\n", env(&[])).is_err());
+}
+
+#[test]
+fn loading_needs_no_upstream_secret_and_serving_does() {
+    let text = "[[upstream]]\nname = \"docker.io\"\nurl = \"https://registry-1.docker.io\"\n\
+                username = \"me\"\npassword_env = \"BERTH_CONFIG_TEST_UNSET_PASSWORD\"\n";
+    let c = Config::from_toml(text, env(&[])).expect("gc/du/delete load the file without the secret");
+    let err = c.upstream_settings().unwrap_err().to_string();
+    assert!(err.contains("BERTH_CONFIG_TEST_UNSET_PASSWORD is not set"), "{err}");
+    assert!(c.private.claim_on_push, "claiming on push is the default");
+}
+
+/// Found with the config fuzz target's clock invariant: `grace = "500000000000years"` parsed,
+/// then panicked every GC run (`SystemTime::now() - grace`).
+#[test]
+fn durations_past_a_century_are_refused() {
+    let err = Config::from_toml("[gc]\ngrace = \"500000000000years\"\n", env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gc.grace") && err.contains("100 years"), "{err}");
+    let c = Config::from_toml("[gc]\ngrace = \"100years\"\n", env(&[])).unwrap();
+    assert!(
+        std::time::SystemTime::now()
+            .checked_sub(c.gc_policy().unwrap().grace)
+            .is_some()
+    );
+}

@@ -42,6 +42,13 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+mod login;
+mod notify;
+
+pub use login::LoginMetrics;
+pub use notify::NotificationMetrics;
+use notify::{EndpointLabels, NotificationLabels};
+
 /// What a request was for; the `kind` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Kind {
@@ -588,52 +595,6 @@ impl Metrics {
     }
 }
 
-// --- notifications (issue 12) ---
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    endpoint: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NotificationLabels {
-    endpoint: String,
-    result: &'static str,
-}
-
-/// One notification endpoint's counters, registered (as 0) under its name.
-#[derive(Clone, Debug, Default)]
-pub struct NotificationMetrics {
-    /// Events the endpoint accepted (a 2xx answer).
-    pub delivered: Counter,
-    /// Events given up on after the last retry.
-    pub failed: Counter,
-    /// Events dropped unsent because the queue was full (the oldest go first).
-    pub dropped: Counter,
-    /// Events waiting now.
-    pub queued: Gauge,
-}
-
-impl Metrics {
-    /// The counters of the notification endpoint `name`.
-    pub fn notification_endpoint(&self, name: &str) -> NotificationMetrics {
-        let result = |result| {
-            self.notification_events.get_or_create_owned(&NotificationLabels {
-                endpoint: name.to_owned(),
-                result,
-            })
-        };
-        NotificationMetrics {
-            delivered: result("delivered"),
-            failed: result("failed"),
-            dropped: result("dropped"),
-            queued: self.notification_queued.get_or_create_owned(&EndpointLabels {
-                endpoint: name.to_owned(),
-            }),
-        }
-    }
-}
-
 /// Index into the `[manifest, blob]` cache arrays.
 fn cache_kind(kind: Kind) -> Option<usize> {
     match kind {
@@ -701,60 +662,6 @@ impl Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// Password checks and the failed-login throttle.
-#[derive(Debug)]
-pub struct LoginMetrics {
-    /// Password checks that failed.
-    pub failures: Counter,
-    /// Logins refused without a check, `[by ip, by user]`.
-    throttled: [Counter; 2],
-    /// Bcrypt checks running now.
-    pub checks_running: Gauge,
-    /// Password checks waiting for a bcrypt slot.
-    pub checks_waiting: Gauge,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ThrottledLabels {
-    by: &'static str,
-}
-
-impl LoginMetrics {
-    fn register(r: &mut Registry) -> LoginMetrics {
-        let failures = Counter::default();
-        r.register("login_failures", "Password checks that failed", failures.clone());
-        let throttled = Family::<ThrottledLabels, Counter>::default();
-        r.register(
-            "login_throttled",
-            "Logins refused without a check after repeated failures, by the client IP or the user name",
-            throttled.clone(),
-        );
-        let checks_running = Gauge::default();
-        r.register(
-            "login_checks_running",
-            "Bcrypt password checks running",
-            checks_running.clone(),
-        );
-        let checks_waiting = Gauge::default();
-        r.register(
-            "login_checks_waiting",
-            "Password checks waiting for a bcrypt slot",
-            checks_waiting.clone(),
-        );
-        LoginMetrics {
-            failures,
-            throttled: ["ip", "user"].map(|by| pre(&throttled, ThrottledLabels { by })),
-            checks_running,
-            checks_waiting,
-        }
-    }
-
-    /// Count a login refused unchecked, because of its user name (else its client IP).
-    pub fn throttled(&self, by_user: bool) {
-        self.throttled[usize::from(by_user)].inc();
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::client::{OCI_INDEX, OCI_MANIFEST, client, header, push_blob, push_image};
-use support::ui::{form, htpasswd, input_value, session_cookie};
-use support::{Berth, Hub, chromium, sha256};
+use support::ui::{form, input_value, session_cookie};
+use support::{Berth, Hub, chromium, htpasswd, sha256};
 
 /// One parsed series of the `/metrics` exposition.
 struct Series {

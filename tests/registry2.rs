@@ -536,7 +536,8 @@ async fn gc_du_and_delete_need_only_the_config_file_against_a_tls_server_and_a_s
 
 #[tokio::test]
 async fn the_web_ui_removes_a_repository_for_its_admins_only_and_gc_reclaims_its_blobs() {
-    use support::ui::{form, htpasswd, input_value, session_cookie};
+    use support::htpasswd;
+    use support::ui::{form, input_value, session_cookie};
     let dir = tempfile::tempdir().unwrap();
     let pw = htpasswd(dir.path(), &[("admin", "admin-pass"), ("viewer", "viewer-pass")]);
     let mut b = Berth::start(

@@ -239,10 +239,7 @@ async fn an_invalid_tag_reads_as_manifest_unknown_and_a_put_with_it_is_tag_inval
 }
 
 fn htpasswd(dir: &Path) -> PathBuf {
-    support::require("htpasswd");
-    let path = dir.join("htpasswd");
-    std::fs::write(&path, run(Command::new("htpasswd").args(["-Bbn", "alice", "alice-pw"]))).unwrap();
-    path
+    support::htpasswd(dir, &[("alice", "alice-pw")])
 }
 
 /// The realm of the Bearer challenge `/v2/` answers.

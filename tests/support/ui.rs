@@ -1,23 +1,7 @@
-//! Helpers for driving the web UI as a browser does: logins from an htpasswd file, the session
-//! cookie, and form submissions.
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
+//! Helpers for driving the web UI as a browser does: the session cookie and form submissions
+//! (users come from `support::htpasswd`).
 
 use super::client::header;
-use super::run;
-
-/// An htpasswd file of bcrypt entries, written by the real `htpasswd -B`.
-pub fn htpasswd(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
-    super::require("htpasswd");
-    let path = dir.join("htpasswd");
-    let text: String = users
-        .iter()
-        .map(|(user, password)| run(Command::new("htpasswd").args(["-Bbn", user, password])))
-        .collect();
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// The value of the first `<input name="NAME" value="...">` in `html`.
 pub fn input_value(html: &str, name: &str) -> Option<String> {

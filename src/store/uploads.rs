@@ -236,7 +236,9 @@ impl Uploads {
 
     /// Wait until no chunk writer of this session is running, then cut the file back to the
     /// committed length `len` (a chunk that failed or was dropped may have written past it).
-    async fn settle(&self, id: &str, slot: &Slot, len: u64) -> Result<()> {
+    /// Returns the file, which then holds exactly the session's `len` bytes: no writer can start
+    /// while the caller holds the session's state lock.
+    async fn settle(&self, id: &str, slot: &Slot, len: u64) -> Result<fs::File> {
         drop(slot.writer.lock().await);
         let file = fs::OpenOptions::new()
             .write(true)
@@ -252,7 +254,7 @@ impl Uploads {
         if on_disk > len {
             file.set_len(len).await?;
         }
-        Ok(())
+        Ok(file)
     }
 
     async fn write_chunk<S>(
@@ -313,7 +315,7 @@ impl Uploads {
         let mut guard = slot.state.lock().await;
         let session = self.load(id, &mut guard).await?;
         // After this the file holds exactly the bytes the session's hash covers.
-        self.settle(id, &slot, session.len).await?;
+        let file = self.settle(id, &slot, session.len).await?;
         let actual = if digest.algorithm() == Algorithm::Sha256 {
             session.hasher.clone().finish()
         } else {
@@ -321,17 +323,8 @@ impl Uploads {
         };
         let len = session.len;
         let result = if actual == *digest {
-            let path = self.path(id);
-            let file = fs::File::open(&path).await?;
             file.sync_all().await?;
-            let on_disk = file.metadata().await?.len();
-            if on_disk == len {
-                self.blobs.publish(&path, digest).await
-            } else {
-                Err(Error::Io(io::Error::other(format!(
-                    "upload {id} changed under its session ({on_disk} bytes, {len} hashed)"
-                ))))
-            }
+            self.blobs.publish(&self.path(id), digest).await
         } else {
             Err(Error::DigestMismatch {
                 expected: digest.clone(),

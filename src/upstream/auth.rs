@@ -20,35 +20,33 @@ pub enum Challenge {
     },
 }
 
-/// Parse `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`. Quoted values may hold
-/// commas (scopes like `repository:a:pull,push`), so this walks the string instead of splitting.
+/// The challenge berth can answer from a `WWW-Authenticate` value: the first `Bearer` with a
+/// realm, else `Basic`. The value may list several challenges, and quoted values may hold commas
+/// (scopes like `repository:a:pull,push`) and escapes; `http-auth` parses RFC 9110 syntax. What
+/// parses before a syntax error still counts, as registries' headers are not always tidy.
 pub fn parse_challenge(header: &str) -> Option<Challenge> {
-    let (scheme, rest) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
-    if scheme.eq_ignore_ascii_case("basic") {
-        return Some(Challenge::Basic);
-    }
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let mut params = HashMap::new();
-    let mut s = rest.trim();
-    while !s.is_empty() {
-        let (key, after) = s.split_once('=')?;
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
-        let after = after.trim_start();
-        let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
-            let end = quoted.find('"')?;
-            (&quoted[..end], &quoted[end + 1..])
-        } else {
-            after.split_once(',').unwrap_or((after, ""))
-        };
-        params.insert(key, value.to_owned());
-        s = tail.trim_start().trim_start_matches(',').trim_start();
-    }
-    Some(Challenge::Bearer {
-        realm: params.remove("realm")?,
-        service: params.remove("service"),
-        scope: params.remove("scope"),
+    let challenges: Vec<_> = http_auth::ChallengeParser::new(header).map_while(Result::ok).collect();
+    let param = |c: &http_auth::ChallengeRef, name: &str| {
+        c.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.to_unescaped())
+    };
+    let bearer = challenges
+        .iter()
+        .filter(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+        .find_map(|c| {
+            Some(Challenge::Bearer {
+                realm: param(c, "realm")?,
+                service: param(c, "service"),
+                scope: param(c, "scope"),
+            })
+        });
+    bearer.or_else(|| {
+        challenges
+            .iter()
+            .any(|c| c.scheme.eq_ignore_ascii_case("basic"))
+            .then_some(Challenge::Basic)
     })
 }
 
@@ -138,5 +136,39 @@ mod tests {
         assert_eq!(parse_challenge(r#"Basic realm="x""#), Some(Challenge::Basic));
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(parse_challenge(r#"Bearer service="no realm""#), None);
+    }
+
+    #[test]
+    fn reads_quoted_commas_escapes_and_several_challenges() {
+        let bearer = |scope: &str| {
+            Some(Challenge::Bearer {
+                realm: "https://r/token".into(),
+                service: None,
+                scope: Some(scope.into()),
+            })
+        };
+        // Spaces after commas, upper-case names, a comma and an escaped quote inside a value.
+        assert_eq!(
+            parse_challenge(r#"bearer Realm="https://r/token", SCOPE="repository:a,b:pull,push""#),
+            bearer("repository:a,b:pull,push")
+        );
+        assert_eq!(
+            parse_challenge(r#"Bearer realm="https://r/token",scope="x\"y""#),
+            bearer(r#"x"y"#)
+        );
+        // Several challenges in one value: Bearer wins wherever it stands, Basic is the fallback.
+        assert_eq!(
+            parse_challenge(r#"Basic realm="b", Bearer realm="https://r/token",scope="s""#),
+            bearer("s")
+        );
+        assert_eq!(
+            parse_challenge(r#"Negotiate, Basic realm="b, c""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(
+            parse_challenge(r#"Bearer service="no realm", Basic realm="b""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge(""), None);
     }
 }

@@ -4,43 +4,11 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::range::{RangeSpec, parse_range};
 use super::{CONTENT_DIGEST, set_cache};
 use crate::oci::{Digest, RepoName};
 use crate::service::{BlobBody, Registry, Result, Route};
 use crate::store::BlobFile;
-
-/// A single byte range `start..=end` of a blob of known size, or why there is none.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RangeSpec {
-    Whole,
-    Part { start: u64, end: u64 },
-    Unsatisfiable,
-}
-
-/// Parse `Range: bytes=a-b | a- | -n` against `size`. Multiple ranges and malformed headers are
-/// ignored (RFC 9110 lets a server answer 200 with the whole body).
-pub fn parse_range(value: Option<&str>, size: u64) -> RangeSpec {
-    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
-        return RangeSpec::Whole;
-    };
-    if spec.contains(',') {
-        return RangeSpec::Whole;
-    }
-    let Some((a, b)) = spec.split_once('-') else {
-        return RangeSpec::Whole;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let (start, end) = match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(start), Ok(end)) if start <= end => (start, end.min(size.saturating_sub(1))),
-        (Ok(start), Err(_)) if b.is_empty() => (start, size.saturating_sub(1)),
-        (Err(_), Ok(suffix)) if a.is_empty() && suffix > 0 => (size.saturating_sub(suffix), size.saturating_sub(1)),
-        _ => return RangeSpec::Whole,
-    };
-    if start >= size {
-        return RangeSpec::Unsatisfiable;
-    }
-    RangeSpec::Part { start, end }
-}
 
 fn common(digest: &Digest) -> [(HeaderName, String); 3] {
     [
@@ -121,24 +89,4 @@ pub async fn head(reg: &Registry, route: &Route, digest: &Digest) -> Result<Resp
 pub async fn delete(reg: &Registry, repo: &RepoName, digest: &Digest) -> Result<Response> {
     reg.delete_blob(repo, digest).await?;
     Ok(StatusCode::ACCEPTED.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range(None, 10), RangeSpec::Whole);
-        assert_eq!(parse_range(Some("bytes=0-3"), 10), RangeSpec::Part { start: 0, end: 3 });
-        assert_eq!(parse_range(Some("bytes=5-"), 10), RangeSpec::Part { start: 5, end: 9 });
-        assert_eq!(parse_range(Some("bytes=-4"), 10), RangeSpec::Part { start: 6, end: 9 });
-        assert_eq!(
-            parse_range(Some("bytes=8-100"), 10),
-            RangeSpec::Part { start: 8, end: 9 }
-        );
-        assert_eq!(parse_range(Some("bytes=10-"), 10), RangeSpec::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeSpec::Whole);
-        assert_eq!(parse_range(Some("items=0-1"), 10), RangeSpec::Whole);
-    }
 }

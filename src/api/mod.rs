@@ -14,6 +14,7 @@ mod listing;
 mod manifests;
 mod ops;
 mod origin;
+mod range;
 mod token;
 mod uploads;
 
@@ -30,9 +31,9 @@ use serde::Deserialize;
 
 pub use access::RequestId;
 // The parsers of untrusted request bytes are public for the fuzz targets in fuzz/.
-pub use blobs::{RangeSpec, parse_range};
 pub use endpoint::{Endpoint, ParseError};
 pub use limits::ClientLimits;
+pub use range::{RangeSpec, parse_range};
 pub use uploads::parse_content_range;
 
 use crate::auth::{Action, Auth, Denied, Identity, Scope, User};

@@ -1,28 +1,14 @@
-//! HTML building blocks: escaping, the page layout, and how numbers, times and digests are shown.
-//! Every value that did not come from this file goes through [`esc`] (text and attributes alike).
+//! HTML building blocks: the page layout, and how times, digests and ratios are shown. Markup is
+//! built with `maud`, which escapes every value it interpolates, so a missed escape cannot happen;
+//! only the constant style sheet goes in unescaped.
 
-use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::oci::Digest;
 
-/// `s` with `& < > " '` escaped: safe in element text and in quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// `path?k=v&...` with the values percent-encoded; still to be [`esc`]aped inside an attribute.
+/// `path?k=v&...` with the values percent-encoded (the markup escapes it again in an attribute).
 pub fn url(path: &str, params: &[(&str, &str)]) -> String {
     let mut out = path.to_owned();
     let mut sep = '?';
@@ -36,32 +22,11 @@ pub fn url(path: &str, params: &[(&str, &str)]) -> String {
     out
 }
 
-/// `1.5 MiB`
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 /// `2026-01-02 03:04 UTC`, with how long ago as the tooltip.
-pub fn time(unix: u64, now: u64) -> String {
+pub fn time(unix: u64, now: u64) -> Markup {
     let at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string();
     let shown = at.get(..16).unwrap_or(&at).replace('T', " ");
-    format!(
-        "<time datetime=\"{}\" title=\"{}\">{} UTC</time>",
-        esc(&at),
-        ago(unix, now),
-        esc(&shown)
-    )
+    html! { time datetime=(at) title=(ago(unix, now)) { (shown) " UTC" } }
 }
 
 /// `5 minutes ago`
@@ -77,10 +42,10 @@ pub fn ago(unix: u64, now: u64) -> String {
 }
 
 /// A digest cut to `sha256:` and 12 hex digits, the whole one in the tooltip.
-pub fn digest(d: &Digest) -> String {
+pub fn digest(d: &Digest) -> Markup {
     let full = d.to_string();
     let short: String = full.chars().take(d.algorithm().as_str().len() + 1 + 12).collect();
-    format!("<code title=\"{}\">{}…</code>", esc(&full), esc(&short))
+    html! { code title=(full) { (short) "…" } }
 }
 
 /// A percentage with one decimal, or `–` without data.
@@ -139,27 +104,38 @@ footer{max-width:72rem;margin:0 auto;padding:0 2rem 2rem;color:var(--muted);font
 footer a{color:var(--muted)}
 "#;
 
-/// A whole page around `body` (already HTML). `user` is shown in the header.
-pub fn page(title: &str, user: Option<&str>, auth_on: bool, body: &str) -> String {
-    let who = match (user, auth_on) {
-        (Some(u), _) => format!("signed in as <b>{}</b>", esc(u)),
-        (None, false) => "authentication off".to_owned(),
-        (None, true) => String::new(),
+/// A whole page around `body`. `user` is shown in the header.
+pub fn page(title: &str, user: Option<&str>, auth_on: bool, body: Markup) -> String {
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · berth" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    a.brand href="/ui" { "berth" }
+                    nav { a href="/ui" { "Repositories" } }
+                    span.who {
+                        @match (user, auth_on) {
+                            (Some(u), _) => { "signed in as " b { (u) } }
+                            (None, false) => "authentication off",
+                            (None, true) => {}
+                        }
+                    }
+                }
+                main { (body) }
+                footer {
+                    "berth " (env!("CARGO_PKG_VERSION")) " · " a href="/metrics" { "metrics" }
+                    " · " a href="/healthz" { "healthz" } " · " a href="/readyz" { "readyz" }
+                }
+            }
+        }
     };
-    let mut out = String::with_capacity(body.len() + STYLE.len() + 1024);
-    let _ = write!(
-        out,
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · berth</title><style>{STYLE}</style></head><body>\
-         <header><a class=\"brand\" href=\"/ui\">berth</a><nav><a href=\"/ui\">Repositories</a></nav>\
-         <span class=\"who\">{who}</span></header><main>{body}</main>\
-         <footer>berth {version} · <a href=\"/metrics\">metrics</a> · <a href=\"/healthz\">healthz</a> · \
-         <a href=\"/readyz\">readyz</a></footer></body></html>\n",
-        title = esc(title),
-        version = env!("CARGO_PKG_VERSION"),
-    );
-    out
+    page.into_string() + "\n"
 }
 
 #[cfg(test)]
@@ -167,11 +143,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            esc(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
-        );
+    fn urls_encode_their_values() {
         assert_eq!(
             url("/ui/repo", &[("name", "a/b"), ("x", "&<")]),
             "/ui/repo?name=a%2Fb&x=%26%3C"
@@ -179,14 +151,30 @@ mod tests {
     }
 
     #[test]
+    fn the_layout_escapes_the_title_and_the_user() {
+        let out = page("<script>t</script>", Some("<script>u</script>"), true, html! { "body" });
+        assert!(!out.contains("<script>"), "{out}");
+        assert!(out.contains("&lt;script&gt;t&lt;/script&gt; · berth"), "{out}");
+        assert!(
+            out.contains("signed in as <b>&lt;script&gt;u&lt;/script&gt;</b>"),
+            "{out}"
+        );
+        assert!(out.starts_with("<!DOCTYPE html><html lang=\"en\">"), "{out}");
+    }
+
+    #[test]
     fn sizes_times_and_ratios_read_well() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        use bytesize::ByteSize;
+        assert_eq!(ByteSize(512).to_string(), "512 B");
+        assert_eq!(ByteSize(1536).to_string(), "1.5 KiB");
+        assert_eq!(ByteSize(3 << 30).to_string(), "3.0 GiB");
         assert_eq!(ago(100, 100), "just now");
         assert_eq!(ago(0, 120), "2 minutes ago");
         assert_eq!(ago(0, 3600), "1 hour ago");
-        assert!(time(0, 0).contains("1970-01-01 00:00 UTC"));
+        assert_eq!(
+            time(0, 0).into_string(),
+            "<time datetime=\"1970-01-01T00:00:00Z\" title=\"just now\">1970-01-01 00:00 UTC</time>"
+        );
         assert_eq!(percent(1, 3), "33.3%");
         assert_eq!(percent(0, 0), "–");
     }

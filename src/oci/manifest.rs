@@ -4,6 +4,9 @@
 //! Why not `oci-spec`'s types: they model one spec strictly, while a registry must accept Docker
 //! schema2 and manifest lists next to OCI manifests and indexes, and only ever needs the
 //! descriptors. A lenient struct of the common fields does that without the builder machinery.
+//! Checked against oci-spec 0.10: it requires `layers` and a platform's `os` and `architecture`,
+//! which berth accepts absent today (see `accepts_what_a_strict_model_would_refuse`), and it
+//! brings derive_builder, getset, strum and regex, which are not optional.
 
 use std::collections::BTreeMap;
 
@@ -217,6 +220,26 @@ mod tests {
         let m = Manifest::parse(body.as_bytes(), Some(media::OCI_INDEX)).unwrap();
         assert_eq!(m.child_refs().count(), 1);
         assert_eq!(m.blob_refs().count(), 0);
+    }
+
+    #[test]
+    fn accepts_what_a_strict_model_would_refuse() {
+        // No `layers` (a config-only artifact), and an index entry whose platform names only the OS.
+        let image = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/x-sbom","digest":"{}","size":1}}}}"#,
+            digest('a')
+        );
+        let m = Manifest::parse(image.as_bytes(), Some(media::OCI_MANIFEST)).unwrap();
+        assert_eq!(m.blob_refs().count(), 1);
+        assert!(m.layers.is_empty());
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{}","size":5,"platform":{{"os":"linux"}}}}]}}"#,
+            media::OCI_MANIFEST,
+            digest('e')
+        );
+        let m = Manifest::parse(index.as_bytes(), None).unwrap();
+        assert_eq!(m.media_type, media::OCI_INDEX, "the shape tells an index");
+        assert_eq!(m.child_refs().count(), 1);
     }
 
     #[test]

@@ -6,8 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{CONTENT_DIGEST, set_cache};
 use crate::oci::{Digest, RepoName};
-use crate::service::{BlobBody, Registry, Result, Route};
-use crate::store::BlobFile;
+use crate::service::{BlobBody, BlobFile, Registry, Result, Route};
 
 /// A single byte range `start..=end` of a blob of known size, or why there is none.
 #[derive(Debug, PartialEq, Eq)]

@@ -292,7 +292,8 @@ fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
     /// Address to listen on. Default `"127.0.0.1:5000"`.
-    pub listen: String,
+    #[serde(with = "value::address")]
+    pub listen: SocketAddr,
     /// How long transfers in flight may take to finish after SIGTERM before their connections
     /// are closed. Default `"30s"`.
     #[serde(with = "value::duration")]
@@ -328,7 +329,7 @@ pub struct Server {
 impl Default for Server {
     fn default() -> Self {
         Server {
-            listen: "127.0.0.1:5000".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
             drain_timeout: Duration::from_secs(30),
             tls: Tls::default(),
             trust_forwarded_headers: false,
@@ -477,7 +478,6 @@ impl Config {
     /// the file was deserialised; here only their ranges and the settings built from several
     /// keys are checked, each error naming its key.
     fn validate(&self) -> Result<(), ConfigError> {
-        self.listen_addr()?;
         let s = &self.server;
         positive("server.header_timeout", s.header_timeout)?;
         positive("server.idle_timeout", s.idle_timeout)?;
@@ -595,15 +595,6 @@ impl Config {
             max_connections: s.max_connections as usize,
             max_streams: s.max_streams,
         }
-    }
-
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|_| {
-            ConfigError::Invalid(format!(
-                "server.listen: {:?} is not an address:port",
-                self.server.listen
-            ))
-        })
     }
 }
 

@@ -123,8 +123,7 @@ fn targets(code: &str) -> Vec<String> {
 /// taken).
 fn group_heads(group: &str) -> Vec<String> {
     let (mut heads, mut depth, mut start) = (Vec::new(), 0usize, true);
-    let mut chars = group.char_indices();
-    while let Some((i, c)) = chars.next() {
+    for (i, c) in group.char_indices() {
         match c {
             '{' => depth += 1,
             '}' if depth == 0 => break,

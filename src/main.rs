@@ -167,7 +167,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         .into_iter()
         .map(|settings| berth::upstream::Upstream::new(settings).context("building an upstream client"))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let addr = config.listen_addr()?;
+    let addr = config.server.listen;
     let registry = Registry::new(store.clone(), upstreams)
         .with_private_namespaces(config.private.namespaces.clone())
         .with_claim_on_push(config.private.claim_on_push)

@@ -13,7 +13,7 @@ fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
 #[test]
 fn embedded_default_parses_to_the_documented_defaults() {
     let c = Config::from_toml(DEFAULT_TOML, env(&[])).unwrap();
-    assert_eq!(c.server.listen, "127.0.0.1:5000");
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:5000");
     assert_eq!(c.storage.root, PathBuf::from("./data"));
     let upstreams = c.upstream_settings().unwrap();
     assert_eq!(upstreams.len(), 1);
@@ -84,7 +84,7 @@ fn environment_overrides_file() {
         ]),
     )
     .unwrap();
-    assert_eq!(c.server.listen, "127.0.0.1:6000");
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:6000");
     assert_eq!(c.storage.root, PathBuf::from("/tmp/x"));
 }
 
@@ -168,7 +168,13 @@ fn registry2_switches_default_as_documented_and_come_from_the_environment() {
 
 #[test]
 fn bad_listen_address_is_refused() {
-    assert!(Config::from_toml("[server]\nlisten = \"nowhere\"\n", env(&[])).is_err());
+    let err = Config::from_toml("[server]\nlisten = \"nowhere\"\n", env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.listen") && err.contains("not an address:port"),
+        "{err}"
+    );
 }
 
 #[test]

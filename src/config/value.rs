@@ -76,6 +76,23 @@ pub mod optional_size {
     }
 }
 
+/// `#[serde(with = "value::address")]`: a socket address written as `"127.0.0.1:5000"`.
+pub mod address {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&a.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map_err(|_| D::Error::custom(format!("{text:?} is not an address:port")))
+    }
+}
+
 /// How much free space the store wants to keep: below it, the registry reports itself not ready.
 /// Written as a size (`"1GiB"`, `"0"` for no floor) or a percentage of the filesystem (`"5%"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

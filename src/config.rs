@@ -14,10 +14,12 @@ use toml::{Table, Value};
 mod notifications;
 mod prefetch;
 mod upstream;
+pub mod value;
 
 pub use notifications::{NotificationEndpoint, NotificationSettings};
 pub use prefetch::{PrefetchEntry, PrefetchSettings, parse_image};
 pub use upstream::{UpstreamConfig, UpstreamSettings};
+pub use value::MinFree;
 
 /// The documented default configuration, compiled in so `berth serve` runs with no file at all.
 pub const DEFAULT_TOML: &str = include_str!("../mirror.toml");
@@ -60,9 +62,11 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Cached tags and manifests nobody pulled for this long are evicted. Default `"168h"`.
-    pub ttl: String,
+    #[serde(with = "value::duration")]
+    pub ttl: Duration,
     /// Store size cap, e.g. `"50GiB"`; empty for no cap. Default `""`.
-    pub max_size: String,
+    #[serde(with = "value::optional_size")]
+    pub max_size: Option<u64>,
     /// Above the cap, evict down to this percentage of it. Default `90`.
     pub low_water: u32,
 }
@@ -70,8 +74,8 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            ttl: "168h".into(),
-            max_size: String::new(),
+            ttl: Duration::from_secs(168 * 3600),
+            max_size: None,
             low_water: 90,
         }
     }
@@ -82,11 +86,14 @@ impl Default for CacheConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GcConfig {
     /// How often eviction and collection run while serving. Default `"1h"`.
-    pub interval: String,
+    #[serde(with = "value::duration")]
+    pub interval: Duration,
     /// Blobs younger than this are never collected (covers pushes in flight). Default `"1h"`.
-    pub grace: String,
+    #[serde(with = "value::duration")]
+    pub grace: Duration,
     /// Upload sessions older than this are purged. Default `"24h"`.
-    pub upload_ttl: String,
+    #[serde(with = "value::duration")]
+    pub upload_ttl: Duration,
     /// Also delete untagged manifests of private repositories. Default `false`.
     pub delete_untagged: bool,
 }
@@ -94,9 +101,9 @@ pub struct GcConfig {
 impl Default for GcConfig {
     fn default() -> Self {
         GcConfig {
-            interval: "1h".into(),
-            grace: "1h".into(),
-            upload_ttl: "24h".into(),
+            interval: Duration::from_secs(3600),
+            grace: Duration::from_secs(3600),
+            upload_ttl: Duration::from_secs(24 * 3600),
             delete_untagged: false,
         }
     }
@@ -159,7 +166,8 @@ pub struct AuthConfig {
     /// end with a restart and clients fetch new ones. Default `""`.
     pub token_key: String,
     /// Lifetime of an issued token. Default `"5m"`.
-    pub token_ttl: String,
+    #[serde(with = "value::duration")]
+    pub token_ttl: Duration,
     /// The `service` in challenges and tokens. Default `"berth"`.
     pub service: String,
     /// The token endpoint URL put in challenges. Empty: derived from the request's Host header.
@@ -180,10 +188,12 @@ pub struct AuthConfig {
     /// The same, for one user name from any client. 0 turns the limit off. Default `20`.
     pub login_failures_per_user: u32,
     /// Time in which a throttled client's or user name's allowance refills completely. Default `"1m"`.
-    pub login_failure_window: String,
+    #[serde(with = "value::duration")]
+    pub login_failure_window: Duration,
     /// How long a verified (or refused) user and password are remembered, so a push does not pay
     /// bcrypt on every request. Only an HMAC of them is kept. Default `"1m"`.
-    pub login_cache_ttl: String,
+    #[serde(with = "value::duration")]
+    pub login_cache_ttl: Duration,
     /// Bcrypt checks run at once; more wait. 0: one per CPU core. Default `0`.
     pub password_checks: u32,
 }
@@ -194,7 +204,7 @@ impl Default for AuthConfig {
             htpasswd: String::new(),
             scheme: AuthScheme::Token,
             token_key: String::new(),
-            token_ttl: "5m".into(),
+            token_ttl: Duration::from_secs(300),
             service: "berth".into(),
             realm: String::new(),
             anonymous_pull: true,
@@ -202,8 +212,8 @@ impl Default for AuthConfig {
             access: Vec::new(),
             login_failures_per_ip: 10,
             login_failures_per_user: 20,
-            login_failure_window: "1m".into(),
-            login_cache_ttl: "1m".into(),
+            login_failure_window: Duration::from_secs(60),
+            login_cache_ttl: Duration::from_secs(60),
             password_checks: 0,
         }
     }
@@ -270,24 +280,10 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-fn size(key: &str, text: &str) -> Result<u64, ConfigError> {
-    text.parse::<bytesize::ByteSize>()
-        .map(|s| s.as_u64())
-        .map_err(|e| ConfigError::Invalid(format!("{key}: {text:?} is not a size like \"10KiB\": {e}")))
-}
-
-/// The longest duration any key takes. A century is "never" in practice, and a longer one could
-/// overflow the clock arithmetic done with it (a deadline, a GC cut-off), which panics.
-/// (Years of 365.25 days, as humantime counts them.)
-const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
-
-fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| ConfigError::Invalid(format!("{key}: {text:?} is not a duration like \"30s\" or \"5m\": {e}")))?;
-    if d > MAX_DURATION {
-        return Err(ConfigError::Invalid(format!(
-            "{key}: {text:?} is longer than 100 years"
-        )));
+/// A duration that must not be zero.
+fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(ConfigError::Invalid(format!("{key} must be above 0")));
     }
     Ok(d)
 }
@@ -296,10 +292,12 @@ fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
     /// Address to listen on. Default `"127.0.0.1:5000"`.
-    pub listen: String,
+    #[serde(with = "value::address")]
+    pub listen: SocketAddr,
     /// How long transfers in flight may take to finish after SIGTERM before their connections
     /// are closed. Default `"30s"`.
-    pub drain_timeout: String,
+    #[serde(with = "value::duration")]
+    pub drain_timeout: Duration,
     /// `[server.tls]`: serve HTTPS (HTTP/2 and HTTP/1.1) with these PEM files.
     pub tls: Tls,
     // --- registry:2 compatibility (issue 12) ---
@@ -311,13 +309,16 @@ pub struct Server {
     /// Time a client has to send a request's headers. On a kept-alive HTTP/1.1 connection the
     /// wait for the next request counts too; it also bounds a new connection's first request
     /// (HTTP/2 included). Default `"30s"`.
-    pub header_timeout: String,
+    #[serde(with = "value::duration")]
+    pub header_timeout: Duration,
     /// A connection with no request in flight and no bytes moving for this long is closed.
     /// Default `"60s"`.
-    pub idle_timeout: String,
+    #[serde(with = "value::duration")]
+    pub idle_timeout: Duration,
     /// A request body that sends nothing for this long is cut off (an upload chunk then leaves
     /// its session as it was). Default `"60s"`.
-    pub body_timeout: String,
+    #[serde(with = "value::duration")]
+    pub body_timeout: Duration,
     /// Connections served at once. Further connections wait up to `header_timeout` for a slot,
     /// then are closed. Default `4096`.
     pub max_connections: u32,
@@ -328,13 +329,13 @@ pub struct Server {
 impl Default for Server {
     fn default() -> Self {
         Server {
-            listen: "127.0.0.1:5000".into(),
-            drain_timeout: "30s".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            drain_timeout: Duration::from_secs(30),
             tls: Tls::default(),
             trust_forwarded_headers: false,
-            header_timeout: "30s".into(),
-            idle_timeout: "60s".into(),
-            body_timeout: "60s".into(),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
             max_connections: 4096,
             max_streams: 100,
         }
@@ -371,7 +372,7 @@ pub struct Storage {
     /// Below this much free space on the store's filesystem `/readyz` answers 503: a size such as
     /// `"1GiB"`, or a percentage of the filesystem such as `"5%"`; `"0"` turns the check off.
     /// Default `"1GiB"`.
-    pub min_free: String,
+    pub min_free: MinFree,
     // --- registry:2 compatibility (issue 12): switches, re-read on SIGHUP ---
     /// Whether manifests, tags and blobs may be deleted (registry:2's `storage.delete.enabled`,
     /// but on by default). Off: every delete answers 405 UNSUPPORTED. Default `true`.
@@ -385,7 +386,7 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             root: PathBuf::from("./data"),
-            min_free: "1GiB".into(),
+            min_free: MinFree::Bytes(1 << 30),
             delete: true,
             read_only: false,
         }
@@ -446,70 +447,69 @@ impl Config {
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
         apply_env(&mut table, env)?;
-        let config: Config = table
+        // Array entries are deserialised one by one, so that a bad value names its entry
+        // (`upstream "hub"`, `prefetch entry 2`) and not only its key.
+        let upstreams = table.remove("upstream");
+        let notifications = table.remove("notifications");
+        let prefetch = table.remove("prefetch");
+        let mut config: Config = table
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        let named = |kind: &'static str| {
+            move |i: usize, entry: &Table| match entry.get("name").and_then(Value::as_str) {
+                Some(name) => format!("{kind} {name:?}"),
+                None => format!("{kind} entry {}", i + 1),
+            }
+        };
+        if let Some(v) = upstreams {
+            config.upstreams = entries(v, "upstream", named("upstream"))?;
+        }
+        if let Some(v) = notifications {
+            config.notifications = entries(v, "notifications", named("notifications"))?;
+        }
+        if let Some(v) = prefetch {
+            config.prefetch = entries(v, "prefetch", |i, _| format!("prefetch entry {}", i + 1))?;
+        }
         config.validate()?;
         Ok(config)
     }
 
+    /// Checks that need more than one value's type: durations and sizes were parsed (once) when
+    /// the file was deserialised; here only their ranges and the settings built from several
+    /// keys are checked, each error naming its key.
     fn validate(&self) -> Result<(), ConfigError> {
-        self.listen_addr()?;
-        self.drain_timeout()?;
-        self.connection_limits()?;
-        self.upstream_settings_with(false)?;
-        self.gc_policy()?;
-        self.gc_interval()?;
-        self.min_free()?;
-        self.notification_settings()?;
-        self.prefetch_settings()?;
-        Ok(())
-    }
-
-    /// `[storage] min_free` as a size or a percentage of the filesystem.
-    pub fn min_free(&self) -> Result<crate::store::MinFree, ConfigError> {
-        use crate::store::MinFree;
-        let text = self.storage.min_free.trim();
-        let bad = |e: &dyn std::fmt::Display| {
-            ConfigError::Invalid(format!(
-                "storage.min_free: {text:?} is not a size like \"1GiB\" or a percentage like \"5%\": {e}"
-            ))
-        };
-        match text.strip_suffix('%') {
-            Some(p) => match p.trim().parse::<u8>() {
-                Ok(p) if p <= 100 => Ok(MinFree::Percent(p)),
-                Ok(p) => Err(bad(&format!("{p}% is over 100%"))),
-                Err(e) => Err(bad(&e)),
-            },
-            None => Ok(MinFree::Bytes(
-                text.parse::<bytesize::ByteSize>().map_err(|e| bad(&e))?.as_u64(),
-            )),
+        let s = &self.server;
+        positive("server.header_timeout", s.header_timeout)?;
+        positive("server.idle_timeout", s.idle_timeout)?;
+        positive("server.body_timeout", s.body_timeout)?;
+        for (key, n) in [
+            ("server.max_connections", s.max_connections),
+            ("server.max_streams", s.max_streams),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be above 0")));
+            }
         }
-    }
-
-    /// `[cache]` and `[gc]` as a collection policy.
-    pub fn gc_policy(&self) -> Result<crate::gc::Policy, ConfigError> {
-        let max_size = match self.cache.max_size.trim() {
-            "" => None,
-            text => Some(
-                text.parse::<bytesize::ByteSize>()
-                    .map_err(|e| {
-                        ConfigError::Invalid(format!("cache.max_size: {text:?} is not a size like \"50GiB\": {e}"))
-                    })?
-                    .as_u64(),
-            ),
-        };
+        self.upstream_settings_with(false)?;
         if !(1..=100).contains(&self.cache.low_water) {
             return Err(ConfigError::Invalid(
                 "cache.low_water must be a percentage from 1 to 100".into(),
             ));
         }
-        Ok(crate::gc::Policy {
-            ttl: duration("cache.ttl", &self.cache.ttl)?,
-            max_size,
+        positive("gc.interval", self.gc.interval)?;
+        self.notification_settings()?;
+        self.prefetch_settings()?;
+        Ok(())
+    }
+
+    /// `[cache]` and `[gc]` as a collection policy.
+    pub fn gc_policy(&self) -> crate::gc::Policy {
+        crate::gc::Policy {
+            ttl: self.cache.ttl,
+            max_size: self.cache.max_size,
             low_water_percent: self.cache.low_water.into(),
-            grace: duration("gc.grace", &self.gc.grace)?,
-            upload_ttl: duration("gc.upload_ttl", &self.gc.upload_ttl)?,
+            grace: self.gc.grace,
+            upload_ttl: self.gc.upload_ttl,
             delete_untagged: self.gc.delete_untagged,
             pinned: Vec::new(),
             offline_upstreams: self
@@ -518,15 +518,7 @@ impl Config {
                 .filter(|u| u.offline)
                 .map(|u| u.name.clone())
                 .collect(),
-        })
-    }
-
-    pub fn gc_interval(&self) -> Result<Duration, ConfigError> {
-        let interval = duration("gc.interval", &self.gc.interval)?;
-        if interval.is_zero() {
-            return Err(ConfigError::Invalid("gc.interval must be above 0".into()));
         }
-        Ok(interval)
     }
 
     /// The `[[upstream]]` entries as typed settings; reads `password_env` variables.
@@ -579,14 +571,13 @@ impl Config {
                     name: u.name.clone(),
                     url,
                     credentials,
-                    tag_ttl: duration(&key("tag_ttl"), &u.tag_ttl)?,
-                    timeout: duration(&key("timeout"), &u.timeout)?,
+                    tag_ttl: u.tag_ttl,
+                    timeout: u.timeout,
                     requests_per_second: nonzero("requests_per_second", u.requests_per_second)?,
                     burst: nonzero("burst", u.burst)?,
-                    max_retry_after: duration(&key("max_retry_after"), &u.max_retry_after)?,
-                    fill_min_rate: size(&key("fill_min_rate"), &u.fill_min_rate)?,
-                    fill_rate_window: duration(&key("fill_rate_window"), &u.fill_rate_window)?
-                        .max(Duration::from_secs(1)),
+                    max_retry_after: u.max_retry_after,
+                    fill_min_rate: u.fill_min_rate,
+                    fill_rate_window: u.fill_rate_window.max(Duration::from_secs(1)),
                     offline: u.offline,
                     forward_ns: u.forward_ns,
                 })
@@ -594,44 +585,43 @@ impl Config {
             .collect()
     }
 
-    /// `[server] drain_timeout` as a duration.
-    pub fn drain_timeout(&self) -> Result<Duration, ConfigError> {
-        duration("server.drain_timeout", &self.server.drain_timeout)
-    }
-
-    /// `[server]` connection limits and timeouts as typed values.
-    pub fn connection_limits(&self) -> Result<ConnectionLimits, ConfigError> {
+    /// `[server]` connection limits and timeouts (checked at load).
+    pub fn connection_limits(&self) -> ConnectionLimits {
         let s = &self.server;
-        let positive = |key: &str, text: &str| {
-            let d = duration(key, text)?;
-            if d.is_zero() {
-                return Err(ConfigError::Invalid(format!("{key} must be above 0")));
-            }
-            Ok(d)
-        };
-        let count = |key: &str, n: u32| {
-            if n == 0 {
-                return Err(ConfigError::Invalid(format!("{key} must be above 0")));
-            }
-            Ok(n)
-        };
-        Ok(ConnectionLimits {
-            header_timeout: positive("server.header_timeout", &s.header_timeout)?,
-            idle_timeout: positive("server.idle_timeout", &s.idle_timeout)?,
-            body_timeout: positive("server.body_timeout", &s.body_timeout)?,
-            max_connections: count("server.max_connections", s.max_connections)? as usize,
-            max_streams: count("server.max_streams", s.max_streams)?,
-        })
+        ConnectionLimits {
+            header_timeout: s.header_timeout,
+            idle_timeout: s.idle_timeout,
+            body_timeout: s.body_timeout,
+            max_connections: s.max_connections as usize,
+            max_streams: s.max_streams,
+        }
     }
+}
 
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|_| {
-            ConfigError::Invalid(format!(
-                "server.listen: {:?} is not an address:port",
-                self.server.listen
-            ))
+/// The entries of an array of tables (`[[key]]`), each error prefixed with `label(index, entry)`.
+fn entries<T: serde::de::DeserializeOwned>(
+    value: Value,
+    key: &str,
+    label: impl Fn(usize, &Table) -> String,
+) -> Result<Vec<T>, ConfigError> {
+    let Value::Array(items) = value else {
+        return Err(ConfigError::Invalid(format!(
+            "{key}: expected an array of tables ([[{key}]])"
+        )));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let Value::Table(entry) = item else {
+                return Err(ConfigError::Invalid(format!("{key} entry {}: expected a table", i + 1)));
+            };
+            let label = label(i, &entry);
+            entry
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid(format!("{label}: {e}")))
         })
-    }
+        .collect()
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

@@ -1,18 +1,33 @@
 //! berth: an OCI Distribution registry and pull-through mirror.
 //!
-//! Dependencies point one way: `api | ui | auth → service → {store, upstream, cache} → oci`, with
-//! `metrics` a leaf that every layer counts into, `notify` a leaf that the API and the service send
-//! events to, and `sendfile` a leaf that `store` registers mapped blob windows with and `server`
-//! sends them through. `main` builds the concrete parts.
+//! Dependencies point one way, floor by floor:
 //!
-//! ARCHITECTURE.md at the repository root describes each module, the promises every change keeps
-//! and the tests that prove them, and the on-disk layout.
+//! ```text
+//! main | cli | lib | server        the composition root: builds the concrete backends, wires them
+//!   api | ui                       HTTP edges (they see only the service, never a backend)
+//!     auth                         who may do what
+//!       service (and service::gc)  what the registry does
+//!         store::{BlobStore, UploadStore, Meta} | coord::Coordinator | upstream::Remote | cache
+//!           notify                 registry:2 event types and the webhook sender
+//!             config               typed settings (durations and sizes parsed once, at load)
+//!               oci                pure types: digests, names, manifests, media types, patterns
+//!                 metrics | clock | sendfile   leaves any floor may use
+//! ```
+//!
+//! A module imports only from floors below its own, never from a peer on its floor, and the
+//! backends only from the service (and the root). `src/layering.rs` holds this table as code and
+//! fails the unit tests on an import against it. ARCHITECTURE.md at the repository root draws the
+//! same layers and describes each module, the traits and their contracts, the promises every
+//! change keeps and the tests that prove them, and the on-disk layout.
 
 pub mod api;
 pub mod auth;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod gc;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod notify;
 pub mod oci;

@@ -158,7 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging(&config);
-    let limits = config.connection_limits()?;
+    let limits = config.connection_limits();
     log_descriptor_limit(limits.max_connections);
     let root = &config.storage.root;
     let store = Store::open(root).with_context(|| format!("opening the store at {}", root.display()))?;
@@ -167,12 +167,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         .into_iter()
         .map(|settings| berth::upstream::Upstream::new(settings).context("building an upstream client"))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let addr = config.listen_addr()?;
+    let addr = config.server.listen;
     let registry = Registry::new(store.clone(), upstreams)
         .with_private_namespaces(config.private.namespaces.clone())
         .with_claim_on_push(config.private.claim_on_push)
         .with_upload_session_limit(config.limits.max_upload_sessions)
-        .with_min_free(config.min_free()?)
+        .with_min_free(config.storage.min_free)
         .with_notifications(
             config.notification_settings()?,
             format!("{}:{}", hostname(), addr.port()),
@@ -204,7 +204,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     tokio::spawn(collect_periodically(
         registry.clone(),
         policy.clone(),
-        config.gc_interval()?,
+        config.gc.interval,
     ));
     // Cancelled when shutdown begins: background tasks watch it and end.
     let stop = CancellationToken::new();
@@ -244,7 +244,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     let options = Options {
         addr,
         tls,
-        drain_timeout: config.drain_timeout()?,
+        drain_timeout: config.server.drain_timeout,
         limits,
     };
     startup_line(&config, &state, addr);

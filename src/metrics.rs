@@ -132,18 +132,20 @@ impl Method {
     }
 }
 
-/// How a proxied manifest or blob was answered; the `result` label.
+/// How a proxied manifest or blob was answered: the `result` label, the `X-Berth-Cache` header
+/// and the access log's `cache` field.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum CacheResult {
     Hit,
     Miss,
+    /// From the cache because the upstream failed.
     Stale,
 }
 
 impl CacheResult {
     const ALL: [CacheResult; 3] = [CacheResult::Hit, CacheResult::Miss, CacheResult::Stale];
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             CacheResult::Hit => "hit",
             CacheResult::Miss => "miss",

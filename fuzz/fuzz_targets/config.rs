@@ -20,11 +20,13 @@ fuzz_target!(|s: &str| {
         return;
     };
     // Validation already derived these once; they must not fail afterwards.
-    config.listen_addr().unwrap();
-    let policy = config.gc_policy().unwrap();
+    let policy = config.gc_policy();
     let mut durations = vec![
-        config.drain_timeout().unwrap(),
-        config.gc_interval().unwrap(),
+        config.server.drain_timeout,
+        config.gc.interval,
+        config.auth.token_ttl,
+        config.auth.login_failure_window,
+        config.auth.login_cache_ttl,
         policy.ttl,
         policy.grace,
         policy.upload_ttl,

@@ -24,7 +24,6 @@ use tracing::Instrument;
 use super::{AppState, endpoint};
 use crate::auth::{ClientAddr, User};
 use crate::metrics::{self, CacheResult, Kind, Metrics};
-use crate::service::Cache;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -75,11 +74,7 @@ pub async fn access(State(app): State<Arc<AppState>>, mut request: Request, next
         .headers_mut()
         .insert(REQUEST_ID, HeaderValue::from_str(&id).expect("a sane or generated id"));
     let metrics = app.registry.metrics().clone();
-    let cache = response.extensions().get::<Cache>().map(|c| match c {
-        Cache::Hit => CacheResult::Hit,
-        Cache::Miss => CacheResult::Miss,
-        Cache::Stale => CacheResult::Stale,
-    });
+    let cache = response.extensions().get::<CacheResult>().copied();
     if let Some(result) = cache {
         metrics.cache(kind, result);
     }
@@ -129,12 +124,7 @@ impl Line {
             self.status.as_u16(),
         );
         let duration_ms = (self.started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
-        let cache = match self.cache {
-            Some(CacheResult::Hit) => "hit",
-            Some(CacheResult::Miss) => "miss",
-            Some(CacheResult::Stale) => "stale",
-            None => "-",
-        };
+        let cache = self.cache.map_or("-", CacheResult::as_str);
         let client = self.client.map(|ip| ip.to_string());
         tracing::info!(
             target: "berth::access",

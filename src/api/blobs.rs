@@ -7,8 +7,7 @@ use axum::response::{IntoResponse, Response};
 use super::range::{RangeSpec, parse_range};
 use super::{CONTENT_DIGEST, set_cache};
 use crate::oci::{Digest, RepoName};
-use crate::service::{BlobBody, Registry, Result, Route};
-use crate::store::BlobFile;
+use crate::service::{BlobBody, BlobFile, Registry, Result, Route};
 
 fn common(digest: &Digest) -> [(HeaderName, String); 3] {
     [

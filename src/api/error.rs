@@ -5,8 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::oci::NameError;
-use crate::service::Error;
-use crate::{store, upstream};
+use crate::service::{Error, StoreError, UpstreamError};
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -22,7 +21,7 @@ impl IntoResponse for Error {
             Error::BlobUnknown(_) => (S::NOT_FOUND, "BLOB_UNKNOWN"),
             Error::ManifestOffline { .. } => (S::NOT_FOUND, "MANIFEST_UNKNOWN"),
             Error::BlobOffline { .. } => (S::NOT_FOUND, "BLOB_UNKNOWN"),
-            Error::Upstream(upstream::Error::Offline { .. }) => (S::NOT_FOUND, "NAME_UNKNOWN"),
+            Error::Upstream(UpstreamError::Offline { .. }) => (S::NOT_FOUND, "NAME_UNKNOWN"),
             Error::ManifestInvalid(_) => (S::BAD_REQUEST, "MANIFEST_INVALID"),
             Error::ManifestTooLarge => (S::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
             Error::ManifestBlobUnknown(_) => (S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
@@ -33,25 +32,25 @@ impl IntoResponse for Error {
             Error::Denied(_) => (S::FORBIDDEN, "DENIED"),
             Error::Unauthorized { .. } => (S::UNAUTHORIZED, "UNAUTHORIZED"),
             Error::TooManyRequests { .. } => (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
-            Error::Upstream(upstream::Error::RateLimited { .. }) => (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
-            Error::Upstream(upstream::Error::NotFound) => (S::NOT_FOUND, "NAME_UNKNOWN"),
-            Error::Upstream(upstream::Error::Unavailable { .. } | upstream::Error::Invalid { .. }) => {
+            Error::Upstream(UpstreamError::RateLimited { .. }) => (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+            Error::Upstream(UpstreamError::NotFound) => (S::NOT_FOUND, "NAME_UNKNOWN"),
+            Error::Upstream(UpstreamError::Unavailable { .. } | UpstreamError::Invalid { .. }) => {
                 (S::SERVICE_UNAVAILABLE, "UNAVAILABLE")
             }
             Error::Store(e) => match e {
-                store::Error::UploadUnknown => (S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
-                store::Error::RangeMismatch { .. } => (S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
-                store::Error::ChunkLength { .. } => (S::BAD_REQUEST, "SIZE_INVALID"),
-                store::Error::DigestMismatch { .. } => (S::BAD_REQUEST, "DIGEST_INVALID"),
-                store::Error::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
-                store::Error::Body(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
-                store::Error::SessionLimit { .. } => (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+                StoreError::UploadUnknown => (S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
+                StoreError::RangeMismatch { .. } => (S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+                StoreError::ChunkLength { .. } => (S::BAD_REQUEST, "SIZE_INVALID"),
+                StoreError::DigestMismatch { .. } => (S::BAD_REQUEST, "DIGEST_INVALID"),
+                StoreError::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
+                StoreError::Body(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
+                StoreError::SessionLimit { .. } => (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
                 // Not the server's fault nor the client's: a retry succeeds once space is freed.
-                store::Error::Full(_) => (S::INSUFFICIENT_STORAGE, "UNAVAILABLE"),
+                StoreError::Full(_) => (S::INSUFFICIENT_STORAGE, "UNAVAILABLE"),
                 // The metadata database is reopened on its next use (see `store::redb_handle`).
-                store::Error::MetaIo(_) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-                store::Error::Io(e) if exhausted(e) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-                store::Error::Io(_) | store::Error::Meta(_) | store::Error::Locked | store::Error::Missing(_) => {
+                StoreError::MetaIo(_) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+                StoreError::Io(e) if exhausted(e) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+                StoreError::Io(_) | StoreError::Meta(_) | StoreError::Locked | StoreError::Missing(_) => {
                     (S::INTERNAL_SERVER_ERROR, "UNKNOWN")
                 }
             },
@@ -65,7 +64,7 @@ impl IntoResponse for Error {
         }
         let body = json!({ "errors": [{ "code": code, "message": self.to_string(), "detail": null }] });
         let mut response = (status, axum::Json(body)).into_response();
-        if let Error::Store(store::Error::RangeMismatch { offset, .. }) = &self {
+        if let Error::Store(StoreError::RangeMismatch { offset, .. }) = &self {
             // Tell the client where to resume, as the spec asks for a 416 on uploads.
             response.headers_mut().insert(header::RANGE, range_value(*offset));
         }
@@ -82,7 +81,7 @@ impl IntoResponse for Error {
             }
             _ => {}
         }
-        if let Error::Store(store::Error::Io(e)) = &self
+        if let Error::Store(StoreError::Io(e)) = &self
             && exhausted(e)
         {
             // Passing: descriptors or memory come back as requests finish.
@@ -90,7 +89,7 @@ impl IntoResponse for Error {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, EXHAUSTED_RETRY_AFTER.into());
         }
-        if let Error::Upstream(upstream::Error::RateLimited { retry_after, .. }) = &self {
+        if let Error::Upstream(UpstreamError::RateLimited { retry_after, .. }) = &self {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, (*retry_after).into());
@@ -122,12 +121,12 @@ mod tests {
     #[test]
     fn running_out_of_descriptors_or_memory_is_503_with_retry_after_not_500() {
         for errno in [libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
-            let e = Error::Store(store::Error::Io(std::io::Error::from_raw_os_error(errno)));
+            let e = Error::Store(StoreError::Io(std::io::Error::from_raw_os_error(errno)));
             let response = e.into_response();
             assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "errno {errno}");
             assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         }
-        let other = Error::Store(store::Error::Io(std::io::Error::from_raw_os_error(libc::EIO)));
+        let other = Error::Store(StoreError::Io(std::io::Error::from_raw_os_error(libc::EIO)));
         assert_eq!(other.into_response().status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

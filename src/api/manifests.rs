@@ -7,9 +7,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use super::{CONTENT_DIGEST, set_cache};
+use crate::oci::media::DEFAULT_ACCEPT;
 use crate::oci::{Reference, RepoName};
 use crate::service::{Error, MAX_MANIFEST_BYTES, ManifestHead, Registry, Result, Route};
-use crate::upstream::DEFAULT_ACCEPT;
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 

@@ -279,7 +279,7 @@ impl Call<'_> {
 
 /// `X-Berth-Cache: hit | miss | stale` on proxied responses; the access log and the cache metrics
 /// read it from the response's extensions.
-fn set_cache(response: &mut Response, cache: Option<crate::service::Cache>) {
+fn set_cache(response: &mut Response, cache: Option<crate::service::CacheResult>) {
     if let Some(cache) = cache {
         response
             .headers_mut()

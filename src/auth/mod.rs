@@ -22,7 +22,7 @@ use std::time::Duration;
 use base64::Engine;
 
 pub use login::Login;
-pub use rules::{Action, Actions, matches};
+pub use rules::{Action, Actions};
 pub use token::{Claims, Grant, Signer};
 
 use crate::config::{AuthConfig, AuthScheme};
@@ -126,17 +126,12 @@ impl Auth {
         } else {
             std::fs::read(&config.token_key).map_err(|e| format!("auth.token_key {}: {e}", config.token_key))?
         };
-        let token_ttl = humantime::parse_duration(&config.token_ttl)
-            .map_err(|e| format!("auth.token_ttl: {e}"))?
-            .as_secs()
-            .max(1);
-        let duration =
-            |key: &str, value: &str| humantime::parse_duration(value).map_err(|e| format!("auth.{key}: {e}"));
+        let token_ttl = config.token_ttl.as_secs().max(1);
         let bounds = login::Bounds {
             failures_per_ip: config.login_failures_per_ip,
             failures_per_user: config.login_failures_per_user,
-            failure_window: duration("login_failure_window", &config.login_failure_window)?,
-            remember: duration("login_cache_ttl", &config.login_cache_ttl)?,
+            failure_window: config.login_failure_window,
+            remember: config.login_cache_ttl,
             concurrent: config.password_checks as usize,
         };
         Ok(Auth {

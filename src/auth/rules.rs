@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use crate::config::AuthConfig;
+use crate::oci::pattern::matches;
 
 /// A set of actions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,22 +72,6 @@ pub struct Rules {
     anonymous_pull: bool,
 }
 
-/// `*` matches any run of characters (`/` included); everything else matches itself. Hand-written:
-/// one wildcard does not warrant a glob engine.
-pub fn matches(pattern: &str, name: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == name,
-        Some((head, tail)) => {
-            let Some(rest) = name.strip_prefix(head) else {
-                return false;
-            };
-            (0..=rest.len())
-                .filter(|&i| rest.is_char_boundary(i))
-                .any(|i| matches(tail, &rest[i..]))
-        }
-    }
-}
-
 impl Rules {
     pub fn new(config: &AuthConfig) -> Result<Rules, String> {
         let mut groups_of: HashMap<String, Vec<String>> = HashMap::new();
@@ -151,17 +136,6 @@ impl Rules {
 mod tests {
     use super::*;
     use crate::config::AccessRule;
-
-    #[test]
-    fn wildcard_patterns() {
-        assert!(matches("team/*", "team/app"));
-        assert!(matches("team/*", "team/a/b"));
-        assert!(!matches("team/*", "teams/app"));
-        assert!(matches("*", "anything/at/all"));
-        assert!(matches("*/app", "x/y/app"));
-        assert!(matches("library/alpine", "library/alpine"));
-        assert!(!matches("library/alpine", "library/alpine2"));
-    }
 
     #[test]
     fn rules_grant_by_user_group_and_anonymous() {

@@ -11,7 +11,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::store::unix_now;
+use crate::clock::unix_now;
 
 /// One grant: `{"type":"repository","name":"team/app","actions":["pull","push"]}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use super::{Target, admin_url, ask, read_lines, target};
 /// `[cache]` and `[gc]` as a policy, with the `[[prefetch]]` images that are exempt from the
 /// size cap resolved to the local names the mirror stores them under.
 pub fn gc_policy(config: &Config) -> anyhow::Result<gc::Policy> {
-    let mut policy = config.gc_policy()?;
+    let mut policy = config.gc_policy();
     let upstreams: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
     policy.pinned = berth::service::prefetch::pins(&config.prefetch_settings()?, &upstreams);
     Ok(policy)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Config, ConfigError, Secret, duration};
+use super::{Config, ConfigError, Secret};
 
 /// Actions an endpoint may ignore (every action berth reports).
 pub const ACTIONS: [&str; 4] = ["push", "pull", "delete", "fill"];
@@ -23,14 +23,14 @@ pub struct NotificationEndpoint {
     #[serde(default)]
     pub headers: BTreeMap<String, Secret>,
     /// Time allowed for one delivery attempt (connect to response). Default `"2s"`.
-    #[serde(default = "default_timeout")]
-    pub timeout: String,
+    #[serde(default = "default_timeout", with = "super::value::duration")]
+    pub timeout: Duration,
     /// Further attempts after a failed one; then the events count as failed. Default `3`.
     #[serde(default = "default_retries")]
     pub retries: u32,
     /// Wait before the first retry; doubled for each further one (at most 1 min). Default `"1s"`.
-    #[serde(default = "default_backoff")]
-    pub backoff: String,
+    #[serde(default = "default_backoff", with = "super::value::duration")]
+    pub backoff: Duration,
     /// Actions not sent to this endpoint: any of `"push"`, `"pull"`, `"delete"`, `"fill"`.
     /// Default `[]`.
     #[serde(default)]
@@ -45,14 +45,14 @@ pub struct NotificationEndpoint {
     pub queue: u32,
 }
 
-fn default_timeout() -> String {
-    "2s".into()
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_retries() -> u32 {
     3
 }
-fn default_backoff() -> String {
-    "1s".into()
+fn default_backoff() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_queue() -> u32 {
     1000
@@ -108,9 +108,9 @@ impl Config {
                     name: n.name.clone(),
                     url,
                     headers: n.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                    timeout: duration(&key("timeout"), &n.timeout)?,
+                    timeout: n.timeout,
                     retries: n.retries,
-                    backoff: duration(&key("backoff"), &n.backoff)?,
+                    backoff: n.backoff,
                     ignored_actions: n.ignored_actions.clone(),
                     ignored_media_types: n.ignored_media_types.clone(),
                     queue: n.queue as usize,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Config, ConfigError, duration};
+use super::{Config, ConfigError};
 use crate::oci::{Platform, Reference, RepoName};
 
 /// One `[[prefetch]]` list.
@@ -26,8 +26,8 @@ pub struct PrefetchEntry {
     pub referrers: bool,
     /// How often the running server fetches them again (tags are revalidated, new content is
     /// fetched); `"0s"`: only when `berth prefetch` runs. Default `"6h"`.
-    #[serde(default = "default_interval")]
-    pub interval: String,
+    #[serde(default = "default_interval", with = "super::value::duration")]
+    pub interval: Duration,
     /// These images are never evicted by `[cache] max_size` (they still count towards it, so
     /// other cached images go first). The TTL still applies, but every run counts as a pull.
     /// Default `true`.
@@ -35,8 +35,8 @@ pub struct PrefetchEntry {
     pub exempt_from_size_cap: bool,
 }
 
-fn default_interval() -> String {
-    "6h".into()
+fn default_interval() -> Duration {
+    Duration::from_secs(6 * 3600)
 }
 fn default_exempt() -> bool {
     true
@@ -84,7 +84,7 @@ impl Config {
                     .iter()
                     .map(|s| s.parse::<Platform>().map_err(bad))
                     .collect::<Result<Vec<_>, _>>()?;
-                let interval = duration(&format!("prefetch entry {}: interval", i + 1), &p.interval)?;
+                let interval = p.interval;
                 Ok(PrefetchSettings {
                     images: p.images.clone(),
                     platforms,

@@ -13,40 +13,40 @@ fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
 #[test]
 fn embedded_default_parses_to_the_documented_defaults() {
     let c = Config::from_toml(DEFAULT_TOML, env(&[])).unwrap();
-    assert_eq!(c.server.listen, "127.0.0.1:5000");
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:5000");
     assert_eq!(c.storage.root, PathBuf::from("./data"));
     let upstreams = c.upstream_settings().unwrap();
     assert_eq!(upstreams.len(), 1);
     assert_eq!(upstreams[0].name, "docker.io");
     assert_eq!(upstreams[0].url.as_str(), "https://registry-1.docker.io/");
     assert_eq!(upstreams[0].tag_ttl, Duration::from_secs(300));
-    assert_eq!(c.drain_timeout().unwrap(), Duration::from_secs(30));
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(30));
 }
 
 #[test]
 fn drain_timeout_comes_from_file_or_environment_and_is_validated() {
     let c = Config::from_toml("[server]\ndrain_timeout = \"2s\"\n", env(&[])).unwrap();
-    assert_eq!(c.drain_timeout().unwrap(), Duration::from_secs(2));
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(2));
     let c = Config::from_toml("", env(&[("BERTH_SERVER_DRAIN_TIMEOUT", "1m")])).unwrap();
-    assert_eq!(c.drain_timeout().unwrap(), Duration::from_secs(60));
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(60));
     assert!(Config::from_toml("[server]\ndrain_timeout = \"soon\"\n", env(&[])).is_err());
 }
 
 #[test]
 fn connection_limits_have_defaults_and_refuse_zero() {
     let c = Config::from_toml(DEFAULT_TOML, env(&[])).unwrap();
-    let l = c.connection_limits().unwrap();
+    let l = c.connection_limits();
     assert_eq!(l.header_timeout, Duration::from_secs(30));
     assert_eq!(l.idle_timeout, Duration::from_secs(60));
     assert_eq!(l.body_timeout, Duration::from_secs(60));
     assert_eq!((l.max_connections, l.max_streams), (4096, 100));
     assert_eq!(
-        Config::default().connection_limits().unwrap(),
+        Config::default().connection_limits(),
         l,
         "mirror.toml documents the compiled-in defaults"
     );
     let c = Config::from_toml("", env(&[("BERTH_SERVER_MAX_CONNECTIONS", "10")])).unwrap();
-    assert_eq!(c.connection_limits().unwrap().max_connections, 10);
+    assert_eq!(c.connection_limits().max_connections, 10);
     for bad in ["header_timeout = \"0s\"", "body_timeout = \"soon\"", "max_streams = 0"] {
         assert!(
             Config::from_toml(&format!("[server]\n{bad}\n"), env(&[])).is_err(),
@@ -84,7 +84,7 @@ fn environment_overrides_file() {
         ]),
     )
     .unwrap();
-    assert_eq!(c.server.listen, "127.0.0.1:6000");
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:6000");
     assert_eq!(c.storage.root, PathBuf::from("/tmp/x"));
 }
 
@@ -137,12 +137,11 @@ fn nested_tables_and_typed_values_come_from_the_environment() {
 
 #[test]
 fn min_free_is_a_size_or_a_percentage() {
-    use crate::store::MinFree;
     let c = |v: &str| Config::from_toml(&format!("[storage]\nmin_free = {v:?}\n"), env(&[]));
-    assert_eq!(Config::default().min_free().unwrap(), MinFree::Bytes(1 << 30));
-    assert_eq!(c("512MiB").unwrap().min_free().unwrap(), MinFree::Bytes(512 << 20));
-    assert_eq!(c("5%").unwrap().min_free().unwrap(), MinFree::Percent(5));
-    assert_eq!(c("0").unwrap().min_free().unwrap(), MinFree::Bytes(0));
+    assert_eq!(Config::default().storage.min_free, MinFree::Bytes(1 << 30));
+    assert_eq!(c("512MiB").unwrap().storage.min_free, MinFree::Bytes(512 << 20));
+    assert_eq!(c("5%").unwrap().storage.min_free, MinFree::Percent(5));
+    assert_eq!(c("0").unwrap().storage.min_free, MinFree::Bytes(0));
     assert_eq!(MinFree::Percent(5).of(1000), 50);
     for bad in ["lots", "101%", "-1%"] {
         let e = c(bad).unwrap_err().to_string();
@@ -169,7 +168,13 @@ fn registry2_switches_default_as_documented_and_come_from_the_environment() {
 
 #[test]
 fn bad_listen_address_is_refused() {
-    assert!(Config::from_toml("[server]\nlisten = \"nowhere\"\n", env(&[])).is_err());
+    let err = Config::from_toml("[server]\nlisten = \"nowhere\"\n", env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.listen") && err.contains("not an address:port"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -191,9 +196,46 @@ fn durations_past_a_century_are_refused() {
         .to_string();
     assert!(err.contains("gc.grace") && err.contains("100 years"), "{err}");
     let c = Config::from_toml("[gc]\ngrace = \"100years\"\n", env(&[])).unwrap();
-    assert!(
-        std::time::SystemTime::now()
-            .checked_sub(c.gc_policy().unwrap().grace)
-            .is_some()
-    );
+    assert!(std::time::SystemTime::now().checked_sub(c.gc_policy().grace).is_some());
+}
+
+/// Durations and sizes are parsed once, at load: a bad one fails `from_toml` (file or
+/// environment) and the error names its key, so nothing after loading has to parse it again.
+#[test]
+fn a_bad_duration_or_size_fails_at_load_naming_its_key() {
+    for (toml, vars, key) in [
+        ("[gc]\ninterval = \"soon\"\n", &[][..], "gc.interval"),
+        ("[auth]\ntoken_ttl = \"5 fortnights\"\n", &[], "auth.token_ttl"),
+        ("[cache]\nmax_size = \"huge\"\n", &[], "cache.max_size"),
+        ("", &[("BERTH_SERVER_IDLE_TIMEOUT", "later")], "server.idle_timeout"),
+        ("", &[("BERTH_CACHE_MAX_SIZE", "12 bananas")], "cache.max_size"),
+        (
+            "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\nfill_min_rate = \"fast\"\n",
+            &[],
+            "fill_min_rate",
+        ),
+        (
+            "[[upstream]]\nname = \"hub\"\nurl = \"http://127.0.0.1:1\"\ntag_ttl = \"soon\"\n",
+            &[],
+            "upstream \"hub\"",
+        ),
+        (
+            "[[prefetch]]\nimages = [\"alpine\"]\ninterval = \"often\"\n",
+            &[],
+            "interval",
+        ),
+    ] {
+        let err = Config::from_toml(toml, env(vars)).unwrap_err().to_string();
+        assert!(err.contains(key), "{toml}{vars:?}: {err}");
+    }
+    let c = Config::from_toml(
+        "[cache]\nttl = \"2h\"\nmax_size = \"50GiB\"\n[auth]\ntoken_ttl = \"90s\"\n",
+        env(&[("BERTH_GC_INTERVAL", "10m")]),
+    )
+    .unwrap();
+    assert_eq!(c.cache.ttl, Duration::from_secs(7200));
+    assert_eq!(c.cache.max_size, Some(50 << 30));
+    assert_eq!(c.auth.token_ttl, Duration::from_secs(90));
+    assert_eq!(c.gc.interval, Duration::from_secs(600));
+    assert_eq!(Config::default().cache.max_size, None, "an empty max_size is no cap");
 }

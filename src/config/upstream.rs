@@ -25,11 +25,11 @@ pub struct UpstreamConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
     /// How long a cached tag is answered without asking the upstream. Default `"5m"`.
-    #[serde(default = "default_tag_ttl")]
-    pub tag_ttl: String,
+    #[serde(default = "default_tag_ttl", with = "super::value::duration")]
+    pub tag_ttl: Duration,
     /// Connect and read timeout for upstream requests. Default `"30s"`.
-    #[serde(default = "default_timeout")]
-    pub timeout: String,
+    #[serde(default = "default_timeout", with = "super::value::duration")]
+    pub timeout: Duration,
     /// Request budget: sustained upstream requests per second. Default `20`.
     #[serde(default = "default_rps")]
     pub requests_per_second: u32,
@@ -38,16 +38,16 @@ pub struct UpstreamConfig {
     pub burst: u32,
     /// Longest pause a 429's `Retry-After` can impose on requests to this upstream (a larger
     /// value is cut to this). Default `"1h"`.
-    #[serde(default = "default_max_retry_after")]
-    pub max_retry_after: String,
+    #[serde(default = "default_max_retry_after", with = "super::value::duration")]
+    pub max_retry_after: Duration,
     /// A cache fill must receive at least this many bytes per second, averaged over each
     /// `fill_rate_window`, or it is aborted (its clients' responses too) so that the next
     /// request starts afresh. Default `"10KiB"`.
-    #[serde(default = "default_fill_min_rate")]
-    pub fill_min_rate: String,
+    #[serde(default = "default_fill_min_rate", with = "super::value::size")]
+    pub fill_min_rate: u64,
     /// The window over which `fill_min_rate` is measured. Default `"30s"`.
-    #[serde(default = "default_fill_rate_window")]
-    pub fill_rate_window: String,
+    #[serde(default = "default_fill_rate_window", with = "super::value::duration")]
+    pub fill_rate_window: Duration,
     // --- issue 15: air-gapped sites (offline mode, a mirror of a mirror) ---
     /// Offline mode: berth never contacts this upstream; cached tags never expire and a miss
     /// answers 404 saying the upstream is offline. Re-read on SIGHUP. Default `false`.
@@ -59,21 +59,21 @@ pub struct UpstreamConfig {
     pub forward_ns: bool,
 }
 
-fn default_max_retry_after() -> String {
-    "1h".into()
+fn default_max_retry_after() -> Duration {
+    Duration::from_secs(3600)
 }
-fn default_fill_min_rate() -> String {
-    "10KiB".into()
+fn default_fill_min_rate() -> u64 {
+    10 << 10
 }
-fn default_fill_rate_window() -> String {
-    "30s".into()
+fn default_fill_rate_window() -> Duration {
+    Duration::from_secs(30)
 }
 
-fn default_tag_ttl() -> String {
-    "5m".into()
+fn default_tag_ttl() -> Duration {
+    Duration::from_secs(300)
 }
-fn default_timeout() -> String {
-    "30s".into()
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_rps() -> u32 {
     20

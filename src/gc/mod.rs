@@ -39,8 +39,9 @@ mod usage;
 pub use usage::{RepoUsage, Usage, disk_usage, referenced};
 
 use crate::cache::{self, Cached, Pulls};
+use crate::clock::unix_now;
 use crate::oci::{Digest, Reference, RepoName};
-use crate::store::{self, Origin, Store, unix_now};
+use crate::store::{self, Origin, Store};
 
 /// What a run may remove, from `[cache]` and `[gc]`.
 #[derive(Clone, Debug)]

@@ -27,6 +27,8 @@ pub mod media {
         "application/vnd.oci.image.layer.nondistributable.v1.tar",
         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
     ];
+    /// The manifest media types asked for when the client sent no `Accept`.
+    pub const DEFAULT_ACCEPT: [&str; 4] = [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
 }
 
 /// Why a manifest was refused.

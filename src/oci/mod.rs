@@ -4,6 +4,7 @@
 mod digest;
 mod manifest;
 mod name;
+pub mod pattern;
 mod platform;
 
 pub use digest::{Algorithm, Digest, Hasher};

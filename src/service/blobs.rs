@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::route::Route;
-use super::{BlobBody, Cache, Error, Registry, Result, blocking};
+use super::{BlobBody, CacheResult, Error, Registry, Result, blocking};
 use crate::oci::{Digest, RepoName};
 use crate::store::{self, ChunkRange, Origin, parse_upload_id};
 
@@ -49,7 +49,7 @@ impl Registry {
     }
 
     /// Size of a blob of the routed repository.
-    pub async fn blob_size(&self, route: &Route, digest: &Digest) -> Result<(u64, Option<Cache>)> {
+    pub async fn blob_size(&self, route: &Route, digest: &Digest) -> Result<(u64, Option<CacheResult>)> {
         match route {
             Route::Private(repo) => {
                 if !self.store.meta.blob_linked(repo, digest)? {

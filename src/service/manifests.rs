@@ -5,9 +5,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::route::Route;
-use super::{Cache, Error, MAX_MANIFEST_BYTES, Registry, Result, blocking};
+use super::{CacheResult, Error, MAX_MANIFEST_BYTES, Registry, Result, blocking};
+use crate::clock::unix_now;
 use crate::oci::{Digest, Hasher, Manifest, Reference, RepoName};
-use crate::store::{ManifestRecord, Memoized, Origin, unix_now};
+use crate::store::{ManifestRecord, Memoized, Origin};
 
 /// What a HEAD needs: no body.
 #[derive(Clone, Debug)]
@@ -16,7 +17,7 @@ pub struct ManifestHead {
     pub media_type: String,
     pub size: u64,
     /// Set for proxied repositories.
-    pub cache: Option<Cache>,
+    pub cache: Option<CacheResult>,
 }
 
 /// A manifest with its exact bytes.

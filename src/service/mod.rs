@@ -29,39 +29,28 @@ pub use manifests::{ManifestBody, ManifestHead, PutManifest};
 pub use route::{Proxied, Route, resolve};
 pub use switches::Switches;
 pub use usage::{Part, Usage};
+// What the edges see of the floors below, so they import only the service (ARCHITECTURE.md,
+// "Layers"): `Error` wraps these two, and blob bodies and chunk uploads carry the store's types.
+pub use crate::store::{BlobFile, ChunkRange, Error as StoreError};
+pub use crate::upstream::Error as UpstreamError;
 
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::oci::{Digest, NameError, RepoName, Tag};
-use crate::store::{self, BlobFile, Store};
+use crate::store::{self, Store};
 use crate::upstream::{self, Upstream};
 
-/// How a proxied response was answered, for the `X-Berth-Cache` header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cache {
-    Hit,
-    Miss,
-    /// From the cache because the upstream failed.
-    Stale,
-}
-
-impl Cache {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cache::Hit => "hit",
-            Cache::Miss => "miss",
-            Cache::Stale => "stale",
-        }
-    }
-}
+/// How a proxied response was answered: one type for the `X-Berth-Cache` header, the access log
+/// and the `result` label of the cache metrics (a leaf, so the metrics need not know the service).
+pub use crate::metrics::CacheResult;
 
 /// A blob to send: a stored file, or bytes streaming in from a cache fill.
 pub enum BlobBody {
-    File(BlobFile, Option<Cache>),
+    File(BlobFile, Option<CacheResult>),
     Stream {
         size: Option<u64>,
         stream: Pin<Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>,
-        cache: Cache,
+        cache: CacheResult,
     },
 }
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::route::{Route, resolve};
-use super::{BlobBody, Cache, Error, Registry, Result};
+use super::{BlobBody, CacheResult, Error, Registry, Result};
 use crate::config::{PrefetchSettings, parse_image};
 use crate::oci::{Digest, Manifest, Platform, Reference, RepoName, Tag, media};
 
@@ -210,8 +210,8 @@ impl Registry {
         };
         report.manifests += 1;
         match body.head.cache {
-            Some(Cache::Miss) => report.manifests_fetched += 1,
-            Some(Cache::Stale) if must_revalidate => {
+            Some(CacheResult::Miss) => report.manifests_fetched += 1,
+            Some(CacheResult::Stale) if must_revalidate => {
                 return Err(format!(
                     "upstream {} did not answer for {}:{reference} (the server log says why); the cached {} stays",
                     p.upstream.name(),
@@ -236,7 +236,7 @@ impl Registry {
     /// Make sure a blob is in the store (through a fill when it is not); `(size, was cached)`.
     async fn fetch_blob(&self, route: &Route, digest: &Digest) -> Result<(u64, bool)> {
         match self.blob(route, digest, true).await? {
-            BlobBody::File(file, cache) => Ok((file.size, cache == Some(Cache::Hit))),
+            BlobBody::File(file, cache) => Ok((file.size, cache == Some(CacheResult::Hit))),
             // `whole` waits for the fill to publish; a stream is not expected, but its bytes
             // arrive all the same once it is read to the end.
             BlobBody::Stream { mut stream, .. } => {

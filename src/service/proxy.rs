@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::fill::FillError;
 use super::manifests::record_of;
 use super::route::Proxied;
-use super::{BlobBody, Cache, Error, ManifestHead, Registry, Result, blocking};
+use super::{BlobBody, CacheResult, Error, ManifestHead, Registry, Result, blocking};
 use crate::oci::{Digest, Manifest, Reference, Tag};
 use crate::store::Origin;
 use crate::upstream::{self, RemoteManifest};
@@ -42,14 +42,14 @@ impl Registry {
         if p.upstream.is_offline() {
             // Offline: a cached tag never expires, and nothing is asked upstream.
             return match cached {
-                Some(head) => Ok((with_cache(Some(head), Cache::Hit), None)),
+                Some(head) => Ok((with_cache(Some(head), CacheResult::Hit), None)),
                 None => Err(manifest_error(upstream_offline(p), p, reference)),
             };
         }
         let tag = match reference {
             // Content by digest never changes: a cached copy is always good.
             Reference::Digest(_) if cached.is_some() => {
-                return Ok((with_cache(cached, Cache::Hit), None));
+                return Ok((with_cache(cached, CacheResult::Hit), None));
             }
             Reference::Digest(d) => {
                 return self.fetch_manifest(p, reference, accept, Some(d), None).await;
@@ -57,7 +57,7 @@ impl Registry {
             Reference::Tag(t) => t,
         };
         if cached.is_some() && self.tag_is_fresh(p, tag) {
-            return Ok((with_cache(cached, Cache::Hit), None));
+            return Ok((with_cache(cached, CacheResult::Hit), None));
         }
         let checked = p.upstream.head_manifest(&p.remote, tag.as_str(), accept).await;
         match (checked, cached) {
@@ -65,7 +65,7 @@ impl Registry {
                 self.mark_fresh(p, tag);
                 Ok((
                     ManifestHead {
-                        cache: Some(Cache::Hit),
+                        cache: Some(CacheResult::Hit),
                         ..cached
                     },
                     None,
@@ -102,7 +102,7 @@ impl Registry {
         e: &upstream::Error,
     ) -> ManifestHead {
         tracing::warn!(repo = %p.local, %reference, error = %e, "upstream unavailable; serving the cached manifest stale");
-        with_cache(cached, Cache::Stale)
+        with_cache(cached, CacheResult::Stale)
     }
 
     /// GET a manifest upstream, verify it, cache it (tagging it when `tag` is given) and return it.
@@ -163,7 +163,7 @@ impl Registry {
                     digest,
                     media_type: manifest.media_type,
                     size: bytes.len() as u64,
-                    cache: Some(Cache::Miss),
+                    cache: Some(CacheResult::Miss),
                 }
             }
             // A manifest kind berth does not model (schema 1, say) is passed through uncached.
@@ -174,7 +174,7 @@ impl Registry {
                     digest,
                     media_type,
                     size: bytes.len() as u64,
-                    cache: Some(Cache::Miss),
+                    cache: Some(CacheResult::Miss),
                 }
             }
         };
@@ -185,7 +185,7 @@ impl Registry {
     /// (a Range request), wait for the fill to verify and serve the stored file.
     pub(super) async fn proxied_blob(&self, p: &Proxied, digest: &Digest, whole: bool) -> Result<BlobBody> {
         if let Some(file) = self.cached_blob(p, digest).await? {
-            return Ok(BlobBody::File(file, Some(Cache::Hit)));
+            return Ok(BlobBody::File(file, Some(CacheResult::Hit)));
         }
         if p.upstream.is_offline() {
             return Err(blob_error(upstream_offline(p), digest));
@@ -209,11 +209,15 @@ impl Registry {
                 .open_file(digest)
                 .await?
                 .ok_or_else(|| Error::BlobUnknown(digest.clone()))?;
-            return Ok(BlobBody::File(file, Some(Cache::Miss)));
+            return Ok(BlobBody::File(file, Some(CacheResult::Miss)));
         }
         let published = self.store.blobs.path(digest);
         // Joining a fill whose bytes are all in and verified (it is only publishing) is a hit.
-        let cache = if fill.verified() { Cache::Hit } else { Cache::Miss };
+        let cache = if fill.verified() {
+            CacheResult::Hit
+        } else {
+            CacheResult::Miss
+        };
         Ok(BlobBody::Stream {
             size,
             stream: Box::pin(Arc::clone(&fill).stream(published, waiter)),
@@ -252,12 +256,12 @@ impl Registry {
     }
 
     /// Size of a proxied blob, asking the upstream (without caching) on a miss.
-    pub(super) async fn proxied_blob_size(&self, p: &Proxied, digest: &Digest) -> Result<(u64, Cache)> {
+    pub(super) async fn proxied_blob_size(&self, p: &Proxied, digest: &Digest) -> Result<(u64, CacheResult)> {
         if let Some(file) = self.cached_blob(p, digest).await? {
-            return Ok((file.size, Cache::Hit));
+            return Ok((file.size, CacheResult::Hit));
         }
         match p.upstream.head_blob(&p.remote, digest).await {
-            Ok(Some(size)) => Ok((size, Cache::Miss)),
+            Ok(Some(size)) => Ok((size, CacheResult::Miss)),
             Ok(None) => Err(Error::Upstream(upstream::Error::Invalid {
                 upstream: p.upstream.name().into(),
                 reason: "blob HEAD without Content-Length".into(),
@@ -280,7 +284,7 @@ impl Registry {
     }
 }
 
-fn with_cache(head: Option<ManifestHead>, cache: Cache) -> ManifestHead {
+fn with_cache(head: Option<ManifestHead>, cache: CacheResult) -> ManifestHead {
     ManifestHead {
         cache: Some(cache),
         ..head.expect("cached head present")

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::proxy::manifest_error;
 use super::route::{Proxied, Route};
-use super::{Cache, Error, Registry, Result};
+use super::{CacheResult, Error, Registry, Result};
 use crate::oci::{Digest, Reference, RepoName, Tag, media};
 use crate::upstream::{self, RemoteManifest};
 
@@ -29,7 +29,7 @@ impl Registry {
         route: &Route,
         subject: &Digest,
         artifact_type: Option<&str>,
-    ) -> Result<(Vec<u8>, Option<Cache>)> {
+    ) -> Result<(Vec<u8>, Option<CacheResult>)> {
         match route {
             Route::Private(repo) => Ok((self.referrers(repo, subject, artifact_type)?, None)),
             Route::Proxied(p) => {
@@ -40,7 +40,7 @@ impl Registry {
     }
 
     /// The whole (unfiltered) referrers index of `subject` for a proxied repository.
-    async fn proxied_referrers(&self, p: &Proxied, subject: &Digest) -> Result<(Bytes, Cache)> {
+    async fn proxied_referrers(&self, p: &Proxied, subject: &Digest) -> Result<(Bytes, CacheResult)> {
         let tag = schema_tag(subject);
         let reference = Reference::Tag(tag.clone());
         let cached = self
@@ -51,10 +51,10 @@ impl Registry {
         if (p.upstream.is_offline() || self.tag_is_fresh(p, &tag))
             && let Some(bytes) = &cached
         {
-            return Ok((bytes.clone(), Cache::Hit));
+            return Ok((bytes.clone(), CacheResult::Hit));
         }
         if cached.is_none() && self.no_referrers.fresh(p, subject) {
-            return Ok((empty_index(), Cache::Hit));
+            return Ok((empty_index(), CacheResult::Hit));
         }
         match p.upstream.referrers(&p.remote, subject).await {
             // The spec makes the answer an OCI index whatever Content-Type says.
@@ -65,23 +65,23 @@ impl Registry {
                     bytes: bytes.clone(),
                 };
                 self.cache_manifest(p, &reference, remote, Some(&tag)).await?;
-                Ok((bytes, Cache::Miss))
+                Ok((bytes, CacheResult::Miss))
             }
             // No referrers API upstream: the tag schema, through the ordinary tag path (TTL,
             // revalidation by HEAD, serve-stale).
             Err(upstream::Error::NotFound) => {
                 let accept = [media::OCI_INDEX.to_owned()];
                 match self.proxied_manifest(p, &reference, &accept).await {
-                    Ok((head, Some(bytes))) => Ok((bytes, head.cache.unwrap_or(Cache::Miss))),
+                    Ok((head, Some(bytes))) => Ok((bytes, head.cache.unwrap_or(CacheResult::Miss))),
                     Ok((head, None)) => {
                         let (_, m) = self.local(&p.local, &Reference::Digest(head.digest.clone())).await?;
-                        Ok((m.bytes.clone(), head.cache.unwrap_or(Cache::Hit)))
+                        Ok((m.bytes.clone(), head.cache.unwrap_or(CacheResult::Hit)))
                     }
                     // No tag: nothing refers to the subject (yet); remembered for the tag TTL,
                     // so asking again does not cost two upstream requests each time.
                     Err(Error::ManifestUnknown(_)) => {
                         self.no_referrers.note(p, subject);
-                        Ok((empty_index(), Cache::Miss))
+                        Ok((empty_index(), CacheResult::Miss))
                     }
                     Err(e) => Err(e),
                 }
@@ -89,7 +89,7 @@ impl Registry {
             Err(e) => match cached {
                 Some(bytes) => {
                     tracing::warn!(repo = %p.local, %subject, error = %e, "upstream unavailable; serving cached referrers stale");
-                    Ok((bytes, Cache::Stale))
+                    Ok((bytes, CacheResult::Stale))
                 }
                 None => Err(manifest_error(e, p, &reference)),
             },

@@ -156,7 +156,11 @@ impl Registry {
 
     /// Private: it matches a `[private] namespaces` pattern, or holds pushed content.
     pub(super) fn is_private(&self, repo: &RepoName) -> Result<bool> {
-        if self.private.iter().any(|p| crate::auth::matches(p, repo.as_str())) {
+        if self
+            .private
+            .iter()
+            .any(|p| crate::oci::pattern::matches(p, repo.as_str()))
+        {
             return Ok(true);
         }
         Ok(self.origin(repo)? == Some(Origin::Private))

@@ -131,7 +131,7 @@ impl Registry {
 fn measure(store: &store::Store) -> store::Result<Usage> {
     let referenced = crate::gc::referenced(store)?;
     let mut usage = Usage {
-        measured_at: store::unix_now(),
+        measured_at: crate::clock::unix_now(),
         ..Usage::default()
     };
     store.blobs.scan(|digest, bytes| match referenced.get(digest) {

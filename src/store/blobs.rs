@@ -33,23 +33,8 @@ pub struct Space {
     pub total: u64,
 }
 
-/// How much free space the store wants to keep: below it, the registry reports itself not ready.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MinFree {
-    Bytes(u64),
-    /// A percentage of the filesystem's size.
-    Percent(u8),
-}
-
-impl MinFree {
-    /// The minimum in bytes on a filesystem of `total` bytes.
-    pub fn of(self, total: u64) -> u64 {
-        match self {
-            MinFree::Bytes(n) => n,
-            MinFree::Percent(p) => (u128::from(total) * u128::from(p) / 100) as u64,
-        }
-    }
-}
+/// `[storage] min_free`, a typed setting (defined with the settings, a floor below).
+pub use crate::config::MinFree;
 
 /// An open published blob, ready to stream.
 pub struct BlobFile {

@@ -2,7 +2,6 @@
 //! method is one transaction, and callers never hold a transaction open across I/O.
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,13 +61,7 @@ pub struct ImageRecords {
     pub tag: Option<(Tag, Digest)>,
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub(crate) use crate::clock::unix_now;
 
 /// Repositories, tags, manifests, blob links and upload sessions.
 pub trait Meta: Send + Sync {

@@ -32,7 +32,7 @@ use std::sync::Arc;
 pub use blobs::{BlobEntry, BlobFile, Blobs, MinFree, Space};
 pub use mapped::map;
 pub use memo::{Memo, Memoized};
-pub use meta::{ImageRecords, ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
+pub use meta::{ImageRecords, ManifestRecord, Meta, Origin, RepoInfo, UploadRecord};
 pub use redb_meta::RedbMeta;
 pub use spool::{Spool, Spooled};
 pub use uploads::{ChunkRange, Uploads, parse_id as parse_upload_id};

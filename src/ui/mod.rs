@@ -31,9 +31,9 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::auth::{Action, Auth, ClientAddr, User};
+use crate::clock::unix_now;
 use crate::oci::{Reference, RepoName, Tag};
 use crate::service::{self, Registry, RepoSummary};
-use crate::store::unix_now;
 use pages::{Ctx, Deletion, Flash, Stats};
 
 /// Rows per page of repositories or tags.

@@ -55,14 +55,6 @@ pub struct RemoteManifest {
     pub bytes: Bytes,
 }
 
-/// The manifest media types asked for when the client sent no `Accept`.
-pub const DEFAULT_ACCEPT: [&str; 4] = [
-    crate::oci::media::OCI_INDEX,
-    crate::oci::media::OCI_MANIFEST,
-    crate::oci::media::DOCKER_LIST,
-    crate::oci::media::DOCKER_MANIFEST,
-];
-
 /// Attempts for an idempotent request that fails to connect.
 const ATTEMPTS: u32 = 3;
 const MAX_REDIRECTS: usize = 5;

@@ -187,7 +187,9 @@ impl Registry {
             for (tag, digest) in self.store.meta.tag_targets(&repo)? {
                 let mut take = opts.all;
                 for p in pats.iter_mut() {
-                    if crate::auth::matches(&p.repo, repo.as_str()) && crate::auth::matches(&p.tag, &tag) {
+                    if crate::oci::pattern::matches(&p.repo, repo.as_str())
+                        && crate::oci::pattern::matches(&p.tag, &tag)
+                    {
                         p.matched = true;
                         take = true;
                     }

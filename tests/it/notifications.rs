@@ -2,17 +2,16 @@
 //! sent to a real HTTP receiver on 127.0.0.1; per-endpoint headers and ignore lists; and a dead
 //! or hung endpoint that never slows a pull, with the delivered, failed and dropped counters.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::client::*;
+use crate::support::{Berth, Hub, sha256};
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::client::*;
-use support::{Berth, Hub, sha256};
 
 const ENVELOPE: &str = "application/vnd.docker.distribution.events.v1+json";
 
@@ -246,11 +245,10 @@ ignored_media_types = ["application/octet-stream"]
 
 /// The value of `berth_notification_events_total{endpoint,result}`.
 async fn events_metric(b: &Berth, endpoint: &str, result: &str) -> f64 {
-    let text = get_text(b.at("/metrics")).await;
-    let series = format!("berth_notification_events_total{{endpoint=\"{endpoint}\",result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    let series = format!("berth_notification_events_total{{endpoint=\"{endpoint}\",result=\"{result}\"}}");
+    crate::support::client::metric(&b.url, &series)
+        .await
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
 async fn wait_metric(b: &Berth, endpoint: &str, result: &str, at_least: f64) -> f64 {

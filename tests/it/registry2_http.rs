@@ -3,29 +3,16 @@
 //! `If-None-Match`, invalid tags on reads (404) and writes (400), and the token realm taken from
 //! the request authority (HTTP/2 `:authority`, trusted `X-Forwarded-*`, or `[auth] realm`).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::client::*;
+use crate::support::tls::TestCa;
+use crate::support::{Berth, run, sha256};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::client::*;
-use support::tls::TestCa;
-use support::{Berth, run, sha256};
-
-/// The OCI error of a response: status, code and message.
-async fn oci_error(r: reqwest::Response) -> (StatusCode, String, String) {
-    let status = r.status();
-    let body: Value = r.json().await.expect("OCI error JSON");
-    let e = &body["errors"][0];
-    (
-        status,
-        e["code"].as_str().unwrap_or("").to_owned(),
-        e["message"].as_str().unwrap_or("").to_owned(),
-    )
-}
 
 #[tokio::test]
 async fn with_delete_off_every_delete_answers_405_unsupported_and_pulls_go_on() {

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::support;
 use crate::support::client::*;
-use crate::support::{Berth, Hub, sha256};
+use crate::support::in_process::App;
+use crate::support::{Berth, Hub, Server, sha256};
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use reqwest::StatusCode;
@@ -244,14 +245,14 @@ ignored_media_types = ["application/octet-stream"]
 }
 
 /// The value of `berth_notification_events_total{endpoint,result}`.
-async fn events_metric(b: &Berth, endpoint: &str, result: &str) -> f64 {
+async fn events_metric(b: &impl Server, endpoint: &str, result: &str) -> f64 {
     let series = format!("berth_notification_events_total{{endpoint=\"{endpoint}\",result=\"{result}\"}}");
-    crate::support::client::metric(&b.url, &series)
+    crate::support::client::metric(b.url(), &series)
         .await
         .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
-async fn wait_metric(b: &Berth, endpoint: &str, result: &str, at_least: f64) -> f64 {
+async fn wait_metric(b: &impl Server, endpoint: &str, result: &str, at_least: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let v = events_metric(b, endpoint, result).await;
@@ -268,7 +269,7 @@ async fn a_hung_or_closed_endpoint_never_slows_pulls_and_the_counters_move() {
     // Accepts connections (the kernel completes them) but never reads or answers.
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed = support::free_port();
-    let b = Berth::start(&format!(
+    let b = App::start(&format!(
         r#"
 [[notifications]]
 name = "hung"
@@ -288,7 +289,8 @@ url = "{rx}/live"
 "#,
         hung = hung.local_addr().unwrap(),
         rx = rx.url
-    ));
+    ))
+    .await;
     push_image(&b.url, "team/app", "1", &[b"pulled often"]).await;
     let c = client();
     const PULLS: usize = 100;

@@ -2,25 +2,15 @@
 //! the throttle wears off; a flood of bogus credentials cannot starve other clients; and the
 //! catalog shows a logged-in user only the repositories they may pull.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::client::{client, error_code, header, push_image};
+use crate::support::client::{client, client_from, error_code, header, push_image};
 use crate::support::in_process::App;
 use crate::support::{Berth, Server, htpasswd, htpasswd_with_cost};
 use reqwest::StatusCode;
 use serde_json::Value;
-
-/// A client whose requests come from `127.0.0.<last>`: another address on the loopback network.
-fn client_from(last: u8) -> reqwest::Client {
-    berth::install_crypto_provider();
-    reqwest::Client::builder()
-        .local_address(IpAddr::from([127, 0, 0, last]))
-        .build()
-        .unwrap()
-}
 
 /// A token request with a Basic login, as `docker login` sends it.
 async fn login(c: &reqwest::Client, b: &impl Server, user: &str, password: &str) -> reqwest::Response {

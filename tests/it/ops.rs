@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::support;
 use crate::support::client::{OCI_INDEX, OCI_MANIFEST, client, header, push_blob, push_image};
 use crate::support::ui::{form, input_value, session_cookie};
-use crate::support::{Berth, Hub, chromium, htpasswd, mirror_of, sha256};
+use crate::support::{Berth, Hub, PRIVATE, chromium, htpasswd, mirror_of, sha256};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -495,7 +495,7 @@ fn shot_path(name: &str) -> PathBuf {
 async fn web_ui_in_chromium_lists_images_shows_platforms_and_deletes_a_tag() {
     let hub = Hub::start();
     let seed = hub.seed(0);
-    let b = mirror_of(&hub.url, "5m", "[private]\nnamespaces = [\"team/*\"]\n");
+    let b = mirror_of(&hub.url, "5m", PRIVATE);
     push_image(&b.url, "team/app", "1.0", &[b"layer one".as_slice(), &[7u8; 300_000]]).await;
     push_image(&b.url, "team/app", "2.0", &[b"layer two".as_slice()]).await;
     // Pull the multi-arch busybox through the mirror: the index and its amd64 image.

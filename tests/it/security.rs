@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support;
-use crate::support::client::{client, error_code, header, raw_request};
+use crate::support::client::{client, client_from, error_code, header, raw_request};
 use crate::support::in_process::App;
 use crate::support::tls::{TestCa, served_serial};
 use crate::support::{Berth, Dockerd, Hub, Server, htpasswd, run, sha256, upstream};
@@ -405,11 +405,7 @@ async fn a_burst_over_the_rate_limit_gets_429_and_other_clients_are_not_affected
     }
     assert!(limited >= 20, "most of the burst is refused: {limited}");
     // Another client address on the loopback network is not affected.
-    berth::install_crypto_provider();
-    let other = reqwest::Client::builder()
-        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
-        .build()
-        .unwrap();
+    let other = client_from(2);
     for _ in 0..5 {
         assert_eq!(other.get(b.at("/v2/")).send().await.unwrap().status(), StatusCode::OK);
     }

@@ -15,6 +15,16 @@ pub fn client() -> Client {
         .unwrap()
 }
 
+/// A client whose requests come from `127.0.0.<last>`: another address on the loopback network,
+/// as another machine's client.
+pub fn client_from(last: u8) -> Client {
+    berth::install_crypto_provider();
+    Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+        .build()
+        .unwrap()
+}
+
 /// The OCI error code of an error response, asserting its status.
 pub async fn error_code(r: Response, status: StatusCode) -> String {
     assert_eq!(r.status(), status, "unexpected status for {}", r.url());

@@ -1,37 +1,18 @@
 //! Storage lifecycle: TTL eviction, the size cap, online GC under concurrent pushes and pulls,
 //! the `berth gc` / `berth delete` / `berth du` commands, and SIGKILL during a collection.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::support;
+use crate::support::client::*;
+use crate::support::store_layout::{self, assert_blob_files_verify, has_blob};
+use crate::support::verify::assert_registry_consistent;
+use crate::support::{Berth, Dockerd, Hub, sha256, upstream};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::client::*;
-use support::verify::{assert_blob_files_verify, assert_registry_consistent};
-use support::{Berth, Dockerd, Hub, sha256};
-
-fn upstream(hub: &Hub) -> String {
-    format!(
-        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ntimeout = \"5s\"\n",
-        hub.url
-    )
-}
-
-/// Run `berth ARGS` against `b`; its stdout, asserting success.
-fn berth_cli(b: &Berth, args: &[&str]) -> String {
-    let out = b.cli(args);
-    assert!(
-        out.status.success(),
-        "berth {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The digests a gc report lists as removed (or, dry, removable) blobs; not those held back.
 fn removed_blobs(report: &str) -> BTreeSet<String> {
@@ -59,7 +40,7 @@ async fn ttl_evicts_cached_images_nobody_pulls_and_keeps_private_and_shared_laye
     hub.seed(0);
     let b = Berth::start(&format!(
         "[cache]\nttl = \"3s\"\n[gc]\ngrace = \"0s\"\n[private]\nnamespaces = [\"team/*\"]\n{}",
-        upstream(&hub)
+        upstream(&hub.url, None)
     ));
     let private = push_image(&b.url, "team/p", "1", &[b"private layer"]).await;
     let (latest, latest_m) = manifest_json(&b.url, "library/alpine", "latest").await;
@@ -82,7 +63,7 @@ async fn ttl_evicts_cached_images_nobody_pulls_and_keeps_private_and_shared_laye
         tokio::time::sleep(Duration::from_millis(1000)).await;
         manifest_json(&b.url, "library/alpine", "3.20").await;
     }
-    let report = berth_cli(&b, &["gc"]);
+    let report = b.cli_ok(&["gc"]);
     assert!(
         report.contains(&format!("evicted cached manifest library/alpine@{latest}")),
         "{report}"
@@ -97,8 +78,8 @@ async fn ttl_evicts_cached_images_nobody_pulls_and_keeps_private_and_shared_laye
         !removed.contains(shared) && !removed.contains(old_config),
         "a layer a live image uses stays:\n{report}"
     );
-    assert!(!b.blob_path(latest_config).exists(), "disk space comes back");
-    assert!(b.blob_path(shared).exists());
+    assert!(!has_blob(&b.root, latest_config), "disk space comes back");
+    assert!(has_blob(&b.root, shared));
     let (digest, _) = manifest_json(&b.url, "team/p", "1").await;
     assert_eq!(digest, private);
     let (_, m) = manifest_json(&b.url, "team/p", "1").await;
@@ -111,15 +92,15 @@ async fn size_cap_evicts_the_least_recently_pulled_and_recent_images_still_pull_
     hub.seed(0);
     let b = Berth::start(&format!(
         "[cache]\nmax_size = \"12MiB\"\n[gc]\ngrace = \"0s\"\n{}",
-        upstream(&hub)
+        upstream(&hub.url, None)
     ));
     let d = Dockerd::start(&[&b.url]);
     for image in ["multilayer", "myorg/tool:1.0", "alpine"] {
         d.ok(&["pull", image]);
         tokio::time::sleep(Duration::from_millis(1100)).await; // pull times have second resolution
     }
-    let before = berth_cli(&b, &["du"]);
-    let report = berth_cli(&b, &["gc"]);
+    let before = b.cli_ok(&["du"]);
+    let report = b.cli_ok(&["gc"]);
     assert!(
         report.contains("evicted cached manifest library/multilayer@"),
         "the oldest pull goes first:\n{before}\n{report}"
@@ -128,7 +109,7 @@ async fn size_cap_evicts_the_least_recently_pulled_and_recent_images_still_pull_
         !report.contains("library/alpine@") && !report.contains("myorg/tool@"),
         "{report}"
     );
-    let usage = berth_cli(&b, &["du"]);
+    let usage = b.cli_ok(&["du"]);
     let total: String = usage
         .lines()
         .last()
@@ -271,17 +252,17 @@ async fn gc_dry_run_lists_exactly_what_gc_removes_and_delete_reclaims_only_unsha
     let shared: &[u8] = b"a base layer both images use";
     push_image(&b.url, "team/a", "1", &[shared, b"only in a"]).await;
     push_image(&b.url, "team/b", "1", &[shared, b"only in b"]).await;
-    let du = berth_cli(&b, &["du"]);
+    let du = b.cli_ok(&["du"]);
     assert!(du.contains("team/a") && du.contains("private"), "{du}");
 
-    let dry = berth_cli(&b, &["gc", "--dry-run"]);
+    let dry = b.cli_ok(&["gc", "--dry-run"]);
     assert!(removed_blobs(&dry).is_empty(), "nothing is garbage yet:\n{dry}");
-    let out = berth_cli(&b, &["delete", "team/a:1"]);
+    let out = b.cli_ok(&["delete", "team/a:1"]);
     assert!(out.contains("deleted team/a:1"), "{out}");
     let r = client().get(b.at("/v2/team/a/manifests/1")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "the tag is gone");
 
-    let dry = berth_cli(&b, &["gc", "--dry-run"]);
+    let dry = b.cli_ok(&["gc", "--dry-run"]);
     assert!(dry.contains("blob eligible for deletion: "), "{dry}");
     // `du` calls unreferenced exactly what gc would reclaim (one rule for both).
     let amount = |text: &str, after: &str| -> u64 {
@@ -297,7 +278,7 @@ async fn gc_dry_run_lists_exactly_what_gc_removes_and_delete_reclaims_only_unsha
             .unwrap()
             .as_u64()
     };
-    let du = berth_cli(&b, &["du"]);
+    let du = b.cli_ok(&["du"]);
     assert_eq!(
         amount(&du, "unreferenced "),
         amount(&dry, "would reclaim "),
@@ -309,15 +290,15 @@ async fn gc_dry_run_lists_exactly_what_gc_removes_and_delete_reclaims_only_unsha
         !would.contains(&sha256(shared)),
         "a layer team/b still uses stays:\n{dry}"
     );
-    assert!(b.blob_path(&sha256(b"only in a")).exists(), "a dry run removes nothing");
-    let real = berth_cli(&b, &["gc"]);
+    assert!(has_blob(&b.root, &sha256(b"only in a")), "a dry run removes nothing");
+    let real = b.cli_ok(&["gc"]);
     assert_eq!(
         removed_blobs(&real),
         would,
         "dry run and real run agree:\n{dry}\n{real}"
     );
-    assert!(!b.blob_path(&sha256(b"only in a")).exists());
-    assert!(b.blob_path(&sha256(shared)).exists());
+    assert!(!has_blob(&b.root, &sha256(b"only in a")));
+    assert!(has_blob(&b.root, &sha256(shared)));
     assert_eq!(assert_registry_consistent(&b.url).await, 1, "team/b:1 intact");
 }
 
@@ -334,7 +315,7 @@ async fn sigkill_during_gc_restarts_clean_and_keeps_everything_referenced() {
         )
         .await;
     }
-    let count = |b: &Berth| support::files_under(&b.root.join("blobs")).len();
+    let count = |b: &Berth| store_layout::blob_files(&b.root);
     let referenced = count(&b);
     for attempt in 0..3u64 {
         // Garbage for the sweep to chew on: many unreferenced blobs.
@@ -379,7 +360,7 @@ async fn sigkill_during_gc_restarts_clean_and_keeps_everything_referenced() {
         );
         assert!(count(&b) >= referenced);
     }
-    let report = berth_cli(&b, &["gc"]);
+    let report = b.cli_ok(&["gc"]);
     assert!(report.contains("reclaimed"), "{report}");
     assert_eq!(count(&b), referenced, "a later gc finishes the job");
 }

@@ -5,18 +5,17 @@
 //! `tests/fixtures/registry-image-delete.sh`. Also: which pushes stay refused and why, and the
 //! maintenance commands with nothing but the config file.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
+use crate::support;
+use crate::support::client::{client, header, push_image};
+use crate::support::tls::TestCa;
+use crate::support::{Berth, Dockerd, Hub, run, store_layout};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::client::{client, header, push_image};
-use support::tls::TestCa;
-use support::{Berth, Dockerd, Hub, run};
 
 const SCHEMA2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
@@ -67,22 +66,6 @@ fn listed(report: &str, prefix: &str) -> BTreeSet<String> {
 
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
-}
-
-/// `berth ARGS --config CONFIG` as `b.cli` runs it, asserting success; stdout.
-fn berth_ok(b: &Berth, args: &[&str]) -> String {
-    succeeded(b.cli(args), args)
-}
-
-/// The stdout of a berth command that must have succeeded.
-fn succeeded(out: Output, args: &[&str]) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "berth {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// The config and layer digests of a schema2 manifest JSON.
@@ -167,7 +150,7 @@ async fn the_registry2_seed_workflows_run_as_written_on_the_default_config() {
 
     // The default grace period holds the garbage back, and the dry run says until when.
     let garbage = set(&[&digest, &config, &layer]);
-    let dry = berth_ok(&b, &["gc", "--dry-run"]);
+    let dry = b.cli_ok(&["gc", "--dry-run"]);
     assert!(dry.contains("0 blobs marked, 0 blobs eligible for deletion"), "{dry}");
     assert_eq!(listed(&dry, "blob eligible for deletion: "), BTreeSet::new(), "{dry}");
     assert_eq!(listed(&dry, "blob held back until "), garbage, "{dry}");
@@ -182,17 +165,17 @@ async fn the_registry2_seed_workflows_run_as_written_on_the_default_config() {
     }
     assert!(dry.contains("--grace 0s"), "the way out is named:\n{dry}");
     // `--grace 0s` for one run, done by the running server.
-    let dry = berth_ok(&b, &["gc", "--dry-run", "--grace", "0s"]);
+    let dry = b.cli_ok(&["gc", "--dry-run", "--grace", "0s"]);
     assert!(dry.contains("0 blobs marked, 3 blobs eligible for deletion"), "{dry}");
     assert_eq!(listed(&dry, "blob eligible for deletion: "), garbage, "{dry}");
-    assert!(b.blob_path(&layer).exists(), "a dry run removes nothing");
-    let real = berth_ok(&b, &["gc", "--grace", "0s"]);
+    assert!(store_layout::has_blob(&b.root, &layer), "a dry run removes nothing");
+    let real = b.cli_ok(&["gc", "--grace", "0s"]);
     assert_eq!(listed(&real, "blob deleted: "), garbage, "{real}");
     for d in &garbage {
-        assert!(!b.blob_path(d).exists(), "{d} is gone from the disk");
+        assert!(!store_layout::has_blob(&b.root, d), "{d} is gone from the disk");
     }
     // "Deleting un-wanted repository", without stopping the registry or touching its files.
-    let out = berth_ok(&b, &["delete", "--repository", "my-alpine"]);
+    let out = b.cli_ok(&["delete", "--repository", "my-alpine"]);
     assert!(out.contains("removed repository my-alpine"), "{out}");
     assert_eq!(
         json_of(&curl(&["-sS", &format!("{uri}/v2/_catalog")])),
@@ -270,7 +253,7 @@ async fn the_registry2_seed_workflows_run_as_written_on_the_default_config() {
         json!({"name": "cdecl/alpine", "tags": ["3.13"]})
     );
     // Instead of `rm -rf .../repositories/cdecl` in the registry's container:
-    berth_ok(&b, &["delete", "--repository", "cdecl/alpine"]);
+    b.cli_ok(&["delete", "--repository", "cdecl/alpine"]);
 
     // The script, as its author wrote it: list repositories, list tags, print the delete.
     let (code, out) = delete_script(&[uri]);
@@ -300,14 +283,11 @@ async fn the_registry2_seed_workflows_run_as_written_on_the_default_config() {
 
     // Nothing references any image now: gc lists all six blobs, then removes exactly those.
     let garbage = set(&[&latest, &latest_config, &latest_layer, &old, &old_config, &old_layer]);
-    let dry = berth_ok(&b, &["gc", "--dry-run", "--grace", "0s"]);
+    let dry = b.cli_ok(&["gc", "--dry-run", "--grace", "0s"]);
     assert_eq!(listed(&dry, "blob eligible for deletion: "), garbage, "{dry}");
-    let real = berth_ok(&b, &["gc", "--grace", "0s"]);
+    let real = b.cli_ok(&["gc", "--grace", "0s"]);
     assert_eq!(listed(&real, "blob deleted: "), garbage, "{real}");
-    assert_eq!(
-        support::files_under(&b.root.join("blobs")),
-        Vec::<std::path::PathBuf>::new()
-    );
+    assert_eq!(store_layout::blob_files(&b.root), 0, "no blob file is left");
 }
 
 /// The message of a refused push (403 DENIED) to `repo`.
@@ -370,7 +350,7 @@ async fn pushes_never_take_over_what_mirror_clients_get_and_each_refusal_names_a
         message.contains("cached from upstream docker.io") && message.contains("berth delete --repository myorg/tool"),
         "{message}"
     );
-    berth_ok(&b, &["delete", "--repository", "myorg/tool"]);
+    b.cli_ok(&["delete", "--repository", "myorg/tool"]);
     push_image(&b.url, "myorg/tool", "mine", &[b"our own tool"]).await;
 
     // A pushed `alpine` is its own repository: mirror clients still get Docker Hub's.
@@ -387,7 +367,7 @@ async fn pushes_never_take_over_what_mirror_clients_get_and_each_refusal_names_a
         "<berth>/alpine is the pushed repository now, which has no :latest"
     );
     // Removed, the private name is a mirror again.
-    berth_ok(&b, &["delete", "--repository", "alpine"]);
+    b.cli_ok(&["delete", "--repository", "alpine"]);
     assert_eq!(
         manifest_digest(&b, "alpine", "latest").await,
         (StatusCode::OK, hub_alpine),
@@ -439,7 +419,7 @@ fn berth_alone(config: &Path, args: &[&str]) -> Output {
 }
 
 fn alone_ok(config: &Path, args: &[&str]) -> String {
-    succeeded(berth_alone(config, args), args)
+    support::succeeded(&berth_alone(config, args), args)
 }
 
 /// Its stderr, asserting it failed with a sentence rather than JSON.
@@ -499,7 +479,7 @@ async fn gc_du_and_delete_need_only_the_config_file_against_a_tls_server_and_a_s
     );
     let real = alone_ok(&b.config, &["gc", "--grace", "0s"]);
     assert!(listed(&real, "blob deleted: ").contains(&only_in_1), "{real}");
-    assert!(!b.blob_path(&only_in_1).exists());
+    assert!(!store_layout::has_blob(&b.root, &only_in_1));
 
     // Stopped: the same commands open the store directly.
     b.stop();
@@ -640,7 +620,7 @@ async fn the_web_ui_removes_a_repository_for_its_admins_only_and_gc_reclaims_its
     );
     assert!(b.log().contains("repository removed in the web UI"));
 
-    let real = berth_ok(&b, &["gc", "--grace", "0s"]);
+    let real = b.cli_ok(&["gc", "--grace", "0s"]);
     let deleted = listed(&real, "blob deleted: ");
     assert!(deleted.contains(&support::sha256(b"only team/app has this")), "{real}");
     assert!(!deleted.contains(&support::sha256(b"team/keep's layer")), "{real}");

@@ -1,19 +1,16 @@
 //! Descriptors, connections and slow clients: berth under a low descriptor limit, slowloris
 //! connections, a full connection cap, and request bodies that stop halfway.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::client::{OCI_MANIFEST, client, header, push_image};
+use crate::support::{Berth, PRIVATE, pseudo_random, sha256, store_layout};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use support::client::{OCI_MANIFEST, client, header, push_image};
-use support::{Berth, files_under, pseudo_random, sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const PRIVATE: &str = "[private]\nnamespaces = [\"team/*\"]\n";
 
 /// The tests here time berth closely, and one loads the machine with 1,000 clients: they run one
 /// at a time.
@@ -341,8 +338,7 @@ async fn over_the_connection_cap_a_new_client_waits_for_a_slot_and_is_served_whe
 
 /// Upload session files in the store.
 fn sessions(b: &Berth) -> usize {
-    let dir = b.root.join("uploads");
-    if dir.exists() { files_under(&dir).len() } else { 0 }
+    store_layout::upload_files(&b.root)
 }
 
 /// Send `head` and `sent` bytes of a body it declares longer, then stall. How long until berth

@@ -3,17 +3,18 @@
 //! skopeo reading berth's layouts and berth reading skopeo's; corrupt, incomplete and interrupted
 //! imports that leave nothing visible and finish when run again; referrers carried along.
 
-mod support;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use crate::support;
+use crate::support::client::{
+    OCI_MANIFEST, client, descriptor, get_json, manifest_json, push_blob, push_image, put_manifest,
+};
+use crate::support::{Berth, Dockerd, Hub, run, sha256, skopeo};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::client::{OCI_MANIFEST, client, descriptor, get_json, manifest_json, push_blob, push_image, put_manifest};
-use support::{Berth, Dockerd, Hub, run, sha256};
 
 /// A berth whose default upstream is `hub`.
 fn mirror_of(hub: &Hub) -> Berth {
@@ -21,11 +22,6 @@ fn mirror_of(hub: &Hub) -> Berth {
         "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ntag_ttl = \"5m\"\ntimeout = \"10s\"\n",
         hub.url
     ))
-}
-
-fn skopeo(args: &[&str]) -> String {
-    support::require("skopeo");
-    run(Command::new("skopeo").args(args))
 }
 
 /// Pull `image` through `b` as a client would (manifest, then the host platform's blobs).
@@ -37,18 +33,6 @@ fn pull_through(b: &Berth, image: &str, dir: &Path) {
         &format!("docker://{}/{image}", b.addr),
         &format!("dir:{}", dest.display()),
     ]);
-}
-
-/// Run `berth ARGS` against `b`'s config and insist it succeeded; returns stdout.
-fn berth_ok(b: &Berth, args: &[&str]) -> String {
-    let out = b.cli(args);
-    assert!(
-        out.status.success(),
-        "berth {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn berth_fails(b: &Berth, args: &[&str]) -> String {
@@ -109,7 +93,7 @@ async fn a_mirrors_export_imported_into_a_berth_without_upstream_pulls_with_iden
     assert!(!tar.exists() && !work.path().join("site.tar.partial").exists());
 
     // Through A's admin socket while it serves.
-    let out = berth_ok(&a, &[&["export", "--partial"], &wanted[..]].concat());
+    let out = a.cli_ok(&[&["export", "--partial"], &wanted[..]].concat());
     for name in [
         "library/alpine:latest",
         "library/alpine:3.20",
@@ -131,7 +115,7 @@ async fn a_mirrors_export_imported_into_a_berth_without_upstream_pulls_with_iden
         refused.contains("--partial"),
         "an incomplete index needs --partial too: {refused}"
     );
-    let out = berth_ok(&b, &["import", "--partial", tar_arg]);
+    let out = b.cli_ok(&["import", "--partial", tar_arg]);
     assert!(out.contains("imported library/busybox:latest"), "{out}");
     b.restart();
     drop(a);
@@ -162,26 +146,23 @@ async fn a_prefetched_site_exports_whole_images_that_a_berth_without_upstream_se
     let hub = Hub::start();
     let seed = hub.seed(0);
     let a = mirror_of(&hub);
-    let out = berth_ok(&a, &["prefetch", "alpine:3.20", "busybox"]);
+    let out = a.cli_ok(&["prefetch", "alpine:3.20", "busybox"]);
     assert!(out.contains("alpine:3.20") && out.contains("busybox"), "{out}");
     let work = tempfile::tempdir().unwrap();
     let tar = work.path().join("site.tar");
     let tar_arg = tar.to_str().unwrap();
-    let out = berth_ok(
-        &a,
-        &[
-            "export",
-            "--output",
-            tar_arg,
-            "library/alpine:3.20",
-            "library/busybox:latest",
-        ],
-    );
+    let out = a.cli_ok(&[
+        "export",
+        "--output",
+        tar_arg,
+        "library/alpine:3.20",
+        "library/busybox:latest",
+    ]);
     assert!(!out.contains("without linux/"), "prefetched images are whole: {out}");
 
     let mut b = Berth::start("");
     b.stop();
-    berth_ok(&b, &["import", tar_arg]);
+    b.cli_ok(&["import", tar_arg]);
     b.restart();
     drop(a);
     drop(hub);
@@ -222,21 +203,18 @@ async fn skopeo_reads_berths_layouts_and_berth_imports_skopeos() {
 
     // berth's directory and tar layouts, read by skopeo by the REPO:TAG ref name. skopeo's oci:
     // transport picks only OCI-typed entries; A's Docker schema2 alpine comes with a warning.
-    let out = berth_ok(
-        &a,
-        &[
-            "export",
-            "--output",
-            &w("dir"),
-            "library/busybox:latest",
-            "library/alpine:latest",
-        ],
-    );
+    let out = a.cli_ok(&[
+        "export",
+        "--output",
+        &w("dir"),
+        "library/busybox:latest",
+        "library/alpine:latest",
+    ]);
     assert!(
         out.contains("warning: library/alpine:latest is in Docker's manifest format"),
         "{out}"
     );
-    berth_ok(&a, &["export", "--output", &w("a.tar"), "library/busybox:latest"]);
+    a.cli_ok(&["export", "--output", &w("a.tar"), "library/busybox:latest"]);
     for (source, target) in [
         (format!("oci:{}:library/busybox:latest", w("dir")), "team/busybox:dir"),
         (
@@ -271,9 +249,9 @@ async fn skopeo_reads_berths_layouts_and_berth_imports_skopeos() {
     skopeo(&[&copy[..], &[from_a.as_str(), tar_ref.as_str()]].concat());
     let refused = berth_fails(&b, &["import", &w("sk")]);
     assert!(refused.contains("--repository"), "{refused}");
-    let out = berth_ok(&b, &["import", &w("sk"), "--repository", "mirror/busybox"]);
+    let out = b.cli_ok(&["import", &w("sk"), "--repository", "mirror/busybox"]);
     assert!(out.contains("imported mirror/busybox:stable"), "{out}");
-    berth_ok(&b, &["import", &w("sk.tar")]);
+    b.cli_ok(&["import", &w("sk.tar")]);
     let (digest, _) = manifest_json(&b.url, "mirror/busybox", "stable").await;
     assert_eq!(digest, busybox, "every platform of the index came along unchanged");
     let raw = skopeo(&[
@@ -311,7 +289,7 @@ async fn two_image_layout(a: &Berth, dir: &Path) -> (String, String) {
     );
     push_image(&a.url, "team/a", "1", &[&l1, &l2]).await;
     push_image(&a.url, "team/b", "1", &[&l3]).await;
-    berth_ok(a, &["export", "--output", dir.to_str().unwrap(), "team/*:1"]);
+    a.cli_ok(&["export", "--output", dir.to_str().unwrap(), "team/*:1"]);
     (sha256(&l2), sha256(&l3))
 }
 
@@ -354,12 +332,12 @@ async fn corrupt_or_incomplete_layouts_import_nothing_and_the_fixed_layout_finis
     // Complete: both images, byte for byte, in both; a second run is a no-op that succeeds.
     std::fs::write(blob_file(&layout, &l3), &l3_bytes).unwrap();
     for target in [&b, &c] {
-        let out = berth_ok(target, &["import", arg]);
+        let out = target.cli_ok(&["import", arg]);
         assert!(
             out.contains("imported team/a:1") && out.contains("imported team/b:1"),
             "{out}"
         );
-        let again = berth_ok(target, &["import", arg]);
+        let again = target.cli_ok(&["import", arg]);
         assert!(again.contains(", 0 new"), "nothing read twice: {again}");
         for repo in ["team/a", "team/b"] {
             let (there, _) = manifest_json(&a.url, repo, "1").await;
@@ -418,7 +396,7 @@ async fn an_import_cut_off_midway_shows_nothing_and_a_second_run_finishes() {
     let big = support::pseudo_random(8 << 20, 9);
     push_image(&a.url, "team/big", "1", &[&big]).await;
     let tar = work.path().join("big.tar");
-    berth_ok(&a, &["export", "--output", tar.to_str().unwrap(), "team/big:1"]);
+    a.cli_ok(&["export", "--output", tar.to_str().unwrap(), "team/big:1"]);
     let bytes = std::fs::read(&tar).unwrap();
 
     // The command is killed (Ctrl-C) half-way; the server's job ends with the pipe.
@@ -433,7 +411,7 @@ async fn an_import_cut_off_midway_shows_nothing_and_a_second_run_finishes() {
     b.restart();
     assert!(catalog(&b).await.is_empty(), "nothing visible after the crash");
 
-    let out = berth_ok(&b, &["import", tar.to_str().unwrap()]);
+    let out = b.cli_ok(&["import", tar.to_str().unwrap()]);
     assert!(out.contains("imported team/big:1"), "{out}");
     let (digest, _) = manifest_json(&b.url, "team/big", "1").await;
     let (expected, _) = manifest_json(&a.url, "team/big", "1").await;
@@ -472,18 +450,15 @@ async fn referrers_come_along_and_read_only_mode_refuses_imports() {
 
     let work = tempfile::tempdir().unwrap();
     let (plain, signed) = (work.path().join("plain"), work.path().join("signed"));
-    let out = berth_ok(
-        &a,
-        &[
-            "export",
-            "--output",
-            signed.to_str().unwrap(),
-            "--referrers",
-            "team/app:1",
-        ],
-    );
+    let out = a.cli_ok(&[
+        "export",
+        "--output",
+        signed.to_str().unwrap(),
+        "--referrers",
+        "team/app:1",
+    ]);
     assert!(out.contains("1 referrers"), "{out}");
-    berth_ok(&a, &["export", "--output", plain.to_str().unwrap(), "team/app:1"]);
+    a.cli_ok(&["export", "--output", plain.to_str().unwrap(), "team/app:1"]);
     assert!(
         !blob_file(&plain, &artifact_digest).exists(),
         "no referrers unless asked"
@@ -495,7 +470,7 @@ async fn referrers_come_along_and_read_only_mode_refuses_imports() {
     assert!(catalog(&read_only).await.is_empty());
 
     let b = Berth::start("");
-    berth_ok(&b, &["import", signed.to_str().unwrap()]);
+    b.cli_ok(&["import", signed.to_str().unwrap()]);
     let referrers: Value = get_json(b.at(&format!("/v2/team/app/referrers/{subject}"))).await;
     assert_eq!(
         referrers["manifests"][0]["digest"],
@@ -516,7 +491,7 @@ async fn an_import_as_an_upstreams_cache_is_served_under_the_mirrors_names() {
     let pushed = push_image(&a.url, "app", "1", &[&b"cached layer"[..]]).await;
     let work = tempfile::tempdir().unwrap();
     let tar = work.path().join("app.tar");
-    berth_ok(&a, &["export", "--output", tar.to_str().unwrap(), "app:1"]);
+    a.cli_ok(&["export", "--output", tar.to_str().unwrap(), "app:1"]);
 
     // A mirror of a Docker Hub it cannot reach (nothing listens on port 9).
     let c = Berth::start("[[upstream]]\nname = \"docker.io\"\nurl = \"http://127.0.0.1:9\"\ntimeout = \"2s\"\n");
@@ -525,7 +500,7 @@ async fn an_import_as_an_upstreams_cache_is_served_under_the_mirrors_names() {
         unknown.contains("not a configured upstream (configured: docker.io)"),
         "{unknown}"
     );
-    let out = berth_ok(&c, &["import", tar.to_str().unwrap(), "--upstream", "docker.io"]);
+    let out = c.cli_ok(&["import", tar.to_str().unwrap(), "--upstream", "docker.io"]);
     assert!(
         out.contains("imported library/app:1"),
         "Docker Hub's name for it: {out}"
@@ -545,7 +520,7 @@ async fn an_import_as_an_upstreams_cache_is_served_under_the_mirrors_names() {
             "served from the cache"
         );
     }
-    let du = berth_ok(&c, &["du"]);
+    let du = c.cli_ok(&["du"]);
     assert!(
         du.lines()
             .any(|l| l.starts_with("library/app") && l.contains("docker.io")),

@@ -2,29 +2,18 @@
 //! the throttle wears off; a flood of bogus credentials cannot starve other clients; and the
 //! catalog shows a logged-in user only the repositories they may pull.
 
-mod support;
-
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::client::{client, client_from, error_code, header, push_image};
+use crate::support::in_process::App;
+use crate::support::{Berth, Server, htpasswd, htpasswd_with_cost};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::client::{client, error_code, header, push_image};
-use support::{Berth, htpasswd, htpasswd_with_cost};
-
-/// A client whose requests come from `127.0.0.<last>`: another address on the loopback network.
-fn client_from(last: u8) -> reqwest::Client {
-    berth::install_crypto_provider();
-    reqwest::Client::builder()
-        .local_address(IpAddr::from([127, 0, 0, last]))
-        .build()
-        .unwrap()
-}
 
 /// A token request with a Basic login, as `docker login` sends it.
-async fn login(c: &reqwest::Client, b: &Berth, user: &str, password: &str) -> reqwest::Response {
+async fn login(c: &reqwest::Client, b: &impl Server, user: &str, password: &str) -> reqwest::Response {
     c.get(b.at("/token?service=berth&scope=repository:team/app:push,pull"))
         .basic_auth(user, Some(password))
         .send()
@@ -33,22 +22,12 @@ async fn login(c: &reqwest::Client, b: &Berth, user: &str, password: &str) -> re
 }
 
 /// The value of one series in `/metrics` (0 when absent).
-async fn metric(b: &Berth, series: &str) -> f64 {
-    let text = client()
-        .get(b.at("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+async fn metric(b: &impl Server, series: &str) -> f64 {
+    crate::support::client::metric(b.url(), series).await.unwrap_or(0.0)
 }
 
 /// Statuses of `n` concurrent wrong-password logins for `user` from `c`, each with its own password.
-async fn guesses(c: &reqwest::Client, b: &Berth, user: &str, n: usize) -> Vec<reqwest::Response> {
+async fn guesses(c: &reqwest::Client, b: &impl Server, user: &str, n: usize) -> Vec<reqwest::Response> {
     let tries = (0..n).map(|i| {
         let password = format!("guess-{user}-{i}");
         async move { login(c, b, user, &password).await }
@@ -62,11 +41,12 @@ async fn password_guessing_is_throttled_per_client_and_per_user_and_wears_off() 
     let pw = htpasswd(dir.path(), &[("alice", "alice-pw"), ("bob", "bob-pw")]);
     // Long enough that the buckets barely leak while a slow machine answers the guesses.
     let window = Duration::from_secs(16);
-    let b = Berth::start(&format!(
+    let b = App::start(&format!(
         "[auth]\nhtpasswd = \"{}\"\nscheme = \"token\"\nlogin_failures_per_ip = 5\nlogin_failures_per_user = 8\nlogin_failure_window = \"{}s\"\n",
         pw.display(),
         window.as_secs()
-    ));
+    ))
+    .await;
 
     // A burst of wrong passwords from one client: the first 5 are checked (401; one or two more if
     // the bucket leaked while they arrived), the rest are refused unchecked with 429,

@@ -1,34 +1,11 @@
-//! Whole-store checks: every blob file matches its name, and every tag resolves to a manifest
-//! whose bytes and blobs verify.
-
-use std::path::Path;
+//! Whole-store checks through the API: every tag resolves to a manifest whose bytes and blobs
+//! verify.
 
 use reqwest::StatusCode;
 use serde_json::Value;
 
 use super::client::{client, get_json, header};
 use super::sha256;
-
-/// Every file under `blobs/` hashes to its own name. Returns how many were checked.
-pub fn assert_blob_files_verify(root: &Path) -> usize {
-    let mut checked = 0;
-    if !root.join("blobs/sha256").exists() {
-        return 0;
-    }
-    for prefix in std::fs::read_dir(root.join("blobs/sha256")).unwrap() {
-        for file in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
-            let path = file.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-            assert_eq!(
-                super::sha256_file(&path),
-                format!("sha256:{name}"),
-                "blob file {path:?} does not match its name"
-            );
-            checked += 1;
-        }
-    }
-    checked
-}
 
 /// Through the API: every tag of every repository resolves to a manifest whose bytes match its
 /// digest, and every blob it references is served and verifies. Returns the number of tags.

@@ -2,17 +2,17 @@
 //! flow clients, client rate limits, and hostile input that must get a clean 4xx and change
 //! nothing.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support;
+use crate::support::client::{client, client_from, error_code, header, raw_request};
+use crate::support::in_process::App;
+use crate::support::tls::{TestCa, served_serial};
+use crate::support::{Berth, Dockerd, Hub, Server, htpasswd, run, sha256, upstream};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::client::{client, error_code, header, raw_request};
-use support::tls::{TestCa, served_serial};
-use support::{Berth, Dockerd, Hub, htpasswd, run, sha256};
 
 const USERS: [(&str, &str); 3] = [("alice", "alice-pw"), ("bob", "bob-pw"), ("carol", "carol-pw")];
 
@@ -38,13 +38,6 @@ groups = ["readers"]
 actions = ["pull"]
 "#,
         htpasswd.display()
-    )
-}
-
-fn upstream_toml(hub: &Hub) -> String {
-    format!(
-        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ntimeout = \"5s\"\n",
-        hub.url
     )
 }
 
@@ -159,7 +152,7 @@ async fn access_control_challenges_refuses_and_allows_as_configured() {
     hub.seed(0);
     let dir = tempfile::tempdir().unwrap();
     let pw = htpasswd(dir.path(), &USERS);
-    let b = Berth::start(&(auth_toml(&pw, "token", true) + &upstream_toml(&hub)));
+    let b = Berth::start(&(auth_toml(&pw, "token", true) + &upstream(&hub.url, None)));
     let c = client();
 
     // Anonymous push: 401 with a Bearer challenge naming the scope.
@@ -304,7 +297,7 @@ async fn access_control_challenges_refuses_and_allows_as_configured() {
     );
 
     // With anonymous_pull = false, mirrored content needs a login too.
-    let closed = Berth::start(&(auth_toml(&pw, "token", false) + &upstream_toml(&hub)));
+    let closed = Berth::start(&(auth_toml(&pw, "token", false) + &upstream(&hub.url, None)));
     let r = c
         .get(closed.at("/v2/library/alpine/manifests/latest"))
         .send()
@@ -398,7 +391,7 @@ async fn skopeo_with_creds_and_an_oci_client_token_flow() {
 
 #[tokio::test]
 async fn a_burst_over_the_rate_limit_gets_429_and_other_clients_are_not_affected() {
-    let b = Berth::start("[limits]\nrequests_per_second = 2\nburst = 5\n");
+    let b = App::start("[limits]\nrequests_per_second = 2\nburst = 5\n").await;
     let noisy = client();
     let mut limited = 0;
     for _ in 0..30 {
@@ -412,11 +405,7 @@ async fn a_burst_over_the_rate_limit_gets_429_and_other_clients_are_not_affected
     }
     assert!(limited >= 20, "most of the burst is refused: {limited}");
     // Another client address on the loopback network is not affected.
-    berth::install_crypto_provider();
-    let other = reqwest::Client::builder()
-        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
-        .build()
-        .unwrap();
+    let other = client_from(2);
     for _ in 0..5 {
         assert_eq!(other.get(b.at("/v2/")).send().await.unwrap().status(), StatusCode::OK);
     }
@@ -424,19 +413,7 @@ async fn a_burst_over_the_rate_limit_gets_429_and_other_clients_are_not_affected
 
 /// Every file under the store root with its size (the metadata file aside), and the catalog.
 async fn snapshot(b: &Berth, alice: &str) -> (Vec<(PathBuf, u64)>, String) {
-    fn walk(dir: &Path, out: &mut Vec<(PathBuf, u64)>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.file_name().unwrap() != "meta.redb" {
-                out.push((path.clone(), std::fs::metadata(&path).unwrap().len()));
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(&b.root, &mut files);
-    files.sort();
+    let files = support::store_layout::files_with_sizes(&b.root);
     let catalog = client()
         .get(b.at("/v2/_catalog"))
         .bearer_auth(alice)

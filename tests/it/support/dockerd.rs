@@ -25,7 +25,7 @@ impl Dockerd {
 
     /// As [`Dockerd::start`], with another storage driver. vfs copies the whole root filesystem
     /// for every container and image build step, which is fine for the tests' tiny images but
-    /// takes minutes per build on a real Debian base; tests/image.rs uses overlay2.
+    /// takes minutes per build on a real Debian base; tests/it/image.rs uses overlay2.
     pub fn start_with_storage(mirrors: &[&str], storage_driver: &str) -> Dockerd {
         super::require("dockerd");
         super::require("docker");
@@ -98,10 +98,6 @@ impl Dockerd {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
-    }
-
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_owned()
     }
 
     /// A `docker` command against this daemon, with its own client config (logins stay here).

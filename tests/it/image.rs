@@ -7,15 +7,14 @@
 //! The base root filesystem is cached in `~/.cache/berth-base-rootfs-<codename>-<recipe>.tar`
 //! because mmdebstrap downloads and unpacks a few dozen packages (minutes); delete it to rebuild.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::tls::TestCa;
+use crate::support::{Dockerd, Hub, run};
 use serde_json::Value;
-use support::tls::TestCa;
-use support::{Dockerd, Hub, run};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const BASE: &str = "berth-test-base:local";

@@ -2,26 +2,12 @@
 //! Hub-style token auth and CDN redirects): real dockerd and podman as mirror clients, corrupt
 //! upstream bytes, single flight, tag TTL, serve-stale, upstream auth and error mapping.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::client::{cached_blob_digest, client, count, error_code, get_json, header, manifest_json};
+use crate::support::{Berth, Dockerd, Hub, Podman, mirror_of, sha256, store_layout};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::client::{client, error_code, get_json, header, manifest_json};
-use support::{Berth, Dockerd, Hub, Podman, sha256};
-
-/// A berth whose default upstream is `hub`, with `tag_ttl` and extra upstream keys.
-fn berth_for(hub: &Hub, tag_ttl: &str, upstream_extra: &str) -> Berth {
-    Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ntag_ttl = \"{tag_ttl}\"\ntimeout = \"5s\"\n{upstream_extra}\n",
-        hub.url
-    ))
-}
-
-fn count(stats: &Value, section: &str, key: &str) -> u64 {
-    stats[section][key].as_u64().unwrap_or(0)
-}
 
 /// Sum of a stats section's counters whose key starts with `prefix`.
 fn count_prefix(stats: &Value, section: &str, prefix: &str) -> u64 {
@@ -46,7 +32,7 @@ fn assert_no_internal_errors(b: &Berth) {
 async fn dockerd_pulls_through_berth_and_keeps_pulling_when_the_hub_is_gone() {
     let hub = Hub::start();
     hub.seed(0);
-    let b = berth_for(&hub, "1s", "");
+    let b = mirror_of(&hub.url, "1s", "");
     let d = Dockerd::start(&[&b.url]);
     let images = ["alpine", "busybox", "multilayer", "myorg/tool:1.0"];
     for image in images {
@@ -82,7 +68,7 @@ async fn dockerd_pulls_through_berth_and_keeps_pulling_when_the_hub_is_gone() {
 async fn podman_pulls_through_a_registries_conf_mirror() {
     let hub = Hub::start();
     hub.seed(0);
-    let b = berth_for(&hub, "5m", "");
+    let b = mirror_of(&hub.url, "5m", "");
     let podman = Podman::with_mirror(&b.addr);
     podman.ok(&["pull", "docker.io/library/alpine:latest"]);
     let (digest, _) = manifest_json(&b.url, "library/alpine", "latest").await;
@@ -100,7 +86,7 @@ async fn podman_pulls_through_a_registries_conf_mirror() {
 async fn corrupt_upstream_blob_is_never_stored_or_completed() {
     let hub = Hub::start();
     hub.seed(0);
-    let b = berth_for(&hub, "5m", "");
+    let b = mirror_of(&hub.url, "5m", "");
     let (_, manifest) = manifest_json(&b.url, "library/multilayer", "latest").await;
     let layer = manifest["layers"][2]["digest"].as_str().unwrap().to_owned();
     hub.fault(json!({ "corrupt_blob": layer })).await;
@@ -122,7 +108,10 @@ async fn corrupt_upstream_blob_is_never_stored_or_completed() {
         d.try_docker(&["pull", "multilayer"]).is_err(),
         "pull of a corrupt layer must fail"
     );
-    assert!(!b.blob_path(&layer).exists(), "corrupt bytes were stored under {layer}");
+    assert!(
+        !store_layout::has_blob(&b.root, &layer),
+        "corrupt bytes were stored under {layer}"
+    );
     let r = client()
         .head(b.at(&format!("/v2/library/multilayer/blobs/{layer}")))
         .send()
@@ -139,7 +128,7 @@ async fn corrupt_upstream_blob_is_never_stored_or_completed() {
         1,
         "fetched exactly once more: {stats}"
     );
-    assert_eq!(support::sha256_file(&b.blob_path(&layer)), layer);
+    assert_eq!(cached_blob_digest(&b.url, "library/multilayer", &layer).await, layer);
     assert_no_internal_errors(&b);
 }
 
@@ -147,7 +136,7 @@ async fn corrupt_upstream_blob_is_never_stored_or_completed() {
 async fn sixteen_concurrent_gets_of_a_cold_blob_make_one_upstream_fetch() {
     let hub = Hub::start();
     let digest = hub.push_blob("library/cold", 256, 1);
-    let b = berth_for(&hub, "5m", "");
+    let b = mirror_of(&hub.url, "5m", "");
     let url = b.at(&format!("/v2/library/cold/blobs/{digest}"));
     let gets = (0..16).map(|_| {
         let url = url.clone();
@@ -175,7 +164,7 @@ async fn sixteen_concurrent_gets_of_a_cold_blob_make_one_upstream_fetch() {
 async fn a_single_cold_get_streams_the_whole_blob_while_it_is_cached() {
     // The benchmark's cold GET: one client, a fresh blob, streamed as the fill writes it.
     let hub = Hub::start_with(&["--cdn-host", "localhost"]);
-    let b = berth_for(&hub, "5m", "");
+    let b = mirror_of(&hub.url, "5m", "");
     for seed in 0..4 {
         let digest = hub.push_blob("library/cold", 64, 100 + seed);
         let r = client()
@@ -196,7 +185,7 @@ async fn a_single_cold_get_streams_the_whole_blob_while_it_is_cached() {
 async fn range_on_a_miss_and_a_disconnecting_client_do_not_break_the_fill() {
     let hub = Hub::start();
     let digest = hub.push_blob("library/cold", 32, 2);
-    let b = berth_for(&hub, "5m", "");
+    let b = mirror_of(&hub.url, "5m", "");
     let url = b.at(&format!("/v2/library/cold/blobs/{digest}"));
 
     // The first client reads a little and hangs up; the fill carries on for everyone else.
@@ -228,7 +217,7 @@ async fn range_on_a_miss_and_a_disconnecting_client_do_not_break_the_fill() {
 async fn tag_ttl_revalidates_with_one_head_and_serves_stale_on_outage() {
     let hub = Hub::start();
     hub.seed(0);
-    let b = berth_for(&hub, "2s", "");
+    let b = mirror_of(&hub.url, "2s", "");
     let tag_url = b.at("/v2/library/alpine/manifests/latest");
     let r = client().get(&tag_url).send().await.unwrap();
     assert_eq!(header(&r, "x-berth-cache"), "miss");
@@ -300,7 +289,7 @@ async fn tag_ttl_revalidates_with_one_head_and_serves_stale_on_outage() {
 async fn upstream_auth_uses_cdn_redirects_configured_credentials_and_cached_tokens() {
     let hub = Hub::start();
     hub.seed(0);
-    let b = berth_for(&hub, "5m", "username = \"hubuser\"\npassword = \"hubpass\"");
+    let b = mirror_of(&hub.url, "5m", "username = \"hubuser\"\npassword = \"hubpass\"");
     let d = Dockerd::start(&[&b.url]);
     hub.reset_stats().await;
     d.ok(&["pull", "multilayer"]);
@@ -335,7 +324,7 @@ async fn upstream_auth_uses_cdn_redirects_configured_credentials_and_cached_toke
 async fn misses_during_an_outage_get_503_or_429_never_500() {
     let hub = Hub::start();
     hub.seed(0);
-    let b = berth_for(&hub, "5m", "");
+    let b = mirror_of(&hub.url, "5m", "");
     hub.fault(json!({ "down": true })).await;
     let r = client()
         .get(b.at("/v2/library/alpine/manifests/3.20"))

@@ -2,17 +2,17 @@
 //! sent to a real HTTP receiver on 127.0.0.1; per-endpoint headers and ignore lists; and a dead
 //! or hung endpoint that never slows a pull, with the delivered, failed and dropped counters.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::client::*;
+use crate::support::in_process::App;
+use crate::support::{Berth, Hub, Server, sha256};
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::client::*;
-use support::{Berth, Hub, sha256};
 
 const ENVELOPE: &str = "application/vnd.docker.distribution.events.v1+json";
 
@@ -245,15 +245,14 @@ ignored_media_types = ["application/octet-stream"]
 }
 
 /// The value of `berth_notification_events_total{endpoint,result}`.
-async fn events_metric(b: &Berth, endpoint: &str, result: &str) -> f64 {
-    let text = get_text(b.at("/metrics")).await;
-    let series = format!("berth_notification_events_total{{endpoint=\"{endpoint}\",result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series)?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+async fn events_metric(b: &impl Server, endpoint: &str, result: &str) -> f64 {
+    let series = format!("berth_notification_events_total{{endpoint=\"{endpoint}\",result=\"{result}\"}}");
+    crate::support::client::metric(b.url(), &series)
+        .await
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
-async fn wait_metric(b: &Berth, endpoint: &str, result: &str, at_least: f64) -> f64 {
+async fn wait_metric(b: &impl Server, endpoint: &str, result: &str, at_least: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let v = events_metric(b, endpoint, result).await;
@@ -270,7 +269,7 @@ async fn a_hung_or_closed_endpoint_never_slows_pulls_and_the_counters_move() {
     // Accepts connections (the kernel completes them) but never reads or answers.
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed = support::free_port();
-    let b = Berth::start(&format!(
+    let b = App::start(&format!(
         r#"
 [[notifications]]
 name = "hung"
@@ -290,7 +289,8 @@ url = "{rx}/live"
 "#,
         hung = hung.local_addr().unwrap(),
         rx = rx.url
-    ));
+    ))
+    .await;
     push_image(&b.url, "team/app", "1", &[b"pulled often"]).await;
     let c = client();
     const PULLS: usize = 100;

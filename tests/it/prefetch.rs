@@ -3,14 +3,13 @@
 //! failures, the server's own schedule, and what eviction does with prefetched images. Afterwards
 //! the hub is stopped and a real dockerd pulls what was prefetched.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::client::{client, count, manifest_json};
+use crate::support::{Berth, Dockerd, Hub, upstream};
 use serde_json::Value;
-use support::client::{client, manifest_json};
-use support::{Berth, Dockerd, Hub};
 
 /// The platform dockerd pulls on this machine, as the seeded busybox index names it.
 fn host_arch() -> &'static str {
@@ -60,10 +59,6 @@ fn platform_of(child: &Value) -> String {
     }
 }
 
-fn count(stats: &Value, section: &str, key: &str) -> u64 {
-    stats[section][key].as_u64().unwrap_or(0)
-}
-
 fn is_empty(stats: &Value, section: &str) -> bool {
     stats[section].as_object().is_none_or(|m| m.is_empty())
 }
@@ -80,13 +75,6 @@ fn prefetch(b: &Berth, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn hub_upstream(hub: &Hub, tag_ttl: &str) -> String {
-    format!(
-        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ntag_ttl = \"{tag_ttl}\"\ntimeout = \"5s\"\n",
-        hub.url
-    )
-}
-
 #[tokio::test]
 async fn prefetch_through_the_server_fetches_only_the_asked_platforms_and_docker_pulls_them_with_the_hub_gone() {
     let hub = Hub::start();
@@ -95,7 +83,7 @@ async fn prefetch_through_the_server_fetches_only_the_asked_platforms_and_docker
     let b = Berth::start(&format!(
         "{}[[prefetch]]\nimages = [\"alpine:3.20\", \"myorg/tool:1.0\"]\ninterval = \"0s\"\n\
          [[prefetch]]\nimages = [\"busybox\"]\nplatforms = [\"{}\"]\ninterval = \"0s\"\n",
-        hub_upstream(&hub, "1s"),
+        upstream(&hub.url, Some("1s")),
         platform_of(&host)
     ));
     hub.reset_stats().await;
@@ -173,7 +161,7 @@ async fn prefetch_through_the_server_fetches_only_the_asked_platforms_and_docker
 async fn prefetch_on_a_stopped_store_reports_each_failure_and_the_server_then_serves_it() {
     let hub = Hub::start();
     let seed = hub.seed(0);
-    let mut b = Berth::start(&hub_upstream(&hub, "1s"));
+    let mut b = Berth::start(&upstream(&hub.url, Some("1s")));
     b.stop();
 
     let (ok, stdout, stderr) = prefetch(&b, &["alpine:3.20", "nosuch/image:1"]);
@@ -221,7 +209,7 @@ async fn the_server_refreshes_its_lists_on_schedule_and_eviction_keeps_them() {
     let b = Berth::start(&format!(
         "{}[cache]\nttl = \"4s\"\nmax_size = \"1B\"\n\
          [[prefetch]]\nimages = [\"alpine:3.20\"]\ninterval = \"1s\"\n",
-        hub_upstream(&hub, "1h")
+        upstream(&hub.url, Some("1h"))
     ));
     let config = images["library/alpine:3.20"]["config"]["digest"]
         .as_str()
@@ -380,7 +368,7 @@ async fn prefetch_with_referrers_brings_tag_schema_signatures_along() {
     )
     .await;
 
-    let b = Berth::start(&hub_upstream(&hub, "1s"));
+    let b = Berth::start(&upstream(&hub.url, Some("1s")));
     hub.reset_stats().await;
     let (ok, stdout, stderr) = prefetch(&b, &["alpine:3.20"]);
     assert!(ok, "{stdout}\n{stderr}");

@@ -15,11 +15,46 @@ pub fn client() -> Client {
         .unwrap()
 }
 
+/// A client whose requests come from `127.0.0.<last>`: another address on the loopback network,
+/// as another machine's client.
+pub fn client_from(last: u8) -> Client {
+    berth::install_crypto_provider();
+    Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, last]))
+        .build()
+        .unwrap()
+}
+
 /// The OCI error code of an error response, asserting its status.
 pub async fn error_code(r: Response, status: StatusCode) -> String {
     assert_eq!(r.status(), status, "unexpected status for {}", r.url());
     let body: Value = r.json().await.expect("OCI error JSON body");
     body["errors"][0]["code"].as_str().expect("errors[0].code").to_owned()
+}
+
+/// An OCI error response: its status, `errors[0].code` and `errors[0].message`.
+pub async fn oci_error(r: Response) -> (StatusCode, String, String) {
+    let status = r.status();
+    let body: Value = r.json().await.expect("OCI error JSON");
+    let e = &body["errors"][0];
+    let code = e["code"].as_str().expect("errors[0].code").to_owned();
+    (
+        status,
+        code,
+        e["message"].as_str().expect("errors[0].message").to_owned(),
+    )
+}
+
+/// The value of one series (name and labels exactly as exposed) in `base`'s `/metrics`.
+pub async fn metric(base: &str, series: &str) -> Option<f64> {
+    let text = get_text(format!("{base}/metrics")).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A counter of `/stats` JSON (`stats[section][key]`), 0 when absent.
+pub fn count(stats: &Value, section: &str, key: &str) -> u64 {
+    stats[section][key].as_u64().unwrap_or(0)
 }
 
 pub fn header(r: &Response, name: &str) -> String {
@@ -99,6 +134,23 @@ pub fn raw_request(addr: &str, request: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, text)
+}
+
+/// GET a blob that the store must serve itself (`X-Berth-Cache: hit`, the upstream not asked); the
+/// digest of the bytes that came.
+pub async fn cached_blob_digest(base: &str, repo: &str, digest: &str) -> String {
+    let r = client()
+        .get(format!("{base}/v2/{repo}/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{repo}@{digest}");
+    assert_eq!(
+        header(&r, "x-berth-cache"),
+        "hit",
+        "{repo}@{digest} is served from the store"
+    );
+    super::sha256(&r.bytes().await.unwrap())
 }
 
 /// GET `url` and return its body as text.

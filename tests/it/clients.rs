@@ -1,14 +1,11 @@
 //! Real clients against berth as a private registry: the `oci-client` crate, the Docker daemon
 //! (`docker push` / `docker pull`), and skopeo copying from the project's Docker Hub emulator.
 
-mod support;
-
-use std::process::Command;
-
+use crate::support;
+use crate::support::{Berth, Dockerd, sha256, skopeo};
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use support::{Berth, Dockerd, run, sha256};
 
 #[tokio::test]
 async fn oci_client_crate_pushes_and_pulls() {
@@ -108,11 +105,6 @@ async fn docker_pushes_and_pulls_a_private_image() {
         .await
         .unwrap();
     assert_eq!(support::client::header(&head, "docker-content-digest"), pushed_digest);
-}
-
-fn skopeo(args: &[&str]) -> String {
-    support::require("skopeo");
-    run(Command::new("skopeo").args(args))
 }
 
 #[tokio::test]

@@ -2,16 +2,13 @@
 //! session out of step with its bytes, a published blob is never replaced, fills joined from
 //! another repository are scoped, and upload session counts cannot lock a client out.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support;
+use crate::support::client::header;
+use crate::support::{Berth, Hub, PRIVATE, pseudo_random, sha256};
 use bytes::Bytes;
 use reqwest::{Client, StatusCode};
-use support::client::header;
-use support::{Berth, Hub, pseudo_random, sha256};
-
-const PRIVATE: &str = "[private]\nnamespaces = [\"team/*\"]\n";
 
 fn h2_client() -> Client {
     berth::install_crypto_provider();

@@ -3,17 +3,16 @@
 //! not ready, nothing partial becomes visible, and once space is freed pushes and cache fills work
 //! again within seconds, without a restart.
 
-mod support;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::client::{client, header, push_image};
+use crate::support::{Berth, Hub, pseudo_random, sha256, store_layout};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::client::{client, header, push_image};
-use support::{Berth, Hub, pseudo_random, sha256};
 
 /// A tmpfs of a given size mounted for one test; unmounted on drop, even when the test fails.
 struct SmallFs {
@@ -222,7 +221,10 @@ async fn a_full_disk_refuses_pushes_with_507_and_recovers_without_a_restart() {
     } else {
         assert_store_full(r, "fill").await;
     }
-    assert!(!b.blob_path(&cold).exists(), "nothing of the failed fill is published");
+    assert!(
+        !store_layout::has_blob(&b.root, &cold),
+        "nothing of the failed fill is published"
+    );
 
     fs.free_up();
     readyz_until(&b, StatusCode::OK, Duration::from_secs(10)).await;
@@ -233,7 +235,7 @@ async fn a_full_disk_refuses_pushes_with_507_and_recovers_without_a_restart() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "the refused blob");
-    assert!(!b.blob_path(&digest).exists(), "no file of the refused blob");
+    assert!(!store_layout::has_blob(&b.root, &digest), "no file of the refused blob");
 
     // The same berth takes pushes again: the blob, a chunk into the old session, mounts, a tag.
     let r = c.post(&monolithic).body(big.clone()).send().await.unwrap();

@@ -2,21 +2,14 @@
 //! through the mirror via the hub emulator's tag schema, and a berth whose upstream is another
 //! berth, pulled through with a real dockerd.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::client::{
+    OCI_INDEX, OCI_MANIFEST, cached_blob_digest, client, descriptor, header, manifest_json, oci_error,
+};
+use crate::support::{Berth, Dockerd, Hub, mirror_of, sha256};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::client::{OCI_INDEX, OCI_MANIFEST, client, descriptor, header, manifest_json};
-use support::{Berth, Dockerd, Hub, sha256};
-
-/// A berth whose default upstream `docker.io` is `url`, with extra keys for that entry.
-fn berth_for(url: &str, tag_ttl: &str, upstream_extra: &str) -> Berth {
-    Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\ntag_ttl = \"{tag_ttl}\"\ntimeout = \"5s\"\n{upstream_extra}\n"
-    ))
-}
 
 /// Set `offline` of every `[[upstream]]` in `b`'s config file and send SIGHUP; wait until
 /// `/metrics` shows the new mode.
@@ -65,24 +58,12 @@ async fn pull_blob(b: &Berth, repo: &str, digest: &str) {
     assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
 }
 
-/// An OCI error response: its status, code and message.
-async fn oci_error(r: reqwest::Response) -> (StatusCode, String, String) {
-    let status = r.status();
-    let body: Value = r.json().await.expect("OCI error JSON");
-    let e = &body["errors"][0];
-    (
-        status,
-        e["code"].as_str().unwrap().into(),
-        e["message"].as_str().unwrap().into(),
-    )
-}
-
 #[tokio::test]
 async fn offline_mode_serves_the_cache_past_its_ttl_never_contacts_the_hub_and_switches_at_runtime() {
     let hub = Hub::start();
     let seed = hub.seed(0);
     hub.reset_stats().await; // the seeding pushes count too
-    let b = berth_for(&hub.url, "1s", "offline = true");
+    let b = mirror_of(&hub.url, "1s", "offline = true");
     let alpine = &seed["images"]["library/alpine:latest"];
     let layer = alpine["layers"][0]["digest"].as_str().unwrap();
 
@@ -345,7 +326,7 @@ async fn signatures_come_through_the_mirror_and_a_mirror_of_the_mirror_by_the_re
     .await;
     let want = listed(&index);
 
-    let a = berth_for(&hub.url, "1s", "");
+    let a = mirror_of(&hub.url, "1s", "");
     let (got, headers) = referrers(&a, "library/alpine", subject_digest, "").await;
     assert_eq!(listed(&got), want, "berth lists the hub's referrers: {got}");
     assert_eq!(headers["x-berth-cache"], "miss");
@@ -372,7 +353,7 @@ async fn signatures_come_through_the_mirror_and_a_mirror_of_the_mirror_by_the_re
             .count()
     };
     let answered_before = api_answers(a.log());
-    let b = berth_for(&a.url, "1s", "forward_ns = true");
+    let b = mirror_of(&a.url, "1s", "forward_ns = true");
     let (got, _) = referrers(&b, "library/alpine", subject_digest, "").await;
     assert_eq!(listed(&got), want, "through two hops: {got}");
     let (got, headers) = referrers(&b, "library/alpine", subject_digest, &artifact_query(SBOM_TYPE)).await;
@@ -397,7 +378,7 @@ async fn signatures_come_through_the_mirror_and_a_mirror_of_the_mirror_by_the_re
     // An image nobody signed has an empty list, not an error (hub back up).
     hub.fault(json!({})).await;
     let busybox = seed["images"]["library/busybox:latest"]["digest"].as_str().unwrap();
-    let c = berth_for(&hub.url, "5m", "");
+    let c = mirror_of(&hub.url, "5m", "");
     let (got, headers) = referrers(&c, "library/busybox", busybox, "").await;
     assert_eq!(got["manifests"], json!([]));
     assert_eq!(headers["x-berth-cache"], "miss");
@@ -439,8 +420,10 @@ async fn dockerd_pulls_through_a_berth_whose_upstream_is_a_berth_and_the_hub_sen
     for layer in multilayer["layers"].as_array().unwrap() {
         let digest = layer["digest"].as_str().unwrap();
         assert_eq!(stats["cdn_gets"][digest], 1, "layer {digest} fetched once");
-        assert_eq!(support::sha256_file(&a.blob_path(digest)), digest, "cached at A");
-        assert_eq!(support::sha256_file(&b.blob_path(digest)), digest, "cached at B");
+        let at_a = cached_blob_digest(&a.url, "library/multilayer", digest).await;
+        assert_eq!(at_a, digest, "cached at A");
+        let at_b = cached_blob_digest(&b.url, "library/multilayer", digest).await;
+        assert_eq!(at_b, digest, "cached at B");
     }
 
     // `?ns=` and path prefixes keep picking the same upstream across both hops.
@@ -476,7 +459,7 @@ async fn dockerd_pulls_through_a_berth_whose_upstream_is_a_berth_and_the_hub_sen
         "A cached it under its hub2 upstream: {catalog}"
     );
     // A single-entry remote berth needs no forward_ns: the prefix form passes through as a name.
-    let c = berth_for(&a.url, "5m", "");
+    let c = mirror_of(&a.url, "5m", "");
     let r = client()
         .get(c.at("/v2/hub2/myorg/tool/manifests/1.0"))
         .send()

@@ -227,10 +227,9 @@ impl Berth {
             .expect("run berth")
     }
 
-    /// Where the store keeps `digest`'s bytes.
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.root.join("blobs/sha256").join(&hex[..2]).join(hex)
+    /// [`Berth::cli`] that must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        super::succeeded(&self.cli(args), args)
     }
 
     /// The URL of `path` (which starts with `/`).
@@ -240,7 +239,7 @@ impl Berth {
 }
 
 /// Merge `extra` into `base`: tables recursively, any other value replaced.
-fn merge(base: &mut toml::Table, extra: toml::Table) {
+pub(super) fn merge(base: &mut toml::Table, extra: toml::Table) {
     for (key, value) in extra {
         match (base.get_mut(&key), value) {
             (Some(toml::Value::Table(b)), toml::Value::Table(e)) => merge(b, e),

@@ -1,14 +1,16 @@
-//! Test support: real processes on 127.0.0.1 — berth itself, the project's Docker Hub emulator
-//! (`tests/hub`, a real distribution registry behind Hub-style token auth), and an isolated dockerd.
-//! Every process is stopped by PID when its guard drops. A missing tool is a loud failure.
-#![allow(dead_code, unused_imports)] // each test crate uses a different part of this module
+//! Test support: berth's app in this process (`in_process`), and real processes on 127.0.0.1 —
+//! berth itself, the project's Docker Hub emulator (`tests/hub`, a real distribution registry
+//! behind Hub-style token auth), and an isolated dockerd. Every process is stopped by PID when its
+//! guard drops. A missing tool is a loud failure.
 
 pub mod berth;
 pub mod chromium;
 pub mod client;
 pub mod dockerd;
 pub mod hub;
+pub mod in_process;
 pub mod podman;
+pub mod store_layout;
 pub mod tls;
 pub mod ui;
 pub mod verify;
@@ -20,6 +22,30 @@ pub use berth::Berth;
 pub use dockerd::Dockerd;
 pub use hub::Hub;
 pub use podman::Podman;
+
+/// A berth that tests send requests to: the real binary ([`Berth`]) or the app in this process
+/// ([`in_process::App`]), for helpers that work with either.
+pub trait Server {
+    /// `http://127.0.0.1:PORT`
+    fn url(&self) -> &str;
+
+    /// The URL of `path` (which starts with `/`).
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url())
+    }
+}
+
+impl Server for Berth {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Server for in_process::App {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
 
 /// Panic with a clear message when a tool the test needs is not installed. Tests never skip:
 /// `tests/run` installs everything, so a missing tool means a broken setup.
@@ -72,6 +98,39 @@ pub fn htpasswd_with_cost(dir: &Path, users: &[(&str, &str)], cost: u32) -> std:
     path
 }
 
+/// The `[private]` section that makes `team/*` a private namespace.
+pub const PRIVATE: &str = "[private]\nnamespaces = [\"team/*\"]\n";
+
+/// The `[[upstream]]` entry of a berth that mirrors `url` as `docker.io` with a 5 s timeout and
+/// (when given) a tag TTL; keys that follow it belong to this entry.
+pub fn upstream(url: &str, tag_ttl: Option<&str>) -> String {
+    let ttl = tag_ttl.map(|t| format!("tag_ttl = \"{t}\"\n")).unwrap_or_default();
+    format!("[[upstream]]\nname = \"docker.io\"\nurl = \"{url}\"\n{ttl}timeout = \"5s\"\n")
+}
+
+/// A berth mirroring `url` with tag TTL `tag_ttl`; `extra` follows the upstream entry (its keys
+/// belong to that entry until a new section starts).
+pub fn mirror_of(url: &str, tag_ttl: &str, extra: &str) -> Berth {
+    Berth::start(&format!("{}{extra}\n", upstream(url, Some(tag_ttl))))
+}
+
+/// Run `skopeo ARGS`; its stdout, asserting success.
+pub fn skopeo(args: &[&str]) -> String {
+    require("skopeo");
+    run(Command::new("skopeo").args(args))
+}
+
+/// The stdout of a `berth` command that must have succeeded (`args` name it in the panic).
+pub fn succeeded(out: &std::process::Output, args: &[&str]) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "berth {args:?} failed:\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// sha256 digest string of `bytes`.
 pub fn sha256(bytes: &[u8]) -> String {
     berth::digest_of(bytes)
@@ -109,20 +168,6 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-/// Every file below `dir`.
-pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// A tiny root filesystem tarball for `docker import`, with `marker` in /etc/berth-test.

@@ -1,17 +1,16 @@
 //! Operating berth: Prometheus metrics, health and readiness, access logs, graceful shutdown, and
 //! the web UI in a real (headless) browser.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::client::{OCI_INDEX, OCI_MANIFEST, client, header, push_blob, push_image};
+use crate::support::ui::{form, input_value, session_cookie};
+use crate::support::{Berth, Hub, PRIVATE, chromium, htpasswd, mirror_of, sha256};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::client::{OCI_INDEX, OCI_MANIFEST, client, header, push_blob, push_image};
-use support::ui::{form, input_value, session_cookie};
-use support::{Berth, Hub, chromium, htpasswd, sha256};
 
 /// One parsed series of the `/metrics` exposition.
 struct Series {
@@ -77,18 +76,11 @@ async fn scrape_until(b: &Berth, ok: impl Fn(&[Series]) -> bool) -> Vec<Series> 
     }
 }
 
-fn berth_for(hub: &Hub, tag_ttl: &str, extra: &str) -> Berth {
-    Berth::start(&format!(
-        "[[upstream]]\nname = \"docker.io\"\nurl = \"{}\"\ntag_ttl = \"{tag_ttl}\"\ntimeout = \"5s\"\n{extra}",
-        hub.url
-    ))
-}
-
 #[tokio::test]
 async fn metrics_count_a_miss_then_a_hit_then_a_stale_answer() {
     let hub = Hub::start();
     hub.seed(0);
-    let b = berth_for(&hub, "1s", "");
+    let b = mirror_of(&hub.url, "1s", "");
     let tag_url = b.at("/v2/library/alpine/manifests/latest");
     let cache = |all: &[Series], kind: &str, result: &str| {
         metric(all, "berth_cache_requests_total", &[("kind", kind), ("result", result)])
@@ -221,7 +213,7 @@ async fn readyz_fails_when_the_store_is_not_writable_and_healthz_stays_up() {
 
     // Tests run as root, where permissions stop no write: put a regular file where the store's
     // temporary directory (the path every upload and fill writes through) should be.
-    let tmp = b.root.join("tmp");
+    let tmp = support::store_layout::temp_dir(&b.root);
     std::fs::remove_dir_all(&tmp).unwrap();
     std::fs::write(&tmp, b"not a directory").unwrap();
     let r = get("/readyz").await;
@@ -503,7 +495,7 @@ fn shot_path(name: &str) -> PathBuf {
 async fn web_ui_in_chromium_lists_images_shows_platforms_and_deletes_a_tag() {
     let hub = Hub::start();
     let seed = hub.seed(0);
-    let b = berth_for(&hub, "5m", "[private]\nnamespaces = [\"team/*\"]\n");
+    let b = mirror_of(&hub.url, "5m", PRIVATE);
     push_image(&b.url, "team/app", "1.0", &[b"layer one".as_slice(), &[7u8; 300_000]]).await;
     push_image(&b.url, "team/app", "2.0", &[b"layer two".as_slice()]).await;
     // Pull the multi-arch busybox through the mirror: the index and its amd64 image.

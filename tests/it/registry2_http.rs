@@ -3,29 +3,17 @@
 //! `If-None-Match`, invalid tags on reads (404) and writes (400), and the token realm taken from
 //! the request authority (HTTP/2 `:authority`, trusted `X-Forwarded-*`, or `[auth] realm`).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::client::*;
+use crate::support::in_process::App;
+use crate::support::tls::TestCa;
+use crate::support::{Berth, Server, run, sha256};
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::client::*;
-use support::tls::TestCa;
-use support::{Berth, run, sha256};
-
-/// The OCI error of a response: status, code and message.
-async fn oci_error(r: reqwest::Response) -> (StatusCode, String, String) {
-    let status = r.status();
-    let body: Value = r.json().await.expect("OCI error JSON");
-    let e = &body["errors"][0];
-    (
-        status,
-        e["code"].as_str().unwrap_or("").to_owned(),
-        e["message"].as_str().unwrap_or("").to_owned(),
-    )
-}
 
 #[tokio::test]
 async fn with_delete_off_every_delete_answers_405_unsupported_and_pulls_go_on() {
@@ -168,9 +156,10 @@ fn image_manifest_unpushed() -> Vec<u8> {
     .unwrap()
 }
 
-#[tokio::test]
+// curl blocks this thread: the app in this process needs another worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_carry_their_digest_as_etag_and_if_none_match_gets_304() {
-    let b = Berth::start("");
+    let b = App::start("").await;
     let digest = push_image(&b.url, "team/app", "1", &[b"etag layer"]).await;
     let etag = format!("\"{digest}\"");
     let c = client();
@@ -222,7 +211,7 @@ async fn manifests_carry_their_digest_as_etag_and_if_none_match_gets_304() {
 
 #[tokio::test]
 async fn an_invalid_tag_reads_as_manifest_unknown_and_a_put_with_it_is_tag_invalid() {
-    let b = Berth::start("");
+    let b = App::start("").await;
     push_image(&b.url, "team/app", "1", &[b"tag layer"]).await;
     let c = client();
     let url = b.at("/v2/team/app/manifests/.INVALID_MANIFEST_NAME");
@@ -295,11 +284,11 @@ async fn forwarded_host_and_proto_count_only_when_trusted_and_a_configured_realm
         r.header("x-forwarded-host", "registry.example.com")
             .header("x-forwarded-proto", "https")
     };
-    let untrusted = Berth::start(&auth);
+    let untrusted = App::start(&auth).await;
     let r = forwarded(client().get(untrusted.at("/v2/"))).send().await.unwrap();
     assert_eq!(realm_of(&r), format!("http://{}/token", untrusted.addr));
 
-    let trusted = Berth::start(&format!("{auth}[server]\ntrust_forwarded_headers = true\n"));
+    let trusted = App::start(&format!("{auth}[server]\ntrust_forwarded_headers = true\n")).await;
     let r = forwarded(client().get(trusted.at("/v2/"))).send().await.unwrap();
     assert_eq!(realm_of(&r), "https://registry.example.com/token");
     let r = client().get(trusted.at("/v2/")).send().await.unwrap();
@@ -309,9 +298,10 @@ async fn forwarded_host_and_proto_count_only_when_trusted_and_a_configured_realm
         "without the headers"
     );
 
-    let fixed = Berth::start(&format!(
+    let fixed = App::start(&format!(
         "{auth}realm = \"https://auth.example.com/token\"\n[server]\ntrust_forwarded_headers = true\n"
-    ));
+    ))
+    .await;
     let r = forwarded(client().get(fixed.at("/v2/"))).send().await.unwrap();
     assert_eq!(realm_of(&r), "https://auth.example.com/token");
 }

@@ -75,10 +75,6 @@ impl Hub {
         self.url.trim_start_matches("http://")
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// Push the deterministic test images; returns the seed description (see tests/hub/README.md).
     pub fn seed(&self, big_mib: u32) -> Value {
         let out = self.dir.path().join("seed.json");

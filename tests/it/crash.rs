@@ -1,15 +1,15 @@
 //! Crash safety: SIGKILL berth mid-upload and mid-push, restart it on the same store, and check
 //! that nothing partial is served, uploads resume, and everything committed before is intact.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support;
+use crate::support::client::*;
+use crate::support::store_layout::{self, assert_blob_files_verify};
+use crate::support::verify::assert_registry_consistent;
+use crate::support::{Berth, sha256};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
-use support::client::*;
-use support::verify::{assert_blob_files_verify, assert_registry_consistent};
-use support::{Berth, sha256};
 
 const MIB: usize = 1 << 20;
 
@@ -141,7 +141,10 @@ async fn repeated_sigkill_during_pushes_never_corrupts_the_store() {
     }
     assert!(committed > 0, "no push completed in any round; the test proved nothing");
     assert!(
-        std::fs::read_dir(b.root.join("tmp")).unwrap().next().is_none(),
+        std::fs::read_dir(store_layout::temp_dir(&b.root))
+            .unwrap()
+            .next()
+            .is_none(),
         "temporary files are cleared at startup"
     );
 }

@@ -72,7 +72,7 @@ fn state(config: &Config, addr: SocketAddr) -> AppState {
         .with_private_namespaces(config.private.namespaces.clone())
         .with_claim_on_push(config.private.claim_on_push)
         .with_upload_session_limit(config.limits.max_upload_sessions)
-        .with_min_free(config.min_free().expect("min_free"))
+        .with_min_free(config.storage.min_free)
         .with_notifications(
             config.notification_settings().expect("notification settings"),
             format!("berth-test:{}", addr.port()),

@@ -8,8 +8,7 @@ use super::drain::drainable;
 use super::error::range_value;
 use super::{CONTENT_DIGEST, Params, body_stream};
 use crate::oci::{Digest, RepoName};
-use crate::service::{Error, Mount, Registry, Result, UploadState};
-use crate::store::ChunkRange;
+use crate::service::{ChunkRange, Error, Mount, Registry, Result, UploadState};
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 

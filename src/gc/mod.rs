@@ -221,13 +221,9 @@ pub async fn run(
     let meta = store.meta.clone();
     blocking(move || meta.record_pulls(&batch)).await?;
 
-    let (s, b, pins, offline) = (
-        store.clone(),
-        store.blobs.clone(),
-        policy.pinned.clone(),
-        policy.offline_upstreams.clone(),
-    );
-    let (manifests, files) = blocking(move || Ok((cached_view(&s, &pins, &offline)?, b.list()?))).await?;
+    let (s, pins, offline) = (store.clone(), policy.pinned.clone(), policy.offline_upstreams.clone());
+    let manifests = blocking(move || cached_view(&s, &pins, &offline)).await?;
+    let files = store.blobs.list().await?;
     let sizes: HashMap<Digest, u64> = files.iter().map(|f| (f.digest.clone(), f.size)).collect();
     let usage: u64 = sizes.values().sum();
     progress(Progress::Plan {
@@ -371,11 +367,12 @@ async fn sweep(
     let total = candidates.len();
     let mut removed = Vec::new();
     for (done, entry) in candidates.into_iter().enumerate() {
-        let path = store.blobs.path(&entry.digest);
-        let still_old = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|m| m < cutoff);
-        if !live.contains(&entry.digest) && still_old && store.blobs.remove(&entry.digest).await? {
+        let still_old = store
+            .blobs
+            .stat(&entry.digest)
+            .await?
+            .is_some_and(|s| s.modified < cutoff);
+        if !live.contains(&entry.digest) && still_old && store.blobs.delete(&entry.digest).await? {
             removed.push(entry);
         }
         if done % 256 == 0 || done + 1 == total {

@@ -38,9 +38,9 @@ impl Registry {
                 if !self.store.meta.blob_linked(repo, digest)? {
                     return Err(Error::BlobUnknown(digest.clone()));
                 }
-                let file = self.store.blobs.open_file(digest).await?;
-                Ok(BlobBody::File(
-                    file.ok_or_else(|| Error::BlobUnknown(digest.clone()))?,
+                let blob = self.store.blobs.open(digest).await?;
+                Ok(BlobBody::Stored(
+                    blob.ok_or_else(|| Error::BlobUnknown(digest.clone()))?,
                     None,
                 ))
             }

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Instant;
 
+/// What serving a stored blob takes; see [`crate::store::Stored`].
+pub use crate::store::{ChunkRange, Stored};
 pub use blobs::{CancelOnDrop, Mount, UploadState};
 pub use browse::{Item, ManifestView, RepoList, RepoSummary, RepoView, TagRow};
 pub use listing::{Page, listing_limit};
@@ -33,7 +35,7 @@ pub use usage::{Part, Usage};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::oci::{Digest, NameError, RepoName, Tag};
-use crate::store::{self, BlobFile, Store};
+use crate::store::{self, Store};
 use crate::upstream::{self, Upstream};
 
 /// How a proxied response was answered, for the `X-Berth-Cache` header.
@@ -55,9 +57,10 @@ impl Cache {
     }
 }
 
-/// A blob to send: a stored file, or bytes streaming in from a cache fill.
+/// A blob to send: a stored blob (a local file, a backend's stream, or a redirect), or bytes
+/// streaming in from a cache fill.
 pub enum BlobBody {
-    File(BlobFile, Option<Cache>),
+    Stored(Stored, Option<Cache>),
     Stream {
         size: Option<u64>,
         stream: Pin<Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>,

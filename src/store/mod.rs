@@ -16,9 +16,14 @@
 //! same holds: a write that did not fit is discarded, and the metadata database reopens itself
 //! after the failed commit (see `redb_handle`), so writes work again once space is freed.
 
+mod blob_store;
 mod blobs;
+#[cfg(test)]
+mod conformance;
+pub mod fs;
 mod mapped;
 mod memo;
+pub mod memory;
 mod meta;
 mod redb_handle;
 mod redb_meta;
@@ -26,15 +31,18 @@ mod spool;
 mod uploads;
 
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 
-pub use blobs::{BlobEntry, BlobFile, Blobs, MinFree, Space};
-pub use mapped::map;
+pub use blob_store::{
+    BlobEntry, BlobStat, BlobStore, BlobWriter, ByteStream, OnWritten, RangeRead, ReadBack, RemoteBlob, Space, Stored,
+    Written,
+};
+pub use blobs::MinFree;
+pub use mapped::LocalBlob;
 pub use memo::{Memo, Memoized};
 pub use meta::{ImageRecords, ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
 pub use redb_meta::RedbMeta;
-pub use spool::{Spool, Spooled};
+pub use spool::BATCH as WRITE_BATCH;
 pub use uploads::{ChunkRange, Uploads, parse_id as parse_upload_id};
 
 use crate::oci::Digest;
@@ -89,7 +97,7 @@ pub fn is_full(e: &io::Error) -> bool {
 /// The store as the service uses it.
 #[derive(Clone)]
 pub struct Store {
-    pub blobs: Blobs,
+    pub blobs: Arc<dyn BlobStore>,
     pub uploads: Arc<Uploads>,
     pub meta: Arc<dyn Meta>,
     /// The garbage collection fence. Every operation that makes a blob referenced (a manifest
@@ -103,29 +111,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open the store at `root` that a server made before, never creating one: a maintenance
-    /// command pointed at the wrong directory must say so, not leave an empty store behind.
-    pub fn open_existing(root: &Path) -> Result<Store> {
-        if !root.join("meta.redb").is_file() {
-            return Err(Error::Missing(root.to_owned()));
-        }
-        Store::open(root)
-    }
-
-    /// Open (or create) the filesystem store at `root`, clearing leftovers of a crash.
-    pub fn open(root: &Path) -> Result<Store> {
-        std::fs::create_dir_all(root)?;
-        // The metadata database is locked by its process: open it first, so a second process
-        // (`berth gc` beside a running server) fails here before it touches anything else.
-        let meta: Arc<dyn Meta> = Arc::new(RedbMeta::open(&root.join("meta.redb"))?);
-        let blobs = Blobs::open(root)?;
-        let uploads = Arc::new(Uploads::open(root, blobs.clone(), meta.clone())?);
-        Ok(Store {
+    /// A store of the given backends; `main` and `cli` choose them (see [`fs::open`]).
+    pub fn new(blobs: Arc<dyn BlobStore>, uploads: Arc<Uploads>, meta: Arc<dyn Meta>) -> Store {
+        Store {
             blobs,
             uploads,
             meta,
             fence: Arc::default(),
             memo: Arc::default(),
-        })
+        }
     }
 }

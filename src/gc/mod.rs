@@ -289,7 +289,7 @@ pub async fn run(
         .filter(|(_, u)| u.started < older_than(policy.upload_ttl))
         .map(|(id, _)| id)
         .collect();
-    let orphans = store.uploads.orphans(policy.upload_ttl)?;
+    let orphans = store.uploads.orphans(policy.upload_ttl).await?;
     progress(Progress::Uploads {
         stale: stale.len() + orphans.len(),
     });
@@ -297,14 +297,11 @@ pub async fn run(
         for id in &stale {
             store.uploads.cancel(id).await?;
         }
-        for path in &orphans {
-            let _ = std::fs::remove_file(path);
+        for orphan in &orphans {
+            let _ = store.uploads.remove_orphan(orphan).await;
         }
     }
-    let stale: Vec<String> = stale
-        .into_iter()
-        .chain(orphans.iter().map(|p| p.display().to_string()))
-        .collect();
+    let stale: Vec<String> = stale.into_iter().chain(orphans).collect();
 
     let fmt = |list: &[(RepoName, Digest)]| list.iter().map(|(r, d)| format!("{r}@{d}")).collect::<Vec<_>>();
     let report = Report {

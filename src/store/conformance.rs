@@ -211,3 +211,131 @@ async fn deleted_blobs_are_gone(store: &dyn BlobStore) {
     assert!(store.open(&digest).await.unwrap().is_none());
     assert!(!store.delete(&digest).await.unwrap());
 }
+
+/// A body of `parts`, then an error when `fail` (a client that disconnects mid-chunk).
+fn body(parts: &[&'static [u8]], fail: bool) -> super::ByteStream {
+    let mut items: Vec<std::io::Result<Bytes>> = parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+    if fail {
+        items.push(Err(std::io::Error::other("connection reset")));
+    }
+    Box::pin(futures_util::stream::iter(items))
+}
+
+fn range(start: u64, len: u64) -> Option<super::ChunkRange> {
+    Some(super::ChunkRange {
+        start,
+        end: start + len - 1,
+    })
+}
+
+/// The [`UploadStore`](super::UploadStore) contract. `reopen` makes a fresh instance over the
+/// same data (a restart, or another replica); `blobs` is where finished uploads publish.
+pub(crate) async fn upload_store(reopen: &dyn Fn() -> Arc<dyn super::UploadStore>, blobs: Arc<dyn BlobStore>) {
+    let repo: crate::oci::RepoName = "team/app".parse().unwrap();
+    let uploads = reopen();
+    let unknown = "0123456789abcdef0123456789abcdef";
+    assert!(matches!(uploads.status(unknown).await, Err(Error::UploadUnknown)));
+
+    // Chunks, a restart between them, and a finish that publishes exactly their bytes.
+    let id = uploads.create(&repo, "alice", true, 10).await.unwrap();
+    assert_eq!(super::parse_upload_id(&id), Some(id.as_str()));
+    assert_eq!(uploads.status(&id).await.unwrap(), (repo.clone(), 0));
+    let n = uploads
+        .append(&id, range(0, 6), body(&[b"hel", b"lo "], false), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(n, 6);
+    let uploads = reopen();
+    assert_eq!(
+        uploads.status(&id).await.unwrap(),
+        (repo.clone(), 6),
+        "the session outlives its process"
+    );
+
+    // Rejected chunks leave it as it was: wrong start, wrong length, too large, a body error.
+    let err = uploads
+        .append(&id, range(3, 2), body(&[b"xx"], false), 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::RangeMismatch { start: 3, offset: 6 }), "{err}");
+    let err = uploads
+        .append(&id, range(6, 5), body(&[b"xx"], false), 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ChunkLength { declared: 5, got: 2 }), "{err}");
+    let err = uploads
+        .append(&id, None, body(&[b"0123456789"], false), 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TooLarge { limit: 10 }), "{err}");
+    let err = uploads
+        .append(&id, None, body(&[b"junk"], true), 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Body(_)), "{err}");
+    // A chunk whose request is dropped mid-body.
+    let stalled: super::ByteStream = Box::pin(
+        futures_util::stream::iter([Ok(Bytes::from_static(b"partial"))]).chain(futures_util::stream::pending()),
+    );
+    let cut = tokio::time::timeout(Duration::from_millis(200), uploads.append(&id, None, stalled, 1 << 20)).await;
+    assert!(cut.is_err(), "the stalled chunk was cut off");
+    assert_eq!(
+        uploads.status(&id).await.unwrap().1,
+        6,
+        "no rejected or cut chunk counted"
+    );
+
+    let n = uploads
+        .append(&id, None, body(&[b"world"], false), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(n, 11);
+    let digest = Digest::sha256_of(b"hello world");
+    assert_eq!(uploads.finish(&id, &digest).await.unwrap(), 11);
+    assert_eq!(
+        blobs.read(&digest).await.unwrap().unwrap(),
+        Bytes::from_static(b"hello world")
+    );
+    assert!(
+        matches!(uploads.status(&id).await, Err(Error::UploadUnknown)),
+        "finished sessions end"
+    );
+
+    // A mismatched finish publishes nothing and ends the session.
+    let id = uploads.create(&repo, "alice", true, 10).await.unwrap();
+    uploads
+        .append(&id, None, body(&[b"not what was claimed"], false), 1 << 20)
+        .await
+        .unwrap();
+    let claimed = Digest::sha256_of(b"the claim");
+    let err = uploads.finish(&id, &claimed).await.unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert_eq!(blobs.stat(&claimed).await.unwrap(), None);
+    assert_eq!(
+        blobs.stat(&Digest::sha256_of(b"not what was claimed")).await.unwrap(),
+        None
+    );
+    assert!(matches!(uploads.status(&id).await, Err(Error::UploadUnknown)));
+
+    // Cancel, and the per-owner limit that every ending gives back to.
+    let a = uploads.create(&repo, "bob", true, 2).await.unwrap();
+    let _b = uploads.create(&repo, "bob", true, 2).await.unwrap();
+    let err = uploads.create(&repo, "bob", true, 2).await.unwrap_err();
+    assert!(matches!(err, Error::SessionLimit { limit: 2 }), "{err}");
+    uploads
+        .create(&repo, "carol", true, 2)
+        .await
+        .expect("the limit is per owner");
+    uploads.append(&a, None, body(&[b"abc"], false), 1 << 20).await.unwrap();
+    uploads.cancel(&a).await.unwrap();
+    assert!(matches!(uploads.status(&a).await, Err(Error::UploadUnknown)));
+    assert!(matches!(uploads.cancel(&a).await, Err(Error::UploadUnknown)));
+    uploads
+        .create(&repo, "bob", true, 2)
+        .await
+        .expect("a cancel gives the place back");
+    assert!(
+        uploads.orphans(Duration::ZERO).await.unwrap().is_empty(),
+        "live sessions are not orphans"
+    );
+}

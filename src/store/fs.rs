@@ -24,5 +24,6 @@ pub fn open(root: &Path) -> Result<Store> {
     let meta: Arc<dyn Meta> = Arc::new(RedbMeta::open(&root.join("meta.redb"))?);
     let blobs = Blobs::open(root)?;
     let uploads = Arc::new(Uploads::open(root, blobs.clone(), meta.clone())?);
+
     Ok(Store::new(Arc::new(blobs), uploads, meta))
 }

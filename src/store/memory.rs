@@ -13,6 +13,7 @@ use super::blob_store::{
     BlobEntry, BlobStat, BlobStore, BlobWriter, ByteStream, OnWritten, RangeRead, ReadBack, RemoteBlob, Space, Stored,
     Written, verify,
 };
+pub use super::memory_uploads::{MemoryUploads, UploadData};
 use crate::oci::{Digest, Hasher};
 
 /// Blobs in a map. Served as streams (there is no file to map).

@@ -24,10 +24,12 @@ pub mod fs;
 mod mapped;
 mod memo;
 pub mod memory;
+mod memory_uploads;
 mod meta;
 mod redb_handle;
 mod redb_meta;
 mod spool;
+mod upload_store;
 mod uploads;
 
 use std::io;
@@ -43,7 +45,8 @@ pub use memo::{Memo, Memoized};
 pub use meta::{ImageRecords, ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
 pub use redb_meta::RedbMeta;
 pub use spool::BATCH as WRITE_BATCH;
-pub use uploads::{ChunkRange, Uploads, parse_id as parse_upload_id};
+pub use upload_store::{ChunkRange, UploadStore, load_hash, parse_id as parse_upload_id, save_hash};
+use uploads::Uploads;
 
 use crate::oci::Digest;
 
@@ -98,7 +101,7 @@ pub fn is_full(e: &io::Error) -> bool {
 #[derive(Clone)]
 pub struct Store {
     pub blobs: Arc<dyn BlobStore>,
-    pub uploads: Arc<Uploads>,
+    pub uploads: Arc<dyn UploadStore>,
     pub meta: Arc<dyn Meta>,
     /// The garbage collection fence. Every operation that makes a blob referenced (a manifest
     /// PUT or cache, a mount, an upload or fill being published and linked) holds it shared while
@@ -112,7 +115,7 @@ pub struct Store {
 
 impl Store {
     /// A store of the given backends; `main` and `cli` choose them (see [`fs::open`]).
-    pub fn new(blobs: Arc<dyn BlobStore>, uploads: Arc<Uploads>, meta: Arc<dyn Meta>) -> Store {
+    pub fn new(blobs: Arc<dyn BlobStore>, uploads: Arc<dyn UploadStore>, meta: Arc<dyn Meta>) -> Store {
         Store {
             blobs,
             uploads,

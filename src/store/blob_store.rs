@@ -203,3 +203,14 @@ pub(super) fn verify(written: &Written, expected: &Digest) -> Result<()> {
     }
     Ok(())
 }
+
+/// Check bytes in memory against the digest they must have (a manifest).
+pub(super) fn verify_bytes(bytes: &[u8], expected: &Digest) -> Result<()> {
+    let mut hasher = crate::oci::Hasher::new(expected.algorithm());
+    hasher.update(bytes);
+    let written = Written {
+        len: bytes.len() as u64,
+        digest: hasher.finish(),
+    };
+    verify(&written, expected)
+}

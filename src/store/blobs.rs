@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::fs;
 
 use super::blob_store::{
-    BlobEntry, BlobStat, BlobStore, BlobWriter, OnWritten, ReadBack, Space, Stored, Written, verify,
+    BlobEntry, BlobStat, BlobStore, BlobWriter, OnWritten, ReadBack, Space, Stored, Written, verify, verify_bytes,
 };
 use super::mapped::{LocalBlob, map};
 use super::spool::Spool;
@@ -223,14 +223,7 @@ impl BlobStore for Blobs {
 
     /// Manifests are small: written in one call, with no writer thread.
     async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
-        if !digest.matches(&bytes) {
-            let mut hasher = Hasher::new(digest.algorithm());
-            hasher.update(&bytes);
-            return Err(Error::DigestMismatch {
-                expected: digest.clone(),
-                actual: hasher.finish(),
-            });
-        }
+        verify_bytes(&bytes, digest)?;
         if self.stat(digest).await?.is_some() {
             return Ok(());
         }

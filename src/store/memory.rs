@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use super::Result;
 use super::blob_store::{
     BlobEntry, BlobStat, BlobStore, BlobWriter, ByteStream, OnWritten, RangeRead, ReadBack, RemoteBlob, Space, Stored,
-    Written, verify,
+    Written, verify, verify_bytes,
 };
 pub use super::memory_uploads::{MemoryUploads, UploadData};
 use crate::oci::{Digest, Hasher};
@@ -60,13 +60,7 @@ impl BlobStore for MemoryBlobs {
     }
 
     async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
-        let mut hasher = Hasher::new(digest.algorithm());
-        hasher.update(&bytes);
-        let written = Written {
-            len: bytes.len() as u64,
-            digest: hasher.finish(),
-        };
-        verify(&written, digest)?;
+        verify_bytes(&bytes, digest)?;
         self.publish(digest, bytes);
         Ok(())
     }

@@ -1,11 +1,14 @@
-//! The local store: content-addressed blob files, resumable upload sessions, and the metadata
-//! store behind the narrow [`Meta`] trait. It knows bytes and `oci` types, never HTTP.
+//! The store floor: blobs behind [`BlobStore`] (written through a [`BlobWriter`]), resumable
+//! upload sessions behind [`UploadStore`], and the metadata behind [`Meta`]. It knows bytes and
+//! `oci` types, never HTTP. Each trait's contract is checked by one conformance suite
+//! (`conformance`) that every backend runs. Only `main` and `cli` choose backends: [`fs::open`]
+//! (one host) or [`memory`] (tests).
 //!
-//! On-disk layout under `[storage] root`:
+//! On-disk layout of the filesystem backends under `[storage] root`:
 //! ```text
 //! blobs/sha256/ab/abcdef…      published blobs, each verified against its name; never partial
 //! uploads/<uuid>               bytes of an upload session in progress (resumable across restarts)
-//! tmp/<uuid>                   partial writes (manifests, cache fills); emptied at startup
+//! tmp/<uuid>                   partial writes (manifests, cache fills); emptied when opened
 //! meta.redb                    repos, tags, manifest records, blob links, upload sessions
 //! ```
 //! A blob is published by fsync + rename into `blobs/` only after its digest verified, and the

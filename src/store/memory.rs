@@ -27,6 +27,13 @@ pub fn blobs() -> Arc<dyn BlobStore> {
     Arc::new(MemoryBlobs::default())
 }
 
+/// A store whose blobs and upload sessions live in memory, over `meta`.
+pub fn store(meta: Arc<dyn super::Meta>) -> super::Store {
+    let blobs = MemoryBlobs::default();
+    let uploads = Arc::new(MemoryUploads::new(UploadData::default(), blobs.clone()));
+    super::Store::new(Arc::new(blobs), uploads, meta)
+}
+
 #[async_trait::async_trait]
 impl BlobStore for MemoryBlobs {
     async fn stat(&self, digest: &Digest) -> Result<Option<BlobStat>> {

@@ -34,7 +34,7 @@ enum Target {
 
 fn target(config: &Config) -> anyhow::Result<Target> {
     let root = &config.storage.root;
-    match Store::open_existing(root) {
+    match store::fs::open_existing(root) {
         Ok(store) => Ok(Target::Direct(store)),
         Err(store::Error::Locked) => {
             let socket = root.join(SOCKET_FILE);

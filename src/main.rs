@@ -13,7 +13,7 @@ use berth::auth::Auth;
 use berth::config::{Config, LogFormat};
 use berth::server::{Options, TlsFiles};
 use berth::service::Registry;
-use berth::store::Store;
+use berth::store;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -161,7 +161,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     let limits = config.connection_limits();
     log_descriptor_limit(limits.max_connections);
     let root = &config.storage.root;
-    let store = Store::open(root).with_context(|| format!("opening the store at {}", root.display()))?;
+    let store = store::fs::open(root).with_context(|| format!("opening the store at {}", root.display()))?;
     let upstreams = config
         .upstream_settings()?
         .into_iter()

@@ -1,7 +1,7 @@
 //! Zero-copy blob bodies on plain HTTP connections.
 //!
 //! hyper owns the socket and writes a body from memory, so a body cannot ask for `sendfile(2)`.
-//! Instead, blob bodies are windows of the file mapped into memory ([`crate::store::map`]), and
+//! Instead, blob bodies are windows of the file mapped into memory ([`crate::store::LocalBlob`]), and
 //! each window is registered here with the file and offset it maps. Plain TCP connections are
 //! wrapped in [`Stream`], whose vectored write, when handed bytes that lie in a registered window,
 //! sends them from the file with `sendfile` instead: the same bytes, without copying them through

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use super::range::{RangeSpec, parse_range};
 use super::{CONTENT_DIGEST, set_cache};
 use crate::oci::{Digest, RepoName};
-use crate::service::{BlobBody, BlobFile, Registry, Result, Route};
+use crate::service::{BlobBody, Registry, Result, Route, Stored};
 
 fn common(digest: &Digest) -> [(HeaderName, String); 3] {
     [
@@ -20,7 +20,7 @@ fn common(digest: &Digest) -> [(HeaderName, String); 3] {
 pub async fn get(reg: &Registry, route: &Route, digest: &Digest, h: &HeaderMap) -> Result<Response> {
     let range = h.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (mut response, cache) = match reg.blob(route, digest, range.is_some()).await? {
-        BlobBody::File(file, cache) => (file_response(file, digest, range), cache),
+        BlobBody::Stored(blob, cache) => (stored_response(blob, digest, range), cache),
         BlobBody::Stream { size, stream, cache } => {
             // A miss streaming in: the body ends in an error (aborting the response) if the
             // bytes fail to verify.
@@ -40,9 +40,17 @@ pub async fn get(reg: &Registry, route: &Route, digest: &Digest, h: &HeaderMap) 
     Ok(response)
 }
 
-/// A stored blob, whole or the requested single range.
-fn file_response(blob: BlobFile, digest: &Digest, range: Option<&str>) -> Response {
-    let size = blob.size;
+/// A stored blob, whole or the requested single range; or where to fetch it.
+fn stored_response(blob: Stored, digest: &Digest, range: Option<&str>) -> Response {
+    if let Stored::Redirect { url, .. } = &blob {
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            common(digest),
+            [(header::LOCATION, url.clone())],
+        )
+            .into_response();
+    }
+    let size = blob.size();
     let (status, start, len) = match parse_range(range, size) {
         RangeSpec::Whole => (StatusCode::OK, 0, size),
         RangeSpec::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
@@ -56,7 +64,7 @@ fn file_response(blob: BlobFile, digest: &Digest, range: Option<&str>) -> Respon
                 .into_response();
         }
     };
-    let body = Body::from_stream(blob.chunks(start, len));
+    let body = Body::from_stream(blob.range(start, len).expect("a redirect was answered above"));
     let mut response = (
         status,
         common(digest),

@@ -8,7 +8,7 @@ use berth::config::Config;
 use berth::gc;
 use berth::service::Registry;
 use berth::service::prefetch::{Event as PrefetchEvent, ImageReport, Job as PrefetchJob};
-use berth::store::Store;
+use berth::store;
 use bytesize::ByteSize;
 
 use super::{Target, admin_url, ask, read_lines, target};
@@ -108,7 +108,7 @@ pub async fn prefetch(config: &Config, platforms: &[String], referrers: bool, im
         target(config)?
     } else {
         eprintln!("berth: no store at {} yet; creating it", root.display());
-        Target::Direct(Store::open(root).with_context(|| format!("creating the store at {}", root.display()))?)
+        Target::Direct(store::fs::open(root).with_context(|| format!("creating the store at {}", root.display()))?)
     };
     let reports: Vec<ImageReport> = match target {
         Target::Direct(store) => {

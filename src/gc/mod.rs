@@ -222,13 +222,9 @@ pub async fn run(
     let meta = store.meta.clone();
     blocking(move || meta.record_pulls(&batch)).await?;
 
-    let (s, b, pins, offline) = (
-        store.clone(),
-        store.blobs.clone(),
-        policy.pinned.clone(),
-        policy.offline_upstreams.clone(),
-    );
-    let (manifests, files) = blocking(move || Ok((cached_view(&s, &pins, &offline)?, b.list()?))).await?;
+    let (s, pins, offline) = (store.clone(), policy.pinned.clone(), policy.offline_upstreams.clone());
+    let manifests = blocking(move || cached_view(&s, &pins, &offline)).await?;
+    let files = store.blobs.list().await?;
     let sizes: HashMap<Digest, u64> = files.iter().map(|f| (f.digest.clone(), f.size)).collect();
     let usage: u64 = sizes.values().sum();
     progress(Progress::Plan {
@@ -294,7 +290,7 @@ pub async fn run(
         .filter(|(_, u)| u.started < older_than(policy.upload_ttl))
         .map(|(id, _)| id)
         .collect();
-    let orphans = store.uploads.orphans(policy.upload_ttl)?;
+    let orphans = store.uploads.orphans(policy.upload_ttl).await?;
     progress(Progress::Uploads {
         stale: stale.len() + orphans.len(),
     });
@@ -302,14 +298,11 @@ pub async fn run(
         for id in &stale {
             store.uploads.cancel(id).await?;
         }
-        for path in &orphans {
-            let _ = std::fs::remove_file(path);
+        for orphan in &orphans {
+            let _ = store.uploads.remove_orphan(orphan).await;
         }
     }
-    let stale: Vec<String> = stale
-        .into_iter()
-        .chain(orphans.iter().map(|p| p.display().to_string()))
-        .collect();
+    let stale: Vec<String> = stale.into_iter().chain(orphans).collect();
 
     let fmt = |list: &[(RepoName, Digest)]| list.iter().map(|(r, d)| format!("{r}@{d}")).collect::<Vec<_>>();
     let report = Report {
@@ -372,11 +365,12 @@ async fn sweep(
     let total = candidates.len();
     let mut removed = Vec::new();
     for (done, entry) in candidates.into_iter().enumerate() {
-        let path = store.blobs.path(&entry.digest);
-        let still_old = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|m| m < cutoff);
-        if !live.contains(&entry.digest) && still_old && store.blobs.remove(&entry.digest).await? {
+        let still_old = store
+            .blobs
+            .stat(&entry.digest)
+            .await?
+            .is_some_and(|s| s.modified < cutoff);
+        if !live.contains(&entry.digest) && still_old && store.blobs.delete(&entry.digest).await? {
             removed.push(entry);
         }
         if done % 256 == 0 || done + 1 == total {

@@ -46,9 +46,10 @@ pub fn referenced(store: &Store) -> store::Result<HashMap<Digest, bool>> {
     Ok(out)
 }
 
-/// Walk the metadata and the blob files (blocking).
+/// Walk the metadata and the blob files (blocking: run it off the async workers).
 pub fn disk_usage(store: &Store) -> store::Result<Usage> {
-    let sizes: HashMap<Digest, u64> = store.blobs.list()?.into_iter().map(|b| (b.digest, b.size)).collect();
+    let blobs = tokio::runtime::Handle::current().block_on(store.blobs.list())?;
+    let sizes: HashMap<Digest, u64> = blobs.into_iter().map(|b| (b.digest, b.size)).collect();
     let mut by_repo: HashMap<String, (usize, HashSet<Digest>)> = HashMap::new();
     for (repo, digest, record) in store.meta.all_manifests()? {
         let entry = by_repo.entry(repo.to_string()).or_default();

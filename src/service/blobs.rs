@@ -38,9 +38,9 @@ impl Registry {
                 if !self.store.meta.blob_linked(repo, digest)? {
                     return Err(Error::BlobUnknown(digest.clone()));
                 }
-                let file = self.store.blobs.open_file(digest).await?;
-                Ok(BlobBody::File(
-                    file.ok_or_else(|| Error::BlobUnknown(digest.clone()))?,
+                let blob = self.store.blobs.open(digest).await?;
+                Ok(BlobBody::Stored(
+                    blob.ok_or_else(|| Error::BlobUnknown(digest.clone()))?,
                     None,
                 ))
             }
@@ -141,14 +141,14 @@ impl Registry {
         body: S,
     ) -> Result<UploadState>
     where
-        S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
+        S: Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
     {
         self.check_push()?;
         let state = self.session(repo, id).await?;
         let len = self
             .store
             .uploads
-            .append(&state.id, range, body, MAX_UPLOAD_BYTES)
+            .append(&state.id, range, Box::pin(body), MAX_UPLOAD_BYTES)
             .await?;
         Ok(UploadState { id: state.id, len })
     }
@@ -163,13 +163,13 @@ impl Registry {
         body: S,
     ) -> Result<()>
     where
-        S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
+        S: Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
     {
         self.check_push()?;
         let state = self.session(repo, id).await?;
         self.store
             .uploads
-            .append(&state.id, range, body, MAX_UPLOAD_BYTES)
+            .append(&state.id, range, Box::pin(body), MAX_UPLOAD_BYTES)
             .await?;
         let _fence = self.store.fence.read().await; // publish and link as one step for GC (see `gc`)
         self.store

@@ -177,7 +177,7 @@ impl Registry {
                 return Err(Error::ManifestBlobUnknown(child.clone()));
             }
         }
-        self.store.blobs.write(&digest, &bytes).await?;
+        self.store.blobs.put(&digest, bytes.clone()).await?;
         let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
         let record = record_of(&manifest, bytes.len());
         let media_type = record.media_type.clone();

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::Instant;
 
+/// What serving a stored blob takes; see [`crate::store::Stored`].
+pub use crate::store::{ChunkRange, Stored};
 pub use blobs::{CancelOnDrop, Mount, UploadState};
 pub use browse::{Item, ManifestView, RepoList, RepoSummary, RepoView, TagRow};
 pub use listing::{Page, listing_limit};
@@ -31,7 +33,7 @@ pub use switches::Switches;
 pub use usage::{Part, Usage};
 // What the edges see of the floors below, so they import only the service (ARCHITECTURE.md,
 // "Layers"): `Error` wraps these two, and blob bodies and chunk uploads carry the store's types.
-pub use crate::store::{BlobFile, ChunkRange, Error as StoreError};
+pub use crate::store::Error as StoreError;
 pub use crate::upstream::Error as UpstreamError;
 
 use crate::metrics::Metrics;
@@ -44,9 +46,10 @@ use crate::upstream::{self, Upstream};
 /// and the `result` label of the cache metrics (a leaf, so the metrics need not know the service).
 pub use crate::metrics::CacheResult;
 
-/// A blob to send: a stored file, or bytes streaming in from a cache fill.
+/// A blob to send: a stored blob (a local file, a backend's stream, or a redirect), or bytes
+/// streaming in from a cache fill.
 pub enum BlobBody {
-    File(BlobFile, Option<CacheResult>),
+    Stored(Stored, Option<CacheResult>),
     Stream {
         size: Option<u64>,
         stream: Pin<Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>,

@@ -236,7 +236,7 @@ impl Registry {
     /// Make sure a blob is in the store (through a fill when it is not); `(size, was cached)`.
     async fn fetch_blob(&self, route: &Route, digest: &Digest) -> Result<(u64, bool)> {
         match self.blob(route, digest, true).await? {
-            BlobBody::File(file, cache) => Ok((file.size, cache == Some(CacheResult::Hit))),
+            BlobBody::Stored(blob, cache) => Ok((blob.size(), cache == Some(CacheResult::Hit))),
             // `whole` waits for the fill to publish; a stream is not expected, but its bytes
             // arrive all the same once it is read to the end.
             BlobBody::Stream { mut stream, .. } => {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::fill::FillError;
 use super::manifests::record_of;
 use super::route::Proxied;
-use super::{BlobBody, CacheResult, Error, ManifestHead, Registry, Result, blocking};
+use super::{BlobBody, CacheResult, Error, ManifestHead, Registry, Result, Stored, blocking};
 use crate::oci::{Digest, Manifest, Reference, Tag};
 use crate::store::Origin;
 use crate::upstream::{self, RemoteManifest};
@@ -139,7 +139,7 @@ impl Registry {
         let head = match Manifest::parse(&bytes, media_type.as_deref()) {
             Ok(manifest) => {
                 let _fence = self.store.fence.read().await; // see `gc`
-                self.store.blobs.write(&digest, &bytes).await?;
+                self.store.blobs.put(&digest, bytes.clone()).await?;
                 let record = record_of(&manifest, bytes.len());
                 let (repo, d, t, origin) = (
                     p.local.clone(),
@@ -184,8 +184,8 @@ impl Registry {
     /// A proxied blob: from the store when cached, else streamed through a fill. With `whole`
     /// (a Range request), wait for the fill to verify and serve the stored file.
     pub(super) async fn proxied_blob(&self, p: &Proxied, digest: &Digest, whole: bool) -> Result<BlobBody> {
-        if let Some(file) = self.cached_blob(p, digest).await? {
-            return Ok(BlobBody::File(file, Some(CacheResult::Hit)));
+        if let Some(blob) = self.cached_blob(p, digest).await? {
+            return Ok(BlobBody::Stored(blob, Some(CacheResult::Hit)));
         }
         if p.upstream.is_offline() {
             return Err(blob_error(upstream_offline(p), digest));
@@ -203,15 +203,14 @@ impl Registry {
         if whole {
             fill.finished().await.map_err(|e| fill_error(e, digest))?;
             drop(waiter);
-            let file = self
+            let blob = self
                 .store
                 .blobs
-                .open_file(digest)
+                .open(digest)
                 .await?
                 .ok_or_else(|| Error::BlobUnknown(digest.clone()))?;
-            return Ok(BlobBody::File(file, Some(CacheResult::Miss)));
+            return Ok(BlobBody::Stored(blob, Some(CacheResult::Miss)));
         }
-        let published = self.store.blobs.path(digest);
         // Joining a fill whose bytes are all in and verified (it is only publishing) is a hit.
         let cache = if fill.verified() {
             CacheResult::Hit
@@ -220,7 +219,7 @@ impl Registry {
         };
         Ok(BlobBody::Stream {
             size,
-            stream: Box::pin(Arc::clone(&fill).stream(published, waiter)),
+            stream: Box::pin(Arc::clone(&fill).stream(waiter)),
             cache,
         })
     }
@@ -228,12 +227,12 @@ impl Registry {
     /// The stored blob when this repository may serve it. A blob cached for another repository is
     /// linked here only after the upstream confirms this repository has it, so a digest alone
     /// never reveals another repository's (possibly private) content.
-    async fn cached_blob(&self, p: &Proxied, digest: &Digest) -> Result<Option<crate::store::BlobFile>> {
-        let Some(file) = self.store.blobs.open_file(digest).await? else {
+    async fn cached_blob(&self, p: &Proxied, digest: &Digest) -> Result<Option<Stored>> {
+        let Some(blob) = self.store.blobs.open(digest).await? else {
             return Ok(None);
         };
         if self.store.meta.blob_linked(&p.local, digest)? {
-            return Ok(Some(file));
+            return Ok(Some(blob));
         }
         self.confirm_upstream_has(p, digest).await?;
         let (repo, d, origin) = (
@@ -244,7 +243,7 @@ impl Registry {
             },
         );
         blocking(&self.store.meta, move |m| m.link_blob(&repo, &d, origin)).await?;
-        Ok(Some(file))
+        Ok(Some(blob))
     }
 
     /// Ask the repository's upstream whether that repository has `digest`.
@@ -257,8 +256,8 @@ impl Registry {
 
     /// Size of a proxied blob, asking the upstream (without caching) on a miss.
     pub(super) async fn proxied_blob_size(&self, p: &Proxied, digest: &Digest) -> Result<(u64, CacheResult)> {
-        if let Some(file) = self.cached_blob(p, digest).await? {
-            return Ok((file.size, CacheResult::Hit));
+        if let Some(blob) = self.cached_blob(p, digest).await? {
+            return Ok((blob.size(), CacheResult::Hit));
         }
         match p.upstream.head_blob(&p.remote, digest).await {
             Ok(Some(size)) => Ok((size, CacheResult::Miss)),

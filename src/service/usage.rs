@@ -100,24 +100,30 @@ impl Registry {
     /// what failed. A metadata store that failed is reopened by this check if not before.
     pub async fn ready(&self) -> Result<(), String> {
         let (blobs, meta, min_free) = (self.store.blobs.clone(), self.store.meta.clone(), self.min_free);
-        let check = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let check = tokio::spawn(async move {
             let space = blobs
                 .space()
+                .await
                 .map_err(|e| format!("the store's free space is unknown: {e}"))?;
-            let wanted = min_free.of(space.total);
-            if space.free < wanted {
-                return Err(format!(
-                    "the store is nearly full: {} free, below [storage] min_free ({})",
-                    bytesize::ByteSize(space.free).display().iec(),
-                    bytesize::ByteSize(wanted).display().iec(),
-                ));
+            // A backend without a fixed capacity (S3, memory) cannot run out this way.
+            if let Some(space) = space {
+                let wanted = min_free.of(space.total);
+                if space.free < wanted {
+                    return Err(format!(
+                        "the store is nearly full: {} free, below [storage] min_free ({})",
+                        bytesize::ByteSize(space.free).display().iec(),
+                        bytesize::ByteSize(wanted).display().iec(),
+                    ));
+                }
             }
             blobs
-                .probe_writable()
+                .probe()
+                .await
                 .map_err(|e| format!("the store is not writable: {e}"))?;
-            meta.probe()
-                .map_err(|e| format!("the metadata store does not take writes: {e}"))?;
-            Ok(())
+            tokio::task::spawn_blocking(move || meta.probe())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("the metadata store does not take writes: {e}"))
         });
         match tokio::time::timeout(READY_TIMEOUT, check).await {
             Ok(Ok(result)) => result,
@@ -127,17 +133,19 @@ impl Registry {
     }
 }
 
-/// Walk the blob files and classify each by the repositories that reference it.
+/// List the blobs and classify each by the repositories that reference it (blocking).
 fn measure(store: &store::Store) -> store::Result<Usage> {
     let referenced = crate::gc::referenced(store)?;
     let mut usage = Usage {
         measured_at: crate::clock::unix_now(),
         ..Usage::default()
     };
-    store.blobs.scan(|digest, bytes| match referenced.get(digest) {
-        Some(true) => usage.private.add(bytes),
-        Some(false) => usage.cached.add(bytes),
-        None => usage.unreferenced.add(bytes),
-    })?;
+    for blob in tokio::runtime::Handle::current().block_on(store.blobs.list())? {
+        match referenced.get(&blob.digest) {
+            Some(true) => usage.private.add(blob.size),
+            Some(false) => usage.cached.add(blob.size),
+            None => usage.unreferenced.add(blob.size),
+        }
+    }
     Ok(usage)
 }

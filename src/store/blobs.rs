@@ -1,12 +1,20 @@
-//! Content-addressed blob files. A file under `blobs/` always matches its digest: bytes are
-//! written to `tmp/` (or `uploads/`), verified, fsynced, and only then renamed into place.
+//! The filesystem blob backend. A file under `blobs/` always matches its digest: bytes are
+//! written to `tmp/` (or `uploads/`), verified, fsynced, and only then renamed into place, with
+//! `renameat2(RENAME_NOREPLACE)` so an existing blob is never replaced. Serving maps the file
+//! ([`LocalBlob`]), so warm GETs cost no copies.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::fs;
 
+use super::blob_store::{
+    BlobEntry, BlobStat, BlobStore, BlobWriter, OnWritten, ReadBack, Space, Stored, Written, verify, verify_bytes,
+};
+use super::mapped::{LocalBlob, map};
+use super::spool::Spool;
 use super::{Error, Result};
 use crate::oci::{Digest, Hasher};
 
@@ -17,29 +25,20 @@ pub struct Blobs {
     tmp: PathBuf,
 }
 
-/// A published blob as garbage collection sees it.
-#[derive(Clone, Debug)]
-pub struct BlobEntry {
-    pub digest: Digest,
-    pub size: u64,
-    pub modified: std::time::SystemTime,
-}
-
-/// Room on the filesystem the store is on, as `df` shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Space {
-    /// Bytes berth may still write (what is reserved for root not counted).
-    pub free: u64,
-    pub total: u64,
-}
-
 /// `[storage] min_free`, a typed setting (defined with the settings, a floor below).
 pub use crate::config::MinFree;
 
-/// An open published blob, ready to stream.
-pub struct BlobFile {
-    pub file: std::fs::File,
-    pub size: u64,
+/// `Ok(None)` for a file that is not there.
+fn found<T>(r: io::Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn unblock<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
 impl Blobs {
@@ -56,87 +55,25 @@ impl Blobs {
     }
 
     /// `blobs/<alg>/<first two hex>/<hex>`. Safe: a `Digest` is validated lowercase hex.
-    pub fn path(&self, digest: &Digest) -> PathBuf {
+    fn path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.blobs.join(digest.algorithm().as_str()).join(&hex[..2]).join(hex)
     }
 
     /// A fresh path in the temporary area, on the same filesystem as `blobs/` so rename is atomic.
-    pub fn temp_path(&self) -> PathBuf {
+    fn temp_path(&self) -> PathBuf {
         self.tmp.join(uuid::Uuid::new_v4().simple().to_string())
-    }
-
-    pub async fn size(&self, digest: &Digest) -> Result<Option<u64>> {
-        match fs::metadata(self.path(digest)).await {
-            Ok(m) => Ok(Some(m.len())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    pub async fn open_file(&self, digest: &Digest) -> Result<Option<BlobFile>> {
-        let path = self.path(digest);
-        let opened = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(path)?;
-            let size = file.metadata()?.len();
-            Ok::<_, io::Error>(BlobFile { file, size })
-        })
-        .await
-        .map_err(io::Error::other)?;
-        match opened {
-            Ok(blob) => Ok(Some(blob)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The whole blob in memory; for manifests, which are size-limited.
-    pub async fn read(&self, digest: &Digest) -> Result<Option<Bytes>> {
-        match fs::read(self.path(digest)).await {
-            Ok(b) => Ok(Some(Bytes::from(b))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Verify `bytes` against `digest` and publish them (used for manifests).
-    pub async fn write(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
-        let mut hasher = Hasher::new(digest.algorithm());
-        hasher.update(bytes);
-        let actual = hasher.finish();
-        if actual != *digest {
-            return Err(Error::DigestMismatch {
-                expected: digest.clone(),
-                actual,
-            });
-        }
-        if self.size(digest).await?.is_some() {
-            return Ok(());
-        }
-        let tmp = self.temp_path();
-        let result = async {
-            fs::write(&tmp, bytes).await?;
-            fs::File::open(&tmp).await?.sync_all().await?;
-            self.publish(&tmp, digest).await
-        }
-        .await;
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp).await;
-        }
-        result
     }
 
     /// Atomically move an fsynced, verified file into place, then fsync the directory so the
     /// rename itself survives a crash. A blob file is never replaced: when the digest is already
     /// published, the existing (verified) file stays and `verified` is discarded.
-    pub async fn publish(&self, verified: &Path, digest: &Digest) -> Result<()> {
+    pub(super) async fn publish(&self, verified: &Path, digest: &Digest) -> Result<()> {
         let dest = self.path(digest);
         let dir = dest.parent().expect("blob path has a parent").to_owned();
         fs::create_dir_all(&dir).await?;
         let source = verified.to_owned();
-        let placed = tokio::task::spawn_blocking(move || rename_noreplace(&source, &dest))
-            .await
-            .map_err(io::Error::other)??;
+        let placed = unblock(move || rename_noreplace(&source, &dest)).await?;
         if !placed {
             fs::remove_file(verified).await?;
             return Ok(());
@@ -145,9 +82,10 @@ impl Blobs {
         Ok(())
     }
 
-    /// Call `f` with the digest and size of every published blob. Blocking: run it off the async
-    /// workers. Files whose names are not digests are skipped.
-    pub fn scan(&self, mut f: impl FnMut(&Digest, u64)) -> Result<()> {
+    /// Every published blob (blocking). Names that are not digests, and anything that is not a
+    /// regular file, are skipped: a stray file must not stop garbage collection.
+    fn walk(&self) -> Result<Vec<BlobEntry>> {
+        let mut out = Vec::new();
         for alg in std::fs::read_dir(&self.blobs)? {
             let alg = alg?;
             let Some(alg_name) = alg.file_name().to_str().map(str::to_owned) else {
@@ -170,22 +108,25 @@ impl Blobs {
                     else {
                         continue;
                     };
-                    match file.metadata() {
-                        Ok(m) if m.is_file() => f(&digest, m.len()),
-                        Ok(_) => {}
-                        // Removed by GC while the walk ran.
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e.into()),
+                    // `None`: removed by GC while the walk ran.
+                    if let Some(m) = found(file.metadata())?
+                        && m.is_file()
+                    {
+                        out.push(BlobEntry {
+                            digest,
+                            size: m.len(),
+                            modified: m.modified()?,
+                        });
                     }
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Create, write, fsync and remove a small file in the temporary area: the write path every
     /// upload and cache fill takes. Blocking.
-    pub fn probe_writable(&self) -> io::Result<()> {
+    fn probe_writable(&self) -> io::Result<()> {
         use std::io::Write;
         let path = self.tmp.join(format!("probe-{}", uuid::Uuid::new_v4().simple()));
         let written = std::fs::File::create(&path).and_then(|mut f| {
@@ -198,7 +139,7 @@ impl Blobs {
     }
 
     /// Room on the store's filesystem. Blocking.
-    pub fn space(&self) -> io::Result<Space> {
+    fn space(&self) -> io::Result<Space> {
         use std::os::unix::ffi::OsStrExt;
         let path = std::ffi::CString::new(self.blobs.as_os_str().as_bytes()).map_err(io::Error::other)?;
         let mut s = std::mem::MaybeUninit::<libc::statvfs>::uninit();
@@ -216,55 +157,174 @@ impl Blobs {
             total: total.saturating_mul(block),
         })
     }
+}
 
-    /// Remove a blob file (garbage collection).
-    pub async fn remove(&self, digest: &Digest) -> Result<bool> {
-        match fs::remove_file(self.path(digest)).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+#[async_trait::async_trait]
+impl BlobStore for Blobs {
+    async fn stat(&self, digest: &Digest) -> Result<Option<BlobStat>> {
+        Ok(found(fs::metadata(self.path(digest)).await)?.map(|m| BlobStat {
+            size: m.len(),
+            modified: m.modified().unwrap_or(std::time::UNIX_EPOCH),
+        }))
     }
 
-    /// Refresh a blob's modification time: a push about to reference it (a mount) renews its
-    /// grace period, so garbage collection spares it.
-    pub async fn touch(&self, digest: &Digest) -> Result<()> {
+    async fn open(&self, digest: &Digest) -> Result<Option<Stored>> {
         let path = self.path(digest);
-        tokio::task::spawn_blocking(move || {
+        let opened = unblock(move || {
+            let file = std::fs::File::open(path)?;
+            let size = file.metadata()?.len();
+            Ok(LocalBlob::new(file, size))
+        })
+        .await;
+        Ok(found(opened)?.map(Stored::Local))
+    }
+
+    async fn read(&self, digest: &Digest) -> Result<Option<Bytes>> {
+        Ok(found(fs::read(self.path(digest)).await)?.map(Bytes::from))
+    }
+
+    async fn writer(&self, digest: &Digest, on_written: OnWritten) -> Result<Box<dyn BlobWriter>> {
+        let temp = self.temp_path();
+        let path = temp.clone();
+        // Read and write: the read side maps what was written for trailing readers.
+        let file = unblock(move || {
+            std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+        })
+        .await?;
+        let file = Arc::new(file);
+        let spool = Spool::for_fill(file.try_clone()?, Hasher::new(digest.algorithm()), on_written);
+        Ok(Box::new(FileWriter {
+            blobs: self.clone(),
+            temp: Some(temp),
+            file,
+            spool: Some(spool),
+            written: None,
+        }))
+    }
+
+    /// Manifests are small: written in one call, with no writer thread.
+    async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        verify_bytes(&bytes, digest)?;
+        if self.stat(digest).await?.is_some() {
+            return Ok(());
+        }
+        let tmp = self.temp_path();
+        let result = async {
+            fs::write(&tmp, &bytes).await?;
+            fs::File::open(&tmp).await?.sync_all().await?;
+            self.publish(&tmp, digest).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool> {
+        Ok(found(fs::remove_file(self.path(digest)).await)?.is_some())
+    }
+
+    async fn list(&self) -> Result<Vec<BlobEntry>> {
+        let blobs = self.clone();
+        tokio::task::spawn_blocking(move || blobs.walk())
+            .await
+            .map_err(|e| Error::Io(io::Error::other(e)))?
+    }
+
+    async fn touch(&self, digest: &Digest) -> Result<()> {
+        let path = self.path(digest);
+        unblock(move || {
             std::fs::File::options()
                 .write(true)
                 .open(path)?
                 .set_modified(std::time::SystemTime::now())
         })
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+        .await?;
         Ok(())
     }
 
-    /// Every published blob with its size and modification time (a directory walk).
-    pub fn list(&self) -> Result<Vec<BlobEntry>> {
-        let mut out = Vec::new();
-        for alg in std::fs::read_dir(&self.blobs)? {
-            let alg = alg?;
-            for prefix in std::fs::read_dir(alg.path())? {
-                for file in std::fs::read_dir(prefix?.path())? {
-                    let file = file?;
-                    let name = format!(
-                        "{}:{}",
-                        alg.file_name().to_string_lossy(),
-                        file.file_name().to_string_lossy()
-                    );
-                    let Ok(digest) = name.parse() else { continue };
-                    let meta = file.metadata()?;
-                    out.push(BlobEntry {
-                        digest,
-                        size: meta.len(),
-                        modified: meta.modified()?,
-                    });
-                }
-            }
+    async fn probe(&self) -> Result<()> {
+        let blobs = self.clone();
+        Ok(unblock(move || blobs.probe_writable()).await?)
+    }
+
+    async fn space(&self) -> Result<Option<Space>> {
+        let blobs = self.clone();
+        Ok(Some(unblock(move || blobs.space()).await?))
+    }
+}
+
+/// A blob being written to a temporary file by a [`Spool`] (which hashes it on its thread).
+struct FileWriter {
+    blobs: Blobs,
+    /// The temporary file; `None` once published (or discarded).
+    temp: Option<PathBuf>,
+    /// Kept open for reading back: after the rename it is the published blob.
+    file: Arc<std::fs::File>,
+    spool: Option<Spool>,
+    written: Option<Written>,
+}
+
+#[async_trait::async_trait]
+impl BlobWriter for FileWriter {
+    async fn append(&mut self, batch: Vec<Bytes>) -> Result<()> {
+        let spool = self
+            .spool
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the writer is closed"))?;
+        Ok(spool.send(batch).await?)
+    }
+
+    fn read_back(&self) -> Arc<dyn ReadBack> {
+        Arc::new(FileReadBack(self.file.clone()))
+    }
+
+    async fn close(&mut self) -> Result<Written> {
+        if let Some(spool) = self.spool.take() {
+            let spooled = spool.close().await?;
+            self.written = Some(Written {
+                len: spooled.len,
+                digest: spooled.digest.expect("the spool was given a hasher"),
+            });
         }
-        Ok(out)
+        Ok(self.written.clone().expect("closed above"))
+    }
+
+    async fn commit(mut self: Box<Self>, expected: &Digest) -> Result<u64> {
+        let written = self.close().await?;
+        verify(&written, expected)?;
+        let file = self.file.clone();
+        unblock(move || file.sync_all()).await?;
+        let temp = self.temp.clone().expect("not published yet");
+        self.blobs.publish(&temp, expected).await?;
+        self.temp = None;
+        Ok(written.len)
+    }
+}
+
+impl Drop for FileWriter {
+    /// Uncommitted: discard the bytes. A spool thread still writing holds the file open, which
+    /// keeps the (unlinked) inode until it exits.
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+}
+
+/// Maps what a [`FileWriter`] wrote: bytes below what it reported are never rewritten.
+struct FileReadBack(Arc<std::fs::File>);
+
+#[async_trait::async_trait]
+impl ReadBack for FileReadBack {
+    async fn read_at(&self, pos: u64, len: usize) -> Result<Bytes> {
+        let file = self.0.clone();
+        Ok(unblock(move || map(&file, pos, len)).await?)
     }
 }
 
@@ -310,7 +370,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let blobs = Blobs::open(root.path()).unwrap();
         let digest = Digest::sha256_of(b"the real layer");
-        blobs.write(&digest, b"the real layer").await.unwrap();
+        blobs.put(&digest, Bytes::from_static(b"the real layer")).await.unwrap();
         // Someone publishes other bytes under the same name (a bug or an attack upstream of
         // `publish`): the verified file stays.
         let impostor = blobs.temp_path();
@@ -318,5 +378,44 @@ mod tests {
         blobs.publish(&impostor, &digest).await.unwrap();
         assert_eq!(blobs.read(&digest).await.unwrap().unwrap().as_ref(), b"the real layer");
         assert!(!impostor.exists(), "the discarded file is removed");
+    }
+
+    #[tokio::test]
+    async fn the_filesystem_backend_keeps_the_blob_store_contract() {
+        let root = tempfile::tempdir().unwrap();
+        let blobs: Arc<dyn BlobStore> = Arc::new(Blobs::open(root.path()).unwrap());
+        super::super::conformance::blob_store(blobs).await;
+    }
+
+    #[tokio::test]
+    async fn a_stray_file_among_the_blobs_is_skipped_by_the_listing() {
+        let root = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(root.path()).unwrap();
+        let digest = Digest::sha256_of(b"layer");
+        blobs.put(&digest, Bytes::from_static(b"layer")).await.unwrap();
+        std::fs::write(root.path().join("blobs/sha256/stray"), b"x").unwrap();
+        std::fs::write(
+            root.path()
+                .join("blobs/sha256")
+                .join(&digest.hex()[..2])
+                .join("notes.txt"),
+            b"x",
+        )
+        .unwrap();
+        let listed: Vec<Digest> = blobs.list().await.unwrap().into_iter().map(|e| e.digest).collect();
+        assert_eq!(listed, vec![digest]);
+    }
+
+    #[tokio::test]
+    async fn opening_the_store_again_empties_the_temporary_area() {
+        let root = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(root.path()).unwrap();
+        let mut writer = blobs.writer(&Digest::sha256_of(b"x"), Box::new(|_| {})).await.unwrap();
+        writer.append(vec![Bytes::from_static(b"partial")]).await.unwrap();
+        writer.close().await.unwrap();
+        std::mem::forget(writer); // as a crash would
+        assert_eq!(std::fs::read_dir(root.path().join("tmp")).unwrap().count(), 1);
+        Blobs::open(root.path()).unwrap();
+        assert_eq!(std::fs::read_dir(root.path().join("tmp")).unwrap().count(), 0);
     }
 }

@@ -12,7 +12,12 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use memmap2::{Advice, Mmap, MmapOptions};
 
-use super::BlobFile;
+/// A published blob on local disk, opened. Opaque above the store: the server layer gets its
+/// bytes as mapped windows ([`LocalBlob::chunks`]) and never sees the file.
+pub struct LocalBlob {
+    file: Arc<std::fs::File>,
+    size: u64,
+}
 
 /// Bytes mapped per step. Each stream holds about `1 + AHEAD` windows at a time, which is what it
 /// costs in resident memory.
@@ -21,10 +26,21 @@ const WINDOW: u64 = 1 << 20;
 /// Windows mapped ahead of the one being sent, so mapping overlaps sending.
 const AHEAD: usize = 1;
 
-impl BlobFile {
+impl LocalBlob {
+    pub(super) fn new(file: std::fs::File, size: u64) -> LocalBlob {
+        LocalBlob {
+            file: Arc::new(file),
+            size,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// The bytes `start..start + len` of the blob, one mapped window at a time.
     pub fn chunks(self, start: u64, len: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        let file = Arc::new(self.file);
+        let file = self.file;
         let end = start + len;
         let windows = (start..end)
             .step_by(WINDOW as usize)
@@ -48,7 +64,7 @@ impl BlobFile {
 /// under tmp/, verified, fsynced and renamed into place, and never opened for writing again), and
 /// a cache fill only appends to its temporary file. Deleting a file (garbage collection, a failed
 /// fill) unlinks it, which leaves an existing mapping intact.
-pub fn map(file: &Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
+pub(super) fn map(file: &Arc<std::fs::File>, offset: u64, len: usize) -> io::Result<Bytes> {
     // Touching a mapped page past the end of the file raises SIGBUS, which would end the process:
     // check first, so a file shorter than expected is an error instead.
     if file.metadata()?.len() < offset + len as u64 {

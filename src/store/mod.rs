@@ -1,11 +1,14 @@
-//! The local store: content-addressed blob files, resumable upload sessions, and the metadata
-//! store behind the narrow [`Meta`] trait. It knows bytes and `oci` types, never HTTP.
+//! The store floor: blobs behind [`BlobStore`] (written through a [`BlobWriter`]), resumable
+//! upload sessions behind [`UploadStore`], and the metadata behind [`Meta`]. It knows bytes and
+//! `oci` types, never HTTP. Each trait's contract is checked by one conformance suite
+//! (`conformance`) that every backend runs. Only `main` and `cli` choose backends: [`fs::open`]
+//! (one host) or [`memory`] (tests).
 //!
-//! On-disk layout under `[storage] root`:
+//! On-disk layout of the filesystem backends under `[storage] root`:
 //! ```text
 //! blobs/sha256/ab/abcdef…      published blobs, each verified against its name; never partial
 //! uploads/<uuid>               bytes of an upload session in progress (resumable across restarts)
-//! tmp/<uuid>                   partial writes (manifests, cache fills); emptied at startup
+//! tmp/<uuid>                   partial writes (manifests, cache fills); emptied when opened
 //! meta.redb                    repos, tags, manifest records, blob links, upload sessions
 //! ```
 //! A blob is published by fsync + rename into `blobs/` only after its digest verified, and the
@@ -16,26 +19,37 @@
 //! same holds: a write that did not fit is discarded, and the metadata database reopens itself
 //! after the failed commit (see `redb_handle`), so writes work again once space is freed.
 
+mod blob_store;
 mod blobs;
+#[cfg(test)]
+mod conformance;
+pub mod fs;
 mod mapped;
 mod memo;
+pub mod memory;
+mod memory_uploads;
 mod meta;
 mod redb_handle;
 mod redb_meta;
 mod spool;
+mod upload_store;
 mod uploads;
 
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 
-pub use blobs::{BlobEntry, BlobFile, Blobs, MinFree, Space};
-pub use mapped::map;
+pub use blob_store::{
+    BlobEntry, BlobStat, BlobStore, BlobWriter, ByteStream, OnWritten, RangeRead, ReadBack, RemoteBlob, Space, Stored,
+    Written,
+};
+pub use blobs::MinFree;
+pub use mapped::LocalBlob;
 pub use memo::{Memo, Memoized};
 pub use meta::{ImageRecords, ManifestRecord, Meta, Origin, RepoInfo, UploadRecord};
 pub use redb_meta::RedbMeta;
-pub use spool::{Spool, Spooled};
-pub use uploads::{ChunkRange, Uploads, parse_id as parse_upload_id};
+pub use spool::BATCH as WRITE_BATCH;
+pub use upload_store::{ChunkRange, UploadStore, load_hash, parse_id as parse_upload_id, save_hash};
+use uploads::Uploads;
 
 use crate::oci::Digest;
 
@@ -89,8 +103,8 @@ pub fn is_full(e: &io::Error) -> bool {
 /// The store as the service uses it.
 #[derive(Clone)]
 pub struct Store {
-    pub blobs: Blobs,
-    pub uploads: Arc<Uploads>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub uploads: Arc<dyn UploadStore>,
     pub meta: Arc<dyn Meta>,
     /// The garbage collection fence. Every operation that makes a blob referenced (a manifest
     /// PUT or cache, a mount, an upload or fill being published and linked) holds it shared while
@@ -103,29 +117,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open the store at `root` that a server made before, never creating one: a maintenance
-    /// command pointed at the wrong directory must say so, not leave an empty store behind.
-    pub fn open_existing(root: &Path) -> Result<Store> {
-        if !root.join("meta.redb").is_file() {
-            return Err(Error::Missing(root.to_owned()));
-        }
-        Store::open(root)
-    }
-
-    /// Open (or create) the filesystem store at `root`, clearing leftovers of a crash.
-    pub fn open(root: &Path) -> Result<Store> {
-        std::fs::create_dir_all(root)?;
-        // The metadata database is locked by its process: open it first, so a second process
-        // (`berth gc` beside a running server) fails here before it touches anything else.
-        let meta: Arc<dyn Meta> = Arc::new(RedbMeta::open(&root.join("meta.redb"))?);
-        let blobs = Blobs::open(root)?;
-        let uploads = Arc::new(Uploads::open(root, blobs.clone(), meta.clone())?);
-        Ok(Store {
+    /// A store of the given backends; `main` and `cli` choose them (see [`fs::open`]).
+    pub fn new(blobs: Arc<dyn BlobStore>, uploads: Arc<dyn UploadStore>, meta: Arc<dyn Meta>) -> Store {
+        Store {
             blobs,
             uploads,
             meta,
             fence: Arc::default(),
             memo: Arc::default(),
-        })
+        }
     }
 }

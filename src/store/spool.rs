@@ -16,8 +16,9 @@ use crate::oci::{Digest, Hasher};
 use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio::task::JoinHandle;
 
-/// Bytes gathered before a hand-off to the writer.
-const BATCH: usize = 256 << 10;
+/// Bytes gathered before a hand-off to the writer; callers that batch themselves (a cache fill
+/// through a [`super::BlobWriter`]) use it too.
+pub const BATCH: usize = 256 << 10;
 
 /// Batches waiting for the writer. When the disk is slower than the network, `push` waits here,
 /// which bounds the memory a spool holds to about `BATCH * (QUEUE + 1)`.
@@ -36,7 +37,6 @@ pub struct Spool {
 
 /// What a closed spool wrote.
 pub struct Spooled {
-    pub file: std::fs::File,
     pub len: u64,
     /// The digest of the bytes written, when the writer was given a hasher.
     pub digest: Option<Digest>,
@@ -54,7 +54,7 @@ impl Spool {
     /// For a cache fill: the writer hashes, and tells `on_written` how far the file goes after
     /// each batch. No early writeback: no response waits for the fsync, and on this VM's disk
     /// writeback during the transfer slowed cold GETs.
-    pub fn for_fill(file: std::fs::File, hasher: Hasher, on_written: impl FnMut(u64) + Send + 'static) -> Spool {
+    pub(super) fn for_fill(file: std::fs::File, hasher: Hasher, on_written: impl FnMut(u64) + Send + 'static) -> Spool {
         Spool::start(file, Some(hasher), false, None, on_written)
     }
 
@@ -89,6 +89,15 @@ impl Spool {
             return Ok(None);
         }
         self.flush().await
+    }
+
+    /// Hand a whole batch to the writer (after anything queued).
+    pub async fn send(&mut self, batch: Vec<Bytes>) -> io::Result<()> {
+        self.flush().await?;
+        self.queue
+            .send(batch)
+            .await
+            .map_err(|_| io::Error::other("the file writer stopped"))
     }
 
     /// Hand what is queued to the writer now; returns it, as `push` does.
@@ -148,7 +157,6 @@ impl Writer {
             on_written(written);
         }
         Ok(Spooled {
-            file: self.file,
             len: written,
             digest: self.hasher.map(Hasher::finish),
         })

@@ -1,6 +1,9 @@
-//! Resumable upload sessions. Each session's bytes go to `uploads/<id>` and are hashed as they
-//! arrive; the session row lives in the metadata store, so an upload survives a restart (the hash
-//! state is rebuilt from the file on first use). Finishing verifies the digest, fsyncs, and renames
+//! The filesystem [`UploadStore`]. Each session's bytes go to `uploads/<id>` and are hashed as
+//! they arrive; the session row lives in the metadata store. The session's state is that data: its
+//! length is the file's, and its hash state is rebuilt by hashing the file when a process (this
+//! one after a restart, or another) first touches the session. (Saving the hash state instead,
+//! see [`super::save_hash`], would need a place beside the row for it; the memory backend shows
+//! how, and a shared backend keeps it with its session record.) Finishing verifies the digest, fsyncs, and renames
 //! the file into `blobs/`: unverified bytes are never reachable as a blob.
 //!
 //! A chunk can be cut off at any await point (an HTTP/2 reset, a disconnect, the drain timeout):
@@ -28,26 +31,12 @@ use tokio::io::AsyncReadExt;
 use super::blobs::Blobs;
 use super::meta::{Meta, UploadRecord, unix_now};
 use super::spool::Spool;
-use super::{Error, Result};
+use super::upload_store::{ChunkRange, UploadStore};
+use super::{ByteStream, Error, Result};
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 
 /// Read size when rehashing a session's file after a restart.
 const REHASH_BUFFER: usize = 1 << 20;
-
-/// A PATCH's `Content-Range`: the first and last byte offsets, inclusive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChunkRange {
-    pub start: u64,
-    pub end: u64,
-}
-
-impl ChunkRange {
-    /// Bytes the range covers. Saturates: `0-18446744073709551615` claims more than any limit
-    /// allows and is refused as too large, never wrapped.
-    pub fn byte_count(&self) -> u64 {
-        self.end.saturating_sub(self.start).saturating_add(1)
-    }
-}
 
 /// In-memory state of a session: its length and the hash of exactly those bytes.
 #[derive(Clone)]
@@ -110,49 +99,6 @@ impl Uploads {
         self.sessions().remove(id);
     }
 
-    /// Start a session for `repo` opened by `owner`; returns its id. Refused when `owner` already
-    /// holds `limit` sessions, counted from the sessions that exist, so every way a session ends
-    /// (finish, cancel, a purge, a dropped monolithic request) gives its place back.
-    ///
-    /// A `resumable` session is recorded durably so it survives a restart; a monolithic upload,
-    /// which the client never sees as a session, lives in memory only (its file is purged by GC
-    /// if a crash orphans it).
-    pub async fn create(&self, repo: &RepoName, owner: &str, resumable: bool, limit: u32) -> Result<String> {
-        let _admission = self.admission.lock().await;
-        if self.open_sessions(owner)? >= limit as usize {
-            return Err(Error::SessionLimit { limit });
-        }
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        fs::File::create(self.path(&id)).await?;
-        if resumable {
-            let record = UploadRecord {
-                repo: repo.clone(),
-                started: unix_now(),
-                owner: owner.to_owned(),
-            };
-            let (meta, key) = (self.meta.clone(), id.clone());
-            let put = tokio::task::spawn_blocking(move || meta.put_upload(&key, &record))
-                .await
-                .map_err(|e| Error::Meta(format!("metadata task failed: {e}")))?;
-            if let Err(e) = put {
-                let _ = fs::remove_file(self.path(&id)).await;
-                return Err(e);
-            }
-        } else {
-            let slot = Slot {
-                state: tokio::sync::Mutex::new(Some(Session {
-                    repo: repo.clone(),
-                    len: 0,
-                    hasher: Hasher::new(Algorithm::Sha256),
-                })),
-                writer: Arc::default(),
-                monolithic_owner: Some(owner.to_owned()),
-            };
-            self.sessions().insert(id.clone(), Arc::new(slot));
-        }
-        Ok(id)
-    }
-
     /// Sessions `owner` holds: monolithic ones in this process and resumable ones on record.
     fn open_sessions(&self, owner: &str) -> Result<usize> {
         let monolithic = self
@@ -162,76 +108,6 @@ impl Uploads {
             .count();
         let resumable = self.meta.uploads()?.iter().filter(|(_, u)| u.owner == owner).count();
         Ok(monolithic + resumable)
-    }
-
-    /// Files in the uploads area with no session, older than `age` (left by a crash).
-    pub fn orphans(&self, age: std::time::Duration) -> Result<Vec<PathBuf>> {
-        let cutoff = std::time::SystemTime::now() - age;
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
-            let old = std::fs::metadata(&path)
-                .and_then(|m| m.modified())
-                .is_ok_and(|m| m < cutoff);
-            let live = self.sessions().contains_key(&name);
-            if old && !live && self.meta.upload(&name)?.is_none() {
-                out.push(path);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The session's repository and committed length, or `UploadUnknown`.
-    pub async fn status(&self, id: &str) -> Result<(RepoName, u64)> {
-        let in_memory = self.sessions().get(id).cloned();
-        if let Some(slot) = in_memory
-            && let Some(session) = slot.state.lock().await.as_ref()
-        {
-            return Ok((session.repo.clone(), session.len));
-        }
-        let repo = self.meta.upload(id)?.ok_or(Error::UploadUnknown)?.repo;
-        // Not loaded since a restart: the file is the record (no chunk of this process is
-        // pending on it).
-        let len = fs::metadata(self.path(id))
-            .await
-            .map_err(|_| Error::UploadUnknown)?
-            .len();
-        Ok((repo, len))
-    }
-
-    /// Append a chunk. With `range`, its start must equal the current length and the body must be
-    /// exactly as long as the range. A rejected or interrupted chunk leaves the session as it was.
-    /// Returns the new length.
-    pub async fn append<S>(&self, id: &str, range: Option<ChunkRange>, body: S, limit: u64) -> Result<u64>
-    where
-        S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
-    {
-        let slot = self.slot(id);
-        let mut guard = slot.state.lock().await;
-        let session = self.load(id, &mut guard).await?;
-        if let Some(r) = range
-            && r.start != session.len
-        {
-            return Err(Error::RangeMismatch {
-                start: r.start,
-                offset: session.len,
-            });
-        }
-        let declared = range.map(|r| r.byte_count());
-        self.settle(id, &slot, session.len).await?;
-        // Work on a copy: if this future is dropped anywhere below, the session stays as it was.
-        let mut work = session.clone();
-        match self.write_chunk(id, &slot, &mut work, body, declared, limit).await {
-            Ok(()) => {
-                *session = work;
-                Ok(session.len)
-            }
-            Err(e) => {
-                self.settle(id, &slot, session.len).await?;
-                Err(e)
-            }
-        }
     }
 
     /// Wait until no chunk writer of this session is running, then cut the file back to the
@@ -308,9 +184,144 @@ impl Uploads {
         }
     }
 
+    async fn end(&self, id: &str) -> Result<()> {
+        self.forget(id);
+        match fs::remove_file(self.path(id)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.meta.delete_upload(id)
+    }
+}
+
+#[async_trait::async_trait]
+impl UploadStore for Uploads {
+    /// Start a session for `repo` opened by `owner`; returns its id. Refused when `owner` already
+    /// holds `limit` sessions, counted from the sessions that exist, so every way a session ends
+    /// (finish, cancel, a purge, a dropped monolithic request) gives its place back.
+    ///
+    /// A `resumable` session is recorded durably so it survives a restart; a monolithic upload,
+    /// which the client never sees as a session, lives in memory only (its file is purged by GC
+    /// if a crash orphans it).
+    async fn create(&self, repo: &RepoName, owner: &str, resumable: bool, limit: u32) -> Result<String> {
+        let _admission = self.admission.lock().await;
+        if self.open_sessions(owner)? >= limit as usize {
+            return Err(Error::SessionLimit { limit });
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        fs::File::create(self.path(&id)).await?;
+        if resumable {
+            let record = UploadRecord {
+                repo: repo.clone(),
+                started: unix_now(),
+                owner: owner.to_owned(),
+            };
+            let (meta, key) = (self.meta.clone(), id.clone());
+            let put = tokio::task::spawn_blocking(move || meta.put_upload(&key, &record))
+                .await
+                .map_err(|e| Error::Meta(format!("metadata task failed: {e}")))?;
+            if let Err(e) = put {
+                let _ = fs::remove_file(self.path(&id)).await;
+                return Err(e);
+            }
+        } else {
+            let slot = Slot {
+                state: tokio::sync::Mutex::new(Some(Session {
+                    repo: repo.clone(),
+                    len: 0,
+                    hasher: Hasher::new(Algorithm::Sha256),
+                })),
+                writer: Arc::default(),
+                monolithic_owner: Some(owner.to_owned()),
+            };
+            self.sessions().insert(id.clone(), Arc::new(slot));
+        }
+        Ok(id)
+    }
+
+    /// Files in the uploads area with no session, older than `age` (left by a crash), by path.
+    async fn orphans(&self, age: std::time::Duration) -> Result<Vec<String>> {
+        let cutoff = std::time::SystemTime::now() - age;
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m < cutoff);
+            let live = self.sessions().contains_key(&name);
+            if old && !live && self.meta.upload(&name)?.is_none() {
+                out.push(path.display().to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_orphan(&self, name: &str) -> Result<()> {
+        // Only a path `orphans` named: a file directly in the uploads area.
+        let path = Path::new(name);
+        if path.parent() != Some(self.dir.as_path()) {
+            return Err(Error::UploadUnknown);
+        }
+        match fs::remove_file(path).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The session's repository and committed length, or `UploadUnknown`.
+    async fn status(&self, id: &str) -> Result<(RepoName, u64)> {
+        let in_memory = self.sessions().get(id).cloned();
+        if let Some(slot) = in_memory
+            && let Some(session) = slot.state.lock().await.as_ref()
+        {
+            return Ok((session.repo.clone(), session.len));
+        }
+        let repo = self.meta.upload(id)?.ok_or(Error::UploadUnknown)?.repo;
+        // Not loaded since a restart: the file is the record (no chunk of this process is
+        // pending on it).
+        let len = fs::metadata(self.path(id))
+            .await
+            .map_err(|_| Error::UploadUnknown)?
+            .len();
+        Ok((repo, len))
+    }
+
+    /// Append a chunk. With `range`, its start must equal the current length and the body must be
+    /// exactly as long as the range. A rejected or interrupted chunk leaves the session as it was.
+    /// Returns the new length.
+    async fn append(&self, id: &str, range: Option<ChunkRange>, body: ByteStream, limit: u64) -> Result<u64> {
+        let slot = self.slot(id);
+        let mut guard = slot.state.lock().await;
+        let session = self.load(id, &mut guard).await?;
+        if let Some(r) = range
+            && r.start != session.len
+        {
+            return Err(Error::RangeMismatch {
+                start: r.start,
+                offset: session.len,
+            });
+        }
+        let declared = range.map(|r| r.byte_count());
+        self.settle(id, &slot, session.len).await?;
+        // Work on a copy: if this future is dropped anywhere below, the session stays as it was.
+        let mut work = session.clone();
+        match self.write_chunk(id, &slot, &mut work, body, declared, limit).await {
+            Ok(()) => {
+                *session = work;
+                Ok(session.len)
+            }
+            Err(e) => {
+                self.settle(id, &slot, session.len).await?;
+                Err(e)
+            }
+        }
+    }
+
     /// Verify the session's bytes against `digest` and publish them as that blob. The session ends
     /// either way: a mismatched upload cannot become right by sending more.
-    pub async fn finish(&self, id: &str, digest: &Digest) -> Result<u64> {
+    async fn finish(&self, id: &str, digest: &Digest) -> Result<u64> {
         let slot = self.slot(id);
         let mut guard = slot.state.lock().await;
         let session = self.load(id, &mut guard).await?;
@@ -338,19 +349,9 @@ impl Uploads {
     }
 
     /// Drop a session and its bytes.
-    pub async fn cancel(&self, id: &str) -> Result<()> {
+    async fn cancel(&self, id: &str) -> Result<()> {
         self.status(id).await?;
         self.end(id).await
-    }
-
-    async fn end(&self, id: &str) -> Result<()> {
-        self.forget(id);
-        match fs::remove_file(self.path(id)).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
-        self.meta.delete_upload(id)
     }
 }
 
@@ -393,7 +394,18 @@ where
     Ok(())
 }
 
-/// Accept only ids of the shape we hand out (32 lowercase hex digits), so an id is a safe file name.
-pub fn parse_id(id: &str) -> Option<&str> {
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(id)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RedbMeta;
+
+    #[tokio::test]
+    async fn the_filesystem_backend_keeps_the_upload_store_contract() {
+        let root = tempfile::tempdir().unwrap();
+        let meta: Arc<dyn Meta> = Arc::new(RedbMeta::open(&root.path().join("meta.redb")).unwrap());
+        let blobs = Blobs::open(root.path()).unwrap();
+        let reopen =
+            || Arc::new(Uploads::open(root.path(), blobs.clone(), meta.clone()).unwrap()) as Arc<dyn UploadStore>;
+        super::super::conformance::upload_store(&reopen, Arc::new(blobs.clone())).await;
+    }
 }

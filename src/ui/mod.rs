@@ -547,7 +547,7 @@ mod tests {
     fn csrf_tokens_bind_the_session_and_the_user() {
         let dir = tempfile::tempdir().unwrap();
         let ui = Ui::new(
-            Registry::new(crate::store::Store::open(dir.path()).unwrap(), Vec::new()),
+            Registry::new(crate::store::fs::open(dir.path()).unwrap(), Vec::new()),
             Arc::new(Auth::disabled()),
             false,
         );

@@ -2,29 +2,28 @@
 //! its own task (a client that disconnects does not cancel it).
 //!
 //! Each batch of bytes from the upstream goes two ways without being copied: into a window of
-//! recent bytes that waiting clients are served from, and to a [`Spool`] that hashes it and
-//! appends it to a temporary file on a blocking thread. The network side and the hashing and disk
-//! side so run on separate cores, and a client that keeps up never reads its bytes back from the
-//! file. A client that falls more than `RECENT` bytes behind reads them from the file instead.
+//! recent bytes that waiting clients are served from, and to the store's [`BlobWriter`] (on the
+//! filesystem, a thread that hashes it and appends it to a temporary file). The network side and
+//! the hashing and disk side so run on separate cores, and a client that keeps up never reads its
+//! bytes back. A client that falls more than `RECENT` bytes behind reads them back through the
+//! writer instead.
 //!
 //! A reader never gets the last byte before the digest has verified, so a response of unverified
-//! bytes cannot complete normally: on a mismatch the file is deleted and every reader's body ends
-//! in an error, which aborts the HTTP response.
+//! bytes cannot complete normally: on a mismatch the writer is dropped (which discards its bytes)
+//! and every reader's body ends in an error, which aborts the HTTP response.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use tokio::fs;
 use tokio::sync::watch;
 
 use crate::metrics::{FillResult, Metrics, Tracked, UpstreamError};
-use crate::oci::{Digest, Hasher, RepoName};
-use crate::store::{Origin, Spool, Spooled, Store};
+use crate::oci::{Digest, RepoName};
+use crate::store::{self, BlobWriter, Origin, ReadBack, Store, Written};
 use crate::upstream::{self, Upstream};
 
 mod reader;
@@ -35,7 +34,7 @@ use reader::Recent;
 pub enum Progress {
     Connecting,
     /// `received` bytes may be served from memory (`Fill::recent`) and the first `written` of
-    /// them are in the temporary file.
+    /// them can be read back from the writer.
     Streaming {
         size: Option<u64>,
         received: u64,
@@ -68,7 +67,8 @@ pub struct Fill {
     /// repository may join only once its own upstream confirms that repository has the blob.
     pub repo: RepoName,
     pub upstream: String,
-    temp: PathBuf,
+    /// The bytes written so far; set before the first byte is announced.
+    written: OnceLock<Arc<dyn ReadBack>>,
     progress: watch::Sender<Progress>,
     recent: Mutex<Recent>,
 }
@@ -113,7 +113,7 @@ impl Fills {
             digest: digest.clone(),
             repo: local.clone(),
             upstream: upstream.name().to_owned(),
-            temp: store.blobs.temp_path(),
+            written: OnceLock::new(),
             progress,
             recent: Mutex::default(),
         });
@@ -143,10 +143,8 @@ struct Job {
 impl Job {
     async fn run(self) {
         let _running = Tracked::new(&self.fills.metrics.fills_in_flight);
+        // On failure the writer was dropped inside, which discarded its bytes.
         let outcome = self.fetch().await;
-        if outcome.is_err() {
-            let _ = fs::remove_file(&self.fill.temp).await;
-        }
         // Leave the in-flight map before announcing the end, so a request that arrives after the
         // announcement finds the blob in the store (or starts a fresh fill after a failure).
         self.fills.inflight.lock().remove(&self.fill.digest);
@@ -165,7 +163,8 @@ impl Job {
                 Progress::Failed(e)
             }
         };
-        // Readers still behind now read the file (published, or the one they have open).
+        // Readers still behind now read back through the writer (published, or discarded but
+        // still readable by them).
         self.fill.recent.lock().clear();
         self.fill.progress.send_replace(final_state);
     }
@@ -178,26 +177,28 @@ impl Job {
             .await
             .map_err(FillError::Upstream)?;
         let size = response.content_length();
-        let io = |e: std::io::Error| FillError::Io(e.to_string());
+        let io = |e: store::Error| FillError::Io(e.to_string());
         let joined = |e: tokio::task::JoinError| FillError::Io(e.to_string());
-        let file = std::fs::File::create(&self.fill.temp).map_err(io)?;
+        let fill = self.fill.clone();
+        let mut writer = self
+            .store
+            .blobs
+            .writer(digest, Box::new(move |written| fill.written(written)))
+            .await
+            .map_err(io)?;
+        let _ = self.fill.written.set(writer.read_back());
         self.fill.progress.send_replace(Progress::Streaming {
             size,
             received: 0,
             written: 0,
         });
-        let fill = self.fill.clone();
-        let hasher = Hasher::new(digest.algorithm());
-        let mut spool = Spool::for_fill(file, hasher, move |written| fill.written(written));
-        let received = self.receive(response, size, &mut spool).await;
+        let received = self.receive(response, size, writer.as_mut()).await;
         // The writer's error (a full disk, say) explains a failed hand-off better than it does.
-        let Spooled {
-            file,
+        let Written {
             len: written,
             digest: actual,
-        } = spool.close().await.map_err(io)?;
+        } = writer.close().await.map_err(io)?;
         let received = received?;
-        let actual = actual.expect("the spool was given a hasher");
         if actual != *digest || size.is_some_and(|s| s != written) || received != written {
             self.upstream.metrics().error(UpstreamError::Invalid);
             return Err(FillError::Corrupt(format!(
@@ -206,16 +207,8 @@ impl Job {
         }
         // Readers may finish now; making the blob durable is the cache's business, not theirs.
         self.fill.progress.send_replace(Progress::Verified { size: written });
-        tokio::task::spawn_blocking(move || file.sync_all())
-            .await
-            .map_err(joined)?
-            .map_err(io)?;
         let _fence = self.store.fence.read().await; // publish and link as one step for GC (see `gc`)
-        self.store
-            .blobs
-            .publish(&self.fill.temp, digest)
-            .await
-            .map_err(|e| FillError::Io(e.to_string()))?;
+        writer.commit(digest).await.map_err(io)?;
         let (meta, repo, d, origin) = (
             self.store.meta.clone(),
             self.local.clone(),
@@ -233,7 +226,7 @@ impl Job {
     }
 
     /// Read the upstream body, handing what arrives to the readers (through `recent`) and to the
-    /// spool. Readers are handed bytes whenever the upstream has nothing more ready, so a slow
+    /// writer, in batches of [`store::WRITE_BATCH`] bytes. Readers are handed bytes whenever the upstream has nothing more ready, so a slow
     /// upstream's bytes reach them as they arrive, and in batches when it is fast. A fill that
     /// stays below the upstream's minimum rate for a whole window is aborted. Returns how many
     /// bytes arrived.
@@ -241,13 +234,15 @@ impl Job {
         &self,
         response: reqwest::Response,
         size: Option<u64>,
-        spool: &mut Spool,
+        writer: &mut dyn BlobWriter,
     ) -> Result<u64, FillError> {
-        let io = |e: std::io::Error| FillError::Io(e.to_string());
+        let io = |e: store::Error| FillError::Io(e.to_string());
         let mut body = response.bytes_stream();
         let mut received = 0u64;
         let mut pace = Pace::new(&self.upstream.settings);
         let mut unoffered: Vec<Bytes> = Vec::new();
+        // Buffers received but not yet handed to the writer, and their length.
+        let (mut unwritten, mut unwritten_len): (Vec<Bytes>, usize) = (Vec::new(), 0);
         loop {
             let next = match body.next().now_or_never() {
                 Some(next) => next,
@@ -263,7 +258,9 @@ impl Job {
                 }
             };
             let Some(chunk) = next.transpose().map_err(|e| FillError::Upstream(self.unavailable(e)))? else {
-                spool.flush().await.map_err(io)?;
+                if !unwritten.is_empty() {
+                    writer.append(unwritten).await.map_err(io)?;
+                }
                 self.offer(&mut unoffered, received);
                 return Ok(received);
             };
@@ -276,8 +273,13 @@ impl Job {
                 )));
             }
             pace.check(chunk.len() as u64).map_err(|e| self.stalled(e))?;
+            // The buffers are shared, not copied.
             unoffered.push(chunk.clone());
-            if spool.push(chunk).await.map_err(io)?.is_some() {
+            unwritten_len += chunk.len();
+            unwritten.push(chunk);
+            if unwritten_len >= store::WRITE_BATCH {
+                writer.append(std::mem::take(&mut unwritten)).await.map_err(io)?;
+                unwritten_len = 0;
                 self.offer(&mut unoffered, received);
             }
         }

@@ -1,9 +1,8 @@
 //! The reading side of a fill: the window of recent bytes in memory, and the stream each waiting
-//! client gets, which takes its bytes from the window while it keeps up and from the file when it
-//! falls behind.
+//! client gets, which takes its bytes from the window while it keeps up and reads them back
+//! through the blob writer when it falls behind.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use crate::metrics::Tracked;
 /// Bytes kept in memory, beyond those not yet written, for readers that trail the fill.
 const RECENT: usize = 4 << 20;
 
-/// Largest read (a mapped window) a trailing client makes from the file.
+/// Largest read (on the filesystem, a mapped window) a trailing client makes.
 const READ_CHUNK: usize = 1 << 20;
 
 /// The bytes of a fill still in memory: a window that ends at the bytes received so far.
@@ -73,21 +72,14 @@ impl Recent {
 }
 
 impl Fill {
-    /// The blob's bytes as they arrive; the final byte only after verification. `published` is
-    /// where the blob lives once the fill is done (for readers that join late). `waiter` counts
+    /// The blob's bytes as they arrive; the final byte only after verification. `waiter` counts
     /// this client until the stream is dropped.
-    pub fn stream(
-        self: Arc<Self>,
-        published: PathBuf,
-        waiter: Tracked,
-    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    pub fn stream(self: Arc<Self>, waiter: Tracked) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
         let state = Reader {
             _waiter: waiter,
             fill: self.clone(),
             rx: self.progress.subscribe(),
-            file: None,
             pos: 0,
-            published,
             verified: None,
         };
         futures_util::stream::unfold(state, |mut r| async move { r.next().await.map(|item| (item, r)) })
@@ -98,9 +90,7 @@ struct Reader {
     _waiter: Tracked,
     fill: Arc<Fill>,
     rx: watch::Receiver<Progress>,
-    file: Option<Arc<std::fs::File>>,
     pos: u64,
-    published: PathBuf,
     /// The size, once the bytes are known to match the digest.
     verified: Option<u64>,
 }
@@ -127,7 +117,7 @@ impl Reader {
                     (size, size, true)
                 }
                 // Caching failed after the bytes verified (say, a full disk): this response is
-                // still correct and may finish from the file it has open.
+                // still correct and may finish reading them back.
                 Progress::Failed(_) if self.verified.is_some() => {
                     let size = self.verified.unwrap_or(0);
                     (size, size, true)
@@ -145,10 +135,10 @@ impl Reader {
                     self.pos += bytes.len() as u64;
                     return Some(Ok(bytes));
                 }
-                // Fallen behind the window: the bytes are in the file (`offer` keeps them in
-                // memory until they are).
+                // Fallen behind the window: the bytes are written (`offer` keeps them in memory
+                // until they are).
                 if self.pos < in_file {
-                    return Some(self.read(allowed.min(in_file), done).await);
+                    return Some(self.read(allowed.min(in_file)).await);
                 }
             } else if done {
                 return None;
@@ -159,28 +149,14 @@ impl Reader {
         }
     }
 
-    async fn read(&mut self, allowed: u64, done: bool) -> std::io::Result<Bytes> {
-        let (temp, published, pos) = (self.fill.temp.clone(), self.published.clone(), self.pos);
-        let file = self.file.clone();
+    async fn read(&mut self, allowed: u64) -> std::io::Result<Bytes> {
         let want = (allowed - self.pos).min(READ_CHUNK as u64) as usize;
-        // Open (first time) and read at `pos` in one blocking call.
-        let (file, buf) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let file = match file {
-                Some(f) => f,
-                None => Arc::new(match std::fs::File::open(&temp) {
-                    Ok(f) => f,
-                    // Renamed into the store already: read the published blob.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && done => std::fs::File::open(&published)?,
-                    Err(e) => return Err(e),
-                }),
-            };
-            // Bytes below `written` are never rewritten (the writer only appends): mappable.
-            let bytes = crate::store::map(&file, pos, want)?;
-            Ok((file, bytes))
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        self.file = Some(file);
+        let written = self
+            .fill
+            .written
+            .get()
+            .ok_or_else(|| std::io::Error::other("cache fill has no writer"))?;
+        let buf = written.read_at(self.pos, want).await.map_err(std::io::Error::other)?;
         self.pos += buf.len() as u64;
         Ok(buf)
     }
@@ -198,7 +174,7 @@ mod tests {
 
     const CHUNK: usize = 64 << 10;
 
-    fn fill_in(dir: &std::path::Path, size: u64) -> Arc<Fill> {
+    fn fill_of(size: u64) -> Arc<Fill> {
         let (progress, _) = watch::channel(Progress::Streaming {
             size: Some(size),
             received: 0,
@@ -208,7 +184,7 @@ mod tests {
             digest: Digest::sha256_of(b""),
             repo: "library/test".parse().unwrap(),
             upstream: "docker.io".into(),
-            temp: dir.join("fill"),
+            written: std::sync::OnceLock::new(),
             progress,
             recent: Mutex::default(),
         })
@@ -227,8 +203,7 @@ mod tests {
 
     #[test]
     fn the_window_never_drops_bytes_that_are_not_in_the_file_yet() {
-        let dir = tempfile::tempdir().unwrap();
-        let fill = fill_in(dir.path(), (RECENT * 3) as u64);
+        let fill = fill_of((RECENT * 3) as u64);
         let chunk = Bytes::from(vec![7u8; CHUNK]);
         for i in 1..=(RECENT * 3 / CHUNK) {
             fill.offer(std::slice::from_ref(&chunk), (i * CHUNK) as u64);
@@ -245,8 +220,17 @@ mod tests {
     async fn a_reader_behind_the_window_gets_every_byte_from_the_file_and_the_last_only_once_verified() {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..RECENT * 3 + 12345).map(|i| (i % 251) as u8).collect();
-        let fill = fill_in(dir.path(), data.len() as u64);
-        std::fs::write(&fill.temp, &data).unwrap();
+        let fill = fill_of(data.len() as u64);
+        // Written through the filesystem backend's writer, so trailing reads map its file.
+        let store = crate::store::fs::open(dir.path()).unwrap();
+        let mut writer = store
+            .blobs
+            .writer(&Digest::sha256_of(&data), Box::new(|_| {}))
+            .await
+            .unwrap();
+        writer.append(vec![Bytes::from(data.clone())]).await.unwrap();
+        writer.close().await.unwrap();
+        let _ = fill.written.set(writer.read_back());
         fill.written(data.len() as u64);
         let mut received = 0;
         for chunk in data.chunks(CHUNK) {
@@ -257,7 +241,7 @@ mod tests {
         assert!(window > 0, "the window dropped the written bytes beyond RECENT");
 
         let gauge = Gauge::default();
-        let mut reader = Box::pin(fill.clone().stream(dir.path().join("published"), Tracked::new(&gauge)));
+        let mut reader = Box::pin(fill.clone().stream(Tracked::new(&gauge)));
         let mut got = Vec::new();
         assert!(!drain(&mut reader, &mut got).await, "the body waits for verification");
         assert_eq!(got.len(), data.len() - 1, "all but the last byte before verification");
@@ -270,11 +254,10 @@ mod tests {
 
     #[tokio::test]
     async fn readers_of_a_corrupt_fill_end_in_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let fill = fill_in(dir.path(), 10);
+        let fill = fill_of(10);
         fill.offer(&[Bytes::from_static(b"0123456789")], 10);
         let gauge = Gauge::default();
-        let mut reader = Box::pin(fill.clone().stream(dir.path().join("published"), Tracked::new(&gauge)));
+        let mut reader = Box::pin(fill.clone().stream(Tracked::new(&gauge)));
         assert_eq!(reader.next().await.unwrap().unwrap(), Bytes::from_static(b"012345678"));
         fill.progress
             .send_replace(Progress::Failed(FillError::Corrupt("hash mismatch".into())));

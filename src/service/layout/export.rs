@@ -14,7 +14,7 @@ use super::tree::{Tree, walk};
 use super::{Error, ExportOptions, Origins, Progress, REF_NAME, Result, Sink, io_at, ref_name};
 use crate::oci::{Descriptor, Digest, RepoName, Tag, media};
 use crate::service::Registry;
-use crate::store::{Blobs, Origin};
+use crate::store::{BlobStore, ByteStream, Origin};
 
 /// What an export wrote.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -92,7 +92,7 @@ impl Registry {
             let name = ref_name(&repo, &tag);
             let size = self.store.blobs.size(&digest).await?.unwrap_or(0);
             let descriptor = descriptor(&media_type, &digest, size, None);
-            let tree = match walk(&self.store.blobs, &descriptor).await? {
+            let tree = match walk(self.store.blobs.as_ref(), &descriptor).await? {
                 Ok(tree) => tree,
                 Err(why) if opts.partial => {
                     warn(format!("{name} left out: {why}"), &mut report);
@@ -165,7 +165,7 @@ impl Registry {
         }))
         .map_err(|e| Error::Invalid(e.to_string()))?;
         let (blobs, output, cancel) = (self.store.blobs.clone(), output.clone(), cancel.clone());
-        tokio::task::spawn_blocking(move || write(&blobs, &files, &index, &output, &sink, &cancel))
+        tokio::task::spawn_blocking(move || write(blobs.as_ref(), &files, &index, &output, &sink, &cancel))
             .await
             .map_err(|e| Error::Invalid(format!("the export task failed: {e}")))??;
         Ok(report)
@@ -230,7 +230,7 @@ impl Registry {
                     }
                     let size = record.size;
                     let d = descriptor(&record.media_type, &digest, size, record.artifact_type.clone());
-                    match walk(&self.store.blobs, &d).await? {
+                    match walk(self.store.blobs.as_ref(), &d).await? {
                         Ok(t) if t.missing.is_empty() => {
                             files.extend(t.files().map(|(d, s)| (d.clone(), s)));
                             entries.push(d);
@@ -284,9 +284,52 @@ impl Drop for Partial {
 
 const LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
+/// A stored blob as `std::io::Read`, for the blocking writer of the layout.
+struct BlobRead {
+    runtime: tokio::runtime::Handle,
+    stream: ByteStream,
+    chunk: bytes::Bytes,
+}
+
+impl BlobRead {
+    fn open(blobs: &dyn BlobStore, digest: &Digest) -> Result<BlobRead> {
+        let runtime = tokio::runtime::Handle::current();
+        let missing = || Error::Invalid(format!("blob {digest} left the store during the export"));
+        let stored = runtime.block_on(blobs.open(digest))?.ok_or_else(missing)?;
+        let size = stored.size();
+        let stream = stored.range(0, size).ok_or_else(|| {
+            Error::Invalid(format!(
+                "the store serves {digest} only by redirect; export needs its bytes"
+            ))
+        })?;
+        Ok(BlobRead {
+            runtime,
+            stream,
+            chunk: bytes::Bytes::new(),
+        })
+    }
+}
+
+impl std::io::Read for BlobRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use bytes::Buf;
+        use futures_util::StreamExt;
+        while self.chunk.is_empty() {
+            match self.runtime.block_on(self.stream.next()) {
+                Some(chunk) => self.chunk = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
+        Ok(n)
+    }
+}
+
 /// Write the layout (blocking). A tar when `output` ends in `.tar`, else a directory.
 fn write(
-    blobs: &Blobs,
+    blobs: &dyn BlobStore,
     files: &BTreeMap<Digest, u64>,
     index: &[u8],
     output: &Path,
@@ -338,8 +381,7 @@ fn write(
                 .map_err(io_at(&staging))?;
         }
         for (digest, size) in files {
-            let source = blobs.path(digest);
-            let mut f = File::open(&source).map_err(io_at(&source))?;
+            let mut f = BlobRead::open(blobs, digest)?;
             let path = format!("blobs/{}/{}", digest.algorithm().as_str(), digest.hex());
             add(&mut builder, &path, *size, &mut f)?;
             step(*size)?;
@@ -360,7 +402,8 @@ fn write(
                 .join("blobs")
                 .join(digest.algorithm().as_str())
                 .join(digest.hex());
-            std::fs::copy(blobs.path(digest), &dest).map_err(io_at(&dest))?;
+            let mut out = File::create(&dest).map_err(io_at(&dest))?;
+            std::io::copy(&mut BlobRead::open(blobs, digest)?, &mut out).map_err(io_at(&dest))?;
             step(*size)?;
         }
     }

@@ -76,7 +76,7 @@ impl Registry {
             cancel.clone(),
             sink.clone(),
         );
-        let read = tokio::task::spawn_blocking(move || read::ingest(&blobs, &path, &sink2, &cancel2))
+        let read = tokio::task::spawn_blocking(move || read::ingest(blobs.as_ref(), &path, &sink2, &cancel2))
             .await
             .map_err(|e| Error::Invalid(format!("the import task failed: {e}")))??;
         let mut report = ImportReport {
@@ -138,7 +138,7 @@ impl Registry {
                     continue;
                 }
             };
-            match walk(&self.store.blobs, entry).await? {
+            match walk(self.store.blobs.as_ref(), entry).await? {
                 Err(why) => problems.push(format!("{name}: {why} (neither in the layout nor in the store)")),
                 Ok(tree) if !tree.missing.is_empty() && tree.manifests.len() == 1 => problems.push(format!(
                     "{name}: none of its platforms is whole in the layout ({})",
@@ -170,7 +170,7 @@ impl Registry {
             let before = unnamed.len();
             let mut left = Vec::new();
             for entry in unnamed {
-                let tree = match walk(&self.store.blobs, entry).await? {
+                let tree = match walk(self.store.blobs.as_ref(), entry).await? {
                     Ok(t) => t,
                     Err(why) => {
                         problems.push(format!("entry {} of index.json: {why}", entry.digest));

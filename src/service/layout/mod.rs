@@ -15,6 +15,11 @@
 //! transaction (`Meta::put_image`), only after every manifest and blob it needs is in the store.
 //! So at any moment an image is there whole or not at all, and running the import again finishes
 //! the job. An export writes `PATH.partial` and renames it to `PATH` once complete.
+//!
+//! **A reviewed exception to "no `std::fs` in service":** the layout itself (an export's output,
+//! an import's source) is a path on this host that the operator names, not part of the store, so
+//! this module reads and writes it with `std::fs`. The store's blobs go through
+//! [`crate::store::BlobStore`] like everywhere else, whatever the backend.
 
 mod export;
 mod import;

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use super::{Result, platform_of};
 use crate::oci::{Descriptor, Digest, Manifest};
 use crate::service::MAX_MANIFEST_BYTES;
-use crate::store::Blobs;
+use crate::store::BlobStore;
 
 /// A manifest of the tree with its exact length.
 pub(super) struct Node {
@@ -48,7 +48,7 @@ type Walk<'a> = Pin<Box<dyn Future<Output = Result<Result<Tree, String>>> + Send
 /// Read the manifest `d` names and everything below it from `blobs`. `Ok(Err(why))` when the
 /// manifest itself or one of an image manifest's blobs is missing or has the wrong size; a
 /// child of an index that is not whole is left out and listed in [`Tree::missing`].
-pub(super) fn walk<'a>(blobs: &'a Blobs, d: &'a Descriptor) -> Walk<'a> {
+pub(super) fn walk<'a>(blobs: &'a dyn BlobStore, d: &'a Descriptor) -> Walk<'a> {
     Box::pin(async move {
         let digest = &d.digest;
         let Some(size) = blobs.size(digest).await? else {

@@ -15,7 +15,6 @@ use berth::api::{AppState, ClientLimits};
 use berth::auth::Auth;
 use berth::config::Config;
 use berth::service::Registry;
-use berth::store::Store;
 use tempfile::TempDir;
 
 /// A berth app serving on a loopback port of this process; stopped when dropped.
@@ -61,7 +60,7 @@ impl App {
 
 /// The application state `berth serve` builds from `config`.
 fn state(config: &Config, addr: SocketAddr) -> AppState {
-    let store = Store::open(&config.storage.root).expect("open the store");
+    let store = berth::store::fs::open(&config.storage.root).expect("open the store");
     let upstreams = config
         .upstream_settings()
         .expect("upstream settings")

@@ -4,14 +4,16 @@
 //! against garbage collection.
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
 use super::super::{Error, MAX_INDEX_BYTES, Progress, Result, Sink, io_at};
-use crate::oci::{Digest, Hasher};
-use crate::store::Blobs;
+use bytes::Bytes;
+
+use crate::oci::Digest;
+use crate::store::BlobStore;
 
 /// What one pass over the layout found.
 pub(super) struct Read {
@@ -24,7 +26,7 @@ pub(super) struct Read {
 
 /// Counts, progress and the stop flag of one pass.
 struct Pass<'a> {
-    blobs: &'a Blobs,
+    blobs: &'a dyn BlobStore,
     sink: &'a Sink,
     cancel: &'a CancellationToken,
     read: Read,
@@ -33,7 +35,7 @@ struct Pass<'a> {
 }
 
 /// Publish every blob of the layout at `path` into `blobs`; return its `index.json`.
-pub(super) fn ingest(blobs: &Blobs, path: &Path, sink: &Sink, cancel: &CancellationToken) -> Result<Read> {
+pub(super) fn ingest(blobs: &dyn BlobStore, path: &Path, sink: &Sink, cancel: &CancellationToken) -> Result<Read> {
     let mut pass = Pass {
         blobs,
         sink,
@@ -132,15 +134,6 @@ fn read_bounded(r: &mut dyn std::io::Read, name: &str) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Deletes a temporary file unless it was published.
-struct Temp(std::path::PathBuf);
-
-impl Drop for Temp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 impl Pass<'_> {
     /// Ingest the blob `name` (`blobs/<alg>/<hex>`) from `source`.
     fn blob(&mut self, name: &str, source: &mut dyn std::io::Read) -> Result<()> {
@@ -153,19 +146,16 @@ impl Pass<'_> {
             .and_then(|(alg, hex)| format!("{alg}:{hex}").parse::<Digest>().ok())
             .ok_or_else(|| Error::Invalid(format!("the layout holds {name}, which is not named by a digest")))?;
         self.read.blobs += 1;
-        let dest = self.blobs.path(&digest);
-        if dest.exists() {
+        // This pass runs on a blocking thread; the store is async.
+        let runtime = tokio::runtime::Handle::current();
+        if runtime.block_on(self.blobs.stat(&digest))?.is_some() {
             // Already verified in the store: renew its grace period so GC keeps it until the
             // image that uses it is committed.
-            let _ = File::options()
-                .write(true)
-                .open(&dest)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            let _ = runtime.block_on(self.blobs.touch(&digest));
             return Ok(());
         }
-        let temp = Temp(self.blobs.temp_path());
-        let mut out = File::create(&temp.0).map_err(io_at(&temp.0))?;
-        let mut hasher = Hasher::new(digest.algorithm());
+        // Dropped on any early return, which discards what it wrote.
+        let mut out = runtime.block_on(self.blobs.writer(&digest, Box::new(|_| {})))?;
         let (mut buf, mut size) = (vec![0u8; 1 << 20], 0u64);
         loop {
             let n = source
@@ -174,24 +164,20 @@ impl Pass<'_> {
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|e| Error::from(crate::store::Error::from(e)))?;
+            runtime.block_on(out.append(vec![Bytes::copy_from_slice(&buf[..n])]))?;
             size += n as u64;
             if self.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
         }
-        let actual = hasher.finish();
-        if actual != digest {
-            return Err(Error::Invalid(format!(
-                "the layout is corrupt: {name} holds content whose digest is {actual}; nothing was imported (no image of the layout is visible)"
-            )));
-        }
-        out.sync_all().map_err(|e| Error::from(crate::store::Error::from(e)))?;
-        drop(out);
-        tokio::runtime::Handle::current().block_on(self.blobs.publish(&temp.0, &digest))?;
-        std::mem::forget(temp);
+        match runtime.block_on(out.commit(&digest)) {
+            Err(crate::store::Error::DigestMismatch { actual, .. }) => {
+                return Err(Error::Invalid(format!(
+                    "the layout is corrupt: {name} holds content whose digest is {actual}; nothing was imported (no image of the layout is visible)"
+                )));
+            }
+            other => other?,
+        };
         self.read.new_blobs += 1;
         self.read.new_bytes += size;
         self.bytes_read += size;

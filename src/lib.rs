@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod coord;
 pub mod gc;
 pub mod metrics;
 pub mod notify;

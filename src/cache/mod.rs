@@ -1,6 +1,11 @@
-//! Cache policy: when manifests were last pulled, and which cached images to evict (by TTL, and
-//! least recently pulled first above the size cap). No I/O: pulls are kept in memory and handed
-//! to the metadata store in batches, off the request path; eviction plans are pure functions.
+//! Cache policy and in-memory caches: when manifests were last pulled, which cached images to
+//! evict (by TTL, and least recently pulled first above the size cap), and the manifest memo
+//! ([`Memo`]). No I/O: pulls are kept in memory and handed to the metadata store in batches, off
+//! the request path; eviction plans are pure functions.
+
+mod memo;
+
+pub use memo::{Memo, Memoized};
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};

@@ -18,7 +18,6 @@
 
 mod blobs;
 mod mapped;
-mod memo;
 mod meta;
 mod redb_handle;
 mod redb_meta;
@@ -31,7 +30,6 @@ use std::sync::Arc;
 
 pub use blobs::{BlobEntry, BlobFile, Blobs, MinFree, Space};
 pub use mapped::map;
-pub use memo::{Memo, Memoized};
 pub use meta::{ImageRecords, ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
 pub use redb_meta::RedbMeta;
 pub use spool::{Spool, Spooled};
@@ -98,8 +96,6 @@ pub struct Store {
     /// candidates and deletes them. So no blob a push is about to reference can be swept in
     /// between (see `gc`).
     pub fence: Arc<tokio::sync::RwLock<()>>,
-    /// Manifests by tag and digest from memory; see [`Memo`].
-    pub memo: Arc<Memo>,
 }
 
 impl Store {
@@ -125,7 +121,6 @@ impl Store {
             uploads,
             meta,
             fence: Arc::default(),
-            memo: Arc::default(),
         })
     }
 }

@@ -90,6 +90,7 @@ async fn fill_claims_are_single_flight_under_concurrency(c: Arc<dyn Coordinator>
             c.claim_fill(&digest, mine).await.unwrap()
         })
     });
+    let claims: Vec<_> = claims.collect(); // spawned all at once, not one by one
     let mut leases = Vec::new();
     let mut followed = Vec::new();
     for claim in claims {

@@ -110,7 +110,7 @@ impl Coordinator for Local {
 
 #[cfg(test)]
 mod tests {
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_passes_the_coordinator_conformance_suite() {
         super::super::conformance::run(super::Local::new).await;
     }

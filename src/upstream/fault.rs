@@ -17,7 +17,8 @@ use crate::oci::Digest;
 /// What the body does after its first `after` bytes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Then {
-    /// The connection breaks: the stream yields an error.
+    /// The connection breaks: the stream yields an error (after a pause, so that concurrent
+    /// requests in a test have joined the fill by then).
     Break,
     /// The upstream stops sending but keeps the connection open.
     Stall,
@@ -94,6 +95,7 @@ impl Remote for Faulty {
         let body = match self.then {
             Then::Break => head
                 .chain(futures_util::stream::once(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                     Err(Error::Unavailable {
                         upstream: "hub".into(),
                         reason: "reading blob: connection reset".into(),

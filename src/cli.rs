@@ -218,8 +218,17 @@ pub async fn gc(config: &Config, dry_run: bool, grace: Option<&str>) -> anyhow::
             }
             {
                 // No server runs: this process is the only one on the store.
-                let coord = berth::coord::Local::new();
-                gc::run(&store, &Pulls::default(), None, &policy, dry_run, &show_progress, coord.as_ref()).await?
+                let coord = berth::coord::Local::shared();
+                gc::run(
+                    &store,
+                    &Pulls::default(),
+                    None,
+                    &policy,
+                    dry_run,
+                    &show_progress,
+                    coord.as_ref(),
+                )
+                .await?
             }
         }
         Target::Server { socket, http } => {

@@ -171,7 +171,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     let addr = config.listen_addr()?;
     let registry = Registry::new(store.clone(), upstreams)
         // Single node: one process owns the store (cluster mode puts PostgreSQL here).
-        .with_coordinator(berth::coord::Local::new())
+        .with_coordinator(berth::coord::Local::shared())
         .with_private_namespaces(config.private.namespaces.clone())
         .with_claim_on_push(config.private.claim_on_push)
         .with_upload_session_limit(config.limits.max_upload_sessions)

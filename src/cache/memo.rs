@@ -15,15 +15,15 @@
 //! reach this memo. A process's own notice comes back too and costs one extra miss per write,
 //! which keeps the receive side free of any bookkeeping. The hit path reads one atomic, as before.
 
-use std::sync::{Arc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use moka::sync::Cache;
 
 use crate::coord::{Coordinator, Notice};
-use crate::store::Origin;
 use crate::oci::{Digest, RepoName, Tag};
+use crate::store::Origin;
 
 /// Bytes of manifests kept in memory at most.
 const MANIFEST_BYTES: u64 = 64 << 20;
@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn a_write_makes_earlier_answers_invisible() {
-        let memo = Memo::detached(crate::coord::Local::new());
+        let memo = Memo::detached(crate::coord::Local::shared());
         let (repo, tag, digest) = (
             "team/app".parse().unwrap(),
             "1".parse().unwrap(),
@@ -183,7 +183,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_notice_from_another_process_invalidates_this_memo() {
-        let coord = crate::coord::Local::new();
+        let coord = crate::coord::Local::shared();
         let memo = Memo::new(coord.clone());
         let (repo, tag, digest): (RepoName, Tag, Digest) = (
             "team/app".parse().unwrap(),
@@ -197,7 +197,10 @@ mod tests {
         coord.publish(Notice::RepoRemoved { repo: repo.clone() });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while memo.tag(&repo, &tag).is_some() || memo.origin(&repo).is_some() {
-            assert!(std::time::Instant::now() < deadline, "the notice never reached the memo");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the notice never reached the memo"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }

@@ -21,7 +21,10 @@ pub async fn run<F: Fn() -> Arc<dyn Coordinator>>(fresh: F) {
 async fn a_second_lead_of_a_task_is_refused_while_the_first_is_held(c: Arc<dyn Coordinator>) {
     let first = c.lead(&Task::Gc).await.unwrap();
     assert!(first.is_some(), "the first GC leads");
-    assert!(c.lead(&Task::Gc).await.unwrap().is_none(), "two GCs at once give one run");
+    assert!(
+        c.lead(&Task::Gc).await.unwrap().is_none(),
+        "two GCs at once give one run"
+    );
     // Concurrent attempts: exactly one of them wins once the first is dropped.
     drop(first);
     let attempts = (0..8).map(|_| {
@@ -32,7 +35,11 @@ async fn a_second_lead_of_a_task_is_refused_while_the_first_is_held(c: Arc<dyn C
     for a in attempts {
         guards.push(a.await.unwrap());
     }
-    assert_eq!(guards.iter().filter(|g| g.is_some()).count(), 1, "one of 8 concurrent leads wins");
+    assert_eq!(
+        guards.iter().filter(|g| g.is_some()).count(),
+        1,
+        "one of 8 concurrent leads wins"
+    );
 }
 
 async fn a_dropped_lead_guard_lets_the_next_lead_win(c: Arc<dyn Coordinator>) {
@@ -45,7 +52,11 @@ async fn a_dropped_lead_guard_lets_the_next_lead_win(c: Arc<dyn Coordinator>) {
 async fn leads_of_different_tasks_do_not_exclude_each_other(c: Arc<dyn Coordinator>) {
     let _gc = c.lead(&Task::Gc).await.unwrap().expect("gc leads");
     assert!(c.lead(&Task::UsageWalk).await.unwrap().is_some());
-    let _a = c.lead(&Task::Prefetch("a".into())).await.unwrap().expect("list a leads");
+    let _a = c
+        .lead(&Task::Prefetch("a".into()))
+        .await
+        .unwrap()
+        .expect("list a leads");
     assert!(c.lead(&Task::Prefetch("b".into())).await.unwrap().is_some());
     assert!(c.lead(&Task::Prefetch("a".into())).await.unwrap().is_none());
 }

@@ -35,7 +35,8 @@ impl Default for Local {
 }
 
 impl Local {
-    pub fn new() -> Arc<dyn Coordinator> {
+    /// A fresh coordinator, ready to share.
+    pub fn shared() -> Arc<dyn Coordinator> {
         Arc::new(Local::default())
     }
 }
@@ -112,6 +113,6 @@ impl Coordinator for Local {
 mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn local_passes_the_coordinator_conformance_suite() {
-        super::super::conformance::run(super::Local::new).await;
+        super::super::conformance::run(super::Local::shared).await;
     }
 }

@@ -76,7 +76,9 @@ impl FillLease {
 
 impl std::fmt::Debug for FillLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FillLease").field("generation", &self.generation).finish()
+        f.debug_struct("FillLease")
+            .field("generation", &self.generation)
+            .finish()
     }
 }
 

@@ -6,9 +6,9 @@ use bytes::Bytes;
 
 use super::route::Route;
 use super::{Cache, Error, MAX_MANIFEST_BYTES, Registry, Result, blocking};
-use crate::oci::{Digest, Hasher, Manifest, Reference, RepoName};
 use crate::cache::Memoized;
 use crate::coord::Notice;
+use crate::oci::{Digest, Hasher, Manifest, Reference, RepoName};
 use crate::store::{ManifestRecord, Origin, unix_now};
 
 /// What a HEAD needs: no body.

@@ -30,12 +30,12 @@ pub use route::{Proxied, Route, resolve};
 pub use switches::Switches;
 pub use usage::{Part, Usage};
 
+use crate::cache::Memo;
+use crate::coord::{self, Coordinator};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::oci::{Digest, NameError, RepoName, Tag};
 use crate::store::{self, BlobFile, Store};
-use crate::cache::Memo;
-use crate::coord::{self, Coordinator};
 use crate::upstream::{self, Remote, Upstream};
 
 /// How a proxied response was answered, for the `X-Berth-Cache` header.
@@ -175,7 +175,7 @@ impl Registry {
     /// here), counting into `metrics`.
     pub fn with_remotes(store: Store, remotes: Vec<Arc<dyn Remote>>, metrics: Arc<Metrics>) -> Registry {
         let notifier = Arc::new(Notifier::default());
-        let coord = coord::Local::new();
+        let coord = coord::Local::shared();
         Registry {
             store,
             upstreams: Arc::new(remotes),

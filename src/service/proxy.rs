@@ -13,8 +13,8 @@ use super::fill::FillError;
 use super::manifests::record_of;
 use super::route::Proxied;
 use super::{BlobBody, Cache, Error, ManifestHead, Registry, Result, blocking};
-use crate::oci::{Digest, Manifest, Reference, Tag};
 use crate::coord::Notice;
+use crate::oci::{Digest, Manifest, Reference, Tag};
 use crate::store::Origin;
 use crate::upstream::{self, RemoteManifest};
 
@@ -199,7 +199,14 @@ impl Registry {
         }
         let fill = self
             .fills
-            .join_or_start(self.coord.as_ref(), &self.store, &p.upstream, &p.remote, &p.local, digest)
+            .join_or_start(
+                self.coord.as_ref(),
+                &self.store,
+                &p.upstream,
+                &p.remote,
+                &p.local,
+                digest,
+            )
             .await;
         if fill.repo != p.local || fill.upstream != p.upstream.name() {
             // A fill is keyed by digest alone: joining one started for another repository

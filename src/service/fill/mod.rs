@@ -250,12 +250,7 @@ impl Job {
     /// upstream's bytes reach them as they arrive, and in batches when it is fast. A fill that
     /// stays below the upstream's minimum rate for a whole window is aborted. Returns how many
     /// bytes arrived.
-    async fn receive(
-        &self,
-        response: RemoteBlob,
-        size: Option<u64>,
-        spool: &mut Spool,
-    ) -> Result<u64, FillError> {
+    async fn receive(&self, response: RemoteBlob, size: Option<u64>, spool: &mut Spool) -> Result<u64, FillError> {
         let io = |e: std::io::Error| FillError::Io(e.to_string());
         let mut body = response.body;
         let mut received = 0u64;

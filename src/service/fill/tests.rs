@@ -69,7 +69,10 @@ async fn a_body_that_breaks_mid_stream_fails_every_reader_and_stores_nothing() {
     );
     for response in [first, second] {
         let (got, failed) = drain(response).await;
-        assert!(failed, "the response ends in an error, so the client sees a broken transfer");
+        assert!(
+            failed,
+            "the response ends in an error, so the client sees a broken transfer"
+        );
         assert!(got < BLOB, "a reader never gets the last byte unverified ({got} bytes)");
     }
     assert_eq!(faulty.gets.load(Ordering::SeqCst), 1, "one fill for both clients");
@@ -90,7 +93,10 @@ async fn a_body_that_stalls_is_aborted_by_the_minimum_rate_and_stores_nothing() 
     let digest = faulty.digest();
     let (_dir, registry, p) = registry(faulty.clone());
     let (got, failed) = drain(registry.proxied_blob(&p, &digest, false).await).await;
-    assert!(failed, "a stalled upstream ends the response in an error instead of hanging");
+    assert!(
+        failed,
+        "a stalled upstream ends the response in an error instead of hanging"
+    );
     assert!(got <= 64 << 10, "only what arrived was served ({got} bytes)");
     assert!(registry.store().blobs.size(&digest).await.unwrap().is_none());
 }

@@ -1,9 +1,9 @@
 //! berth: an OCI Distribution registry and pull-through mirror.
 //!
-//! Dependencies point one way: `api | ui | auth → service → {store, upstream, cache} → oci`, with
-//! `metrics` a leaf that every layer counts into, `notify` a leaf that the API and the service send
-//! events to, and `sendfile` a leaf that `store` registers mapped blob windows with and `server`
-//! sends them through. `main` builds the concrete parts.
+//! Dependencies point one way: `api | ui | auth → service → {store, coord, upstream, cache} → oci`,
+//! with `metrics` a leaf that every layer counts into, `notify` a leaf that the API and the service
+//! send events to, and `sendfile` a leaf that `store` registers mapped blob windows with and
+//! `server` sends them through. `main` builds the concrete parts.
 //!
 //! ARCHITECTURE.md at the repository root describes each module, the promises every change keeps
 //! and the tests that prove them, and the on-disk layout.

@@ -222,10 +222,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         }
     });
     // --- issue 15: [[prefetch]] lists, each kept fresh on its own interval ---
-    for list in config.prefetch_settings()? {
+    for (i, list) in config.prefetch_settings()?.into_iter().enumerate() {
         let Some(interval) = list.interval else { continue };
         let jobs = berth::service::prefetch::Job::from_settings(std::slice::from_ref(&list), &[]);
-        let (registry, stop, task) = (registry.clone(), stop.clone(), Task::Prefetch(list.images.join(",")));
+        // Keyed by position and images: two lists with the same images still both run.
+        let task = Task::Prefetch(format!("{i}:{}", list.images.join(",")));
+        let (registry, stop) = (registry.clone(), stop.clone());
         tokio::spawn(async move {
             if let Some(_leader) = lead_or_log(&registry, task).await {
                 registry.prefetch_every(jobs, interval, stop).await

@@ -99,7 +99,7 @@ pub enum Task {
     Gc,
     /// The walk that measures storage usage for `/metrics` and the UI.
     UsageWalk,
-    /// The refresh of one `[[prefetch]]` list, named by its images.
+    /// The refresh of one `[[prefetch]]` list, named by its position and images.
     Prefetch(String),
 }
 

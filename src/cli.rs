@@ -216,7 +216,20 @@ pub async fn gc(config: &Config, dry_run: bool, grace: Option<&str>) -> anyhow::
             if let Some((_, g)) = grace {
                 policy.grace = g;
             }
-            gc::run(&store, &Pulls::default(), None, &policy, dry_run, &show_progress).await?
+            {
+                // No server runs: this process is the only one on the store.
+                let coord = berth::coord::Local::shared();
+                gc::run(
+                    &store,
+                    &Pulls::default(),
+                    None,
+                    &policy,
+                    dry_run,
+                    &show_progress,
+                    coord.as_ref(),
+                )
+                .await?
+            }
         }
         Target::Server { socket, http } => {
             let mut query = vec![("dry_run", dry_run.to_string())];

@@ -25,6 +25,7 @@ pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod coord;
 pub mod gc;
 #[cfg(test)]
 mod layering;

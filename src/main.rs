@@ -11,6 +11,7 @@ use berth::api::admin::Admin;
 use berth::api::{AppState, ClientLimits};
 use berth::auth::Auth;
 use berth::config::{Config, LogFormat};
+use berth::coord::Task;
 use berth::server::{Options, TlsFiles};
 use berth::service::Registry;
 use berth::store;
@@ -169,6 +170,8 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let addr = config.server.listen;
     let registry = Registry::new(store.clone(), upstreams)
+        // Single node: one process owns the store (cluster mode puts PostgreSQL here).
+        .with_coordinator(berth::coord::Local::shared())
         .with_private_namespaces(config.private.namespaces.clone())
         .with_claim_on_push(config.private.claim_on_push)
         .with_upload_session_limit(config.limits.max_upload_sessions)
@@ -210,13 +213,26 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     let stop = CancellationToken::new();
     tokio::spawn({
         let (registry, stop) = (registry.clone(), stop.clone());
-        async move { registry.measure_usage_every(USAGE_PERIOD, stop).await }
+        async move {
+            // Led for the life of the process: locally always granted; a replica that does not
+            // lead leaves the walk to the one that does.
+            if let Some(_leader) = lead_or_log(&registry, Task::UsageWalk).await {
+                registry.measure_usage_every(USAGE_PERIOD, stop).await
+            }
+        }
     });
     // --- issue 15: [[prefetch]] lists, each kept fresh on its own interval ---
-    for list in config.prefetch_settings()? {
+    for (i, list) in config.prefetch_settings()?.into_iter().enumerate() {
         let Some(interval) = list.interval else { continue };
         let jobs = berth::service::prefetch::Job::from_settings(std::slice::from_ref(&list), &[]);
-        tokio::spawn(registry.clone().prefetch_every(jobs, interval, stop.clone()));
+        // Keyed by position and images: two lists with the same images still both run.
+        let task = Task::Prefetch(format!("{i}:{}", list.images.join(",")));
+        let (registry, stop) = (registry.clone(), stop.clone());
+        tokio::spawn(async move {
+            if let Some(_leader) = lead_or_log(&registry, task).await {
+                registry.prefetch_every(jobs, interval, stop).await
+            }
+        });
     }
     // The admin channel of `berth gc`/`du`/`delete`; the token file of the old HTTP channel goes.
     let _ = std::fs::remove_file(root.join("admin.token"));
@@ -306,11 +322,39 @@ async fn flush_pulls(registry: Registry) {
     }
 }
 
+/// Leadership of a periodic `task` that runs for the life of the process, or `None` (logged).
+async fn lead_or_log(registry: &Registry, task: Task) -> Option<berth::coord::LeaderGuard> {
+    match registry.coordinator().lead(&task).await {
+        Ok(Some(guard)) => Some(guard),
+        Ok(None) => {
+            tracing::info!(task = %task.key(), "another process leads this periodic task");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(task = %task.key(), error = %e, "periodic task not started: no leadership");
+            None
+        }
+    }
+}
+
 /// Online eviction and garbage collection every `[gc] interval`.
 async fn collect_periodically(registry: Registry, policy: berth::gc::Policy, interval: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tick.tick().await;
+        // One collection at a time across every process on the store: a run still going when
+        // the next tick comes (or another replica's) makes this tick skip.
+        let _leader = match registry.coordinator().lead(&Task::Gc).await {
+            Ok(Some(guard)) => guard,
+            Ok(None) => {
+                tracing::info!("garbage collection skipped: another run leads");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collection skipped: no leadership");
+                continue;
+            }
+        };
         // Offline mode switches at runtime (SIGHUP); each run takes the modes of the moment.
         let policy = berth::gc::Policy {
             offline_upstreams: registry.offline_upstreams(),
@@ -323,6 +367,7 @@ async fn collect_periodically(registry: Registry, policy: berth::gc::Policy, int
             &policy,
             false,
             &|_| {},
+            registry.coordinator().as_ref(),
         )
         .await
         {

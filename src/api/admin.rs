@@ -151,6 +151,7 @@ async fn run_gc(State(admin): State<Arc<Admin>>, Query(q): Query<GcQuery>) -> Re
             &policy,
             q.dry_run,
             &progress,
+            reg.coordinator().as_ref(),
         )
         .await
         {

@@ -113,16 +113,8 @@ impl Auth {
             Some(Arc::new(file))
         };
         let key = if config.token_key.is_empty() {
-            let mut key = vec![0u8; 32];
-            key.iter_mut()
-                .zip(
-                    uuid::Uuid::new_v4()
-                        .into_bytes()
-                        .into_iter()
-                        .chain(uuid::Uuid::new_v4().into_bytes()),
-                )
-                .for_each(|(k, r)| *k = r);
-            key
+            // Tokens then verify in this process only, until it restarts.
+            ProcessLocalKey::random().bytes().to_vec()
         } else {
             std::fs::read(&config.token_key).map_err(|e| format!("auth.token_key {}: {e}", config.token_key))?
         };
@@ -317,4 +309,23 @@ pub fn decode_basic(encoded: &str) -> Option<(String, String)> {
     let text = String::from_utf8(bytes).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))
+}
+
+/// A random 32-byte key made at startup: it exists in this process only and is gone on restart.
+/// Signatures made with it (tokens without `auth.token_key`, the UI's CSRF tokens) verify
+/// nowhere else. Cluster mode (issue 14) refuses to start without `auth.token_key` and derives
+/// both keys from it, so every replica verifies what any replica signed.
+pub struct ProcessLocalKey([u8; 32]);
+
+impl ProcessLocalKey {
+    pub fn random() -> ProcessLocalKey {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        ProcessLocalKey(key)
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }

@@ -217,6 +217,7 @@ pub async fn run(
     policy: &Policy,
     dry_run: bool,
     progress: &(dyn Fn(Progress) + Send + Sync),
+    coord: &dyn crate::coord::Coordinator,
 ) -> store::Result<Report> {
     let batch = pulls.drain();
     let meta = store.meta.clone();
@@ -250,7 +251,9 @@ pub async fn run(
     if !dry_run && !removed.is_empty() {
         let (meta, list) = (store.meta.clone(), removed.iter().cloned().collect::<Vec<_>>());
         blocking(move || meta.remove_manifests(&list)).await?;
-        store.memo.bump();
+        // Memos learn of evictions through the coordinator, before the sweep below can delete
+        // the blobs a memoized manifest names.
+        coord.publish(crate::coord::Notice::ManifestsChanged);
         tracing::info!(evicted = evict.len(), untagged = untagged.len(), "gc removed manifests");
     }
 

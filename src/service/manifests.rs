@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::memo::Memoized;
 use super::route::Route;
 use super::{CacheResult, Error, MAX_MANIFEST_BYTES, Registry, Result, blocking};
 use crate::clock::unix_now;
+use crate::coord::Notice;
 use crate::oci::{Digest, Hasher, Manifest, Reference, RepoName};
-use crate::store::{ManifestRecord, Memoized, Origin};
+use crate::store::{ManifestRecord, Origin};
 
 /// What a HEAD needs: no body.
 #[derive(Clone, Debug)]
@@ -46,9 +48,9 @@ impl Registry {
         }
     }
 
-    /// A stored manifest, from memory when possible (see `store::Memo`).
+    /// A stored manifest, from memory when possible (see `service::memo`).
     pub(super) async fn local(&self, repo: &RepoName, reference: &Reference) -> Result<(Digest, Arc<Memoized>)> {
-        let memo = &self.store.memo;
+        let memo = &self.memo;
         let generation = memo.generation();
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
@@ -185,12 +187,19 @@ impl Registry {
             Reference::Tag(t) => Some(t.clone()),
             Reference::Digest(_) => None,
         };
+        let notice = match &tag {
+            Some(tag) => Notice::TagMoved {
+                repo: repo.clone(),
+                tag: tag.clone(),
+            },
+            None => Notice::ManifestsChanged,
+        };
         let (repo, d) = (repo.clone(), digest.clone());
         blocking(meta, move |m| {
             m.put_manifest(&repo, &d, &record, tag.as_ref(), Origin::Private)
         })
         .await?;
-        self.store.memo.bump();
+        self.memo.changed(notice);
         Ok(PutManifest {
             digest,
             subject,
@@ -202,13 +211,22 @@ impl Registry {
     /// Delete by digest removes the manifest and its tags; delete by tag removes only the tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.check_delete()?;
-        let (repo, r) = (repo.clone(), reference.clone());
-        let removed = blocking(&self.store.meta, move |m| match &r {
-            Reference::Digest(d) => m.delete_manifest(&repo, d),
-            Reference::Tag(t) => m.delete_tag(&repo, t),
+        let (r, rf) = (repo.clone(), reference.clone());
+        let removed = blocking(&self.store.meta, move |m| match &rf {
+            Reference::Digest(d) => m.delete_manifest(&r, d),
+            Reference::Tag(t) => m.delete_tag(&r, t),
         })
         .await?;
-        self.store.memo.bump();
+        self.memo.changed(match reference {
+            Reference::Digest(d) => Notice::ManifestDeleted {
+                repo: repo.clone(),
+                digest: d.clone(),
+            },
+            Reference::Tag(t) => Notice::TagMoved {
+                repo: repo.clone(),
+                tag: t.clone(),
+            },
+        });
         if !removed {
             return Err(Error::ManifestUnknown(reference.to_string()));
         }
@@ -219,13 +237,12 @@ impl Registry {
     /// leaves the catalog and the UI at once, the next GC reclaims the blobs nothing else
     /// references, and a name an upstream serves is routed to that upstream again.
     pub async fn remove_repository(&self, repo: &RepoName) -> Result<()> {
-        let (meta, memo, r) = (self.store.meta.clone(), self.store.memo.clone(), repo.clone());
+        let (meta, memo, r) = (self.store.meta.clone(), self.memo.clone(), repo.clone());
         // The memo is invalidated in the same blocking task as the commit, so a caller that
         // goes away mid-way cannot leave memoised answers for a repository that is gone.
         let removed = tokio::task::spawn_blocking(move || {
             let removed = meta.remove_repo(&r)?;
-            memo.forget_origin(&r);
-            memo.bump();
+            memo.changed(Notice::RepoRemoved { repo: r });
             Ok::<_, crate::store::Error>(removed)
         })
         .await

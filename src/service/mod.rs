@@ -8,6 +8,7 @@ mod fill;
 pub mod layout;
 mod listing;
 mod manifests;
+mod memo;
 pub mod prefetch;
 mod proxy;
 mod referrers;
@@ -36,11 +37,13 @@ pub use usage::{Part, Usage};
 pub use crate::store::Error as StoreError;
 pub use crate::upstream::Error as UpstreamError;
 
+use crate::coord::{self, Coordinator};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::oci::{Digest, NameError, RepoName, Tag};
 use crate::store::{self, Store};
-use crate::upstream::{self, Upstream};
+use crate::upstream::{self, Remote, Upstream};
+use memo::Memo;
 
 /// How a proxied response was answered: one type for the `X-Berth-Cache` header, the access log
 /// and the `result` label of the cache metrics (a leaf, so the metrics need not know the service).
@@ -57,8 +60,8 @@ pub enum BlobBody {
     },
 }
 
-/// Largest manifest accepted on PUT, as in the reference registry and Docker Hub.
-pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Re-exported for the API's body limits; defined in `oci`, the floor both layers share.
+pub use crate::oci::MAX_MANIFEST_BYTES;
 
 /// Every failure a registry operation can report; `api::error` maps each to its OCI code once.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +119,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Registry {
     store: Store,
     /// Configured upstreams; the first is the default for unqualified names.
-    upstreams: Arc<Vec<Arc<Upstream>>>,
+    upstreams: Arc<Vec<Arc<dyn Remote>>>,
+    /// Who leads fills and periodic tasks, and where memo invalidations go.
+    coord: Arc<dyn Coordinator>,
+    /// Manifests by tag and digest from memory; see [`Memo`].
+    memo: Arc<Memo>,
     /// `[private] namespaces` patterns.
     private: Arc<Vec<String>>,
     /// `[private] claim_on_push`: a push may claim an unclaimed name.
@@ -142,19 +149,31 @@ pub struct Registry {
 
 impl Registry {
     /// A registry over `store`, pulling through `upstreams`, counting into a fresh [`Metrics`].
+    ///
+    /// Coordination is in-process ([`coord::Local`], the single-node default) until
+    /// [`Registry::with_coordinator`] says otherwise.
     pub fn new(store: Store, upstreams: Vec<Upstream>) -> Registry {
         let metrics = Arc::new(Metrics::new());
-        let notifier = Arc::new(Notifier::default());
         let upstreams = upstreams
             .into_iter()
             .map(|u| {
                 let counters = metrics.upstream(u.name());
-                Arc::new(u.with_metrics(counters))
+                Arc::new(u.with_metrics(counters)) as Arc<dyn Remote>
             })
             .collect();
+        Registry::with_remotes(store, upstreams, metrics)
+    }
+
+    /// A registry over `store`, pulling through `remotes` as they are (tests put in-process fakes
+    /// here), counting into `metrics`.
+    pub fn with_remotes(store: Store, remotes: Vec<Arc<dyn Remote>>, metrics: Arc<Metrics>) -> Registry {
+        let notifier = Arc::new(Notifier::default());
+        let coord = coord::Local::shared();
         Registry {
             store,
-            upstreams: Arc::new(upstreams),
+            upstreams: Arc::new(remotes),
+            memo: Memo::new(coord.clone()),
+            coord,
             private: Arc::default(),
             claim_on_push: true,
             fills: Arc::new(fill::Fills::new(metrics.clone(), notifier.clone())),
@@ -173,6 +192,19 @@ impl Registry {
     /// The metrics every part of the registry counts into (GC and eviction too).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Coordinate fills, periodic tasks and memo invalidation through `coord` (call before
+    /// serving: the memo starts over subscribed to it).
+    pub fn with_coordinator(mut self, coord: Arc<dyn Coordinator>) -> Registry {
+        self.memo = Memo::new(coord.clone());
+        self.coord = coord;
+        self
+    }
+
+    /// The coordinator: periodic tasks ask it for leadership.
+    pub fn coordinator(&self) -> &Arc<dyn Coordinator> {
+        &self.coord
     }
 
     /// Repositories matching these patterns are private even before anything is pushed.

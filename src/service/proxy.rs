@@ -13,6 +13,7 @@ use super::fill::FillError;
 use super::manifests::record_of;
 use super::route::Proxied;
 use super::{BlobBody, CacheResult, Error, ManifestHead, Registry, Result, Stored, blocking};
+use crate::coord::Notice;
 use crate::oci::{Digest, Manifest, Reference, Tag};
 use crate::store::Origin;
 use crate::upstream::{self, RemoteManifest};
@@ -22,7 +23,7 @@ impl Registry {
         let fresh = self.fresh_tags.lock();
         fresh
             .get(&(p.local.clone(), tag.clone()))
-            .is_some_and(|at| at.elapsed() < p.upstream.settings.tag_ttl)
+            .is_some_and(|at| at.elapsed() < p.upstream.settings().tag_ttl)
     }
 
     fn mark_fresh(&self, p: &Proxied, tag: &Tag) {
@@ -153,7 +154,13 @@ impl Registry {
                     m.put_manifest(&repo, &d, &record, t.as_ref(), origin)
                 })
                 .await?;
-                self.store.memo.bump();
+                self.memo.changed(match &tag {
+                    Some(tag) => Notice::TagMoved {
+                        repo: p.local.clone(),
+                        tag: (*tag).clone(),
+                    },
+                    None => Notice::ManifestsChanged,
+                });
                 if let Some(tag) = tag {
                     self.mark_fresh(p, tag);
                 }
@@ -192,7 +199,15 @@ impl Registry {
         }
         let fill = self
             .fills
-            .join_or_start(&self.store, &p.upstream, &p.remote, &p.local, digest);
+            .join_or_start(
+                self.coord.as_ref(),
+                &self.store,
+                &p.upstream,
+                &p.remote,
+                &p.local,
+                digest,
+            )
+            .await;
         if fill.repo != p.local || fill.upstream != p.upstream.name() {
             // A fill is keyed by digest alone: joining one started for another repository
             // follows the rule for reading a blob cached for another repository.

@@ -111,13 +111,13 @@ impl Absent {
         self.0
             .lock()
             .get(&(p.local.clone(), subject.clone()))
-            .is_some_and(|at| at.elapsed() < p.upstream.settings.tag_ttl)
+            .is_some_and(|at| at.elapsed() < p.upstream.settings().tag_ttl)
     }
 
     fn note(&self, p: &Proxied, subject: &Digest) {
         let mut map = self.0.lock();
         if map.len() >= ABSENT_MAX {
-            let ttl = p.upstream.settings.tag_ttl;
+            let ttl = p.upstream.settings().tag_ttl;
             map.retain(|_, at| at.elapsed() < ttl);
             if map.len() >= ABSENT_MAX {
                 map.clear();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::{Error, Registry, Result};
 use crate::oci::RepoName;
 use crate::store::Origin;
-use crate::upstream::Upstream;
+use crate::upstream::Remote;
 
 /// Where a request for a repository goes.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ pub struct Proxied {
     pub local: RepoName,
     /// The repository name at the upstream.
     pub remote: String,
-    pub upstream: Arc<Upstream>,
+    pub upstream: Arc<dyn Remote>,
 }
 
 impl Route {
@@ -72,7 +72,7 @@ pub fn resolve(upstreams: &[&str], name: &str, ns: Option<&str>) -> Option<(usiz
 }
 
 impl Registry {
-    fn upstream_named(&self, name: &str) -> Option<(usize, &Arc<Upstream>)> {
+    fn upstream_named(&self, name: &str) -> Option<(usize, &Arc<dyn Remote>)> {
         self.upstreams.iter().enumerate().find(|(_, u)| u.name() == name)
     }
 
@@ -168,12 +168,12 @@ impl Registry {
 
     /// A repository's origin, if it exists; from memory on the hot path.
     fn origin(&self, repo: &RepoName) -> Result<Option<Origin>> {
-        if let Some(origin) = self.store.memo.origin(repo) {
+        if let Some(origin) = self.memo.origin(repo) {
             return Ok(Some(origin));
         }
         let origin = self.store.meta.repo(repo)?.map(|info| info.origin);
         if let Some(origin) = &origin {
-            self.store.memo.put_origin(repo, origin.clone());
+            self.memo.put_origin(repo, origin.clone());
         }
         Ok(origin)
     }

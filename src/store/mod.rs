@@ -25,7 +25,6 @@ mod blobs;
 mod conformance;
 pub mod fs;
 mod mapped;
-mod memo;
 pub mod memory;
 mod memory_uploads;
 mod meta;
@@ -44,7 +43,6 @@ pub use blob_store::{
 };
 pub use blobs::MinFree;
 pub use mapped::LocalBlob;
-pub use memo::{Memo, Memoized};
 pub use meta::{ImageRecords, ManifestRecord, Meta, Origin, RepoInfo, UploadRecord};
 pub use redb_meta::RedbMeta;
 pub use spool::BATCH as WRITE_BATCH;
@@ -112,8 +110,6 @@ pub struct Store {
     /// candidates and deletes them. So no blob a push is about to reference can be swept in
     /// between (see `gc`).
     pub fence: Arc<tokio::sync::RwLock<()>>,
-    /// Manifests by tag and digest from memory; see [`Memo`].
-    pub memo: Arc<Memo>,
 }
 
 impl Store {
@@ -124,7 +120,6 @@ impl Store {
             uploads,
             meta,
             fence: Arc::default(),
-            memo: Arc::default(),
         }
     }
 }

@@ -30,7 +30,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::auth::{Action, Auth, ClientAddr, User};
+use crate::auth::{Action, Auth, ClientAddr, ProcessLocalKey, User};
 use crate::clock::unix_now;
 use crate::oci::{Reference, RepoName, Tag};
 use crate::service::{self, Registry, RepoSummary};
@@ -49,21 +49,19 @@ type Client = Option<Extension<ClientAddr>>;
 pub struct Ui {
     registry: Registry,
     auth: Arc<Auth>,
-    /// Signs the delete forms' tokens; new each start, so a restart expires open forms.
-    key: [u8; 32],
+    /// Signs the delete forms' CSRF tokens; new each start, so a restart expires open forms
+    /// (process-local: cluster mode derives it from `auth.token_key` instead).
+    csrf_key: ProcessLocalKey,
     /// Whether berth terminates TLS itself (the session cookie is then `Secure`).
     tls: bool,
 }
 
 impl Ui {
     pub fn new(registry: Registry, auth: Arc<Auth>, tls: bool) -> Ui {
-        let mut key = [0u8; 32];
-        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         Ui {
             registry,
             auth,
-            key,
+            csrf_key: ProcessLocalKey::random(),
             tls,
         }
     }
@@ -169,7 +167,8 @@ impl Ui {
     }
 
     fn csrf_mac(&self, viewer: &Viewer) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(self.csrf_key.bytes()).expect("HMAC takes any key length");
         mac.update(b"berth-ui-delete\0");
         mac.update(viewer.session.as_bytes());
         mac.update(b"\0");

@@ -7,6 +7,11 @@
 
 mod auth;
 mod budget;
+#[cfg(test)]
+pub(crate) mod fault;
+mod remote;
+
+pub use remote::{Remote, RemoteBlob};
 
 /// Public for the fuzz target in fuzz/: challenges come from upstreams, untrusted.
 pub use auth::{Challenge, parse_challenge};
@@ -14,7 +19,9 @@ pub use auth::{Challenge, parse_challenge};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 
@@ -144,88 +151,12 @@ impl Upstream {
         format!("{base}{path}{sep}{}", ns.finish())
     }
 
-    /// HEAD a manifest. Docker Hub does not count HEADs against its pull rate limit.
-    pub async fn head_manifest(&self, name: &str, reference: &str, accept: &[String]) -> Result<RemoteHead> {
-        let response = self
-            .send(Method::HEAD, name, &format!("/v2/{name}/manifests/{reference}"), accept)
-            .await?;
-        let digest = header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
-        Ok(RemoteHead {
-            digest,
-            media_type: header(&response, CONTENT_TYPE.as_str()),
-        })
-    }
-
-    /// GET a manifest and verify its bytes against `expected` (or the upstream's
-    /// `Docker-Content-Digest`, when it sends one).
-    pub async fn get_manifest(
-        &self,
-        name: &str,
-        reference: &str,
-        accept: &[String],
-        expected: Option<&Digest>,
-    ) -> Result<RemoteManifest> {
-        let response = self
-            .send(Method::GET, name, &format!("/v2/{name}/manifests/{reference}"), accept)
-            .await?;
-        let media_type = header(&response, CONTENT_TYPE.as_str());
-        let announced: Option<Digest> = header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
-        let bytes = self.manifest_body(response, "manifest").await?;
-        let check = expected.or(announced.as_ref());
-        let digest = match check {
-            Some(d) => {
-                let mut h = Hasher::new(d.algorithm());
-                h.update(&bytes);
-                let actual = h.finish();
-                if actual != *d {
-                    self.metrics.error(UpstreamError::Invalid);
-                    let reason = format!("manifest {name}:{reference} hashes to {actual}, not {d}");
-                    return Err(Error::Invalid {
-                        upstream: self.settings.name.clone(),
-                        reason,
-                    });
-                }
-                actual
-            }
-            None => Digest::sha256_of(&bytes),
-        };
-        Ok(RemoteManifest {
-            digest,
-            media_type,
-            bytes,
-        })
-    }
-
-    /// GET a blob; the response body streams. Redirects (CDN) are followed without credentials.
-    pub async fn get_blob(&self, name: &str, digest: &Digest) -> Result<Response> {
-        self.send(Method::GET, name, &format!("/v2/{name}/blobs/{digest}"), &[])
-            .await
-    }
-
-    /// HEAD a blob: its size, when the upstream has it.
-    pub async fn head_blob(&self, name: &str, digest: &Digest) -> Result<Option<u64>> {
-        let response = self
-            .send(Method::HEAD, name, &format!("/v2/{name}/blobs/{digest}"), &[])
-            .await?;
-        Ok(header(&response, "content-length").and_then(|n| n.parse().ok()))
-    }
-
-    /// GET the referrers index of `subject` (OCI 1.1 referrers API), unfiltered. `Error::NotFound`
-    /// when the upstream has no such API (distribution 2.8 answers 404).
-    pub async fn referrers(&self, name: &str, subject: &Digest) -> Result<Bytes> {
-        let accept = [crate::oci::media::OCI_INDEX.to_owned()];
-        let response = self
-            .send(Method::GET, name, &format!("/v2/{name}/referrers/{subject}"), &accept)
-            .await?;
-        self.manifest_body(response, "referrers index").await
-    }
-
     /// The body of a manifest-sized response (`what` names it in errors): refused when its
     /// announced length exceeds the manifest limit.
     async fn manifest_body(&self, response: Response, what: &str) -> Result<Bytes> {
         if response
             .content_length()
-            .is_some_and(|n| n > crate::service::MAX_MANIFEST_BYTES as u64)
+            .is_some_and(|n| n > crate::oci::MAX_MANIFEST_BYTES as u64)
         {
             self.metrics.error(UpstreamError::Invalid);
             return Err(Error::Invalid {
@@ -236,25 +167,6 @@ impl Upstream {
         let bytes = response.bytes().await.map_err(|e| {
             self.metrics.error(UpstreamError::Body);
             self.unavailable(format!("reading {what}: {e}"))
-        })?;
-        self.metrics.received(bytes.len() as u64);
-        Ok(bytes)
-    }
-
-    /// GET the upstream's tag list (query passed through); the JSON body as it came.
-    pub async fn tags(&self, name: &str, query: &str) -> Result<Bytes> {
-        let path = format!(
-            "/v2/{name}/tags/list{}",
-            if query.is_empty() {
-                String::new()
-            } else {
-                format!("?{query}")
-            }
-        );
-        let response = self.send(Method::GET, name, &path, &[]).await?;
-        let bytes = response.bytes().await.map_err(|e| {
-            self.metrics.error(UpstreamError::Body);
-            self.unavailable(format!("reading tags: {e}"))
         })?;
         self.metrics.received(bytes.len() as u64);
         Ok(bytes)
@@ -406,6 +318,143 @@ impl Upstream {
                 Err(self.unavailable(format!("answered {status}")))
             }
         }
+    }
+}
+
+#[async_trait]
+impl Remote for Upstream {
+    fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
+    }
+
+    fn is_offline(&self) -> bool {
+        Upstream::is_offline(self)
+    }
+
+    fn set_offline(&self, on: bool) -> bool {
+        Upstream::set_offline(self, on)
+    }
+
+    /// HEAD a manifest. Docker Hub does not count HEADs against its pull rate limit.
+    async fn head_manifest(&self, name: &str, reference: &str, accept: &[String]) -> Result<RemoteHead> {
+        let response = self
+            .send(Method::HEAD, name, &format!("/v2/{name}/manifests/{reference}"), accept)
+            .await?;
+        let digest = header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
+        Ok(RemoteHead {
+            digest,
+            media_type: header(&response, CONTENT_TYPE.as_str()),
+        })
+    }
+
+    /// GET a manifest and verify its bytes against `expected` (or the upstream's
+    /// `Docker-Content-Digest`, when it sends one).
+    async fn get_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        accept: &[String],
+        expected: Option<&Digest>,
+    ) -> Result<RemoteManifest> {
+        let response = self
+            .send(Method::GET, name, &format!("/v2/{name}/manifests/{reference}"), accept)
+            .await?;
+        let media_type = header(&response, CONTENT_TYPE.as_str());
+        let announced: Option<Digest> = header(&response, "docker-content-digest").and_then(|d| d.parse().ok());
+        let bytes = self.manifest_body(response, "manifest").await?;
+        let check = expected.or(announced.as_ref());
+        let digest = match check {
+            Some(d) => {
+                let mut h = Hasher::new(d.algorithm());
+                h.update(&bytes);
+                let actual = h.finish();
+                if actual != *d {
+                    self.metrics.error(UpstreamError::Invalid);
+                    let reason = format!("manifest {name}:{reference} hashes to {actual}, not {d}");
+                    return Err(Error::Invalid {
+                        upstream: self.settings.name.clone(),
+                        reason,
+                    });
+                }
+                actual
+            }
+            None => Digest::sha256_of(&bytes),
+        };
+        Ok(RemoteManifest {
+            digest,
+            media_type,
+            bytes,
+        })
+    }
+
+    /// GET a blob; the response body streams. Redirects (CDN) are followed without credentials.
+    async fn get_blob(&self, name: &str, digest: &Digest) -> Result<RemoteBlob> {
+        let response = self
+            .send(Method::GET, name, &format!("/v2/{name}/blobs/{digest}"), &[])
+            .await?;
+        let (metrics, upstream) = (self.metrics.clone(), self.settings.name.clone());
+        Ok(RemoteBlob {
+            size: response.content_length(),
+            content_type: header(&response, CONTENT_TYPE.as_str()),
+            digest: header(&response, "docker-content-digest").and_then(|d| d.parse().ok()),
+            body: response
+                .bytes_stream()
+                .map(move |chunk| {
+                    chunk.map_err(|e| {
+                        metrics.error(UpstreamError::Body);
+                        Error::Unavailable {
+                            upstream: upstream.clone(),
+                            reason: format!("reading blob: {e}"),
+                        }
+                    })
+                })
+                .boxed(),
+        })
+    }
+
+    /// HEAD a blob: its size, when the upstream has it.
+    async fn head_blob(&self, name: &str, digest: &Digest) -> Result<Option<u64>> {
+        let response = self
+            .send(Method::HEAD, name, &format!("/v2/{name}/blobs/{digest}"), &[])
+            .await?;
+        Ok(header(&response, "content-length").and_then(|n| n.parse().ok()))
+    }
+
+    /// GET the referrers index of `subject` (OCI 1.1 referrers API), unfiltered. `Error::NotFound`
+    /// when the upstream has no such API (distribution 2.8 answers 404).
+    async fn referrers(&self, name: &str, subject: &Digest) -> Result<Bytes> {
+        let accept = [crate::oci::media::OCI_INDEX.to_owned()];
+        let response = self
+            .send(Method::GET, name, &format!("/v2/{name}/referrers/{subject}"), &accept)
+            .await?;
+        self.manifest_body(response, "referrers index").await
+    }
+
+    /// GET the upstream's tag list (query passed through); the JSON body as it came.
+    async fn tags(&self, name: &str, query: &str) -> Result<Bytes> {
+        let path = format!(
+            "/v2/{name}/tags/list{}",
+            if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{query}")
+            }
+        );
+        let response = self.send(Method::GET, name, &path, &[]).await?;
+        let bytes = response.bytes().await.map_err(|e| {
+            self.metrics.error(UpstreamError::Body);
+            self.unavailable(format!("reading tags: {e}"))
+        })?;
+        self.metrics.received(bytes.len() as u64);
+        Ok(bytes)
     }
 }
 

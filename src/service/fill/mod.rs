@@ -8,11 +8,13 @@
 //! bytes back. A client that falls more than `RECENT` bytes behind reads them back through the
 //! writer instead.
 //!
+//! Who leads a fill is the [`Coordinator`]'s decision (single-flight per digest); a request that
+//! follows a fill led in this process joins its window and readers.
+//!
 //! A reader never gets the last byte before the digest has verified, so a response of unverified
 //! bytes cannot complete normally: on a mismatch the writer is dropped (which discards its bytes)
 //! and every reader's body ends in an error, which aborts the HTTP response.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -21,10 +23,11 @@ use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
+use crate::coord::{Coordinator, FillClaim, FillLease};
 use crate::metrics::{FillResult, Metrics, Tracked, UpstreamError};
 use crate::oci::{Digest, RepoName};
 use crate::store::{self, BlobWriter, Origin, ReadBack, Store, Written};
-use crate::upstream::{self, Upstream};
+use crate::upstream::{self, Remote, RemoteBlob};
 
 mod reader;
 use reader::Recent;
@@ -73,20 +76,15 @@ pub struct Fill {
     recent: Mutex<Recent>,
 }
 
-/// Fills in flight, by digest.
+/// Starts and joins fills; which fills are in flight is the coordinator's to know.
 pub struct Fills {
-    inflight: Mutex<HashMap<Digest, Arc<Fill>>>,
     metrics: Arc<Metrics>,
     notifier: Arc<crate::notify::Notifier>,
 }
 
 impl Fills {
     pub fn new(metrics: Arc<Metrics>, notifier: Arc<crate::notify::Notifier>) -> Fills {
-        Fills {
-            inflight: Mutex::default(),
-            metrics,
-            notifier,
-        }
+        Fills { metrics, notifier }
     }
 
     /// Count a client waiting for (or streaming from) a fill, for as long as the guard lives.
@@ -94,20 +92,16 @@ impl Fills {
         Tracked::new(&self.metrics.fill_waiters)
     }
 
-    /// Join the fill of `digest`, or start one from `upstream`.
-    pub fn join_or_start(
+    /// Join the fill of `digest`, or start one from `upstream`: `coord` decides which.
+    pub async fn join_or_start(
         self: &Arc<Self>,
+        coord: &dyn Coordinator,
         store: &Store,
-        upstream: &Arc<Upstream>,
+        upstream: &Arc<dyn Remote>,
         remote: &str,
         local: &RepoName,
         digest: &Digest,
     ) -> Arc<Fill> {
-        let mut inflight = self.inflight.lock();
-        if let Some(fill) = inflight.get(digest) {
-            self.metrics.fill_joins.inc();
-            return fill.clone();
-        }
         let (progress, _) = watch::channel(Progress::Connecting);
         let fill = Arc::new(Fill {
             digest: digest.clone(),
@@ -117,8 +111,25 @@ impl Fills {
             progress,
             recent: Mutex::default(),
         });
-        inflight.insert(digest.clone(), fill.clone());
+        let lease = match coord.claim_fill(digest, fill.clone()).await {
+            Ok(FillClaim::Lead(lease)) => Some(lease),
+            Ok(FillClaim::Follow(leader)) => match leader.local.and_then(|f| f.downcast::<Fill>().ok()) {
+                Some(leader) => {
+                    self.metrics.fill_joins.inc();
+                    return leader;
+                }
+                // Led by another replica. Streaming from it comes with cluster mode; until then
+                // fetching again is correct, only not single-flight.
+                None => None,
+            },
+            // Coordination is down: serving the client matters more than single-flight.
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "fill claim failed; fetching without one");
+                None
+            }
+        };
         let job = Job {
+            lease,
             fills: self.clone(),
             fill: fill.clone(),
             store: store.clone(),
@@ -132,22 +143,24 @@ impl Fills {
 }
 
 struct Job {
+    /// Held until the fill ends; `None` when no claim could be had (see `join_or_start`).
+    lease: Option<FillLease>,
     fills: Arc<Fills>,
     fill: Arc<Fill>,
     store: Store,
-    upstream: Arc<Upstream>,
+    upstream: Arc<dyn Remote>,
     remote: String,
     local: RepoName,
 }
 
 impl Job {
-    async fn run(self) {
+    async fn run(mut self) {
         let _running = Tracked::new(&self.fills.metrics.fills_in_flight);
         // On failure the writer was dropped inside, which discarded its bytes.
         let outcome = self.fetch().await;
-        // Leave the in-flight map before announcing the end, so a request that arrives after the
+        // Release the claim before announcing the end, so a request that arrives after the
         // announcement finds the blob in the store (or starts a fresh fill after a failure).
-        self.fills.inflight.lock().remove(&self.fill.digest);
+        drop(self.lease.take());
         self.fills.metrics.fill_done(match &outcome {
             Ok(_) => FillResult::Ok,
             Err(FillError::Corrupt(_)) => FillResult::Corrupt,
@@ -176,7 +189,7 @@ impl Job {
             .get_blob(&self.remote, digest)
             .await
             .map_err(FillError::Upstream)?;
-        let size = response.content_length();
+        let size = response.size;
         let io = |e: store::Error| FillError::Io(e.to_string());
         let joined = |e: tokio::task::JoinError| FillError::Io(e.to_string());
         let fill = self.fill.clone();
@@ -232,14 +245,14 @@ impl Job {
     /// bytes arrived.
     async fn receive(
         &self,
-        response: reqwest::Response,
+        response: RemoteBlob,
         size: Option<u64>,
         writer: &mut dyn BlobWriter,
     ) -> Result<u64, FillError> {
         let io = |e: store::Error| FillError::Io(e.to_string());
-        let mut body = response.bytes_stream();
+        let mut body = response.body;
         let mut received = 0u64;
-        let mut pace = Pace::new(&self.upstream.settings);
+        let mut pace = Pace::new(self.upstream.settings());
         let mut unoffered: Vec<Bytes> = Vec::new();
         // Buffers received but not yet handed to the writer, and their length.
         let (mut unwritten, mut unwritten_len): (Vec<Bytes>, usize) = (Vec::new(), 0);
@@ -257,7 +270,7 @@ impl Job {
                     }
                 }
             };
-            let Some(chunk) = next.transpose().map_err(|e| FillError::Upstream(self.unavailable(e)))? else {
+            let Some(chunk) = next.transpose().map_err(FillError::Upstream)? else {
                 if !unwritten.is_empty() {
                     writer.append(unwritten).await.map_err(io)?;
                 }
@@ -298,14 +311,6 @@ impl Job {
             upstream: self.upstream.name().to_owned(),
             reason,
         })
-    }
-
-    fn unavailable(&self, e: reqwest::Error) -> upstream::Error {
-        self.upstream.metrics().error(UpstreamError::Body);
-        upstream::Error::Unavailable {
-            upstream: self.upstream.name().to_owned(),
-            reason: format!("reading blob: {e}"),
-        }
     }
 }
 
@@ -413,3 +418,6 @@ impl Pace {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

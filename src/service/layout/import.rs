@@ -274,7 +274,7 @@ impl Registry {
         tokio::task::spawn_blocking(move || meta.put_image(&repo, origin, &records))
             .await
             .map_err(|e| Error::Invalid(format!("the metadata task failed: {e}")))??;
-        self.store.memo.bump();
+        self.memo.changed(crate::coord::Notice::ManifestsChanged);
         Ok(())
     }
 }

@@ -1,19 +1,30 @@
 //! In-memory answers for the manifest hot path (tag → digest, digest → bytes and headers), so a
 //! warm `GET`/`HEAD` by tag costs no database transaction and no file read.
 //!
+//! It lives in `service` rather than in `store` or `cache`: it caches what the metadata store
+//! answered and listens to the coordinator's notices, two seams only the service may combine, so
+//! no store backend has to know it.
+//!
 //! Staleness is ruled out with a generation counter rather than by chasing keys: every write
 //! that can change what a tag or manifest means bumps it (after its commit), and an entry loaded
 //! under an older generation is ignored. A reader that raced a write therefore cannot leave a
 //! stale answer behind: it captured the generation before it read the database.
+//!
+//! The counter is a consumer of coordinator [`Notice`]s: a write here calls [`Memo::changed`],
+//! which bumps at once (so this process reads its own writes) and publishes the notice; a task
+//! bumps again on every notice received, which is how writes by other replicas (cluster mode)
+//! reach this memo. A process's own notice comes back too and costs one extra miss per write,
+//! which keeps the receive side free of any bookkeeping. The hit path reads one atomic, as before.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use moka::sync::Cache;
 
-use super::Origin;
+use crate::coord::{Coordinator, Notice};
 use crate::oci::{Digest, RepoName, Tag};
+use crate::store::Origin;
 
 /// Bytes of manifests kept in memory at most.
 const MANIFEST_BYTES: u64 = 64 << 20;
@@ -35,11 +46,24 @@ pub struct Memo {
     generation: AtomicU64,
     tags: Cache<(RepoName, Tag), (Digest, u64)>,
     manifests: Cache<(RepoName, Digest), Arc<Memoized>>,
+    /// Where [`Memo::changed`] publishes.
+    coord: Arc<dyn Coordinator>,
 }
 
-impl Default for Memo {
-    fn default() -> Self {
+impl Memo {
+    /// A memo that publishes its changes through `coord` and consumes everyone's. Inside a Tokio
+    /// runtime it starts the task that receives notices (it ends when the memo is dropped).
+    pub fn new(coord: Arc<dyn Coordinator>) -> Arc<Memo> {
+        let memo = Arc::new(Memo::detached(coord));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(receive(memo.coord.subscribe(), Arc::downgrade(&memo)));
+        }
+        memo
+    }
+
+    fn detached(coord: Arc<dyn Coordinator>) -> Memo {
         Memo {
+            coord,
             origins: Cache::new(TAGS),
             generation: AtomicU64::new(0),
             tags: Cache::new(TAGS),
@@ -57,8 +81,17 @@ impl Memo {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Call after committing a change to tags or manifests.
-    pub fn bump(&self) {
+    /// Call after committing a change to tags or manifests: invalidates here at once, and
+    /// everywhere else through the coordinator.
+    pub fn changed(&self, notice: Notice) {
+        self.apply(&notice);
+        self.coord.publish(notice);
+    }
+
+    fn apply(&self, notice: &Notice) {
+        if let Notice::RepoRemoved { repo } = notice {
+            self.origins.invalidate(repo);
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -68,11 +101,6 @@ impl Memo {
 
     pub fn put_origin(&self, repo: &RepoName, origin: Origin) {
         self.origins.insert(repo.clone(), origin);
-    }
-
-    /// Call after removing `repo`: the name may come back with another origin.
-    pub fn forget_origin(&self, repo: &RepoName) {
-        self.origins.invalidate(repo);
     }
 
     pub fn tag(&self, repo: &RepoName, tag: &Tag) -> Option<Digest> {
@@ -108,13 +136,31 @@ impl Memo {
     }
 }
 
+/// Apply every notice to the memo until it is dropped. A receiver that lagged missed notices it
+/// cannot name, so it forgets origins too.
+async fn receive(mut notices: crate::coord::Notices, memo: Weak<Memo>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let notice = notices.recv().await;
+        let Some(memo) = memo.upgrade() else { return };
+        match notice {
+            Ok(notice) => memo.apply(&notice),
+            Err(RecvError::Lagged(_)) => {
+                memo.origins.invalidate_all();
+                memo.apply(&Notice::ManifestsChanged);
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_write_makes_earlier_answers_invisible() {
-        let memo = Memo::default();
+        let memo = Memo::detached(crate::coord::Local::shared());
         let (repo, tag, digest) = (
             "team/app".parse().unwrap(),
             "1".parse().unwrap(),
@@ -127,9 +173,36 @@ mod tests {
         assert!(memo.manifest(&repo, &digest).is_some());
         // A reader that read the database before a write commits stores an old generation.
         let before_write = memo.generation();
-        memo.bump();
+        memo.changed(Notice::TagMoved {
+            repo: repo.clone(),
+            tag: tag.clone(),
+        });
         memo.put_tag(&repo, &tag, &digest, before_write);
         assert_eq!(memo.tag(&repo, &tag), None);
         assert!(memo.manifest(&repo, &digest).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_notice_from_another_process_invalidates_this_memo() {
+        let coord = crate::coord::Local::shared();
+        let memo = Memo::new(coord.clone());
+        let (repo, tag, digest): (RepoName, Tag, Digest) = (
+            "team/app".parse().unwrap(),
+            "1".parse().unwrap(),
+            Digest::sha256_of(b"m"),
+        );
+        memo.put_origin(&repo, Origin::Private);
+        memo.put_tag(&repo, &tag, &digest, memo.generation());
+        assert_eq!(memo.tag(&repo, &tag), Some(digest.clone()));
+        // Published by someone else (another replica's memo): this memo only receives it.
+        coord.publish(Notice::RepoRemoved { repo: repo.clone() });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while memo.tag(&repo, &tag).is_some() || memo.origin(&repo).is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the notice never reached the memo"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }

@@ -488,7 +488,7 @@ impl Config {
     }
 
     /// `[cache]` and `[gc]` as a collection policy.
-    pub fn gc_policy(&self) -> Result<crate::gc::Policy, ConfigError> {
+    pub fn gc_policy(&self) -> Result<crate::cache::Policy, ConfigError> {
         let max_size = match self.cache.max_size.trim() {
             "" => None,
             text => Some(
@@ -504,7 +504,7 @@ impl Config {
                 "cache.low_water must be a percentage from 1 to 100".into(),
             ));
         }
-        Ok(crate::gc::Policy {
+        Ok(crate::cache::Policy {
             ttl: duration("cache.ttl", &self.cache.ttl)?,
             max_size,
             low_water_percent: self.cache.low_water.into(),

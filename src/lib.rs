@@ -12,7 +12,6 @@ pub mod api;
 pub mod auth;
 pub mod cache;
 pub mod config;
-pub mod gc;
 pub mod metrics;
 pub mod notify;
 pub mod oci;

@@ -289,11 +289,8 @@ async fn write_pulls(registry: &Registry) {
     if batch.is_empty() {
         return;
     }
-    let meta = registry.store().meta.clone();
-    match tokio::task::spawn_blocking(move || meta.record_pulls(&batch)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not record pull times"),
-        Err(e) => tracing::warn!(error = %e, "could not record pull times"),
+    if let Err(e) = registry.store().meta.record_pulls(&batch).await {
+        tracing::warn!(error = %e, "could not record pull times");
     }
 }
 
@@ -307,25 +304,12 @@ async fn flush_pulls(registry: Registry) {
 }
 
 /// Online eviction and garbage collection every `[gc] interval`.
-async fn collect_periodically(registry: Registry, policy: berth::gc::Policy, interval: Duration) {
+async fn collect_periodically(registry: Registry, policy: berth::cache::Policy, interval: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tick.tick().await;
         // Offline mode switches at runtime (SIGHUP); each run takes the modes of the moment.
-        let policy = berth::gc::Policy {
-            offline_upstreams: registry.offline_upstreams(),
-            ..policy.clone()
-        };
-        if let Err(e) = berth::gc::run(
-            registry.store(),
-            registry.pulls(),
-            Some(registry.metrics()),
-            &policy,
-            false,
-            &|_| {},
-        )
-        .await
-        {
+        if let Err(e) = registry.collect_garbage(&policy, false, &|_| {}).await {
             tracing::error!(error = %e, "garbage collection failed");
         }
     }

@@ -5,8 +5,8 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, bail};
 use berth::config::Config;
-use berth::gc;
 use berth::service::Registry;
+use berth::service::gc;
 use berth::service::prefetch::{Event as PrefetchEvent, ImageReport, Job as PrefetchJob};
 use berth::store::Store;
 use bytesize::ByteSize;
@@ -122,8 +122,7 @@ pub async fn prefetch(config: &Config, platforms: &[String], referrers: bool, im
                 Registry::new(store.clone(), upstreams).with_private_namespaces(config.private.namespaces.clone());
             let reports = registry.prefetch(&jobs, &show).await;
             // The runs count as pulls for TTL eviction, as they do on a server.
-            let (meta, batch) = (store.meta.clone(), registry.pulls().drain());
-            tokio::task::spawn_blocking(move || meta.record_pulls(&batch)).await??;
+            store.meta.record_pulls(&registry.pulls().drain()).await?;
             reports
         }
         Target::Server { socket, http } => {

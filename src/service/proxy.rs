@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::fill::FillError;
 use super::manifests::record_of;
 use super::route::Proxied;
-use super::{BlobBody, Cache, Error, ManifestHead, Registry, Result, blocking};
+use super::{BlobBody, Cache, Error, ManifestHead, Registry, Result};
 use crate::oci::{Digest, Manifest, Reference, Tag};
 use crate::store::Origin;
 use crate::upstream::{self, RemoteManifest};
@@ -138,21 +138,17 @@ impl Registry {
         } = remote;
         let head = match Manifest::parse(&bytes, media_type.as_deref()) {
             Ok(manifest) => {
-                let _fence = self.store.fence.read().await; // see `gc`
+                // Registered before it is written, so GC counts its grace period from now.
+                self.register(&digest, bytes.len() as u64).await?;
                 self.store.blobs.write(&digest, &bytes).await?;
                 let record = record_of(&manifest, bytes.len());
-                let (repo, d, t, origin) = (
-                    p.local.clone(),
-                    digest.clone(),
-                    tag.cloned(),
-                    Origin::Proxied {
-                        upstream: p.upstream.name().to_owned(),
-                    },
-                );
-                blocking(&self.store.meta, move |m| {
-                    m.put_manifest(&repo, &d, &record, t.as_ref(), origin)
-                })
-                .await?;
+                let origin = Origin::Proxied {
+                    upstream: p.upstream.name().to_owned(),
+                };
+                self.store
+                    .meta
+                    .put_manifest(&p.local, &digest, &record, tag, origin)
+                    .await?;
                 self.store.memo.bump();
                 if let Some(tag) = tag {
                     self.mark_fresh(p, tag);
@@ -228,18 +224,14 @@ impl Registry {
         let Some(file) = self.store.blobs.open_file(digest).await? else {
             return Ok(None);
         };
-        if self.store.meta.blob_linked(&p.local, digest)? {
+        if self.store.meta.blob_linked(&p.local, digest).await? {
             return Ok(Some(file));
         }
         self.confirm_upstream_has(p, digest).await?;
-        let (repo, d, origin) = (
-            p.local.clone(),
-            digest.clone(),
-            Origin::Proxied {
-                upstream: p.upstream.name().to_owned(),
-            },
-        );
-        blocking(&self.store.meta, move |m| m.link_blob(&repo, &d, origin)).await?;
+        let origin = Origin::Proxied {
+            upstream: p.upstream.name().to_owned(),
+        };
+        self.store.meta.link_blob(&p.local, digest, origin).await?;
         Ok(Some(file))
     }
 

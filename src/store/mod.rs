@@ -6,11 +6,14 @@
 //! blobs/sha256/ab/abcdef…      published blobs, each verified against its name; never partial
 //! uploads/<uuid>               bytes of an upload session in progress (resumable across restarts)
 //! tmp/<uuid>                   partial writes (manifests, cache fills); emptied at startup
-//! meta.redb                    repos, tags, manifest records, blob links, upload sessions
+//! meta.redb                    repos, tags, manifest records, blob links, upload sessions, and
+//!                              the blob registry (size, created, last referenced per blob)
 //! ```
 //! A blob is published by fsync + rename into `blobs/` only after its digest verified, and the
 //! metadata that references it is committed after that, so a crash at any point leaves at worst an
-//! unreferenced blob (reclaimed by GC) or a stale temporary file (removed at startup).
+//! unreferenced blob (reclaimed by GC) or a stale temporary file (removed at startup). A blob is
+//! registered in [`Meta`] before it is published, so GC (which works from the registry, never
+//! from the directory) counts its grace period from then.
 //!
 //! A full disk is [`Error::Full`], told apart where every `io::Error` becomes a store error. The
 //! same holds: a write that did not fit is discarded, and the metadata database reopens itself
@@ -19,9 +22,13 @@
 mod blobs;
 mod mapped;
 mod memo;
+mod memory_meta;
 mod meta;
+#[cfg(test)]
+pub(crate) mod meta_conformance;
 mod redb_handle;
 mod redb_meta;
+mod redb_registry;
 mod spool;
 mod uploads;
 
@@ -32,7 +39,11 @@ use std::sync::Arc;
 pub use blobs::{BlobEntry, BlobFile, Blobs, MinFree, Space};
 pub use mapped::map;
 pub use memo::{Memo, Memoized};
-pub use meta::{ImageRecords, ManifestRecord, Meta, Origin, RepoInfo, UploadRecord, unix_now};
+pub use memory_meta::MemoryMeta;
+pub use meta::{
+    BlobRecord, ImageRecords, ManifestRecord, ManifestRow, Meta, Origin, OriginUsage, Part, RepoInfo, UploadRecord,
+    unix_now, unix_now_ms,
+};
 pub use redb_meta::RedbMeta;
 pub use spool::{Spool, Spooled};
 pub use uploads::{ChunkRange, Uploads, parse_id as parse_upload_id};
@@ -68,6 +79,12 @@ pub enum Error {
     Locked,
     #[error("this client already has {limit} upload sessions open; finish or cancel one")]
     SessionLimit { limit: u32 },
+    /// A manifest or link names a blob the registry does not know (never published here).
+    #[error("blob {0} is not in the store")]
+    BlobUnregistered(Digest),
+    /// A manifest or link names a blob a garbage collection sweep is deleting.
+    #[error("blob {0} is being deleted by garbage collection; upload it again")]
+    BlobDeleting(Digest),
     #[error("there is no berth store at {0} (no meta.redb there); check [storage] root in the configuration")]
     Missing(std::path::PathBuf),
 }
@@ -92,12 +109,6 @@ pub struct Store {
     pub blobs: Blobs,
     pub uploads: Arc<Uploads>,
     pub meta: Arc<dyn Meta>,
-    /// The garbage collection fence. Every operation that makes a blob referenced (a manifest
-    /// PUT or cache, a mount, an upload or fill being published and linked) holds it shared while
-    /// it checks and commits; the GC sweep holds it exclusively while it re-checks its
-    /// candidates and deletes them. So no blob a push is about to reference can be swept in
-    /// between (see `gc`).
-    pub fence: Arc<tokio::sync::RwLock<()>>,
     /// Manifests by tag and digest from memory; see [`Memo`].
     pub memo: Arc<Memo>,
 }
@@ -117,15 +128,28 @@ impl Store {
         std::fs::create_dir_all(root)?;
         // The metadata database is locked by its process: open it first, so a second process
         // (`berth gc` beside a running server) fails here before it touches anything else.
-        let meta: Arc<dyn Meta> = Arc::new(RedbMeta::open(&root.join("meta.redb"))?);
+        let redb = RedbMeta::open(&root.join("meta.redb"))?;
         let blobs = Blobs::open(root)?;
+        // A store made before the blob registry has files but no rows: register them once.
+        redb.migrate_blob_registry(|| {
+            Ok(blobs
+                .list()?
+                .into_iter()
+                .map(|b| (b.digest, b.size, millis(b.modified)))
+                .collect())
+        })?;
+        let meta: Arc<dyn Meta> = Arc::new(redb);
         let uploads = Arc::new(Uploads::open(root, blobs.clone(), meta.clone())?);
         Ok(Store {
             blobs,
             uploads,
             meta,
-            fence: Arc::default(),
             memo: Arc::default(),
         })
     }
+}
+
+fn millis(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -119,7 +119,7 @@ impl Uploads {
     /// if a crash orphans it).
     pub async fn create(&self, repo: &RepoName, owner: &str, resumable: bool, limit: u32) -> Result<String> {
         let _admission = self.admission.lock().await;
-        if self.open_sessions(owner)? >= limit as usize {
+        if self.open_sessions(owner).await? >= limit as usize {
             return Err(Error::SessionLimit { limit });
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -130,11 +130,7 @@ impl Uploads {
                 started: unix_now(),
                 owner: owner.to_owned(),
             };
-            let (meta, key) = (self.meta.clone(), id.clone());
-            let put = tokio::task::spawn_blocking(move || meta.put_upload(&key, &record))
-                .await
-                .map_err(|e| Error::Meta(format!("metadata task failed: {e}")))?;
-            if let Err(e) = put {
+            if let Err(e) = self.meta.put_upload(&id, &record).await {
                 let _ = fs::remove_file(self.path(&id)).await;
                 return Err(e);
             }
@@ -154,18 +150,18 @@ impl Uploads {
     }
 
     /// Sessions `owner` holds: monolithic ones in this process and resumable ones on record.
-    fn open_sessions(&self, owner: &str) -> Result<usize> {
+    async fn open_sessions(&self, owner: &str) -> Result<usize> {
         let monolithic = self
             .sessions()
             .values()
             .filter(|s| s.monolithic_owner.as_deref() == Some(owner))
             .count();
-        let resumable = self.meta.uploads()?.iter().filter(|(_, u)| u.owner == owner).count();
+        let resumable = self.meta.upload_count(owner).await?;
         Ok(monolithic + resumable)
     }
 
     /// Files in the uploads area with no session, older than `age` (left by a crash).
-    pub fn orphans(&self, age: std::time::Duration) -> Result<Vec<PathBuf>> {
+    pub async fn orphans(&self, age: std::time::Duration) -> Result<Vec<PathBuf>> {
         let cutoff = std::time::SystemTime::now() - age;
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
@@ -175,7 +171,7 @@ impl Uploads {
                 .and_then(|m| m.modified())
                 .is_ok_and(|m| m < cutoff);
             let live = self.sessions().contains_key(&name);
-            if old && !live && self.meta.upload(&name)?.is_none() {
+            if old && !live && self.meta.upload(&name).await?.is_none() {
                 out.push(path);
             }
         }
@@ -190,7 +186,7 @@ impl Uploads {
         {
             return Ok((session.repo.clone(), session.len));
         }
-        let repo = self.meta.upload(id)?.ok_or(Error::UploadUnknown)?.repo;
+        let repo = self.meta.upload(id).await?.ok_or(Error::UploadUnknown)?.repo;
         // Not loaded since a restart: the file is the record (no chunk of this process is
         // pending on it).
         let len = fs::metadata(self.path(id))
@@ -282,7 +278,7 @@ impl Uploads {
     /// The in-memory state, rebuilt by hashing the file when berth restarted mid-upload.
     async fn load<'a>(&self, id: &str, slot: &'a mut Option<Session>) -> Result<&'a mut Session> {
         if slot.is_none() {
-            let record = self.meta.upload(id)?.ok_or(Error::UploadUnknown)?;
+            let record = self.meta.upload(id).await?.ok_or(Error::UploadUnknown)?;
             let (len, hasher) = self.hash_file(id, Algorithm::Sha256).await?;
             *slot = Some(Session {
                 repo: record.repo,
@@ -350,7 +346,7 @@ impl Uploads {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        self.meta.delete_upload(id)
+        self.meta.delete_upload(id).await
     }
 }
 

@@ -210,23 +210,22 @@ impl Job {
             .await
             .map_err(joined)?
             .map_err(io)?;
-        let _fence = self.store.fence.read().await; // publish and link as one step for GC (see `gc`)
+        // Registered before it is published, so its grace period covers it until the link.
+        super::register(self.store.meta.as_ref(), digest, written)
+            .await
+            .map_err(|e| FillError::Io(e.to_string()))?;
         self.store
             .blobs
             .publish(&self.fill.temp, digest)
             .await
             .map_err(|e| FillError::Io(e.to_string()))?;
-        let (meta, repo, d, origin) = (
-            self.store.meta.clone(),
-            self.local.clone(),
-            digest.clone(),
-            Origin::Proxied {
-                upstream: self.upstream.name().to_owned(),
-            },
-        );
-        tokio::task::spawn_blocking(move || meta.link_blob(&repo, &d, origin))
+        let origin = Origin::Proxied {
+            upstream: self.upstream.name().to_owned(),
+        };
+        self.store
+            .meta
+            .link_blob(&self.local, digest, origin)
             .await
-            .map_err(joined)?
             .map_err(|e| FillError::Io(e.to_string()))?;
         tracing::info!(%digest, bytes = written, upstream = %self.upstream.name(), "cached blob");
         Ok(written)

@@ -25,6 +25,7 @@ pub(super) struct Read {
 /// Counts, progress and the stop flag of one pass.
 struct Pass<'a> {
     blobs: &'a Blobs,
+    registry: &'a dyn crate::store::Meta,
     sink: &'a Sink,
     cancel: &'a CancellationToken,
     read: Read,
@@ -33,9 +34,16 @@ struct Pass<'a> {
 }
 
 /// Publish every blob of the layout at `path` into `blobs`; return its `index.json`.
-pub(super) fn ingest(blobs: &Blobs, path: &Path, sink: &Sink, cancel: &CancellationToken) -> Result<Read> {
+pub(super) fn ingest(
+    blobs: &Blobs,
+    registry: &dyn crate::store::Meta,
+    path: &Path,
+    sink: &Sink,
+    cancel: &CancellationToken,
+) -> Result<Read> {
     let mut pass = Pass {
         blobs,
+        registry,
         sink,
         cancel,
         read: Read {
@@ -154,13 +162,10 @@ impl Pass<'_> {
             .ok_or_else(|| Error::Invalid(format!("the layout holds {name}, which is not named by a digest")))?;
         self.read.blobs += 1;
         let dest = self.blobs.path(&digest);
-        if dest.exists() {
+        if let Ok(existing) = std::fs::metadata(&dest) {
             // Already verified in the store: renew its grace period so GC keeps it until the
             // image that uses it is committed.
-            let _ = File::options()
-                .write(true)
-                .open(&dest)
-                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            self.register(&digest, existing.len())?;
             return Ok(());
         }
         let temp = Temp(self.blobs.temp_path());
@@ -190,6 +195,8 @@ impl Pass<'_> {
         }
         out.sync_all().map_err(|e| Error::from(crate::store::Error::from(e)))?;
         drop(out);
+        // Registered before it is published, so GC counts its grace period from now.
+        self.register(&digest, size)?;
         tokio::runtime::Handle::current().block_on(self.blobs.publish(&temp.0, &digest))?;
         std::mem::forget(temp);
         self.read.new_blobs += 1;
@@ -202,5 +209,11 @@ impl Pass<'_> {
             });
         }
         Ok(())
+    }
+
+    /// Register a blob in the metadata store (this runs on a blocking thread).
+    fn register(&self, digest: &Digest, size: u64) -> Result<()> {
+        let registered = crate::service::register(self.registry, digest, size);
+        Ok(tokio::runtime::Handle::current().block_on(registered)?)
     }
 }

@@ -106,7 +106,7 @@ pub(super) async fn candidates(
         .map(|b| HeldBlob {
             digest: b.digest.to_string(),
             size: b.size,
-            eligible_at: (b.last_referenced_ms + grace_ms).div_ceil(1000),
+            eligible_at: (b.last_referenced_ms + grace_ms) / 1000,
         })
         .collect();
     held.sort_by_key(|h| h.eligible_at);

@@ -97,7 +97,7 @@ impl Tables {
 
     fn check_manifest(&self, origin: &Origin, digest: &Digest, record: &ManifestRecord) -> Result<()> {
         let lazy = *origin != Origin::Private;
-        refs_of(digest, record).try_for_each(|(d, _)| self.check(d, lazy))
+        refs_of(digest, record).try_for_each(|(d, child)| self.check(d, lazy || child))
     }
 
     /// Store a checked manifest with its references and referrer entry.

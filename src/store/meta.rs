@@ -138,7 +138,8 @@ pub fn unix_now_ms() -> u64 {
 ///   check the blobs they reference in the same transaction that references them. A blob that
 ///   is marked for deletion is refused ([`Error::BlobDeleting`]); so is one that is not
 ///   registered ([`Error::BlobUnregistered`]), except in a proxied repository, whose manifests
-///   name layers that are fetched when first pulled. A sweep marks candidates
+///   name layers that are fetched when first pulled, and except an index's child manifests,
+///   which a partial import may leave out. A sweep marks candidates
 ///   ([`Meta::mark_unreferenced`]), deletes their objects, then forgets them
 ///   ([`Meta::forget_blobs`]), so a referenced blob is never deleted;
 /// - pull times only move forward ([`Meta::record_pulls`] keeps the newest).

@@ -80,7 +80,8 @@ pub(super) fn check_and_renew(txn: &redb::WriteTransaction, digest: &Digest, unr
 }
 
 /// Check and reference everything `record` names (see [`check_and_renew`]). Only a proxied
-/// repository may name blobs not registered yet: its layers are fetched when first pulled.
+/// repository may name blobs not registered yet (its layers are fetched when first pulled), and
+/// any index may name child manifests not stored (a partial import keeps the platforms it has).
 pub(super) fn reference_in(
     txn: &redb::WriteTransaction,
     repo: &RepoName,
@@ -91,7 +92,7 @@ pub(super) fn reference_in(
     let lazy = *origin != Origin::Private;
     let manifest = digest.to_string();
     for (d, kind) in refs_of(digest, record) {
-        check_and_renew(txn, d, lazy)?;
+        check_and_renew(txn, d, lazy || kind == RefKind::Child)?;
         txn.open_table(REFS)
             .map_err(db_err)?
             .insert(ref_key(&d.to_string(), repo.as_str(), &manifest).as_str(), kind as u8)

@@ -7,8 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-#[allow(unused_imports)] // named in the contract's doc links
-use super::{Error, Result};
+use super::Result;
 use crate::oci::{Digest, RepoName, Tag};
 
 /// Where a repository's content comes from.
@@ -136,8 +135,8 @@ pub fn unix_now_ms() -> u64 {
 ///   the caller's I/O;
 /// - **the GC invariant**: [`Meta::put_manifest`], [`Meta::put_image`] and [`Meta::link_blob`]
 ///   check the blobs they reference in the same transaction that references them. A blob that
-///   is marked for deletion is refused ([`Error::BlobDeleting`]); so is one that is not
-///   registered ([`Error::BlobUnregistered`]), except in a proxied repository, whose manifests
+///   is marked for deletion is refused ([`BlobDeleting`](super::Error::BlobDeleting)); so is one that is not
+///   registered ([`BlobUnregistered`](super::Error::BlobUnregistered)), except in a proxied repository, whose manifests
 ///   name layers that are fetched when first pulled, and except an index's child manifests,
 ///   which a partial import may leave out. A sweep marks candidates
 ///   ([`Meta::mark_unreferenced`]), deletes their objects, then forgets them
@@ -205,7 +204,7 @@ pub trait Meta: Send + Sync {
     async fn remove_manifests(&self, manifests: &[(RepoName, Digest)]) -> Result<()>;
 
     /// Register a blob about to be published (or published again) with its size: created now
-    /// if new, its grace period renewed if known (its size then stays). Refused with [`Error::BlobDeleting`] while a
+    /// if new, its grace period renewed if known (its size then stays). Refused with [`BlobDeleting`](super::Error::BlobDeleting) while a
     /// sweep is deleting it.
     async fn register_blob(&self, digest: &Digest, size: u64) -> Result<()>;
     /// The registry row of one blob.

@@ -285,3 +285,6 @@ impl super::Registry {
         disk_usage(self.store()).await
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -128,7 +128,10 @@ pub(crate) async fn a_tagged_put_is_one_step_and_deleting_the_manifest_drops_its
     let (m, layer) = (digest("m"), digest("layer"));
     push(&meta, &r, &m, &[&layer], Some("v1")).await;
     assert_eq!(meta.tag(&r, &tag("v1")).await.unwrap(), Some(m.clone()));
-    assert_eq!(meta.manifest(&r, &m).await.unwrap().unwrap().blobs, [layer.clone()]);
+    assert_eq!(
+        meta.manifest(&r, &m).await.unwrap().unwrap().blobs,
+        std::slice::from_ref(&layer)
+    );
     assert!(meta.delete_manifest(&r, &m).await.unwrap());
     assert!(!meta.delete_manifest(&r, &m).await.unwrap(), "already gone");
     assert_eq!(meta.tag(&r, &tag("v1")).await.unwrap(), None, "its tag went with it");
@@ -368,7 +371,7 @@ pub(crate) async fn parents_are_the_indexes_that_contain_a_manifest(meta: Arc<dy
         .await
         .unwrap();
     push(&meta, &r, &unrelated, &[&child], None).await; // names it as a blob, not a child
-    assert_eq!(meta.parents(&r, &child).await.unwrap(), [index.clone()]);
+    assert_eq!(meta.parents(&r, &child).await.unwrap(), std::slice::from_ref(&index));
     assert!(meta.parents(&r, &index).await.unwrap().is_empty());
     meta.delete_manifest(&r, &index).await.unwrap();
     assert!(meta.parents(&r, &child).await.unwrap().is_empty());

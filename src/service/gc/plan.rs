@@ -99,7 +99,7 @@ pub(super) async fn candidates(
     let (mut due, young): (Vec<_>, Vec<_>) = unreferenced
         .into_values()
         .partition(|b| b.marked || b.last_referenced_ms < cutoff_ms);
-    due.sort_by(|a, b| a.digest.to_string().cmp(&b.digest.to_string()));
+    due.sort_by_key(|b| b.digest.to_string());
     let grace_ms = grace.as_millis() as u64;
     let mut held: Vec<HeldBlob> = young
         .into_iter()

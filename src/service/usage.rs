@@ -109,15 +109,19 @@ impl Registry {
                 .map_err(|e| format!("the store is not writable: {e}"))?;
             Ok(())
         });
+        // Spawned, as the file checks are, so that a metadata store stuck in a commit cannot
+        // hold this answer past the timeout.
         let check = async move {
             match files.await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(e) => return Err(format!("the readiness check failed: {e}")),
             }
-            meta.probe()
-                .await
-                .map_err(|e| format!("the metadata store does not take writes: {e}"))
+            match tokio::spawn(async move { meta.probe().await }).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("the metadata store does not take writes: {e}")),
+                Err(e) => Err(format!("the readiness check failed: {e}")),
+            }
         };
         match tokio::time::timeout(READY_TIMEOUT, check).await {
             Ok(result) => result,

@@ -16,9 +16,9 @@ use anyhow::{Context, bail};
 use berth::api::admin::{SOCKET_FILE, parse_grace};
 use berth::cache::Pulls;
 use berth::config::Config;
-use berth::gc::{self, Progress, Report, Usage};
 use berth::oci::{RepoName, parse_image_ref};
 use berth::service::Registry;
+use berth::service::gc::{self, Progress, Report, Usage};
 use berth::store::{self, Store};
 use bytesize::ByteSize;
 use futures_util::StreamExt;
@@ -299,7 +299,7 @@ pub async fn delete(config: &Config, reference: Option<String>, repository: Opti
 
 pub async fn du(config: &Config) -> anyhow::Result<()> {
     let usage: Usage = match target(config)? {
-        Target::Direct(store) => tokio::task::spawn_blocking(move || gc::disk_usage(&store)).await??,
+        Target::Direct(store) => gc::disk_usage(&store).await?,
         Target::Server { socket, http } => ask(&socket, http.get("http://berth/du")).await?.json().await?,
     };
     println!(

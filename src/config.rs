@@ -502,25 +502,6 @@ impl Config {
         Ok(())
     }
 
-    /// `[cache]` and `[gc]` as a collection policy.
-    pub fn gc_policy(&self) -> crate::gc::Policy {
-        crate::gc::Policy {
-            ttl: self.cache.ttl,
-            max_size: self.cache.max_size,
-            low_water_percent: self.cache.low_water.into(),
-            grace: self.gc.grace,
-            upload_ttl: self.gc.upload_ttl,
-            delete_untagged: self.gc.delete_untagged,
-            pinned: Vec::new(),
-            offline_upstreams: self
-                .upstreams
-                .iter()
-                .filter(|u| u.offline)
-                .map(|u| u.name.clone())
-                .collect(),
-        }
-    }
-
     /// The `[[upstream]]` entries as typed settings; reads `password_env` variables.
     pub fn upstream_settings(&self) -> Result<Vec<UpstreamSettings>, ConfigError> {
         self.upstream_settings_with(true)

@@ -26,7 +26,6 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod coord;
-pub mod gc;
 #[cfg(test)]
 mod layering;
 pub mod metrics;

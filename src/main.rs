@@ -305,11 +305,8 @@ async fn write_pulls(registry: &Registry) {
     if batch.is_empty() {
         return;
     }
-    let meta = registry.store().meta.clone();
-    match tokio::task::spawn_blocking(move || meta.record_pulls(&batch)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not record pull times"),
-        Err(e) => tracing::warn!(error = %e, "could not record pull times"),
+    if let Err(e) = registry.store().meta.record_pulls(&batch).await {
+        tracing::warn!(error = %e, "could not record pull times");
     }
 }
 
@@ -338,40 +335,16 @@ async fn lead_or_log(registry: &Registry, task: Task) -> Option<berth::coord::Le
 }
 
 /// Online eviction and garbage collection every `[gc] interval`.
-async fn collect_periodically(registry: Registry, policy: berth::gc::Policy, interval: Duration) {
+async fn collect_periodically(registry: Registry, policy: berth::cache::Policy, interval: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tick.tick().await;
         // One collection at a time across every process on the store: a run still going when
-        // the next tick comes (or another replica's) makes this tick skip.
-        let _leader = match registry.coordinator().lead(&Task::Gc).await {
-            Ok(Some(guard)) => guard,
-            Ok(None) => {
-                tracing::info!("garbage collection skipped: another run leads");
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "garbage collection skipped: no leadership");
-                continue;
-            }
-        };
-        // Offline mode switches at runtime (SIGHUP); each run takes the modes of the moment.
-        let policy = berth::gc::Policy {
-            offline_upstreams: registry.offline_upstreams(),
-            ..policy.clone()
-        };
-        if let Err(e) = berth::gc::run(
-            registry.store(),
-            registry.pulls(),
-            Some(registry.metrics()),
-            &policy,
-            false,
-            &|_| {},
-            registry.coordinator().as_ref(),
-        )
-        .await
-        {
-            tracing::error!(error = %e, "garbage collection failed");
+        // the next tick comes (or a manual or another replica's run) makes this tick skip.
+        match registry.collect_garbage(&policy, false, &|_| {}).await {
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::info!("garbage collection skipped: another run leads"),
+            Err(e) => tracing::error!(error = %e, "garbage collection failed"),
         }
     }
 }

@@ -20,7 +20,7 @@ fuzz_target!(|s: &str| {
         return;
     };
     // Validation already derived these once; they must not fail afterwards.
-    let policy = config.gc_policy();
+    let policy = berth::cache::Policy::from_config(&config);
     let mut durations = vec![
         config.server.drain_timeout,
         config.gc.interval,

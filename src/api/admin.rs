@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 // issue 15: `berth export` and `berth import` through the running server.
 mod layout;
 
-use crate::gc::{self, Policy};
 use crate::oci::{RepoName, parse_image_ref};
+use crate::service::gc::{self, Policy};
 use crate::service::{self, Registry};
 
 /// The socket's file name in the store root.
@@ -142,20 +142,9 @@ async fn run_gc(State(admin): State<Arc<Admin>>, Query(q): Query<GcQuery>) -> Re
         let progress = move |p: gc::Progress| {
             let _ = progress_tx.send(json!({ "progress": p }).to_string() + "\n");
         };
-        let reg = &admin.registry;
-        policy.offline_upstreams = reg.offline_upstreams();
-        let line = match gc::run(
-            reg.store(),
-            reg.pulls(),
-            Some(reg.metrics()),
-            &policy,
-            q.dry_run,
-            &progress,
-            reg.coordinator().as_ref(),
-        )
-        .await
-        {
-            Ok(report) => json!({ "report": report }),
+        let line = match admin.registry.collect_garbage(&policy, q.dry_run, &progress).await {
+            Ok(Some(report)) => json!({ "report": report }),
+            Ok(None) => json!({ "error": "another garbage collection is running; try again when it has finished" }),
             Err(e) => json!({ "error": e.to_string() }),
         };
         let _ = tx.send(line.to_string() + "\n");
@@ -213,10 +202,10 @@ async fn delete(State(admin): State<Arc<Admin>>, Query(q): Query<DeleteQuery>) -
 }
 
 async fn du(State(admin): State<Arc<Admin>>) -> Result<Response, Failure> {
-    let store = admin.registry.store().clone();
-    let usage = tokio::task::spawn_blocking(move || gc::disk_usage(&store))
+    let usage = admin
+        .registry
+        .disk_usage()
         .await
-        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(axum::Json(usage).into_response())
 }

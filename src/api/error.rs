@@ -45,6 +45,10 @@ impl IntoResponse for Error {
                 StoreError::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
                 StoreError::Body(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
                 StoreError::SessionLimit { .. } => (S::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+                // A manifest naming a blob that is not (or no longer) stored: the GC invariant.
+                StoreError::BlobUnregistered(_) => (S::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"),
+                // A sweep is deleting it: a retry uploads it again.
+                StoreError::BlobDeleting(_) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
                 // Not the server's fault nor the client's: a retry succeeds once space is freed.
                 StoreError::Full(_) => (S::INSUFFICIENT_STORAGE, "UNAVAILABLE"),
                 // The metadata database is reopened on its next use (see `store::redb_handle`).

@@ -31,13 +31,14 @@ fn with_link(mut response: Response, path: &str, n: usize, page: &Page) -> Respo
 }
 
 /// The catalog as `who` may see it: only repositories they may pull.
-pub fn catalog(reg: &Registry, auth: &Auth, who: &Identity, params: &Params) -> Result<Response> {
+pub async fn catalog(reg: &Registry, auth: &Auth, who: &Identity, params: &Params) -> Result<Response> {
     let n = page_size(params);
     let last = params.last.as_deref();
     let page = if auth.enabled() {
-        reg.catalog_filtered(last, n, |name, proxied| auth.may_pull(who, name, proxied))?
+        reg.catalog_filtered(last, n, |name, proxied| auth.may_pull(who, name, proxied))
+            .await?
     } else {
-        reg.catalog(last, n)?
+        reg.catalog(last, n).await?
     };
     let response = axum::Json(json!({ "repositories": page.items })).into_response();
     Ok(with_link(response, "/v2/_catalog", n, &page))

@@ -190,8 +190,8 @@ impl Call<'_> {
     }
 
     /// Route a read of `repo` and check that the caller may pull it.
-    fn readable(&self, repo: &RepoName) -> Result<Route, Error> {
-        let route = self.app.registry.route(repo, self.params.ns.as_deref())?;
+    async fn readable(&self, repo: &RepoName) -> Result<Route, Error> {
+        let route = self.app.registry.route(repo, self.params.ns.as_deref()).await?;
         let proxied = matches!(route, Route::Proxied(_));
         self.authorize(Scope::Repository {
             name: repo.as_str(),
@@ -204,19 +204,19 @@ impl Call<'_> {
     /// Check that the caller may `action` in `repo` and route it as a write. A logged-in user is
     /// told first when the name is a mirror (with how to make it private); an anonymous caller
     /// is challenged first.
-    fn writable(&self, repo: &RepoName, action: Action) -> Result<RepoName, Error> {
+    async fn writable(&self, repo: &RepoName, action: Action) -> Result<RepoName, Error> {
         let scope = Scope::Repository {
             name: repo.as_str(),
             action,
             proxied: false,
         };
         if self.who.user.is_some() {
-            let routed = self.app.registry.route_push(repo)?;
+            let routed = self.app.registry.route_push(repo).await?;
             self.authorize(scope)?;
             return Ok(routed);
         }
         self.authorize(scope)?;
-        self.app.registry.route_push(repo)
+        self.app.registry.route_push(repo).await
     }
 
     async fn handle(self, method: Method, endpoint: Endpoint, body: Body) -> Result<Response, Error> {
@@ -228,32 +228,38 @@ impl Call<'_> {
             }
             (Method::GET, Endpoint::Catalog) => {
                 self.authorize(Scope::Catalog)?;
-                listing::catalog(reg, &self.app.auth, &self.who, params)
+                listing::catalog(reg, &self.app.auth, &self.who, params).await
             }
-            (Method::GET, Endpoint::Tags(repo)) => listing::tags(reg, &self.readable(&repo)?, &repo, params).await,
+            (Method::GET, Endpoint::Tags(repo)) => {
+                listing::tags(reg, &self.readable(&repo).await?, &repo, params).await
+            }
             (Method::GET, Endpoint::Referrers(repo, d)) => {
-                listing::referrers(reg, &self.readable(&repo)?, &d, params).await
+                listing::referrers(reg, &self.readable(&repo).await?, &d, params).await
             }
-            (Method::GET, Endpoint::Manifest(repo, r)) => manifests::get(reg, &self.readable(&repo)?, &r, h).await,
-            (Method::HEAD, Endpoint::Manifest(repo, r)) => manifests::head(reg, &self.readable(&repo)?, &r, h).await,
-            (Method::GET, Endpoint::Blob(repo, d)) => blobs::get(reg, &self.readable(&repo)?, &d, h).await,
-            (Method::HEAD, Endpoint::Blob(repo, d)) => blobs::head(reg, &self.readable(&repo)?, &d).await,
+            (Method::GET, Endpoint::Manifest(repo, r)) => {
+                manifests::get(reg, &self.readable(&repo).await?, &r, h).await
+            }
+            (Method::HEAD, Endpoint::Manifest(repo, r)) => {
+                manifests::head(reg, &self.readable(&repo).await?, &r, h).await
+            }
+            (Method::GET, Endpoint::Blob(repo, d)) => blobs::get(reg, &self.readable(&repo).await?, &d, h).await,
+            (Method::HEAD, Endpoint::Blob(repo, d)) => blobs::head(reg, &self.readable(&repo).await?, &d).await,
             (Method::PUT, Endpoint::Manifest(repo, r)) => {
-                manifests::put(reg, &self.writable(&repo, Action::Push)?, &r, h, body).await
+                manifests::put(reg, &self.writable(&repo, Action::Push).await?, &r, h, body).await
             }
             (Method::DELETE, Endpoint::Manifest(repo, r)) => {
-                manifests::delete(reg, &self.writable(&repo, Action::Delete)?, &r).await
+                manifests::delete(reg, &self.writable(&repo, Action::Delete).await?, &r).await
             }
             (Method::DELETE, Endpoint::Blob(repo, d)) => {
-                blobs::delete(reg, &self.writable(&repo, Action::Delete)?, &d).await
+                blobs::delete(reg, &self.writable(&repo, Action::Delete).await?, &d).await
             }
             (Method::POST, Endpoint::Upload(repo, None)) => {
-                let repo = self.writable(&repo, Action::Push)?;
-                let from = self.mount_source(params)?;
+                let repo = self.writable(&repo, Action::Push).await?;
+                let from = self.mount_source(params).await?;
                 uploads::start(reg, &repo, params, from.as_ref(), &self.owner, h, body).await
             }
             (method, Endpoint::Upload(repo, Some(id))) => {
-                let repo = self.writable(&repo, Action::Push)?;
+                let repo = self.writable(&repo, Action::Push).await?;
                 match method {
                     Method::GET => uploads::status(reg, &repo, &id).await,
                     Method::PATCH => uploads::patch(reg, &repo, &id, h, body).await,
@@ -268,12 +274,12 @@ impl Call<'_> {
 
     /// The `from` of a cross-repository mount, when the caller may read it; otherwise `None`, and
     /// the mount becomes a plain upload session, as the spec asks.
-    fn mount_source(&self, params: &Params) -> Result<Option<RepoName>, Error> {
+    async fn mount_source(&self, params: &Params) -> Result<Option<RepoName>, Error> {
         let (Some(_), Some(from)) = (&params.mount, &params.from) else {
             return Ok(None);
         };
         let from: RepoName = from.parse()?;
-        Ok(self.readable(&from).ok().map(|route| route.local().clone()))
+        Ok(self.readable(&from).await.ok().map(|route| route.local().clone()))
     }
 }
 

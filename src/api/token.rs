@@ -62,7 +62,10 @@ pub async fn token(State(app): State<Arc<AppState>>, request: Request) -> Respon
             .into_response();
         }
     }
-    let grants = scopes.iter().filter_map(|s| grant(&app, user.as_deref(), s)).collect();
+    let mut grants = Vec::with_capacity(scopes.len());
+    for scope in &scopes {
+        grants.extend(grant(&app, user.as_deref(), scope).await);
+    }
     let (token, ttl) = app.auth.issue(user.as_deref(), grants);
     let issued_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut response =
@@ -79,7 +82,7 @@ fn parse_form(body: &Bytes) -> Vec<(String, String)> {
 }
 
 /// What `user` gets of one requested scope (`repository:NAME:ACTIONS` or `registry:catalog:*`).
-fn grant(app: &AppState, user: Option<&str>, scope: &str) -> Option<Grant> {
+async fn grant(app: &AppState, user: Option<&str>, scope: &str) -> Option<Grant> {
     let (kind_and_name, actions) = scope.rsplit_once(':')?;
     let (kind, name) = kind_and_name.split_once(':')?;
     match kind {
@@ -90,7 +93,7 @@ fn grant(app: &AppState, user: Option<&str>, scope: &str) -> Option<Grant> {
         }),
         "repository" => {
             let repo: RepoName = name.parse().ok()?;
-            let proxied = matches!(app.registry.route(&repo, None), Ok(Route::Proxied(_)));
+            let proxied = matches!(app.registry.route(&repo, None).await, Ok(Route::Proxied(_)));
             let allowed = app.auth.allowed(user, name, proxied);
             let requested = actions
                 .split(',')

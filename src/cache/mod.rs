@@ -4,8 +4,48 @@
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
-use crate::oci::{Digest, RepoName};
+use crate::oci::{Digest, Reference, RepoName};
+
+/// What a garbage collection run may remove, from `[cache]` and `[gc]`.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub ttl: Duration,
+    pub max_size: Option<u64>,
+    /// Evict down to this percentage of `max_size`.
+    pub low_water_percent: u64,
+    pub grace: Duration,
+    pub upload_ttl: Duration,
+    pub delete_untagged: bool,
+    /// Images of `[[prefetch]]` lists exempt from `max_size` (local repository names), with
+    /// their child manifests and tag-schema referrers. Default none.
+    pub pinned: Vec<(RepoName, Reference)>,
+    /// Upstreams in offline mode: what is cached from them is not evicted by `ttl`, since it
+    /// cannot be fetched again (`max_size` still applies). Read at each run.
+    pub offline_upstreams: Vec<String>,
+}
+
+impl Policy {
+    /// `[cache]` and `[gc]` of the configuration as a collection policy.
+    pub fn from_config(config: &crate::config::Config) -> Policy {
+        Policy {
+            ttl: config.cache.ttl,
+            max_size: config.cache.max_size,
+            low_water_percent: config.cache.low_water.into(),
+            grace: config.gc.grace,
+            upload_ttl: config.gc.upload_ttl,
+            delete_untagged: config.gc.delete_untagged,
+            pinned: Vec::new(),
+            offline_upstreams: config
+                .upstreams
+                .iter()
+                .filter(|u| u.offline)
+                .map(|u| u.name.clone())
+                .collect(),
+        }
+    }
+}
 
 /// Pulls seen since the last flush.
 #[derive(Default)]

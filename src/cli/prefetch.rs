@@ -5,8 +5,8 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, bail};
 use berth::config::Config;
-use berth::gc;
 use berth::service::Registry;
+use berth::service::gc;
 use berth::service::prefetch::{Event as PrefetchEvent, ImageReport, Job as PrefetchJob};
 use berth::store;
 use bytesize::ByteSize;
@@ -16,7 +16,7 @@ use super::{Target, admin_url, ask, read_lines, target};
 /// `[cache]` and `[gc]` as a policy, with the `[[prefetch]]` images that are exempt from the
 /// size cap resolved to the local names the mirror stores them under.
 pub fn gc_policy(config: &Config) -> anyhow::Result<gc::Policy> {
-    let mut policy = config.gc_policy();
+    let mut policy = berth::cache::Policy::from_config(config);
     let upstreams: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
     policy.pinned = berth::service::prefetch::pins(&config.prefetch_settings()?, &upstreams);
     Ok(policy)
@@ -122,8 +122,7 @@ pub async fn prefetch(config: &Config, platforms: &[String], referrers: bool, im
                 Registry::new(store.clone(), upstreams).with_private_namespaces(config.private.namespaces.clone());
             let reports = registry.prefetch(&jobs, &show).await;
             // The runs count as pulls for TTL eviction, as they do on a server.
-            let (meta, batch) = (store.meta.clone(), registry.pulls().drain());
-            tokio::task::spawn_blocking(move || meta.record_pulls(&batch)).await??;
+            store.meta.record_pulls(&registry.pulls().drain()).await?;
             reports
         }
         Target::Server { socket, http } => {

@@ -196,7 +196,11 @@ fn durations_past_a_century_are_refused() {
         .to_string();
     assert!(err.contains("gc.grace") && err.contains("100 years"), "{err}");
     let c = Config::from_toml("[gc]\ngrace = \"100years\"\n", env(&[])).unwrap();
-    assert!(std::time::SystemTime::now().checked_sub(c.gc_policy().grace).is_some());
+    assert!(
+        std::time::SystemTime::now()
+            .checked_sub(crate::cache::Policy::from_config(&c).grace)
+            .is_some()
+    );
 }
 
 /// Durations and sizes are parsed once, at load: a bad one fails `from_toml` (file or

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use super::route::Route;
-use super::{BlobBody, CacheResult, Error, Registry, Result, blocking};
+use super::{BlobBody, CacheResult, Error, Registry, Result};
 use crate::oci::{Digest, RepoName};
 use crate::store::{self, ChunkRange, Origin, parse_upload_id};
 
@@ -35,7 +35,7 @@ impl Registry {
     pub async fn blob(&self, route: &Route, digest: &Digest, whole: bool) -> Result<BlobBody> {
         match route {
             Route::Private(repo) => {
-                if !self.store.meta.blob_linked(repo, digest)? {
+                if !self.store.meta.blob_linked(repo, digest).await? {
                     return Err(Error::BlobUnknown(digest.clone()));
                 }
                 let blob = self.store.blobs.open(digest).await?;
@@ -52,7 +52,7 @@ impl Registry {
     pub async fn blob_size(&self, route: &Route, digest: &Digest) -> Result<(u64, Option<CacheResult>)> {
         match route {
             Route::Private(repo) => {
-                if !self.store.meta.blob_linked(repo, digest)? {
+                if !self.store.meta.blob_linked(repo, digest).await? {
                     return Err(Error::BlobUnknown(digest.clone()));
                 }
                 let size = self.store.blobs.size(digest).await?;
@@ -65,8 +65,7 @@ impl Registry {
     /// Remove the blob from `repo`. The bytes stay until garbage collection finds them unused.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.check_delete()?;
-        let (r, d) = (repo.clone(), digest.clone());
-        if !blocking(&self.store.meta, move |m| m.unlink_blob(&r, &d)).await? {
+        if !self.store.meta.unlink_blob(repo, digest).await? {
             return Err(Error::BlobUnknown(digest.clone()));
         }
         Ok(())
@@ -106,14 +105,14 @@ impl Registry {
     pub async fn mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>, owner: &str) -> Result<Mount> {
         self.check_push()?;
         if let Some(from) = from {
-            // The mounted blob is about to be referenced by this push: renew its grace period
-            // under the fence, so a GC sweep either ran before (and the mount falls back to an
-            // upload) or spares it (see `gc`).
-            let _fence = self.store.fence.read().await;
-            if self.store.meta.blob_linked(from, digest)? && self.store.blobs.size(digest).await?.is_some() {
-                self.store.blobs.touch(digest).await?;
-                self.link(repo, digest).await?;
-                return Ok(Mount::Mounted(digest.clone()));
+            // The link renews the blob's grace period in the transaction that checks it is not
+            // being swept; if a sweep got there first, the mount falls back to an upload (see `gc`).
+            if self.store.meta.blob_linked(from, digest).await? && self.store.blobs.size(digest).await?.is_some() {
+                match self.link(repo, digest).await {
+                    Ok(()) => return Ok(Mount::Mounted(digest.clone())),
+                    Err(Error::Store(store::Error::BlobDeleting(_) | store::Error::BlobUnregistered(_))) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(Mount::Started(self.start_upload(repo, owner, true).await?))
@@ -167,11 +166,13 @@ impl Registry {
     {
         self.check_push()?;
         let state = self.session(repo, id).await?;
-        self.store
+        let len = self
+            .store
             .uploads
             .append(&state.id, range, Box::pin(body), MAX_UPLOAD_BYTES)
             .await?;
-        let _fence = self.store.fence.read().await; // publish and link as one step for GC (see `gc`)
+        // Registered before it is published, so its grace period covers it until the link.
+        self.register(digest, len).await?;
         self.store
             .uploads
             .finish(&state.id, digest)
@@ -192,8 +193,7 @@ impl Registry {
     }
 
     async fn link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
-        let (r, d) = (repo.clone(), digest.clone());
-        blocking(&self.store.meta, move |m| m.link_blob(&r, &d, Origin::Private)).await
+        Ok(self.store.meta.link_blob(repo, digest, Origin::Private).await?)
     }
 }
 

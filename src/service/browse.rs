@@ -90,11 +90,16 @@ impl ManifestView {
 impl Registry {
     /// When a manifest was last pulled: a pull noted in memory, else the recorded one, else
     /// when it was stored (never pulled since).
-    pub fn last_pulled(&self, repo: &RepoName, digest: &Digest, record: &ManifestRecord) -> Result<u64> {
+    pub async fn last_pulled(&self, repo: &RepoName, digest: &Digest, record: &ManifestRecord) -> Result<u64> {
         if let Some(at) = self.pulls.get(repo, digest) {
             return Ok(at);
         }
-        Ok(self.store.meta.last_pull(repo, digest)?.unwrap_or(record.stored_at))
+        Ok(self
+            .store
+            .meta
+            .last_pull(repo, digest)
+            .await?
+            .unwrap_or(record.stored_at))
     }
 }
 
@@ -114,11 +119,11 @@ fn platform_of(d: &Descriptor) -> String {
 
 impl Registry {
     /// A repository's summary; `None` when it is unknown.
-    pub fn repo_summary(&self, name: &str) -> Result<Option<RepoSummary>> {
+    pub async fn repo_summary(&self, name: &str) -> Result<Option<RepoSummary>> {
         let Ok(repo) = name.parse::<RepoName>() else {
             return Ok(None);
         };
-        Ok(self.store.meta.repo(&repo)?.map(|info| RepoSummary {
+        Ok(self.store.meta.repo(&repo).await?.map(|info| RepoSummary {
             name: name.to_owned(),
             private: info.origin == Origin::Private,
             upstream: match info.origin {
@@ -131,7 +136,7 @@ impl Registry {
 
     /// Repositories whose name contains `query` (ignoring case) and that `visible` lets through,
     /// after `last`, at most `n`.
-    pub fn browse_repos(
+    pub async fn browse_repos(
         &self,
         query: &str,
         last: Option<&str>,
@@ -142,12 +147,19 @@ impl Registry {
         let mut cursor = last.map(str::to_owned);
         let mut repos = Vec::new();
         loop {
-            let names = self.store.meta.repos(cursor.as_deref(), SCAN_STEP)?;
+            let names: Vec<String> = self
+                .store
+                .meta
+                .repos(cursor.as_deref(), SCAN_STEP)
+                .await?
+                .into_iter()
+                .map(|(r, _)| r.to_string())
+                .collect();
             for name in &names {
                 if !name.contains(&query) {
                     continue;
                 }
-                if let Some(summary) = self.repo_summary(name)?.filter(&visible) {
+                if let Some(summary) = self.repo_summary(name).await?.filter(&visible) {
                     repos.push(summary);
                     if repos.len() > n {
                         repos.truncate(n);
@@ -165,10 +177,10 @@ impl Registry {
 
     /// A repository and its tags after `last`, at most `n`; `None` when it is unknown.
     pub async fn browse_repo(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<RepoView>> {
-        let Some(summary) = self.repo_summary(repo.as_str())? else {
+        let Some(summary) = self.repo_summary(repo.as_str()).await? else {
             return Ok(None);
         };
-        let mut names = self.store.meta.tags(repo, last, n + 1)?.unwrap_or_default();
+        let mut names = self.store.meta.tags(repo, last, n + 1).await?.unwrap_or_default();
         let next = (names.len() > n).then(|| {
             names.truncate(n);
             names.last().cloned().unwrap_or_default()
@@ -178,10 +190,10 @@ impl Registry {
             let Ok(tag) = name.parse::<Tag>() else {
                 continue;
             };
-            let Some(digest) = self.store.meta.tag(repo, &tag)? else {
+            let Some(digest) = self.store.meta.tag(repo, &tag).await? else {
                 continue; // deleted meanwhile
             };
-            let Some(record) = self.store.meta.manifest(repo, &digest)? else {
+            let Some(record) = self.store.meta.manifest(repo, &digest).await? else {
                 continue;
             };
             let parsed = self.parsed(&digest, &record).await?;
@@ -192,7 +204,7 @@ impl Registry {
             };
             tags.push(TagRow {
                 tag: name,
-                last_pulled: self.last_pulled(repo, &digest, &record)?,
+                last_pulled: self.last_pulled(repo, &digest, &record).await?,
                 media_type: record.media_type,
                 digest,
                 size,
@@ -208,17 +220,17 @@ impl Registry {
 
     /// The stored manifest `reference` names in `repo`; `None` when there is none.
     pub async fn browse_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Option<ManifestView>> {
-        let Some(summary) = self.repo_summary(repo.as_str())? else {
+        let Some(summary) = self.repo_summary(repo.as_str()).await? else {
             return Ok(None);
         };
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => match self.store.meta.tag(repo, t)? {
+            Reference::Tag(t) => match self.store.meta.tag(repo, t).await? {
                 Some(d) => d,
                 None => return Ok(None),
             },
         };
-        let Some(record) = self.store.meta.manifest(repo, &digest)? else {
+        let Some(record) = self.store.meta.manifest(repo, &digest).await? else {
             return Ok(None);
         };
         let parsed = self.parsed(&digest, &record).await?;
@@ -229,7 +241,7 @@ impl Registry {
             artifact_type: record.artifact_type.clone(),
             subject: record.subject.clone(),
             stored_at: record.stored_at,
-            last_pulled: self.last_pulled(repo, &digest, &record)?,
+            last_pulled: self.last_pulled(repo, &digest, &record).await?,
             digest,
             platforms: Vec::new(),
             config: None,
@@ -238,7 +250,7 @@ impl Registry {
         if let Some(m) = parsed {
             for d in &m.manifests {
                 let mut item = self.item(d).await?;
-                item.stored = self.store.meta.manifest(repo, &d.digest)?.is_some();
+                item.stored = self.store.meta.manifest(repo, &d.digest).await?.is_some();
                 item.platform = Some(platform_of(d));
                 view.platforms.push(item);
             }

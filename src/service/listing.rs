@@ -31,16 +31,24 @@ fn paginate(mut items: Vec<String>, n: usize) -> Page {
 
 impl Registry {
     /// Repository names after `last`, `n` at most.
-    pub fn catalog(&self, last: Option<&str>, n: usize) -> Result<Page> {
+    pub async fn catalog(&self, last: Option<&str>, n: usize) -> Result<Page> {
         let n = n.min(MAX_PAGE);
-        Ok(paginate(self.store.meta.repos(last, n + 1)?, n))
+        let names = self.store.meta.repos(last, n + 1).await?;
+        Ok(paginate(names.into_iter().map(|(r, _)| r.to_string()).collect(), n))
     }
 
     /// Repository names after `last` that `visible` lets through, `n` at most. `visible` gets a
     /// name and whether the repository caches an upstream. The cursor of the next page is the
     /// last name shown, so filtering never skips or repeats a name.
-    pub fn catalog_filtered(&self, last: Option<&str>, n: usize, visible: impl Fn(&str, bool) -> bool) -> Result<Page> {
-        let list = self.browse_repos("", last, n.min(MAX_PAGE), |r| visible(&r.name, !r.private))?;
+    pub async fn catalog_filtered(
+        &self,
+        last: Option<&str>,
+        n: usize,
+        visible: impl Fn(&str, bool) -> bool,
+    ) -> Result<Page> {
+        let list = self
+            .browse_repos("", last, n.min(MAX_PAGE), |r| visible(&r.name, !r.private))
+            .await?;
         Ok(Page {
             items: list.repos.into_iter().map(|r| r.name).collect(),
             next: list.next,
@@ -65,17 +73,19 @@ impl Registry {
         let tags = self
             .store
             .meta
-            .tags(repo, last, n + 1)?
+            .tags(repo, last, n + 1)
+            .await?
             .ok_or_else(|| Error::NameUnknown(repo.clone()))?;
         Ok(paginate(tags, n))
     }
 
     /// The referrers index of `subject` as JSON bytes, filtered by `artifact_type` when given.
-    pub fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<u8>> {
+    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<u8>> {
         let manifests: Vec<Descriptor> = self
             .store
             .meta
-            .referrers(repo, subject)?
+            .referrers(repo, subject)
+            .await?
             .into_iter()
             .filter(|(_, r)| artifact_type.is_none() || r.artifact_type.as_deref() == artifact_type)
             .map(|(digest, r)| Descriptor {

@@ -6,11 +6,11 @@ use bytes::Bytes;
 
 use super::memo::Memoized;
 use super::route::Route;
-use super::{CacheResult, Error, MAX_MANIFEST_BYTES, Registry, Result, blocking};
+use super::{CacheResult, Error, MAX_MANIFEST_BYTES, Registry, Result};
 use crate::clock::unix_now;
 use crate::coord::Notice;
 use crate::oci::{Digest, Hasher, Manifest, Reference, RepoName};
-use crate::store::{ManifestRecord, Origin};
+use crate::store::{self, ManifestRecord, Origin};
 
 /// What a HEAD needs: no body.
 #[derive(Clone, Debug)]
@@ -40,8 +40,8 @@ pub struct PutManifest {
 
 impl Registry {
     /// The error for a reference that resolves to nothing: is it the repository or the manifest?
-    fn unknown(&self, repo: &RepoName, reference: &Reference) -> Error {
-        match self.store.meta.repo(repo) {
+    async fn unknown(&self, repo: &RepoName, reference: &Reference) -> Error {
+        match self.store.meta.repo(repo).await {
             Ok(None) => Error::NameUnknown(repo.clone()),
             Ok(Some(_)) => Error::ManifestUnknown(reference.to_string()),
             Err(e) => e.into(),
@@ -57,11 +57,10 @@ impl Registry {
             Reference::Tag(t) => match memo.tag(repo, t) {
                 Some(d) => d,
                 None => {
-                    let d = self
-                        .store
-                        .meta
-                        .tag(repo, t)?
-                        .ok_or_else(|| self.unknown(repo, reference))?;
+                    let d = self.store.meta.tag(repo, t).await?;
+                    let Some(d) = d else {
+                        return Err(self.unknown(repo, reference).await);
+                    };
                     memo.put_tag(repo, t, &d, generation);
                     d
                 }
@@ -70,11 +69,9 @@ impl Registry {
         if let Some(m) = memo.manifest(repo, &digest) {
             return Ok((digest, m));
         }
-        let record = self
-            .store
-            .meta
-            .manifest(repo, &digest)?
-            .ok_or_else(|| self.unknown(repo, reference))?;
+        let Some(record) = self.store.meta.manifest(repo, &digest).await? else {
+            return Err(self.unknown(repo, reference).await);
+        };
         let bytes = self
             .store
             .blobs
@@ -165,20 +162,21 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(&bytes),
         };
-        // Held from checking the blobs to committing the record, so GC cannot sweep them in
-        // between (see `gc`).
-        let _fence = self.store.fence.read().await;
+        // These checks answer early with the right error; the GC invariant itself is kept by
+        // `put_manifest`, which checks and references the blobs in its one transaction (so a
+        // sweep that got to them first fails the put instead of losing them; see `gc`).
         let meta = &self.store.meta;
         for blob in manifest.blob_refs() {
-            if !meta.blob_linked(repo, blob)? || self.store.blobs.size(blob).await?.is_none() {
+            if !meta.blob_linked(repo, blob).await? || self.store.blobs.size(blob).await?.is_none() {
                 return Err(Error::ManifestBlobUnknown(blob.clone()));
             }
         }
         for child in manifest.child_refs() {
-            if meta.manifest(repo, child)?.is_none() {
+            if meta.manifest(repo, child).await?.is_none() {
                 return Err(Error::ManifestBlobUnknown(child.clone()));
             }
         }
+        self.register(&digest, bytes.len() as u64).await?;
         self.store.blobs.put(&digest, bytes.clone()).await?;
         let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
         let record = record_of(&manifest, bytes.len());
@@ -194,11 +192,12 @@ impl Registry {
             },
             None => Notice::ManifestsChanged,
         };
-        let (repo, d) = (repo.clone(), digest.clone());
-        blocking(meta, move |m| {
-            m.put_manifest(&repo, &d, &record, tag.as_ref(), Origin::Private)
-        })
-        .await?;
+        meta.put_manifest(repo, &digest, &record, tag.as_ref(), Origin::Private)
+            .await
+            .map_err(|e| match e {
+                store::Error::BlobUnregistered(d) | store::Error::BlobDeleting(d) => Error::ManifestBlobUnknown(d),
+                other => other.into(),
+            })?;
         self.memo.changed(notice);
         Ok(PutManifest {
             digest,
@@ -211,12 +210,11 @@ impl Registry {
     /// Delete by digest removes the manifest and its tags; delete by tag removes only the tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
         self.check_delete()?;
-        let (r, rf) = (repo.clone(), reference.clone());
-        let removed = blocking(&self.store.meta, move |m| match &rf {
-            Reference::Digest(d) => m.delete_manifest(&r, d),
-            Reference::Tag(t) => m.delete_tag(&r, t),
-        })
-        .await?;
+        let meta = &self.store.meta;
+        let removed = match reference {
+            Reference::Digest(d) => meta.delete_manifest(repo, d).await?,
+            Reference::Tag(t) => meta.delete_tag(repo, t).await?,
+        };
         self.memo.changed(match reference {
             Reference::Digest(d) => Notice::ManifestDeleted {
                 repo: repo.clone(),
@@ -238,10 +236,10 @@ impl Registry {
     /// references, and a name an upstream serves is routed to that upstream again.
     pub async fn remove_repository(&self, repo: &RepoName) -> Result<()> {
         let (meta, memo, r) = (self.store.meta.clone(), self.memo.clone(), repo.clone());
-        // The memo is invalidated in the same blocking task as the commit, so a caller that
-        // goes away mid-way cannot leave memoised answers for a repository that is gone.
-        let removed = tokio::task::spawn_blocking(move || {
-            let removed = meta.remove_repo(&r)?;
+        // The memo is invalidated in the same task as the commit, spawned so that a caller
+        // that goes away mid-way cannot leave memoised answers for a repository that is gone.
+        let removed = tokio::spawn(async move {
+            let removed = meta.remove_repo(&r).await?;
             memo.changed(Notice::RepoRemoved { repo: r });
             Ok::<_, crate::store::Error>(removed)
         })
@@ -266,21 +264,14 @@ impl Registry {
         let digest = self
             .store
             .meta
-            .tag(repo, tag)?
+            .tag(repo, tag)
+            .await?
             .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
         self.delete_manifest(repo, reference).await?;
-        let still_tagged = self.store.meta.tag_targets(repo)?.iter().any(|(_, d)| *d == digest);
-        let needed = self
-            .store
-            .meta
-            .all_manifests()?
-            .iter()
-            .any(|(r, _, rec)| r == repo && rec.children.contains(&digest));
-        let is_referrer = self
-            .store
-            .meta
-            .manifest(repo, &digest)?
-            .is_some_and(|m| m.subject.is_some());
+        let meta = &self.store.meta;
+        let still_tagged = meta.tag_targets(repo).await?.iter().any(|(_, d)| *d == digest);
+        let needed = !meta.parents(repo, &digest).await?.is_empty();
+        let is_referrer = meta.manifest(repo, &digest).await?.is_some_and(|m| m.subject.is_some());
         if !still_tagged && !needed && !is_referrer {
             self.delete_manifest(repo, &Reference::Digest(digest)).await?;
         }

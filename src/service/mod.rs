@@ -4,6 +4,7 @@
 mod blobs;
 mod browse;
 mod fill;
+pub mod gc;
 // issue 15: `berth export` and `berth import` in the OCI image layout.
 pub mod layout;
 mod listing;
@@ -274,14 +275,43 @@ fn notify_fill(notifier: &Notifier, repo: &RepoName, digest: &Digest, media_type
     );
 }
 
-/// Run a blocking metadata write off the async workers: redb commits fsync.
-async fn blocking<T: Send + 'static>(
-    meta: &Arc<dyn store::Meta>,
-    f: impl FnOnce(&dyn store::Meta) -> store::Result<T> + Send + 'static,
-) -> Result<T> {
-    let meta = meta.clone();
-    let out = tokio::task::spawn_blocking(move || f(meta.as_ref()))
-        .await
-        .map_err(|e| store::Error::Meta(format!("metadata task failed: {e}")))??;
-    Ok(out)
+/// Register a blob in the metadata store before publishing it, so GC counts its grace period
+/// from now (see `gc`). A sweep deleting the same digest right now forgets it within moments;
+/// wait for that rather than fail the push or fill.
+async fn register(meta: &dyn store::Meta, digest: &Digest, size: u64) -> store::Result<()> {
+    let mut waited = 0;
+    loop {
+        match meta.register_blob(digest, size).await {
+            Err(store::Error::BlobDeleting(_)) if waited < REGISTER_WAITS => {
+                waited += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }
+
+/// Every repository with its origin, read a page at a time (export and GC go through them all).
+pub(crate) async fn all_repos(store: &Store) -> store::Result<Vec<(RepoName, store::RepoInfo)>> {
+    const PAGE: usize = 1024;
+    let mut out: Vec<(RepoName, store::RepoInfo)> = Vec::new();
+    loop {
+        let last = out.last().map(|(r, _)| r.to_string());
+        let page = store.meta.repos(last.as_deref(), PAGE).await?;
+        let done = page.len() < PAGE;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+impl Registry {
+    /// See [`register`].
+    async fn register(&self, digest: &Digest, size: u64) -> Result<()> {
+        Ok(register(self.store.meta.as_ref(), digest, size).await?)
+    }
+}
+
+/// How many times [`register`] waits 50 ms for a sweep to forget a blob.
+const REGISTER_WAITS: u32 = 100;

@@ -163,7 +163,7 @@ impl Registry {
             .iter()
             .map(|p| p.parse::<Platform>())
             .collect::<Result<Vec<_>, _>>()?;
-        let route = self.route(&name, None).map_err(|e| e.to_string())?;
+        let route = self.route(&name, None).await.map_err(|e| e.to_string())?;
         let upstream = match &route {
             Route::Proxied(p) => p.upstream.name().to_owned(),
             Route::Private(repo) => {

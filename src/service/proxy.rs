@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::fill::FillError;
 use super::manifests::record_of;
 use super::route::Proxied;
-use super::{BlobBody, CacheResult, Error, ManifestHead, Registry, Result, Stored, blocking};
+use super::{BlobBody, CacheResult, Error, ManifestHead, Registry, Result, Stored};
 use crate::coord::Notice;
 use crate::oci::{Digest, Manifest, Reference, Tag};
 use crate::store::Origin;
@@ -139,21 +139,17 @@ impl Registry {
         } = remote;
         let head = match Manifest::parse(&bytes, media_type.as_deref()) {
             Ok(manifest) => {
-                let _fence = self.store.fence.read().await; // see `gc`
+                // Registered before it is written, so GC counts its grace period from now.
+                self.register(&digest, bytes.len() as u64).await?;
                 self.store.blobs.put(&digest, bytes.clone()).await?;
                 let record = record_of(&manifest, bytes.len());
-                let (repo, d, t, origin) = (
-                    p.local.clone(),
-                    digest.clone(),
-                    tag.cloned(),
-                    Origin::Proxied {
-                        upstream: p.upstream.name().to_owned(),
-                    },
-                );
-                blocking(&self.store.meta, move |m| {
-                    m.put_manifest(&repo, &d, &record, t.as_ref(), origin)
-                })
-                .await?;
+                let origin = Origin::Proxied {
+                    upstream: p.upstream.name().to_owned(),
+                };
+                self.store
+                    .meta
+                    .put_manifest(&p.local, &digest, &record, tag, origin)
+                    .await?;
                 self.memo.changed(match &tag {
                     Some(tag) => Notice::TagMoved {
                         repo: p.local.clone(),
@@ -246,18 +242,14 @@ impl Registry {
         let Some(blob) = self.store.blobs.open(digest).await? else {
             return Ok(None);
         };
-        if self.store.meta.blob_linked(&p.local, digest)? {
+        if self.store.meta.blob_linked(&p.local, digest).await? {
             return Ok(Some(blob));
         }
         self.confirm_upstream_has(p, digest).await?;
-        let (repo, d, origin) = (
-            p.local.clone(),
-            digest.clone(),
-            Origin::Proxied {
-                upstream: p.upstream.name().to_owned(),
-            },
-        );
-        blocking(&self.store.meta, move |m| m.link_blob(&repo, &d, origin)).await?;
+        let origin = Origin::Proxied {
+            upstream: p.upstream.name().to_owned(),
+        };
+        self.store.meta.link_blob(&p.local, digest, origin).await?;
         Ok(Some(blob))
     }
 

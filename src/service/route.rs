@@ -77,8 +77,8 @@ impl Registry {
     }
 
     /// Route a read of `requested`, with containerd's `ns` query parameter if sent.
-    pub fn route(&self, requested: &RepoName, ns: Option<&str>) -> Result<Route> {
-        if self.is_private(requested)? {
+    pub async fn route(&self, requested: &RepoName, ns: Option<&str>) -> Result<Route> {
+        if self.is_private(requested).await? {
             return Ok(Route::Private(requested.clone()));
         }
         let names: Vec<&str> = self.upstreams.iter().map(|u| u.name()).collect();
@@ -87,7 +87,7 @@ impl Registry {
         };
         let upstream = &self.upstreams[index];
         let local: RepoName = local.parse()?;
-        if self.is_private(&local)? {
+        if self.is_private(&local).await? {
             return Ok(Route::Private(local));
         }
         Ok(Route::Proxied(Proxied {
@@ -108,11 +108,11 @@ impl Registry {
     /// A pushed `alpine` is the repository `alpine`, distinct from the cache `library/alpine`:
     /// mirror clients keep getting Docker Hub's image, while `docker pull <berth>/alpine` gets
     /// the pushed one. Every refusal names a fix that works for that very name.
-    pub fn route_push(&self, requested: &RepoName) -> Result<RepoName> {
-        if self.is_private(requested)? {
+    pub async fn route_push(&self, requested: &RepoName) -> Result<RepoName> {
+        if self.is_private(requested).await? {
             return Ok(requested.clone());
         }
-        let Route::Proxied(p) = self.route(requested, None)? else {
+        let Route::Proxied(p) = self.route(requested, None).await? else {
             return Ok(requested.clone());
         };
         let name = requested.as_str();
@@ -124,7 +124,7 @@ impl Registry {
                 "{name} is {reason}, so berth keeps it a mirror and refuses pushes to it; push it as {rest} instead, or, to serve your own {name} instead of {upstream}'s to every client, {add_pattern}"
             )));
         }
-        if let Some(Origin::Proxied { upstream }) = self.origin(requested)? {
+        if let Some(Origin::Proxied { upstream }) = self.origin(requested).await? {
             return Err(Error::Denied(format!(
                 "{name} holds content cached from upstream {upstream}, so it stays a mirror and refuses pushes; push under another name, or remove the cached copy with `berth delete --repository {name}` and push again (or {add_pattern})"
             )));
@@ -155,7 +155,7 @@ impl Registry {
     }
 
     /// Private: it matches a `[private] namespaces` pattern, or holds pushed content.
-    pub(super) fn is_private(&self, repo: &RepoName) -> Result<bool> {
+    pub(super) async fn is_private(&self, repo: &RepoName) -> Result<bool> {
         if self
             .private
             .iter()
@@ -163,15 +163,15 @@ impl Registry {
         {
             return Ok(true);
         }
-        Ok(self.origin(repo)? == Some(Origin::Private))
+        Ok(self.origin(repo).await? == Some(Origin::Private))
     }
 
     /// A repository's origin, if it exists; from memory on the hot path.
-    fn origin(&self, repo: &RepoName) -> Result<Option<Origin>> {
+    async fn origin(&self, repo: &RepoName) -> Result<Option<Origin>> {
         if let Some(origin) = self.memo.origin(repo) {
             return Ok(Some(origin));
         }
-        let origin = self.store.meta.repo(repo)?.map(|info| info.origin);
+        let origin = self.store.meta.repo(repo).await?.map(|info| info.origin);
         if let Some(origin) = &origin {
             self.memo.put_origin(repo, origin.clone());
         }

@@ -1,5 +1,5 @@
 //! What the store holds and whether it works: disk use by content (private, cached, unreferenced),
-//! measured off the async workers and shared by `/metrics` and the web UI; and the readiness check.
+//! a query of the blob registry shared by `/metrics` and the web UI; and the readiness check.
 
 use std::time::{Duration, Instant};
 
@@ -7,24 +7,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Registry, Result};
 use crate::metrics::Content;
-use crate::store;
 
 /// How long the readiness check may take before the store counts as not answering.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Bytes and files of one part of the blob store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Part {
-    pub bytes: u64,
-    pub blobs: u64,
-}
-
-impl Part {
-    fn add(&mut self, bytes: u64) {
-        self.bytes += bytes;
-        self.blobs += 1;
-    }
-}
+/// Bytes and blobs of one part of the blob store.
+pub use crate::store::Part;
 
 /// The blob store by content. A blob that a private repository references counts as private even
 /// when a cached repository references it too.
@@ -56,7 +44,7 @@ pub(super) struct Cached {
 
 impl Registry {
     /// The store's usage, measured now unless a measurement younger than `max_age` exists (or
-    /// younger than 20 times what the last one took, so a huge store is not walked over and over).
+    /// younger than 20 times what the last one took, so a huge store is not queried over and over).
     /// Updates the `store_*` gauges.
     pub async fn usage(&self, max_age: Duration) -> Result<Usage> {
         let mut last = self.usage.last.lock().await;
@@ -67,10 +55,13 @@ impl Registry {
             return Ok(usage.clone());
         }
         let started = Instant::now();
-        let store = self.store.clone();
-        let usage = tokio::task::spawn_blocking(move || measure(&store))
-            .await
-            .map_err(|e| store::Error::Meta(format!("usage task failed: {e}")))??;
+        let by_origin = self.store.meta.usage().await?;
+        let usage = Usage {
+            private: by_origin.private,
+            cached: by_origin.cached,
+            unreferenced: by_origin.unreferenced,
+            measured_at: crate::clock::unix_now(),
+        };
         for (content, part) in [
             (Content::Private, usage.private),
             (Content::Cached, usage.cached),
@@ -100,7 +91,7 @@ impl Registry {
     /// what failed. A metadata store that failed is reopened by this check if not before.
     pub async fn ready(&self) -> Result<(), String> {
         let (blobs, meta, min_free) = (self.store.blobs.clone(), self.store.meta.clone(), self.min_free);
-        let check = tokio::spawn(async move {
+        let files = tokio::spawn(async move {
             let space = blobs
                 .space()
                 .await
@@ -120,32 +111,25 @@ impl Registry {
                 .probe()
                 .await
                 .map_err(|e| format!("the store is not writable: {e}"))?;
-            tokio::task::spawn_blocking(move || meta.probe())
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("the metadata store does not take writes: {e}"))
+            Ok(())
         });
+        // Spawned, as the file checks are, so that a metadata store stuck in a commit cannot
+        // hold this answer past the timeout.
+        let check = async move {
+            match files.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(format!("the readiness check failed: {e}")),
+            }
+            match tokio::spawn(async move { meta.probe().await }).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("the metadata store does not take writes: {e}")),
+                Err(e) => Err(format!("the readiness check failed: {e}")),
+            }
+        };
         match tokio::time::timeout(READY_TIMEOUT, check).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(format!("the readiness check failed: {e}")),
+            Ok(result) => result,
             Err(_) => Err(format!("the store did not answer within {READY_TIMEOUT:?}")),
         }
     }
-}
-
-/// List the blobs and classify each by the repositories that reference it (blocking).
-fn measure(store: &store::Store) -> store::Result<Usage> {
-    let referenced = crate::gc::referenced(store)?;
-    let mut usage = Usage {
-        measured_at: crate::clock::unix_now(),
-        ..Usage::default()
-    };
-    for blob in tokio::runtime::Handle::current().block_on(store.blobs.list())? {
-        match referenced.get(&blob.digest) {
-            Some(true) => usage.private.add(blob.size),
-            Some(false) => usage.cached.add(blob.size),
-            None => usage.unreferenced.add(blob.size),
-        }
-    }
-    Ok(usage)
 }

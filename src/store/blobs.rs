@@ -84,7 +84,7 @@ impl Blobs {
 
     /// Every published blob (blocking). Names that are not digests, and anything that is not a
     /// regular file, are skipped: a stray file must not stop garbage collection.
-    fn walk(&self) -> Result<Vec<BlobEntry>> {
+    pub(super) fn walk(&self) -> Result<Vec<BlobEntry>> {
         let mut out = Vec::new();
         for alg in std::fs::read_dir(&self.blobs)? {
             let alg = alg?;

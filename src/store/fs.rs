@@ -21,9 +21,24 @@ pub fn open(root: &Path) -> Result<Store> {
     std::fs::create_dir_all(root)?;
     // The metadata database is locked by its process: open it first, so a second process
     // (`berth gc` beside a running server) fails here before it touches anything else.
-    let meta: Arc<dyn Meta> = Arc::new(RedbMeta::open(&root.join("meta.redb"))?);
+    let redb = RedbMeta::open(&root.join("meta.redb"))?;
     let blobs = Blobs::open(root)?;
+    // A store made before the blob registry has files but no rows: register them once (the one
+    // directory walk left, and a migration, not a way of working).
+    redb.migrate_blob_registry(|| {
+        Ok(blobs
+            .walk()?
+            .into_iter()
+            .map(|b| (b.digest, b.size, millis(b.modified)))
+            .collect())
+    })?;
+    let meta: Arc<dyn Meta> = Arc::new(redb);
     let uploads = Arc::new(Uploads::open(root, blobs.clone(), meta.clone())?);
 
     Ok(Store::new(Arc::new(blobs), uploads, meta))
+}
+
+fn millis(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::Result;
@@ -61,27 +62,89 @@ pub struct ImageRecords {
     pub tag: Option<(Tag, Digest)>,
 }
 
-pub(crate) use crate::clock::unix_now;
+/// One row of the blob registry: a blob the blob store holds (or is about to hold).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub digest: Digest,
+    pub size: u64,
+    /// When it was first registered, in unix milliseconds.
+    pub created_ms: u64,
+    /// When it was last registered again, linked or referenced by a stored manifest, in unix
+    /// milliseconds. The GC grace period counts from here.
+    pub last_referenced_ms: u64,
+    /// Marked by a GC sweep that is deleting it: nothing may reference it until it is forgotten.
+    pub marked: bool,
+}
 
-/// Repositories, tags, manifests, blob links and upload sessions.
+/// A manifest with what eviction planning needs of it (see [`Meta::manifest_page`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ManifestRow {
+    pub repo: RepoName,
+    pub digest: Digest,
+    pub record: ManifestRecord,
+    /// When it was last pulled, if recorded.
+    pub last_pull: Option<u64>,
+}
+
+/// Bytes and blobs of one part of the blob registry (see [`Meta::usage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Part {
+    pub bytes: u64,
+    pub blobs: u64,
+}
+
+impl Part {
+    pub fn add(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        self.blobs += 1;
+    }
+}
+
+/// The registered blobs by origin. A blob that a private repository's manifest references counts
+/// as private even when a cached repository references it too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginUsage {
+    pub private: Part,
+    pub cached: Part,
+    /// Referenced by no manifest: garbage collection reclaims it after the grace period.
+    pub unreferenced: Part,
+}
+
+pub(crate) use crate::clock::{unix_now, unix_now_ms};
+
+/// Repositories, tags, manifests, blob links, upload sessions and the blob registry.
+///
+/// Contract (checked for every implementation by `store::meta_conformance`):
+/// - every method is one transaction: it applies whole or not at all, and none is held across
+///   the caller's I/O;
+/// - **the GC invariant**: [`Meta::put_manifest`], [`Meta::put_image`] and [`Meta::link_blob`]
+///   check the blobs they reference in the same transaction that references them. A blob that
+///   is marked for deletion is refused ([`BlobDeleting`](super::Error::BlobDeleting)); so is one that is not
+///   registered ([`BlobUnregistered`](super::Error::BlobUnregistered)), except in a proxied repository, whose manifests
+///   name layers that are fetched when first pulled, and except an index's child manifests,
+///   which a partial import may leave out. A sweep marks candidates
+///   ([`Meta::mark_unreferenced`]), deletes their objects, then forgets them
+///   ([`Meta::forget_blobs`]), so a referenced blob is never deleted;
+/// - pull times only move forward ([`Meta::record_pulls`] keeps the newest).
+#[async_trait]
 pub trait Meta: Send + Sync {
-    fn repo(&self, repo: &RepoName) -> Result<Option<RepoInfo>>;
-    /// Create the repository with `origin` unless it exists; returns what is stored.
-    fn ensure_repo(&self, repo: &RepoName, origin: Origin) -> Result<RepoInfo>;
+    async fn repo(&self, repo: &RepoName) -> Result<Option<RepoInfo>>;
     /// Repository names after `last`, in lexical order, at most `n`.
-    fn repos(&self, last: Option<&str>, n: usize) -> Result<Vec<String>>;
+    async fn repos(&self, last: Option<&str>, n: usize) -> Result<Vec<(RepoName, RepoInfo)>>;
     /// Remove a repository and everything it holds (tags, manifest records, blob links,
-    /// referrer entries, pull times) in one transaction. The blob files stay for GC. `false`
-    /// when there was no such repository.
-    fn remove_repo(&self, repo: &RepoName) -> Result<bool>;
+    /// referrer entries, pull times) in one transaction. The blobs stay registered for GC.
+    /// `false` when there was no such repository.
+    async fn remove_repo(&self, repo: &RepoName) -> Result<bool>;
 
-    /// Record that `repo` holds `digest` (created with the repo if needed).
-    fn link_blob(&self, repo: &RepoName, digest: &Digest, origin: Origin) -> Result<()>;
-    fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
-    fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    /// Record that `repo` may serve `digest` (creating the repository with `origin` if needed),
+    /// and renew the blob's grace period. The blob must be registered and not marked.
+    async fn link_blob(&self, repo: &RepoName, digest: &Digest, origin: Origin) -> Result<()>;
+    async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
 
-    /// Store a manifest record and, if given, point `tag` at it, in one transaction.
-    fn put_manifest(
+    /// Store a manifest record and, if given, point `tag` at it, in one transaction that checks
+    /// and references the manifest's own bytes, its blobs and its children (see the GC invariant).
+    async fn put_manifest(
         &self,
         repo: &RepoName,
         digest: &Digest,
@@ -89,47 +152,64 @@ pub trait Meta: Send + Sync {
         tag: Option<&Tag>,
         origin: Origin,
     ) -> Result<()>;
-    fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>>;
-    /// Remove a manifest, every tag that points at it, and its referrer entry.
-    fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
+    async fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>>;
+    /// Remove a manifest, every tag that points at it, its referrer entry and its pull time.
+    async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool>;
     /// Manifests in `repo` whose subject is `subject`.
-    fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, ManifestRecord)>>;
+    async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, ManifestRecord)>>;
+    /// Manifests in `repo` that list `digest` as a child (the indexes that contain it).
+    async fn parents(&self, repo: &RepoName, digest: &Digest) -> Result<Vec<Digest>>;
 
-    fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>>;
-    fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
+    async fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>>;
+    async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool>;
     /// Tags after `last`, in lexical order, at most `n`; `None` when the repository is unknown.
-    fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<Vec<String>>>;
+    async fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<Vec<String>>>;
+    /// The tags of `repo` with the digest each points at (one repository, for export, `du` and
+    /// untagged-manifest collection).
+    async fn tag_targets(&self, repo: &RepoName) -> Result<Vec<(String, Digest)>>;
 
-    fn put_upload(&self, id: &str, record: &UploadRecord) -> Result<()>;
-    /// Every upload session (for purging stale ones).
-    fn uploads(&self) -> Result<Vec<(String, UploadRecord)>>;
-    fn upload(&self, id: &str) -> Result<Option<UploadRecord>>;
-    fn delete_upload(&self, id: &str) -> Result<()>;
+    async fn put_upload(&self, id: &str, record: &UploadRecord) -> Result<()>;
+    async fn upload(&self, id: &str) -> Result<Option<UploadRecord>>;
+    async fn delete_upload(&self, id: &str) -> Result<()>;
+    /// Upload sessions started before `before` (unix seconds), for purging stale ones.
+    async fn uploads_started_before(&self, before: u64) -> Result<Vec<String>>;
+    /// How many upload sessions `owner` has open (for the per-client session limit).
+    async fn upload_count(&self, owner: &str) -> Result<usize>;
 
-    // Lifecycle queries: full scans, for eviction, garbage collection and `berth du`.
-
-    /// Every repository with its origin.
-    fn all_repos(&self) -> Result<Vec<(RepoName, RepoInfo)>>;
-    /// Every manifest record of every repository.
-    fn all_manifests(&self) -> Result<Vec<(RepoName, Digest, ManifestRecord)>>;
-    /// The tags of `repo` with the digest each points at.
-    fn tag_targets(&self, repo: &RepoName) -> Result<Vec<(String, Digest)>>;
-    /// Record when manifests were last pulled (a batch of `(repo, digest, unix seconds)`).
-    fn record_pulls(&self, pulls: &[(RepoName, Digest, u64)]) -> Result<()>;
+    /// Manifests in key order after `after`, at most `n`, with their pull times: eviction
+    /// planning pages through them instead of loading the table at once.
+    async fn manifest_page(&self, after: Option<(&RepoName, &Digest)>, n: usize) -> Result<Vec<ManifestRow>>;
+    /// Record when manifests were last pulled (a batch of `(repo, digest, unix seconds)`),
+    /// keeping the newest time of each.
+    async fn record_pulls(&self, pulls: &[(RepoName, Digest, u64)]) -> Result<()>;
     /// When one manifest was last pulled, if recorded.
-    fn last_pull(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
-    /// When each manifest was last pulled, where known.
-    fn last_pulls(&self) -> Result<Vec<(RepoName, Digest, u64)>>;
+    async fn last_pull(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>>;
     /// Remove manifests (with their tags, referrer entries and pull times) in one transaction.
-    fn remove_manifests(&self, manifests: &[(RepoName, Digest)]) -> Result<()>;
-    /// Remove every repository's link to these blobs (their files are gone).
-    fn unlink_everywhere(&self, blobs: &[Digest]) -> Result<()>;
+    async fn remove_manifests(&self, manifests: &[(RepoName, Digest)]) -> Result<()>;
+
+    /// Register a blob about to be published (or published again) with its size: created now
+    /// if new, its grace period renewed if known (its size then stays). Refused with [`BlobDeleting`](super::Error::BlobDeleting) while a
+    /// sweep is deleting it.
+    async fn register_blob(&self, digest: &Digest, size: u64) -> Result<()>;
+    /// The registry row of one blob.
+    async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>>;
+    /// Registered blobs no manifest references, marked or not, with their times (for GC's
+    /// report of what the grace period holds).
+    async fn unreferenced(&self) -> Result<Vec<BlobRecord>>;
+    /// Mark for deletion, in one transaction, the unreferenced blobs last referenced before
+    /// `before_ms` (and any left marked by an interrupted sweep), at most `n`; returns them.
+    async fn mark_unreferenced(&self, before_ms: u64, n: usize) -> Result<Vec<BlobRecord>>;
+    /// Forget blobs whose objects were deleted: their registry rows (only if still marked) and
+    /// every repository's link to them.
+    async fn forget_blobs(&self, digests: &[Digest]) -> Result<()>;
+    /// Registered bytes by origin.
+    async fn usage(&self) -> Result<OriginUsage>;
 
     /// Commit one small durable write, for the readiness check: whether the store takes writes.
-    fn probe(&self) -> Result<()>;
+    async fn probe(&self) -> Result<()>;
 
-    // --- issue 15: export and import ---
     /// Store a whole image in one transaction (`berth import`): link its blobs, store its
-    /// manifests and point its tag, so an interrupted import leaves all of an image or none of it.
-    fn put_image(&self, repo: &RepoName, origin: Origin, image: &ImageRecords) -> Result<()>;
+    /// manifests and point its tag, so an interrupted import leaves all of an image or none of
+    /// it. Its blobs and manifests must be registered (the GC invariant).
+    async fn put_image(&self, repo: &RepoName, origin: Origin, image: &ImageRecords) -> Result<()>;
 }

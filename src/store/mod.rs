@@ -9,11 +9,14 @@
 //! blobs/sha256/ab/abcdef…      published blobs, each verified against its name; never partial
 //! uploads/<uuid>               bytes of an upload session in progress (resumable across restarts)
 //! tmp/<uuid>                   partial writes (manifests, cache fills); emptied when opened
-//! meta.redb                    repos, tags, manifest records, blob links, upload sessions
+//! meta.redb                    repos, tags, manifest records, blob links, upload sessions, and
+//!                              the blob registry (size, created, last referenced per blob)
 //! ```
 //! A blob is published by fsync + rename into `blobs/` only after its digest verified, and the
 //! metadata that references it is committed after that, so a crash at any point leaves at worst an
-//! unreferenced blob (reclaimed by GC) or a stale temporary file (removed at startup).
+//! unreferenced blob (reclaimed by GC) or a stale temporary file (removed at startup). A blob is
+//! registered in [`Meta`] before it is published, so GC (which works from the registry, never
+//! from the directory) counts its grace period from then.
 //!
 //! A full disk is [`Error::Full`], told apart where every `io::Error` becomes a store error. The
 //! same holds: a write that did not fit is discarded, and the metadata database reopens itself
@@ -26,10 +29,14 @@ mod conformance;
 pub mod fs;
 mod mapped;
 pub mod memory;
+mod memory_meta;
 mod memory_uploads;
 mod meta;
+#[cfg(test)]
+pub(crate) mod meta_conformance;
 mod redb_handle;
 mod redb_meta;
+mod redb_registry;
 mod spool;
 mod upload_store;
 mod uploads;
@@ -43,7 +50,10 @@ pub use blob_store::{
 };
 pub use blobs::MinFree;
 pub use mapped::LocalBlob;
-pub use meta::{ImageRecords, ManifestRecord, Meta, Origin, RepoInfo, UploadRecord};
+pub use memory_meta::MemoryMeta;
+pub use meta::{
+    BlobRecord, ImageRecords, ManifestRecord, ManifestRow, Meta, Origin, OriginUsage, Part, RepoInfo, UploadRecord,
+};
 pub use redb_meta::RedbMeta;
 pub use spool::BATCH as WRITE_BATCH;
 pub use upload_store::{ChunkRange, UploadStore, load_hash, parse_id as parse_upload_id, save_hash};
@@ -80,6 +90,12 @@ pub enum Error {
     Locked,
     #[error("this client already has {limit} upload sessions open; finish or cancel one")]
     SessionLimit { limit: u32 },
+    /// A manifest or link names a blob the registry does not know (never published here).
+    #[error("blob {0} is not in the store")]
+    BlobUnregistered(Digest),
+    /// A manifest or link names a blob a garbage collection sweep is deleting.
+    #[error("blob {0} is being deleted by garbage collection; upload it again")]
+    BlobDeleting(Digest),
     #[error("there is no berth store at {0} (no meta.redb there); check [storage] root in the configuration")]
     Missing(std::path::PathBuf),
 }
@@ -104,22 +120,11 @@ pub struct Store {
     pub blobs: Arc<dyn BlobStore>,
     pub uploads: Arc<dyn UploadStore>,
     pub meta: Arc<dyn Meta>,
-    /// The garbage collection fence. Every operation that makes a blob referenced (a manifest
-    /// PUT or cache, a mount, an upload or fill being published and linked) holds it shared while
-    /// it checks and commits; the GC sweep holds it exclusively while it re-checks its
-    /// candidates and deletes them. So no blob a push is about to reference can be swept in
-    /// between (see `gc`).
-    pub fence: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Store {
     /// A store of the given backends; `main` and `cli` choose them (see [`fs::open`]).
     pub fn new(blobs: Arc<dyn BlobStore>, uploads: Arc<dyn UploadStore>, meta: Arc<dyn Meta>) -> Store {
-        Store {
-            blobs,
-            uploads,
-            meta,
-            fence: Arc::default(),
-        }
+        Store { blobs, uploads, meta }
     }
 }

@@ -100,13 +100,13 @@ impl Uploads {
     }
 
     /// Sessions `owner` holds: monolithic ones in this process and resumable ones on record.
-    fn open_sessions(&self, owner: &str) -> Result<usize> {
+    async fn open_sessions(&self, owner: &str) -> Result<usize> {
         let monolithic = self
             .sessions()
             .values()
             .filter(|s| s.monolithic_owner.as_deref() == Some(owner))
             .count();
-        let resumable = self.meta.uploads()?.iter().filter(|(_, u)| u.owner == owner).count();
+        let resumable = self.meta.upload_count(owner).await?;
         Ok(monolithic + resumable)
     }
 
@@ -158,7 +158,7 @@ impl Uploads {
     /// The in-memory state, rebuilt by hashing the file when berth restarted mid-upload.
     async fn load<'a>(&self, id: &str, slot: &'a mut Option<Session>) -> Result<&'a mut Session> {
         if slot.is_none() {
-            let record = self.meta.upload(id)?.ok_or(Error::UploadUnknown)?;
+            let record = self.meta.upload(id).await?.ok_or(Error::UploadUnknown)?;
             let (len, hasher) = self.hash_file(id, Algorithm::Sha256).await?;
             *slot = Some(Session {
                 repo: record.repo,
@@ -191,7 +191,7 @@ impl Uploads {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        self.meta.delete_upload(id)
+        self.meta.delete_upload(id).await
     }
 }
 
@@ -206,7 +206,7 @@ impl UploadStore for Uploads {
     /// if a crash orphans it).
     async fn create(&self, repo: &RepoName, owner: &str, resumable: bool, limit: u32) -> Result<String> {
         let _admission = self.admission.lock().await;
-        if self.open_sessions(owner)? >= limit as usize {
+        if self.open_sessions(owner).await? >= limit as usize {
             return Err(Error::SessionLimit { limit });
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -217,11 +217,7 @@ impl UploadStore for Uploads {
                 started: unix_now(),
                 owner: owner.to_owned(),
             };
-            let (meta, key) = (self.meta.clone(), id.clone());
-            let put = tokio::task::spawn_blocking(move || meta.put_upload(&key, &record))
-                .await
-                .map_err(|e| Error::Meta(format!("metadata task failed: {e}")))?;
-            if let Err(e) = put {
+            if let Err(e) = self.meta.put_upload(&id, &record).await {
                 let _ = fs::remove_file(self.path(&id)).await;
                 return Err(e);
             }
@@ -251,7 +247,7 @@ impl UploadStore for Uploads {
                 .and_then(|m| m.modified())
                 .is_ok_and(|m| m < cutoff);
             let live = self.sessions().contains_key(&name);
-            if old && !live && self.meta.upload(&name)?.is_none() {
+            if old && !live && self.meta.upload(&name).await?.is_none() {
                 out.push(path.display().to_string());
             }
         }
@@ -278,7 +274,7 @@ impl UploadStore for Uploads {
         {
             return Ok((session.repo.clone(), session.len));
         }
-        let repo = self.meta.upload(id)?.ok_or(Error::UploadUnknown)?.repo;
+        let repo = self.meta.upload(id).await?.ok_or(Error::UploadUnknown)?.repo;
         // Not loaded since a restart: the file is the record (no chunk of this process is
         // pending on it).
         let len = fs::metadata(self.path(id))

@@ -302,9 +302,13 @@ async fn home(
         Err(r) => return r,
     };
     let query = q.q.unwrap_or_default();
-    let list = match ui.registry.browse_repos(&query, q.last.as_deref(), PAGE_SIZE, |r| {
-        ui.may(&viewer, r, Action::Pull)
-    }) {
+    let list = match ui
+        .registry
+        .browse_repos(&query, q.last.as_deref(), PAGE_SIZE, |r| {
+            ui.may(&viewer, r, Action::Pull)
+        })
+        .await
+    {
         Ok(list) => list,
         Err(e) => return ui.failed(&viewer, e),
     };
@@ -427,8 +431,8 @@ impl Ui {
     // The error is the page to send, built only on a refusal and sent at once; boxing it would
     // buy nothing.
     #[allow(clippy::result_large_err)]
-    fn check_deleter(&self, viewer: &Viewer, name: &RepoName, refusal: &str) -> Result<(), Response> {
-        let summary = match self.registry.repo_summary(name.as_str()) {
+    async fn check_deleter(&self, viewer: &Viewer, name: &RepoName, refusal: &str) -> Result<(), Response> {
+        let summary = match self.registry.repo_summary(name.as_str()).await {
             Ok(Some(s)) if self.may(viewer, &s, Action::Pull) => s,
             Ok(_) => return Err(self.not_found(viewer, "No such repository.")),
             Err(e) => return Err(self.failed(viewer, e)),
@@ -454,7 +458,10 @@ async fn delete(
     let (Ok(name), Ok(tag)) = (form.repo.parse::<RepoName>(), form.tag.parse::<Tag>()) else {
         return ui.not_found(&viewer, "No such tag.");
     };
-    if let Err(r) = ui.check_deleter(&viewer, &name, "You may not delete tags in this repository.") {
+    if let Err(r) = ui
+        .check_deleter(&viewer, &name, "You may not delete tags in this repository.")
+        .await
+    {
         return r;
     }
     match ui.registry.delete_manifest(&name, &Reference::Tag(tag.clone())).await {

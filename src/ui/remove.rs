@@ -36,7 +36,10 @@ pub(super) async fn remove(
     let Ok(name) = form.repo.parse::<RepoName>() else {
         return ui.not_found(&viewer, "No such repository.");
     };
-    if let Err(r) = ui.check_deleter(&viewer, &name, "You may not remove this repository.") {
+    if let Err(r) = ui
+        .check_deleter(&viewer, &name, "You may not remove this repository.")
+        .await
+    {
         return r;
     }
     if form.confirm.trim() != name.as_str() {

@@ -191,7 +191,6 @@ impl Job {
             .map_err(FillError::Upstream)?;
         let size = response.size;
         let io = |e: store::Error| FillError::Io(e.to_string());
-        let joined = |e: tokio::task::JoinError| FillError::Io(e.to_string());
         let fill = self.fill.clone();
         let mut writer = self
             .store
@@ -220,19 +219,18 @@ impl Job {
         }
         // Readers may finish now; making the blob durable is the cache's business, not theirs.
         self.fill.progress.send_replace(Progress::Verified { size: written });
-        let _fence = self.store.fence.read().await; // publish and link as one step for GC (see `gc`)
-        writer.commit(digest).await.map_err(io)?;
-        let (meta, repo, d, origin) = (
-            self.store.meta.clone(),
-            self.local.clone(),
-            digest.clone(),
-            Origin::Proxied {
-                upstream: self.upstream.name().to_owned(),
-            },
-        );
-        tokio::task::spawn_blocking(move || meta.link_blob(&repo, &d, origin))
+        // Registered before it is published, so its grace period covers it until the link.
+        super::register(self.store.meta.as_ref(), digest, written)
             .await
-            .map_err(joined)?
+            .map_err(|e| FillError::Io(e.to_string()))?;
+        writer.commit(digest).await.map_err(io)?;
+        let origin = Origin::Proxied {
+            upstream: self.upstream.name().to_owned(),
+        };
+        self.store
+            .meta
+            .link_blob(&self.local, digest, origin)
+            .await
             .map_err(|e| FillError::Io(e.to_string()))?;
         tracing::info!(%digest, bytes = written, upstream = %self.upstream.name(), "cached blob");
         Ok(written)

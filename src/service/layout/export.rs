@@ -72,7 +72,7 @@ impl Registry {
                 "name what to export (REPO[:TAG] patterns) or give --all".into(),
             ));
         }
-        let roots = self.export_selection(opts)?;
+        let roots = self.export_selection(opts).await?;
         if roots.is_empty() {
             return Err(Error::Invalid(
                 "nothing to export: the store holds no tagged image of that kind".into(),
@@ -172,10 +172,10 @@ impl Registry {
     }
 
     /// The tags `opts` selects: `(repo, tag, digest, media type)`.
-    fn export_selection(&self, opts: &ExportOptions) -> Result<Vec<(RepoName, Tag, Digest, String)>> {
+    async fn export_selection(&self, opts: &ExportOptions) -> Result<Vec<(RepoName, Tag, Digest, String)>> {
         let mut pats = patterns(&opts.patterns);
         let mut out = Vec::new();
-        for (repo, info) in self.store.meta.all_repos()? {
+        for (repo, info) in crate::service::all_repos(&self.store).await? {
             let wanted = match (opts.origins, &info.origin) {
                 (Origins::Both, _) => true,
                 (Origins::Private, o) => *o == Origin::Private,
@@ -184,7 +184,7 @@ impl Registry {
             if !wanted {
                 continue;
             }
-            for (tag, digest) in self.store.meta.tag_targets(&repo)? {
+            for (tag, digest) in self.store.meta.tag_targets(&repo).await? {
                 let mut take = opts.all;
                 for p in pats.iter_mut() {
                     if crate::oci::pattern::matches(&p.repo, repo.as_str())
@@ -195,7 +195,7 @@ impl Registry {
                     }
                 }
                 let Ok(tag) = tag.parse::<Tag>() else { continue };
-                if take && let Some(record) = self.store.meta.manifest(&repo, &digest)? {
+                if take && let Some(record) = self.store.meta.manifest(&repo, &digest).await? {
                     out.push((repo.clone(), tag, digest, record.media_type));
                 }
             }
@@ -224,7 +224,7 @@ impl Registry {
         for (repo, tree) in exported {
             let mut queue: Vec<Digest> = tree.manifests.iter().map(|n| n.digest.clone()).collect();
             while let Some(subject) = queue.pop() {
-                for (digest, record) in self.store.meta.referrers(repo, &subject)? {
+                for (digest, record) in self.store.meta.referrers(repo, &subject).await? {
                     if !seen.insert(digest.clone()) {
                         continue;
                     }

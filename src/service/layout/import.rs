@@ -70,15 +70,17 @@ impl Registry {
             .map(|r| r.parse::<RepoName>())
             .transpose()
             .map_err(|e| Error::Invalid(format!("--repository: {e}")))?;
-        let (blobs, path, cancel2, sink2) = (
+        let (blobs, meta, path, cancel2, sink2) = (
             self.store.blobs.clone(),
+            self.store.meta.clone(),
             opts.path.clone(),
             cancel.clone(),
             sink.clone(),
         );
-        let read = tokio::task::spawn_blocking(move || read::ingest(blobs.as_ref(), &path, &sink2, &cancel2))
-            .await
-            .map_err(|e| Error::Invalid(format!("the import task failed: {e}")))??;
+        let read =
+            tokio::task::spawn_blocking(move || read::ingest(blobs.as_ref(), meta.as_ref(), &path, &sink2, &cancel2))
+                .await
+                .map_err(|e| Error::Invalid(format!("the import task failed: {e}")))??;
         let mut report = ImportReport {
             blobs: read.blobs,
             new_blobs: read.new_blobs,
@@ -131,7 +133,7 @@ impl Registry {
                     continue;
                 }
             };
-            let repo = match self.import_repo(&repo, origin) {
+            let repo = match self.import_repo(&repo, origin).await {
                 Ok(r) => r,
                 Err(why) => {
                     problems.push(why);
@@ -220,10 +222,10 @@ impl Registry {
 
     /// The local repository an image of the layout goes to, refused when it would clash with
     /// what the registry holds or routes there.
-    fn import_repo(&self, repo: &RepoName, origin: &Origin) -> Result<RepoName, String> {
+    async fn import_repo(&self, repo: &RepoName, origin: &Origin) -> Result<RepoName, String> {
         let Origin::Proxied { upstream } = origin else {
             // Private content follows the rules of a push.
-            return self.route_push(repo).map_err(|e| format!("{repo}: {e}"));
+            return self.route_push(repo).await.map_err(|e| format!("{repo}: {e}"));
         };
         // Cached content is stored under the name the mirror uses for it: without the upstream's
         // prefix for the default upstream, with it for the others.
@@ -239,7 +241,7 @@ impl Registry {
         };
         let local = if first { remote } else { format!("{upstream}/{remote}") };
         let local: RepoName = local.parse().map_err(|e| format!("{repo}: {e}"))?;
-        if self.is_private(&local).map_err(|e| e.to_string())? {
+        if self.is_private(&local).await.map_err(|e| e.to_string())? {
             return Err(format!(
                 "{local} is private here (pushed content or [private] namespaces), so it cannot hold content cached from {upstream}; import without --upstream"
             ));
@@ -247,11 +249,10 @@ impl Registry {
         Ok(local)
     }
 
-    /// Make one image visible, in one transaction, after checking under the GC fence that all
-    /// of it is still in the store.
+    /// Make one image visible, in one transaction that checks its blobs are registered and not
+    /// being swept (the GC invariant), after checking that all of it is still in the store.
     async fn import_commit(&self, image: &Image, origin: &Origin) -> Result<()> {
         self.check_push()?;
-        let _fence = self.store.fence.read().await; // see `gc`
         let mut seen = BTreeSet::new();
         let mut records = ImageRecords::default();
         for (digest, _) in image.tree.files() {
@@ -270,10 +271,16 @@ impl Registry {
         }
         records.blobs = image.tree.blobs.keys().cloned().collect();
         records.tag = Some((image.tag.clone(), image.root.clone()));
-        let (meta, repo, origin) = (self.store.meta.clone(), image.repo.clone(), origin.clone());
-        tokio::task::spawn_blocking(move || meta.put_image(&repo, origin, &records))
+        self.store
+            .meta
+            .put_image(&image.repo, origin.clone(), &records)
             .await
-            .map_err(|e| Error::Invalid(format!("the metadata task failed: {e}")))??;
+            .map_err(|e| match e {
+                crate::store::Error::BlobUnregistered(d) | crate::store::Error::BlobDeleting(d) => Error::Invalid(
+                    format!("{d} left the store during the import (garbage collection?); run the import again"),
+                ),
+                other => other.into(),
+            })?;
         self.memo.changed(crate::coord::Notice::ManifestsChanged);
         Ok(())
     }

@@ -27,6 +27,7 @@ pub(super) struct Read {
 /// Counts, progress and the stop flag of one pass.
 struct Pass<'a> {
     blobs: &'a dyn BlobStore,
+    registry: &'a dyn crate::store::Meta,
     sink: &'a Sink,
     cancel: &'a CancellationToken,
     read: Read,
@@ -35,9 +36,16 @@ struct Pass<'a> {
 }
 
 /// Publish every blob of the layout at `path` into `blobs`; return its `index.json`.
-pub(super) fn ingest(blobs: &dyn BlobStore, path: &Path, sink: &Sink, cancel: &CancellationToken) -> Result<Read> {
+pub(super) fn ingest(
+    blobs: &dyn BlobStore,
+    registry: &dyn crate::store::Meta,
+    path: &Path,
+    sink: &Sink,
+    cancel: &CancellationToken,
+) -> Result<Read> {
     let mut pass = Pass {
         blobs,
+        registry,
         sink,
         cancel,
         read: Read {
@@ -148,10 +156,10 @@ impl Pass<'_> {
         self.read.blobs += 1;
         // This pass runs on a blocking thread; the store is async.
         let runtime = tokio::runtime::Handle::current();
-        if runtime.block_on(self.blobs.stat(&digest))?.is_some() {
+        if let Some(existing) = runtime.block_on(self.blobs.stat(&digest))? {
             // Already verified in the store: renew its grace period so GC keeps it until the
             // image that uses it is committed.
-            let _ = runtime.block_on(self.blobs.touch(&digest));
+            self.register(&digest, existing.size)?;
             return Ok(());
         }
         // Dropped on any early return, which discards what it wrote.
@@ -170,14 +178,16 @@ impl Pass<'_> {
                 return Err(Error::Cancelled);
             }
         }
-        match runtime.block_on(out.commit(&digest)) {
-            Err(crate::store::Error::DigestMismatch { actual, .. }) => {
-                return Err(Error::Invalid(format!(
-                    "the layout is corrupt: {name} holds content whose digest is {actual}; nothing was imported (no image of the layout is visible)"
-                )));
-            }
-            other => other?,
-        };
+        let written = runtime.block_on(out.close())?;
+        if written.digest != digest {
+            return Err(Error::Invalid(format!(
+                "the layout is corrupt: {name} holds content whose digest is {}; nothing was imported (no image of the layout is visible)",
+                written.digest
+            )));
+        }
+        // Registered before it is published, so GC counts its grace period from now.
+        self.register(&digest, size)?;
+        runtime.block_on(out.commit(&digest))?;
         self.read.new_blobs += 1;
         self.read.new_bytes += size;
         self.bytes_read += size;
@@ -188,5 +198,11 @@ impl Pass<'_> {
             });
         }
         Ok(())
+    }
+
+    /// Register a blob in the metadata store (this runs on a blocking thread).
+    fn register(&self, digest: &Digest, size: u64) -> Result<()> {
+        let registered = crate::service::register(self.registry, digest, size);
+        Ok(tokio::runtime::Handle::current().block_on(registered)?)
     }
 }

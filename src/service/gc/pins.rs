@@ -5,21 +5,21 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::oci::{Digest, Reference, RepoName, Tag};
-use crate::store::{self, ManifestRecord, Store};
+use crate::store::{self, ManifestRecord, ManifestRow, Store};
 
 /// `(repository, manifest)` pairs that `pins` (local names, as the store keeps them) reach.
-pub fn pinned(
+pub async fn pinned(
     store: &Store,
     pins: &[(RepoName, Reference)],
-    manifests: &[(RepoName, Digest, ManifestRecord)],
+    manifests: &[ManifestRow],
 ) -> store::Result<HashSet<(RepoName, Digest)>> {
     let records: HashMap<(&RepoName, &Digest), &ManifestRecord> =
-        manifests.iter().map(|(r, d, rec)| ((r, d), rec)).collect();
+        manifests.iter().map(|m| ((&m.repo, &m.digest), &m.record)).collect();
     let mut out = HashSet::new();
     for (repo, reference) in pins {
         let root = match reference {
             Reference::Digest(d) => Some(d.clone()),
-            Reference::Tag(t) => store.meta.tag(repo, t)?,
+            Reference::Tag(t) => store.meta.tag(repo, t).await?,
         };
         let mut todo: Vec<Digest> = root.into_iter().collect();
         while let Some(digest) = todo.pop() {
@@ -32,7 +32,7 @@ pub fn pinned(
             todo.extend(record.children.iter().cloned());
             let referrers = format!("{}-{}", digest.algorithm().as_str(), digest.hex());
             if let Ok(tag) = referrers.parse::<Tag>()
-                && let Some(index) = store.meta.tag(repo, &tag)?
+                && let Some(index) = store.meta.tag(repo, &tag).await?
             {
                 todo.push(index);
             }

@@ -242,7 +242,7 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     };
     // Without it the registry still serves; only the maintenance commands cannot reach it (a
     // store root too long for a socket path, say), and the log says why.
-    match berth::api::admin::bind(root) {
+    match berth::server::admin_socket::bind(root) {
         Ok(socket) => {
             tokio::spawn({
                 let stop = stop.clone();

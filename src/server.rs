@@ -12,6 +12,7 @@
 //! connection; a request body that stalls is cut off ([`body::StallTimeout`]); failed accepts are
 //! logged at most every few seconds. [`raise_descriptor_limit`] runs at startup.
 
+pub mod admin_socket;
 mod body;
 mod conn;
 

@@ -7,7 +7,6 @@
 //! address, its TLS settings or its upstream secrets. The commands need only the config file
 //! (to find the store root). Answers are plain sentences on failure, NDJSON for a collection.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,6 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 // issue 15: `berth export` and `berth import` through the running server.
 mod layout;
@@ -71,54 +69,6 @@ pub fn router(admin: Admin) -> Router {
         .with_state(Arc::new(admin))
 }
 
-/// The bound admin socket, not yet serving.
-pub struct Socket {
-    listener: tokio::net::UnixListener,
-    remove: RemoveOnDrop,
-}
-
-/// Bind `<root>/admin.sock`, owner-only, before the server starts taking requests.
-pub fn bind(root: &Path) -> std::io::Result<Socket> {
-    let path = root.join(SOCKET_FILE);
-    // Only the process holding the store's lock gets here, so a socket file present is a
-    // leftover of a server that died.
-    let _ = std::fs::remove_file(&path);
-    // Bound under a temporary name and renamed once it is owner-only, so nobody can connect
-    // while it still has the umask's mode.
-    let staging = root.join(format!("{SOCKET_FILE}.{}", std::process::id()));
-    let _ = std::fs::remove_file(&staging);
-    let listener = tokio::net::UnixListener::bind(&staging)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("binding the admin socket {}: {e}", staging.display())))?;
-    let staged = RemoveOnDrop(staging);
-    std::fs::set_permissions(&staged.0, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    std::fs::rename(&staged.0, &path)?;
-    std::mem::forget(staged);
-    Ok(Socket {
-        listener,
-        remove: RemoveOnDrop(path),
-    })
-}
-
-impl Socket {
-    /// Serve `admin` until `stop`; the socket file is removed when serving ends.
-    pub async fn serve(self, admin: Admin, stop: CancellationToken) -> std::io::Result<()> {
-        axum::serve(self.listener, router(admin))
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await?;
-        drop(self.remove);
-        Ok(())
-    }
-}
-
-/// Removes the socket file when the server stops (a crash leaves it; the next start replaces it).
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[derive(Deserialize)]
 struct GcQuery {
     #[serde(default)]
@@ -163,10 +113,10 @@ fn ndjson(mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Response {
         .into_response()
 }
 
-/// `[gc] grace`-style durations (`0s`, `10m`, `1h`).
+/// `[gc] grace`-style durations (`0s`, `10m`, `1h`), capped as the config's are (a century), so
+/// an absurd one cannot overflow the cut-off arithmetic.
 pub fn parse_grace(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("--grace {text:?} is not a duration like \"0s\" or \"10m\": {e}"))
+    crate::config::value::parse_duration(text).map_err(|e| format!("--grace {e}"))
 }
 
 #[derive(Deserialize)]

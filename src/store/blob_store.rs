@@ -28,8 +28,8 @@ pub type OnWritten = Box<dyn FnMut(u64) + Send>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobStat {
     pub size: u64,
-    /// When it was published or last renewed ([`BlobStore::touch`]); garbage collection's grace
-    /// period counts from here.
+    /// When it was published. Garbage collection's grace period counts from the metadata blob
+    /// registry instead ([`super::Meta::register_blob`]), never from this.
     pub modified: SystemTime,
 }
 
@@ -129,12 +129,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Remove a blob; whether it existed.
     async fn delete(&self, digest: &Digest) -> Result<bool>;
 
-    /// Every published blob (skipping anything that is not one).
+    /// Every published blob (skipping anything that is not one): the store as it is, for checks
+    /// against the metadata blob registry. Garbage collection and usage never walk it.
     async fn list(&self) -> Result<Vec<BlobEntry>>;
 
-    /// Renew a blob's modification time, so garbage collection's grace period starts again (a
-    /// mount or an import about to reference it). Goes when the metadata blob registry lands.
-    async fn touch(&self, digest: &Digest) -> Result<()>;
 
     /// Readiness: take (and remove) a small durable write along the path blob writes take.
     async fn probe(&self) -> Result<()>;

@@ -236,18 +236,6 @@ impl BlobStore for Blobs {
             .map_err(|e| Error::Io(io::Error::other(e)))?
     }
 
-    async fn touch(&self, digest: &Digest) -> Result<()> {
-        let path = self.path(digest);
-        unblock(move || {
-            std::fs::File::options()
-                .write(true)
-                .open(path)?
-                .set_modified(std::time::SystemTime::now())
-        })
-        .await?;
-        Ok(())
-    }
-
     async fn probe(&self) -> Result<()> {
         let blobs = self.clone();
         Ok(unblock(move || blobs.probe_writable()).await?)

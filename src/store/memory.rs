@@ -89,13 +89,6 @@ impl BlobStore for MemoryBlobs {
             .collect())
     }
 
-    async fn touch(&self, digest: &Digest) -> Result<()> {
-        if let Some((_, at)) = self.blobs.lock().get_mut(digest) {
-            *at = SystemTime::now();
-        }
-        Ok(())
-    }
-
     async fn probe(&self) -> Result<()> {
         Ok(())
     }

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod batched_log;
 pub mod cache;
 pub mod config;
 pub mod gc;

@@ -47,30 +47,34 @@ pub fn parse(path: &str) -> Result<Endpoint, ParseError> {
     if rest == "_catalog" {
         return Ok(Endpoint::Catalog);
     }
-    // The endpoint is in the last three segments; the name is the path before them, taken as a
-    // slice (this runs for every request, so no list of segments and no joined copy).
-    let mut from_right = rest.rsplit('/');
-    let last = from_right.next().unwrap_or_default();
-    let (second, third) = (from_right.next(), from_right.next());
-    // The name: `rest` without its last `trailing` segments; none left is no endpoint.
-    let name = |trailing: usize| -> Result<RepoName, ParseError> {
-        let mut end = rest.len();
-        for _ in 0..trailing {
-            end = rest[..end].rfind('/').ok_or(ParseError::NotFound)?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    let n = segs.len();
+    let name = |k: usize| -> Result<RepoName, ParseError> {
+        if k == 0 {
+            return Err(ParseError::NotFound);
         }
-        Ok(rest[..end].parse::<RepoName>()?)
+        Ok(segs[..k].join("/").parse::<RepoName>()?)
     };
-    match (third, second, last) {
-        (Some("blobs"), Some("uploads"), "") => return Ok(Endpoint::Upload(name(3)?, None)),
-        (Some("blobs"), Some("uploads"), id) => return Ok(Endpoint::Upload(name(3)?, Some(id.to_owned()))),
-        (_, Some("blobs"), "uploads") => return Ok(Endpoint::Upload(name(2)?, None)),
-        (_, Some("tags"), "list") => return Ok(Endpoint::Tags(name(2)?)),
-        _ => {}
+    if n >= 3 && segs[n - 3..] == ["blobs", "uploads", ""] {
+        return Ok(Endpoint::Upload(name(n - 3)?, None));
     }
-    match second {
-        Some("manifests") => Ok(Endpoint::Manifest(name(2)?, last.parse()?)),
-        Some("blobs") => Ok(Endpoint::Blob(name(2)?, last.parse()?)),
-        Some("referrers") => Ok(Endpoint::Referrers(name(2)?, last.parse()?)),
+    if n >= 3 && segs[n - 3..n - 1] == ["blobs", "uploads"] {
+        return Ok(Endpoint::Upload(name(n - 3)?, Some(segs[n - 1].to_owned())));
+    }
+    if n >= 2 && segs[n - 2..] == ["blobs", "uploads"] {
+        return Ok(Endpoint::Upload(name(n - 2)?, None));
+    }
+    if n >= 2 && segs[n - 2..] == ["tags", "list"] {
+        return Ok(Endpoint::Tags(name(n - 2)?));
+    }
+    if n < 2 {
+        return Err(ParseError::NotFound);
+    }
+    let last = segs[n - 1];
+    match segs[n - 2] {
+        "manifests" => Ok(Endpoint::Manifest(name(n - 2)?, last.parse()?)),
+        "blobs" => Ok(Endpoint::Blob(name(n - 2)?, last.parse()?)),
+        "referrers" => Ok(Endpoint::Referrers(name(n - 2)?, last.parse()?)),
         _ => Err(ParseError::NotFound),
     }
 }

@@ -3,8 +3,9 @@ result tables (markdown, JSON) and the comparison against a saved baseline.
 
 Nothing here starts or stops a server; benches/run owns the systems under test.
 """
-import hashlib, http.client, json, os, re, statistics, subprocess, sys, time
+import hashlib, http.client, json, os, re, resource, statistics, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 
 MIB, MB = 1 << 20, 1e6  # sizes are MiB, rates are MB/s (10^6 bytes), as curl reports them
@@ -83,6 +84,61 @@ def curl(url, *opts, headers=None, size=None):
     if size is not None and (r["http_code"] != 200 or r["size_download"] != size):
         raise BenchError(f"GET {url}: HTTP {r['http_code']}, {r['size_download']} of {size} bytes")
     return r
+
+
+def curl_range(url, start, length, out, headers=None):
+    """GET bytes start..start+length-1 with curl -L -r (kept across the CDN redirect) into `out`:
+    (curl's -w %{json}, the requested bytes). A server that ignores Range and answers 200 with
+    the whole body is not an error (the reference proxy does that); its bytes are cut from it."""
+    opts = tuple(a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}"))
+    r = json.loads(run(["curl", "-sS", "-L", "-r", f"{start}-{start + length - 1}", "-o", out, "-w", "%{json}",
+                        *opts, url]))
+    with open(out, "rb") as f:
+        if r["http_code"] == 200:
+            f.seek(start)
+        part = f.read(length)
+    if r["http_code"] not in (200, 206) or len(part) != length:
+        raise BenchError(f"GET {url} bytes={start}-{start + length - 1}: HTTP {r['http_code']}, "
+                         f"{r['size_download']} bytes")
+    return r, part
+
+
+def raise_descriptor_limit():
+    """Soft RLIMIT_NOFILE up to the hard limit (wrk needs one per connection); (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+class Sampler:
+    """While the `with` block runs, the peak open descriptors and resident memory of process
+    `pid` (None: sample nothing), read from /proc every 50 ms."""
+
+    def __init__(self, pid):
+        self.pid, self.fds, self.rss_mib, self.stop = pid, 0, 0.0, threading.Event()
+
+    def sample(self):
+        while True:
+            try:
+                self.fds = max(self.fds, len(os.listdir(f"/proc/{self.pid}/fd")))
+                rss = int(open(f"/proc/{self.pid}/status").read().split("VmRSS:")[1].split()[0]) / 1024
+                self.rss_mib = max(self.rss_mib, rss)
+            except (OSError, IndexError, ValueError):
+                return
+            if self.stop.wait(0.05):
+                return
+
+    def __enter__(self):
+        if self.pid:
+            self.thread = threading.Thread(target=self.sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.pid:
+            self.stop.set()
+            self.thread.join()
 
 
 def fetch_digest(url, headers=None):
@@ -167,15 +223,35 @@ def interleave(systems, reps, measure, before_round=None, quiet=False):
     return out
 
 
-def wrk_get(url, conns, duration):
+def wrk_get(url, conns, duration, *opts):
     """wrk -t2: req/s, p99, requests that got a 2xx, and errors (non-2xx plus socket errors)."""
-    out = run(["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-H", f"Accept: {MANIFEST_V2}", url])
+    out = run(["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-H", f"Accept: {MANIFEST_V2}", *opts, url])
     p99, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out).groups()
     non2xx = int(re.search(r"Non-2xx or 3xx responses: (\d+)", out)[1]) if "Non-2xx" in out else 0
     return {"req/s": float(re.search(r"Requests/sec:\s*([\d.]+)", out)[1]),
             "p99 ms": float(p99) * {"us": 1e-3, "ms": 1, "s": 1e3}[unit],
             "n": int(re.search(r"(\d+) requests in", out)[1]) - non2xx,
             "errs": non2xx + sum(map(int, re.findall(r"(?:connect|read|write|timeout) (\d+)", out)))}
+
+
+WRK_ROTATE = """-- Each connection takes the next of these paths for each request (benches/run, W10).
+local paths = {%s}
+local i = 0
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i])
+end
+"""
+
+
+def wrk_mixed(urls, conns, duration, script):
+    """wrk_get over several URLs of one server, each request taking the next path (a Lua script at
+    `script`). The timeout is 10 s rather than wrk's 2 s: a slow answer at 1,000 connections shows
+    in p99, and only one that never comes counts as an error."""
+    paths = [urlsplit(u).path for u in urls]
+    Path(script).write_text(WRK_ROTATE % ", ".join(json.dumps(p) for p in paths))
+    base = urlsplit(urls[0])
+    return wrk_get(f"{base.scheme}://{base.netloc}/", conns, duration, "--timeout", "10s", "-s", script)
 
 
 def hey_head(url, conns, duration):
@@ -257,12 +333,18 @@ def compare(tables, baseline, threshold):
     print("| workload | system | metric | baseline | now | change | |\n|---|---|---|--:|--:|--:|---|")
     for t in tables:
         for r in t["rows"]:
-            if not r["system"].startswith("berth") or (t["workload"], r["system"]) not in old:
+            if not r["system"].startswith("berth"):
+                continue
+            if (t["workload"], r["system"]) not in old:  # a workload or row added since: shown, never flagged
+                print(f"| {t['workload']} | {r['system']} | median | - | {num(r['median'])} | | not in the baseline |")
                 continue
             ot, orow = old[(t["workload"], r["system"])]
             metrics = [("vs ref", r.get("ratio"), orow.get("ratio")), (f"vs {t['vs']}", r.get("vs"), orow.get("vs"))]
             metrics += [(k, r["extra"].get(k), orow["extra"].get(k)) for k in t["track"]]
             for name, now, before in metrics:
+                if now is not None and before is None and name != "vs ref":
+                    print(f"| {t['workload']} | {r['system']} | {name} | - | {num(now)} | | not in the baseline |")
+                    continue
                 if now is None or before is None or (name == "vs ref" and now == before == 1):
                     continue  # the reference row itself, or a metric one side lacks
                 change = now / before - 1 if before else 0.0

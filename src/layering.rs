@@ -16,7 +16,7 @@ use std::path::Path;
 const FLOORS: &[(&str, &[&str], &[&str])] = &[
     // The composition root: the binary (`main`, `cli`), the crate root (`lib`: `app`,
     // `install_crypto_provider`) and the listener. Only these name concrete backends.
-    ("root", &[], &["main", "cli", "lib", "server"]),
+    ("root", &[], &["main", "cli", "lib", "server", "batched_log"]),
     // The HTTP edges: the registry API and the web UI.
     ("edge", &[], &["api", "ui"]),
     // Who may do what. Both edges ask it; it asks nothing above the leaves (its clock is

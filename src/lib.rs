@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod batched_log;
 pub mod cache;
 pub mod clock;
 pub mod config;

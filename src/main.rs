@@ -97,17 +97,21 @@ enum Command {
     },
 }
 
-fn init_logging(config: &Config) {
+/// Logs go to stderr in batches (one write per batch, not per access-log line); the guard writes
+/// out what is left when it is dropped, so keep it to the end of `serve`.
+fn init_logging(config: &Config) -> berth::batched_log::FlushGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let (writer, guard) = berth::batched_log::stderr();
     // Colours only for a person at a terminal, never in files, journald or log shippers.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    guard
 }
 
 #[tokio::main]
@@ -158,7 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    init_logging(&config);
+    let _log = init_logging(&config);
     let limits = config.connection_limits();
     log_descriptor_limit(limits.max_connections);
     let root = &config.storage.root;

@@ -1,5 +1,8 @@
 //! Manifest handlers: GET, HEAD, PUT, DELETE by tag or digest.
 
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -14,11 +17,13 @@ use crate::service::{Error, MAX_MANIFEST_BYTES, ManifestHead, Registry, Result, 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 
 fn headers(head: &ManifestHead) -> [(HeaderName, String); 4] {
+    let digest = head.digest.to_string();
+    let etag = format!("\"{digest}\"");
     [
         (header::CONTENT_TYPE, head.media_type.clone()),
         (header::CONTENT_LENGTH, head.size.to_string()),
-        (CONTENT_DIGEST, head.digest.to_string()),
-        (header::ETAG, etag(head)),
+        (CONTENT_DIGEST, digest),
+        (header::ETAG, etag),
     ]
 }
 
@@ -29,6 +34,10 @@ fn etag(head: &ManifestHead) -> String {
 
 /// `304 Not Modified` when the client's `If-None-Match` names this manifest (or is `*`).
 fn not_modified(head: &ManifestHead, h: &HeaderMap) -> Option<Response> {
+    // Most GETs are unconditional: no entity tag to build for them.
+    if !h.contains_key(header::IF_NONE_MATCH) {
+        return None;
+    }
     let ours = etag(head);
     let matches = h
         .get_all(header::IF_NONE_MATCH)
@@ -60,17 +69,20 @@ pub async fn head(reg: &Registry, route: &Route, reference: &Reference, h: &Head
 /// The client's `Accept` headers, each as sent (repeated headers are not merged). When they name
 /// no manifest type (curl's `*/*`, or none at all), every type berth stores: a bare `*/*` makes the
 /// reference registry answer with a schema-1 conversion.
-fn accept(h: &HeaderMap) -> Vec<String> {
-    let sent: Vec<String> = h
+fn accept(h: &HeaderMap) -> Cow<'static, [String]> {
+    static ALL: LazyLock<Vec<String>> = LazyLock::new(|| DEFAULT_ACCEPT.map(str::to_owned).to_vec());
+    let sent: Vec<&str> = h
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
         .collect();
-    if sent.iter().any(|a| DEFAULT_ACCEPT.iter().any(|m| a.contains(m))) {
-        sent
+    // Most clients send one type per header, so an exact match comes first: the substring search
+    // was 4% of a manifest GET's instructions.
+    let names = |a: &str| DEFAULT_ACCEPT.contains(&a) || DEFAULT_ACCEPT.iter().any(|m| a.contains(m));
+    if sent.iter().any(|a| names(a)) {
+        Cow::Owned(sent.into_iter().map(str::to_owned).collect())
     } else {
-        DEFAULT_ACCEPT.iter().map(|s| s.to_string()).collect()
+        Cow::Borrowed(ALL.as_slice())
     }
 }
 

@@ -18,11 +18,13 @@ mod range;
 mod token;
 mod uploads;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
@@ -114,14 +116,14 @@ async fn add_api_version(mut response: Response) -> Response {
     response
 }
 
-/// One request, as the handlers see it.
+/// One request, as the handlers see it. What only some requests need (the token realm for a
+/// challenge, the owner of an upload session) is worked out when asked for: building both for
+/// every manifest GET was about 6% of its instructions (callgrind, BENCHMARKS.md).
 struct Call<'a> {
     app: &'a AppState,
     who: Identity,
-    /// The token endpoint to name in challenges.
-    realm: String,
-    /// Who owns upload sessions this request opens: the user, else the client address.
-    owner: String,
+    parts: &'a Parts,
+    client: Option<IpAddr>,
     params: Params,
     headers: &'a HeaderMap,
 }
@@ -153,16 +155,18 @@ async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Respons
     {
         return e.into_response();
     }
-    let client = client.map(|ip| ip.to_string());
     let user = who.user.clone();
     let call = Call {
         app: &app,
-        owner: who.user.clone().or(client).unwrap_or_else(|| "unknown".into()),
         who,
-        realm: format!("{}/token", origin::base_url(&parts, app.tls, app.trust_forwarded)),
-        params: Query::<Params>::try_from_uri(&parts.uri)
-            .map(|q| q.0)
-            .unwrap_or_default(),
+        parts: &parts,
+        client,
+        params: match parts.uri.query() {
+            Some(_) => Query::<Params>::try_from_uri(&parts.uri)
+                .map(|q| q.0)
+                .unwrap_or_default(),
+            None => Params::default(),
+        },
         headers: &parts.headers,
     };
     let mut response = call
@@ -179,10 +183,31 @@ async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Respons
 }
 
 impl Call<'_> {
+    /// The token endpoint to name in challenges; with authentication off, no challenge is sent.
+    fn realm(&self) -> String {
+        if !self.app.auth.enabled() {
+            return String::new();
+        }
+        format!(
+            "{}/token",
+            origin::base_url(self.parts, self.app.tls, self.app.trust_forwarded)
+        )
+    }
+
+    /// Who owns upload sessions this request opens: the user, else the client address.
+    fn owner(&self) -> String {
+        let client = || self.client.map(|ip| ip.to_string());
+        self.who
+            .user
+            .clone()
+            .or_else(client)
+            .unwrap_or_else(|| "unknown".into())
+    }
+
     fn authorize(&self, scope: Scope) -> Result<(), Error> {
         self.app
             .auth
-            .authorize(&self.who, &scope, &self.realm)
+            .authorize(&self.who, &scope, &self.realm())
             .map_err(|d| match d {
                 Denied::Challenge(challenge) => Error::Unauthorized { challenge },
                 Denied::Forbidden(message) => Error::Denied(message),
@@ -256,7 +281,7 @@ impl Call<'_> {
             (Method::POST, Endpoint::Upload(repo, None)) => {
                 let repo = self.writable(&repo, Action::Push).await?;
                 let from = self.mount_source(params).await?;
-                uploads::start(reg, &repo, params, from.as_ref(), &self.owner, h, body).await
+                uploads::start(reg, &repo, params, from.as_ref(), &self.owner(), h, body).await
             }
             (method, Endpoint::Upload(repo, Some(id))) => {
                 let repo = self.writable(&repo, Action::Push).await?;

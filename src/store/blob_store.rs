@@ -133,7 +133,6 @@ pub trait BlobStore: Send + Sync + 'static {
     /// against the metadata blob registry. Garbage collection and usage never walk it.
     async fn list(&self) -> Result<Vec<BlobEntry>>;
 
-
     /// Readiness: take (and remove) a small durable write along the path blob writes take.
     async fn probe(&self) -> Result<()>;
 

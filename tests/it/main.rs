@@ -18,6 +18,7 @@ mod mirror;
 mod notifications;
 mod offline;
 mod ops;
+mod perf;
 mod prefetch;
 mod registry2;
 mod registry2_http;

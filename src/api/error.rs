@@ -51,7 +51,7 @@ impl IntoResponse for Error {
                 StoreError::BlobDeleting(_) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
                 // Not the server's fault nor the client's: a retry succeeds once space is freed.
                 StoreError::Full(_) => (S::INSUFFICIENT_STORAGE, "UNAVAILABLE"),
-                // The metadata database is reopened on its next use (see `store::redb_handle`).
+                // The metadata store reopens itself on its next use (see `store`).
                 StoreError::MetaIo(_) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
                 StoreError::Io(e) if exhausted(e) => (S::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
                 StoreError::Io(_) | StoreError::Meta(_) | StoreError::Locked | StoreError::Missing(_) => {

@@ -25,8 +25,8 @@ fn policy(grace: Duration) -> Policy {
 /// Push one image the way the service does: register and write the layer, take a moment as a
 /// client between its layers and its manifest does (long enough for a grace-0 sweep to find the
 /// layer unreferenced), then register and write the manifest's bytes and store the manifest
-/// (which checks and references them). Disabling the refusal of marked blobs in `redb_registry`
-/// makes the redb run of this test fail: the window is real.
+/// (which checks and references them). Disabling the refusal of marked blobs in the filesystem
+/// store's metadata makes its run of this test fail: the window is real.
 async fn push(store: &Store, repo: &RepoName, seed: u64) -> store::Result<Digest> {
     let layer_bytes = format!("layer {seed}").into_bytes();
     let layer = Digest::sha256_of(&layer_bytes);
@@ -129,7 +129,7 @@ async fn racing_pushes_keep_what_they_reference(store: Store) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gc_racing_pushes_on_redb_never_sweeps_what_a_stored_manifest_references() {
+async fn gc_racing_pushes_on_the_filesystem_store_never_sweeps_what_a_stored_manifest_references() {
     let dir = tempfile::tempdir().unwrap();
     racing_pushes_keep_what_they_reference(store::fs::open(dir.path()).unwrap()).await;
 }

@@ -39,8 +39,10 @@ async fn guesses(c: &reqwest::Client, b: &impl Server, user: &str, n: usize) -> 
 async fn password_guessing_is_throttled_per_client_and_per_user_and_wears_off() {
     let dir = tempfile::tempdir().unwrap();
     let pw = htpasswd(dir.path(), &[("alice", "alice-pw"), ("bob", "bob-pw")]);
-    // Long enough that the buckets barely leak while a slow machine answers the guesses.
-    let window = Duration::from_secs(16);
+    // Long enough that the buckets barely leak while a slow machine answers the guesses: the user
+    // bucket (8 places) leaks one place per window/8, and ten guesses at bob must not outlast two
+    // of those. 16 s failed once on a machine busy compiling (ten guesses took over 4 s).
+    let window = Duration::from_secs(30);
     let b = App::start(&format!(
         "[auth]\nhtpasswd = \"{}\"\nscheme = \"token\"\nlogin_failures_per_ip = 5\nlogin_failures_per_user = 8\nlogin_failure_window = \"{}s\"\n",
         pw.display(),

@@ -52,7 +52,8 @@ pub use blobs::MinFree;
 pub use mapped::LocalBlob;
 pub use memory_meta::MemoryMeta;
 pub use meta::{
-    BlobRecord, ImageRecords, ManifestRecord, ManifestRow, Meta, Origin, OriginUsage, Part, RepoInfo, UploadRecord,
+    BlobRecord, ImageRecords, ManifestRecord, ManifestRow, Meta, Origin, OriginUsage, Part, RepoInfo, UploadHandle,
+    UploadRecord, UploadState,
 };
 pub use redb_meta::RedbMeta;
 pub use spool::BATCH as WRITE_BATCH;

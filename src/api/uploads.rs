@@ -53,6 +53,7 @@ fn chunk_range(h: &HeaderMap) -> Result<Option<ChunkRange>> {
 /// Parse `Content-Range: <start>-<end>` (distribution's form; a `bytes ` prefix and a `/<size>`
 /// suffix are tolerated). The chunk's length, `end + 1 - start`, must be a `u64`, so an end of
 /// `u64::MAX` is refused here: the store computes that length without checking.
+// Hand-written: no crate parses OCI's unit-less `<start>-<end>` (`headers`' `ContentRange` wants `bytes a-b/len`).
 pub fn parse_content_range(text: &str) -> Option<ChunkRange> {
     let spec = text.trim().trim_start_matches("bytes ").split('/').next().unwrap_or("");
     let (a, b) = spec.split_once('-')?;

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 
-use super::Error;
 use super::blob_store::{BlobStore, Stored};
+use super::{Error, UploadState};
 use crate::oci::Digest;
 
 /// Every byte of `stored`'s range `start..start + len`.
@@ -228,9 +229,31 @@ fn range(start: u64, len: u64) -> Option<super::ChunkRange> {
     })
 }
 
+/// The state a backend keeps for an upload session, read from its data (not from the instance
+/// that wrote it), or `None` when it keeps no such session.
+pub(crate) type Recorded<'a> = dyn Fn(&str) -> BoxFuture<'static, Option<UploadState>> + 'a;
+
+/// Assert that the state recorded for `id` is exactly that of `bytes`: their length and the
+/// SHA-256 state that continues from them, so a resume needs no rehash of what came before.
+async fn assert_recorded(recorded: &Recorded<'_>, id: &str, bytes: &[u8]) {
+    let state = recorded(id).await.expect("a resumable session's state is recorded");
+    assert_eq!(state.len, bytes.len() as u64, "the recorded length");
+    let hasher = state.hasher().expect("the recorded hash state loads");
+    assert_eq!(
+        hasher.finish(),
+        Digest::sha256_of(bytes),
+        "the recorded hash state covers exactly the committed bytes"
+    );
+}
+
 /// The [`UploadStore`](super::UploadStore) contract. `reopen` makes a fresh instance over the
-/// same data (a restart, or another replica); `blobs` is where finished uploads publish.
-pub(crate) async fn upload_store(reopen: &dyn Fn() -> Arc<dyn super::UploadStore>, blobs: Arc<dyn BlobStore>) {
+/// same data (a restart, or another replica), once the suite has dropped the one before;
+/// `blobs` is where finished uploads publish; `recorded` reads a session's state from the data.
+pub(crate) async fn upload_store(
+    reopen: &dyn Fn() -> Arc<dyn super::UploadStore>,
+    blobs: Arc<dyn BlobStore>,
+    recorded: &Recorded<'_>,
+) {
     let repo: crate::oci::RepoName = "team/app".parse().unwrap();
     let uploads = reopen();
     let unknown = "0123456789abcdef0123456789abcdef";
@@ -240,11 +263,14 @@ pub(crate) async fn upload_store(reopen: &dyn Fn() -> Arc<dyn super::UploadStore
     let id = uploads.create(&repo, "alice", true, 10).await.unwrap();
     assert_eq!(super::parse_upload_id(&id), Some(id.as_str()));
     assert_eq!(uploads.status(&id).await.unwrap(), (repo.clone(), 0));
+    assert_recorded(recorded, &id, b"").await;
     let n = uploads
         .append(&id, range(0, 6), body(&[b"hel", b"lo "], false), 1 << 20)
         .await
         .unwrap();
     assert_eq!(n, 6);
+    assert_recorded(recorded, &id, b"hello ").await;
+    drop(uploads);
     let uploads = reopen();
     assert_eq!(
         uploads.status(&id).await.unwrap(),
@@ -284,12 +310,18 @@ pub(crate) async fn upload_store(reopen: &dyn Fn() -> Arc<dyn super::UploadStore
         6,
         "no rejected or cut chunk counted"
     );
+    assert_recorded(recorded, &id, b"hello ").await;
 
     let n = uploads
         .append(&id, None, body(&[b"world"], false), 1 << 20)
         .await
         .unwrap();
     assert_eq!(n, 11);
+    assert_recorded(recorded, &id, b"hello world").await;
+    // A third instance finishes what the second continued from the first's recorded state.
+    drop(uploads);
+    let uploads = reopen();
+    assert_eq!(uploads.status(&id).await.unwrap(), (repo.clone(), 11));
     let digest = Digest::sha256_of(b"hello world");
     assert_eq!(uploads.finish(&id, &digest).await.unwrap(), 11);
     assert_eq!(
@@ -310,6 +342,7 @@ pub(crate) async fn upload_store(reopen: &dyn Fn() -> Arc<dyn super::UploadStore
     let claimed = Digest::sha256_of(b"the claim");
     let err = uploads.finish(&id, &claimed).await.unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert!(recorded(&id).await.is_none(), "an ended session keeps no state");
     assert_eq!(blobs.stat(&claimed).await.unwrap(), None);
     assert_eq!(
         blobs.stat(&Digest::sha256_of(b"not what was claimed")).await.unwrap(),

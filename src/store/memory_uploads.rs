@@ -1,5 +1,5 @@
 //! In-memory upload sessions, for tests. Every session is plain data in [`UploadData`] (its
-//! bytes, length and serialised hash state), so a second [`MemoryUploads`] over the same data
+//! bytes and its [`UploadState`]: length and serialised hash state), so a second [`MemoryUploads`] over the same data
 //! continues any session, as a replica of a shared backend would.
 
 use std::collections::HashMap;
@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 
 use super::memory::MemoryBlobs;
-use super::upload_store::{ChunkRange, UploadStore, load_hash, save_hash};
-use super::{BlobStore, ByteStream, Error, Result};
+use super::upload_store::{ChunkRange, UploadStore};
+use super::{BlobStore, ByteStream, Error, Result, UploadState};
 use crate::clock::unix_now;
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 
@@ -27,8 +27,8 @@ struct Session {
     #[allow(dead_code)] // kept as a shared backend keeps it, for expiry
     started: u64,
     bytes: Vec<u8>,
-    /// SHA-256 of exactly `bytes`, serialised.
-    hash: Vec<u8>,
+    /// The length and SHA-256 state of exactly `bytes`.
+    state: UploadState,
 }
 
 pub struct MemoryUploads {
@@ -79,7 +79,7 @@ impl UploadStore for MemoryUploads {
             owner: owner.to_owned(),
             started: unix_now(),
             bytes: Vec::new(),
-            hash: save_hash(&Hasher::new(Algorithm::Sha256)),
+            state: UploadState::new(0, &Hasher::new(Algorithm::Sha256)),
         };
         data.insert(id.clone(), session);
         Ok(id)
@@ -87,7 +87,7 @@ impl UploadStore for MemoryUploads {
 
     async fn status(&self, id: &str) -> Result<(RepoName, u64)> {
         let s = self.session(id)?;
-        Ok((s.repo, s.bytes.len() as u64))
+        Ok((s.repo, s.state.len))
     }
 
     async fn append(&self, id: &str, range: Option<ChunkRange>, mut body: ByteStream, limit: u64) -> Result<u64> {
@@ -95,7 +95,7 @@ impl UploadStore for MemoryUploads {
         let _op = lock.lock().await;
         // Work on a copy, stored only once the whole chunk is in: a dropped future changes nothing.
         let mut work = self.session(id)?;
-        let start = work.bytes.len() as u64;
+        let start = work.state.len;
         if let Some(r) = range
             && r.start != start
         {
@@ -105,8 +105,7 @@ impl UploadStore for MemoryUploads {
             });
         }
         let declared = range.map(|r| r.byte_count());
-        let mut hasher = load_hash(Algorithm::Sha256, &work.hash)
-            .ok_or_else(|| Error::Io(std::io::Error::other(format!("upload {id} has a corrupt hash state"))))?;
+        let mut hasher = hasher(id, &work.state)?;
         while let Some(chunk) = body.next().await {
             let chunk: Bytes = chunk.map_err(Error::Body)?;
             let got = work.bytes.len() as u64 + chunk.len() as u64;
@@ -126,8 +125,8 @@ impl UploadStore for MemoryUploads {
         if let Some(d) = declared.filter(|&d| d != got) {
             return Err(Error::ChunkLength { declared: d, got });
         }
-        work.hash = save_hash(&hasher);
         let len = work.bytes.len() as u64;
+        work.state = UploadState::new(len, &hasher);
         self.data.0.lock().insert(id.to_owned(), work);
         Ok(len)
     }
@@ -138,9 +137,7 @@ impl UploadStore for MemoryUploads {
         let session = self.session(id)?;
         self.end(id);
         let actual = match digest.algorithm() {
-            Algorithm::Sha256 => load_hash(Algorithm::Sha256, &session.hash)
-                .ok_or_else(|| Error::Io(std::io::Error::other(format!("upload {id} has a corrupt hash state"))))?
-                .finish(),
+            Algorithm::Sha256 => hasher(id, &session.state)?.finish(),
             other => {
                 let mut hasher = Hasher::new(other);
                 hasher.update(&session.bytes);
@@ -176,6 +173,21 @@ impl UploadStore for MemoryUploads {
     }
 }
 
+/// The hasher to continue `state` with.
+fn hasher(id: &str, state: &UploadState) -> Result<Hasher> {
+    state
+        .hasher()
+        .ok_or_else(|| Error::Io(std::io::Error::other(format!("upload {id} has a corrupt hash state"))))
+}
+
+#[cfg(test)]
+impl UploadData {
+    /// The recorded state of session `id`, as the conformance suite checks it.
+    pub(super) fn state(&self, id: &str) -> Option<UploadState> {
+        self.0.lock().get(id).map(|s| s.state.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +196,10 @@ mod tests {
     async fn the_memory_backend_keeps_the_upload_store_contract() {
         let (data, blobs) = (UploadData::default(), MemoryBlobs::default());
         let reopen = || Arc::new(MemoryUploads::new(data.clone(), blobs.clone())) as Arc<dyn UploadStore>;
-        super::super::conformance::upload_store(&reopen, Arc::new(blobs.clone())).await;
+        let recorded = |id: &str| {
+            let state = data.state(id);
+            Box::pin(async move { state }) as futures_util::future::BoxFuture<'static, _>
+        };
+        super::super::conformance::upload_store(&reopen, Arc::new(blobs.clone()), &recorded).await;
     }
 }

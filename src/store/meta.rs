@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::Result;
-use crate::oci::{Digest, RepoName, Tag};
+use crate::oci::{Algorithm, Digest, Hasher, RepoName, Tag};
 
 /// Where a repository's content comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +42,7 @@ pub struct ManifestRecord {
     pub stored_at: u64,
 }
 
-/// A resumable upload session.
+/// A resumable upload session: everything another process needs to continue it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadRecord {
     pub repo: RepoName,
@@ -51,6 +51,46 @@ pub struct UploadRecord {
     /// Empty for sessions recorded before berth kept it.
     #[serde(default)]
     pub owner: String,
+    /// The committed bytes and their hash state, renewed with every chunk. `None` for sessions
+    /// recorded before berth kept it: the backend rebuilds it from the bytes once.
+    #[serde(default)]
+    pub state: Option<UploadState>,
+    /// Where the backend keeps the bytes. `None` for sessions recorded before berth kept it
+    /// (the filesystem backend's file named by the session id).
+    #[serde(default)]
+    pub handle: Option<UploadHandle>,
+}
+
+/// How far an upload session has committed: its length and the SHA-256 state of exactly those
+/// bytes, so a chunk continues the hash without reading back what came before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadState {
+    pub len: u64,
+    /// [`save_hash`](super::save_hash) of a SHA-256 hasher, in hex.
+    pub sha256: String,
+}
+
+impl UploadState {
+    /// The state of `len` bytes hashed by `hasher` (a SHA-256 one).
+    pub fn new(len: u64, hasher: &Hasher) -> UploadState {
+        UploadState {
+            len,
+            sha256: hex::encode(super::save_hash(hasher)),
+        }
+    }
+
+    /// The hasher to continue with, or `None` when the saved state is not one.
+    pub fn hasher(&self) -> Option<Hasher> {
+        super::load_hash(Algorithm::Sha256, &hex::decode(&self.sha256).ok()?)
+    }
+}
+
+/// Where an upload session's bytes are, as its backend names them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadHandle {
+    /// A file in the filesystem backend's uploads area.
+    File { name: String },
 }
 
 /// One image as an import commits it: every manifest of it (an index with its children and the
@@ -212,4 +252,17 @@ pub trait Meta: Send + Sync {
     /// manifests and point its tag, so an interrupted import leaves all of an image or none of
     /// it. Its blobs and manifests must be registered (the GC invariant).
     async fn put_image(&self, repo: &RepoName, origin: Origin, image: &ImageRecords) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_records_written_before_states_and_handles_still_load() {
+        let old: UploadRecord = serde_json::from_str(r#"{"repo":"team/app","started":5,"owner":"alice"}"#).unwrap();
+        assert_eq!((old.state, old.handle), (None, None));
+        let older: UploadRecord = serde_json::from_str(r#"{"repo":"team/app","started":5}"#).unwrap();
+        assert_eq!(older.owner, "");
+    }
 }

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::{Error, ImageRecords, ManifestRecord, Meta, Origin, UploadRecord};
+use super::{Error, ImageRecords, ManifestRecord, Meta, Origin, UploadHandle, UploadRecord, UploadState};
 use crate::clock::unix_now_ms;
 use crate::oci::{Digest, RepoName, Tag};
 
@@ -472,11 +472,23 @@ pub(crate) async fn upload_records_round_trip_and_are_queried_by_owner_and_age(m
         repo: repo("team/app"),
         started,
         owner: owner.into(),
+        state: None,
+        handle: None,
     };
     meta.put_upload("u1", &upload(100, "alice")).await.unwrap();
     meta.put_upload("u2", &upload(300, "alice")).await.unwrap();
     meta.put_upload("u3", &upload(200, "bob")).await.unwrap();
     assert_eq!(meta.upload("u1").await.unwrap(), Some(upload(100, "alice")));
+    // A session's state and handle are replaced whole with each chunk and read back as written.
+    let mut hasher = crate::oci::Hasher::new(crate::oci::Algorithm::Sha256);
+    hasher.update(b"first chunk");
+    let chunked = UploadRecord {
+        state: Some(UploadState::new(11, &hasher)),
+        handle: Some(UploadHandle::File { name: "u2".into() }),
+        ..upload(300, "alice")
+    };
+    meta.put_upload("u2", &chunked).await.unwrap();
+    assert_eq!(meta.upload("u2").await.unwrap(), Some(chunked));
     assert_eq!(meta.upload("nope").await.unwrap(), None);
     assert_eq!(meta.upload_count("alice").await.unwrap(), 2);
     assert_eq!(meta.upload_count("carol").await.unwrap(), 0);

@@ -9,8 +9,9 @@
 //! blobs/sha256/ab/abcdef…      published blobs, each verified against its name; never partial
 //! uploads/<uuid>               bytes of an upload session in progress (resumable across restarts)
 //! tmp/<uuid>                   partial writes (manifests, cache fills); emptied when opened
-//! meta.redb                    repos, tags, manifest records, blob links, upload sessions, and
-//!                              the blob registry (size, created, last referenced per blob)
+//! meta.redb                    repos, tags, manifest records, blob links, upload sessions (with
+//!                              their committed length and hash state), and the blob registry
+//!                              (size, created, last referenced per blob)
 //! ```
 //! A blob is published by fsync + rename into `blobs/` only after its digest verified, and the
 //! metadata that references it is committed after that, so a crash at any point leaves at worst an
@@ -52,7 +53,8 @@ pub use blobs::MinFree;
 pub use mapped::LocalBlob;
 pub use memory_meta::MemoryMeta;
 pub use meta::{
-    BlobRecord, ImageRecords, ManifestRecord, ManifestRow, Meta, Origin, OriginUsage, Part, RepoInfo, UploadRecord,
+    BlobRecord, ImageRecords, ManifestRecord, ManifestRow, Meta, Origin, OriginUsage, Part, RepoInfo, UploadHandle,
+    UploadRecord, UploadState,
 };
 pub use redb_meta::RedbMeta;
 pub use spool::BATCH as WRITE_BATCH;

@@ -1,17 +1,25 @@
 //! The filesystem [`UploadStore`]. Each session's bytes go to `uploads/<id>` and are hashed as
-//! they arrive; the session row lives in the metadata store. The session's state is that data: its
-//! length is the file's, and its hash state is rebuilt by hashing the file when a process (this
-//! one after a restart, or another) first touches the session. (Saving the hash state instead,
-//! see [`super::save_hash`], would need a place beside the row for it; the memory backend shows
-//! how, and a shared backend keeps it with its session record.) Finishing verifies the digest, fsyncs, and renames
-//! the file into `blobs/`: unverified bytes are never reachable as a blob.
+//! they arrive; the session's record in the metadata store holds the rest of its state: the
+//! committed length and the SHA-256 state of exactly those bytes ([`UploadState`]), renewed with
+//! every chunk. So a session continues after a restart (or in another process over the same
+//! store) without reading its file back. Finishing verifies the digest, fsyncs, and renames the
+//! file into `blobs/`: unverified bytes are never reachable as a blob.
+//!
+//! A chunk commits in this order: every byte in the file, the file synced, then the record. So the
+//! record never claims bytes the file does not hold durably; a file longer than its record holds a
+//! chunk cut off before its commit (a crash) and is cut back to the record, and a file shorter than
+//! its record has lost committed bytes: that session is broken and says so. A record written
+//! before berth kept states has none: its hash is rebuilt from the file once and recorded.
 //!
 //! A chunk can be cut off at any await point (an HTTP/2 reset, a disconnect, the drain timeout):
 //! its future is dropped mid-write. So a chunk works on a copy of the session's length and hash
 //! and commits them only once its writer has put every byte in the file. The writer thread may
 //! outlive a dropped chunk; it holds the session's writer lock until it exits, and every later
-//! operation first waits for that lock and cuts the file back to the committed length. The bytes
-//! in the file up to the session's length are therefore always exactly the bytes its hash covers.
+//! operation first waits for that lock and cuts the file back to the committed length. The record
+//! commit runs as a task that holds the same lock, and the session is unloaded while it runs: if
+//! the chunk is dropped then, the next operation reloads it from whatever the record says. The
+//! bytes in the file up to the session's length are therefore always exactly the bytes its hash
+//! covers.
 //!
 //! Sessions in this process are tracked in an in-memory map (one lock per session); that map
 //! works only inside one process, as its name says.
@@ -29,13 +37,14 @@ use tokio::fs;
 use tokio::io::AsyncReadExt;
 
 use super::blobs::Blobs;
-use super::meta::{Meta, UploadRecord, unix_now};
+use super::meta::{Meta, UploadHandle, UploadRecord, UploadState, unix_now};
 use super::spool::Spool;
 use super::upload_store::{ChunkRange, UploadStore};
 use super::{ByteStream, Error, Result};
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 
-/// Read size when rehashing a session's file after a restart.
+/// Read size when rehashing a session's file (a session recorded without its hash state, or a
+/// finish with a digest other than SHA-256).
 const REHASH_BUFFER: usize = 1 << 20;
 
 /// In-memory state of a session: its length and the hash of exactly those bytes.
@@ -44,14 +53,18 @@ struct Session {
     repo: RepoName,
     len: u64,
     hasher: Hasher,
+    /// The durable record of a resumable session, as last committed; `None` for a monolithic one.
+    record: Option<UploadRecord>,
 }
 
 /// A session as this process knows it.
 #[derive(Default)]
 struct Slot {
-    /// The committed state; its lock serialises the session's operations.
+    /// The committed state, `None` until loaded from the record; its lock serialises the
+    /// session's operations.
     state: tokio::sync::Mutex<Option<Session>>,
-    /// Held by a chunk's file writer until the writer thread has exited (see the module doc).
+    /// Held by a chunk's file writer until the writer thread has exited, and by a record commit
+    /// until it is done (see the module doc).
     writer: Arc<tokio::sync::Mutex<()>>,
     /// The client that opened a monolithic session, which lives only in this map.
     monolithic_owner: Option<String>,
@@ -61,12 +74,16 @@ pub struct Uploads {
     dir: PathBuf,
     blobs: Blobs,
     meta: Arc<dyn Meta>,
-    /// Sessions this process has touched. Sessions missing here after a restart are rebuilt from
-    /// their file and metadata row. Process-local.
+    /// Sessions this process has touched. Sessions missing here after a restart are loaded from
+    /// their record. Process-local.
     local_sessions: Mutex<HashMap<String, Arc<Slot>>>,
     /// Serialises counting a client's sessions with opening one, so two concurrent starts cannot
     /// both pass the limit. Process-local.
     admission: tokio::sync::Mutex<()>,
+    /// Sessions whose hash was rebuilt by reading their file, so tests can tell a resume from
+    /// the recorded state apart from a rehash.
+    #[cfg(test)]
+    rehashed: std::sync::atomic::AtomicUsize,
 }
 
 impl Uploads {
@@ -79,12 +96,19 @@ impl Uploads {
             meta,
             local_sessions: Mutex::new(HashMap::new()),
             admission: tokio::sync::Mutex::new(()),
+            #[cfg(test)]
+            rehashed: Default::default(),
         })
     }
 
     fn path(&self, id: &str) -> PathBuf {
         // `id` is always one we generated (a simple UUID) or checked by `parse_id`.
         self.dir.join(id)
+    }
+
+    /// The handle this backend records: the session's file, named by its id.
+    fn handle(id: &str) -> UploadHandle {
+        UploadHandle::File { name: id.to_owned() }
     }
 
     fn sessions(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
@@ -111,9 +135,9 @@ impl Uploads {
     }
 
     /// Wait until no chunk writer of this session is running, then cut the file back to the
-    /// committed length `len` (a chunk that failed or was dropped may have written past it).
-    /// Returns the file, which then holds exactly the session's `len` bytes: no writer can start
-    /// while the caller holds the session's state lock.
+    /// committed length `len` (a chunk that failed, was dropped, or was cut off by a crash may
+    /// have written past it). Returns the file, which then holds exactly the session's `len`
+    /// bytes: no writer can start while the caller holds the session's state lock.
     async fn settle(&self, id: &str, slot: &Slot, len: u64) -> Result<fs::File> {
         drop(slot.writer.lock().await);
         let file = fs::OpenOptions::new()
@@ -123,9 +147,7 @@ impl Uploads {
             .map_err(|_| Error::UploadUnknown)?;
         let on_disk = file.metadata().await?.len();
         if on_disk < len {
-            return Err(Error::Io(io::Error::other(format!(
-                "upload {id} has {on_disk} bytes in its file but {len} recorded"
-            ))));
+            return Err(broken(id, on_disk, len));
         }
         if on_disk > len {
             file.set_len(len).await?;
@@ -155,18 +177,69 @@ impl Uploads {
         received
     }
 
-    /// The in-memory state, rebuilt by hashing the file when berth restarted mid-upload.
-    async fn load<'a>(&self, id: &str, slot: &'a mut Option<Session>) -> Result<&'a mut Session> {
-        if slot.is_none() {
+    /// Sync the session's file, then commit `record`: the record never claims bytes the file
+    /// does not hold durably. A task of its own does both while holding the session's writer
+    /// lock, so a caller dropped here leaves the commit to finish before anyone touches the
+    /// session again (see the module doc).
+    async fn commit(&self, id: &str, slot: &Slot, record: &UploadRecord) -> Result<()> {
+        let busy = slot.writer.clone().lock_owned().await;
+        let (path, meta, id, record) = (self.path(id), self.meta.clone(), id.to_owned(), record.clone());
+        let task = tokio::spawn(async move {
+            let _busy = busy;
+            let file = fs::File::open(&path).await.map_err(|_| Error::UploadUnknown)?;
+            file.sync_data().await?;
+            meta.put_upload(&id, &record).await
+        });
+        task.await.map_err(|e| Error::Io(io::Error::other(e)))?
+    }
+
+    /// The session's committed state. Not yet in this process (after a restart, or after a
+    /// chunk dropped during its commit), it is loaded from the record; a record written before
+    /// berth kept states is completed once by hashing the file.
+    async fn load<'a>(&self, id: &str, slot: &Slot, state: &'a mut Option<Session>) -> Result<&'a mut Session> {
+        if state.is_none() {
+            // A dropped chunk's commit may still be running: read the record it leaves.
+            drop(slot.writer.lock().await);
             let record = self.meta.upload(id).await?.ok_or(Error::UploadUnknown)?;
-            let (len, hasher) = self.hash_file(id, Algorithm::Sha256).await?;
-            *slot = Some(Session {
-                repo: record.repo,
-                len,
-                hasher,
-            });
+            if record.handle.as_ref().is_some_and(|h| *h != Uploads::handle(id)) {
+                return Err(Error::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("upload {id} is not kept in this store's files: {:?}", record.handle),
+                )));
+            }
+            let session = match &record.state {
+                Some(recorded) => Session {
+                    repo: record.repo.clone(),
+                    len: recorded.len,
+                    hasher: recorded.hasher().ok_or_else(|| {
+                        Error::Io(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("upload {id} is broken: its recorded hash state is not one"),
+                        ))
+                    })?,
+                    record: Some(record),
+                },
+                None => {
+                    let (len, hasher) = self.hash_file(id, Algorithm::Sha256).await?;
+                    #[cfg(test)]
+                    self.rehashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let record = UploadRecord {
+                        state: Some(UploadState::new(len, &hasher)),
+                        handle: Some(Uploads::handle(id)),
+                        ..record
+                    };
+                    self.commit(id, slot, &record).await?;
+                    Session {
+                        repo: record.repo.clone(),
+                        len,
+                        hasher,
+                        record: Some(record),
+                    }
+                }
+            };
+            *state = Some(session);
         }
-        Ok(slot.as_mut().expect("just filled"))
+        Ok(state.as_mut().expect("just filled"))
     }
 
     async fn hash_file(&self, id: &str, algorithm: Algorithm) -> Result<(u64, Hasher)> {
@@ -195,6 +268,17 @@ impl Uploads {
     }
 }
 
+/// A session whose file lost bytes its record committed (a damaged or restored disk): it cannot
+/// continue, and it must not be cut to fit.
+fn broken(id: &str, on_disk: u64, len: u64) -> Error {
+    Error::Io(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "upload {id} is broken: its file holds {on_disk} bytes but {len} were committed; cancel it and upload again"
+        ),
+    ))
+}
+
 #[async_trait::async_trait]
 impl UploadStore for Uploads {
     /// Start a session for `repo` opened by `owner`; returns its id. Refused when `owner` already
@@ -216,6 +300,8 @@ impl UploadStore for Uploads {
                 repo: repo.clone(),
                 started: unix_now(),
                 owner: owner.to_owned(),
+                state: Some(UploadState::new(0, &Hasher::new(Algorithm::Sha256))),
+                handle: Some(Uploads::handle(&id)),
             };
             if let Err(e) = self.meta.put_upload(&id, &record).await {
                 let _ = fs::remove_file(self.path(&id)).await;
@@ -227,6 +313,7 @@ impl UploadStore for Uploads {
                     repo: repo.clone(),
                     len: 0,
                     hasher: Hasher::new(Algorithm::Sha256),
+                    record: None,
                 })),
                 writer: Arc::default(),
                 monolithic_owner: Some(owner.to_owned()),
@@ -274,45 +361,53 @@ impl UploadStore for Uploads {
         {
             return Ok((session.repo.clone(), session.len));
         }
-        let repo = self.meta.upload(id).await?.ok_or(Error::UploadUnknown)?.repo;
-        // Not loaded since a restart: the file is the record (no chunk of this process is
-        // pending on it).
-        let len = fs::metadata(self.path(id))
+        let record = self.meta.upload(id).await?.ok_or(Error::UploadUnknown)?;
+        let on_disk = fs::metadata(self.path(id))
             .await
             .map_err(|_| Error::UploadUnknown)?
             .len();
-        Ok((repo, len))
+        match record.state {
+            Some(state) if on_disk < state.len => Err(broken(id, on_disk, state.len)),
+            // A longer file holds a chunk cut off before its commit; the next chunk cuts it back.
+            Some(state) => Ok((record.repo, state.len)),
+            // Recorded before berth kept states: the file is the record.
+            None => Ok((record.repo, on_disk)),
+        }
     }
 
     /// Append a chunk. With `range`, its start must equal the current length and the body must be
     /// exactly as long as the range. A rejected or interrupted chunk leaves the session as it was.
-    /// Returns the new length.
+    /// Returns the new length, committed to the session's record.
     async fn append(&self, id: &str, range: Option<ChunkRange>, body: ByteStream, limit: u64) -> Result<u64> {
         let slot = self.slot(id);
         let mut guard = slot.state.lock().await;
-        let session = self.load(id, &mut guard).await?;
+        let previous = self.load(id, &slot, &mut guard).await?.clone();
         if let Some(r) = range
-            && r.start != session.len
+            && r.start != previous.len
         {
             return Err(Error::RangeMismatch {
                 start: r.start,
-                offset: session.len,
+                offset: previous.len,
             });
         }
         let declared = range.map(|r| r.byte_count());
-        self.settle(id, &slot, session.len).await?;
+        self.settle(id, &slot, previous.len).await?;
         // Work on a copy: if this future is dropped anywhere below, the session stays as it was.
-        let mut work = session.clone();
-        match self.write_chunk(id, &slot, &mut work, body, declared, limit).await {
-            Ok(()) => {
-                *session = work;
-                Ok(session.len)
-            }
-            Err(e) => {
-                self.settle(id, &slot, session.len).await?;
-                Err(e)
-            }
+        let mut work = previous.clone();
+        if let Err(e) = self.write_chunk(id, &slot, &mut work, body, declared, limit).await {
+            self.settle(id, &slot, previous.len).await?;
+            return Err(e);
         }
+        if let Some(record) = &mut work.record {
+            record.state = Some(UploadState::new(work.len, &work.hasher));
+            // Unloaded until the record is committed: whether the commit lands or fails, or this
+            // future is dropped, the next operation reloads the session from the record.
+            *guard = None;
+            self.commit(id, &slot, record).await?;
+        }
+        let len = work.len;
+        *guard = Some(work);
+        Ok(len)
     }
 
     /// Verify the session's bytes against `digest` and publish them as that blob. The session ends
@@ -320,7 +415,7 @@ impl UploadStore for Uploads {
     async fn finish(&self, id: &str, digest: &Digest) -> Result<u64> {
         let slot = self.slot(id);
         let mut guard = slot.state.lock().await;
-        let session = self.load(id, &mut guard).await?;
+        let session = self.load(id, &slot, &mut guard).await?;
         // After this the file holds exactly the bytes the session's hash covers.
         let file = self.settle(id, &slot, session.len).await?;
         let actual = if digest.algorithm() == Algorithm::Sha256 {
@@ -344,9 +439,16 @@ impl UploadStore for Uploads {
         result.map(|()| len)
     }
 
-    /// Drop a session and its bytes.
+    /// Drop a session and its bytes; a broken session too.
     async fn cancel(&self, id: &str) -> Result<()> {
-        self.status(id).await?;
+        let in_memory = self.sessions().get(id).cloned();
+        let loaded = match in_memory {
+            Some(slot) => slot.state.lock().await.is_some(),
+            None => false,
+        };
+        if !loaded && self.meta.upload(id).await?.is_none() {
+            return Err(Error::UploadUnknown);
+        }
         self.end(id).await
     }
 }
@@ -391,17 +493,5 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::RedbMeta;
-
-    #[tokio::test]
-    async fn the_filesystem_backend_keeps_the_upload_store_contract() {
-        let root = tempfile::tempdir().unwrap();
-        let meta: Arc<dyn Meta> = Arc::new(RedbMeta::open(&root.path().join("meta.redb")).unwrap());
-        let blobs = Blobs::open(root.path()).unwrap();
-        let reopen =
-            || Arc::new(Uploads::open(root.path(), blobs.clone(), meta.clone()).unwrap()) as Arc<dyn UploadStore>;
-        super::super::conformance::upload_store(&reopen, Arc::new(blobs.clone())).await;
-    }
-}
+#[path = "uploads_tests.rs"]
+mod tests;

@@ -17,8 +17,8 @@ use berth::api::admin::{SOCKET_FILE, parse_grace};
 use berth::cache::Pulls;
 use berth::config::Config;
 use berth::oci::{RepoName, parse_image_ref};
-use berth::service::Registry;
 use berth::service::gc::{self, Progress, Report, Usage};
+use berth::service::{Core, Services};
 use berth::store::{self, Store};
 use bytesize::ByteSize;
 use futures_util::StreamExt;
@@ -269,11 +269,11 @@ pub async fn delete(config: &Config, reference: Option<String>, repository: Opti
     };
     match target(config)? {
         Target::Direct(store) => {
-            let registry = Registry::new(store, Vec::new());
-            registry.apply_switches(&config.storage); // [storage] delete and read_only hold here too
+            let services = Services::new(Core::new(store, Vec::new()));
+            services.admin.apply_switches(&config.storage); // [storage] delete and read_only hold here too
             match &what {
-                Ok((repo, r)) => registry.delete_image(repo, r).await?,
-                Err(repo) => registry.remove_repository(repo).await?,
+                Ok((repo, r)) => services.manifests.delete_image(repo, r).await?,
+                Err(repo) => services.manifests.remove_repository(repo).await?,
             }
         }
         Target::Server { socket, http } => {

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::route::{Route, resolve};
-use super::{BlobBody, CacheResult, Error, Registry, Result};
+use std::sync::Arc;
+
+use super::{BlobBody, Blobs, CacheResult, Core, Error, Manifests, Result};
 use crate::config::{PrefetchSettings, parse_image};
 use crate::oci::{Digest, Manifest, Platform, Reference, RepoName, Tag, media};
 
@@ -127,10 +129,18 @@ struct Fetched {
     manifest: Manifest,
 }
 
-impl Registry {
+/// Prefetch lists run through the pull path of [`Manifests`] and [`Blobs`].
+#[derive(Clone)]
+pub struct Prefetch {
+    pub(super) core: Arc<Core>,
+    pub(super) manifests: Manifests,
+    pub(super) blobs: Blobs,
+}
+
+impl Prefetch {
     /// Prefetch `jobs` one image after another; `progress` sees each step. Failures are
     /// reported per image and never stop the run.
-    pub async fn prefetch(&self, jobs: &[Job], progress: &(dyn Fn(Event) + Send + Sync)) -> Vec<ImageReport> {
+    pub async fn run(&self, jobs: &[Job], progress: &(dyn Fn(Event) + Send + Sync)) -> Vec<ImageReport> {
         let mut reports = Vec::with_capacity(jobs.len());
         for (i, job) in jobs.iter().enumerate() {
             progress(Event::Image {
@@ -163,7 +173,7 @@ impl Registry {
             .iter()
             .map(|p| p.parse::<Platform>())
             .collect::<Result<Vec<_>, _>>()?;
-        let route = self.route(&name, None).await.map_err(|e| e.to_string())?;
+        let route = self.core.route(&name, None).await.map_err(|e| e.to_string())?;
         let upstream = match &route {
             Route::Proxied(p) => p.upstream.name().to_owned(),
             Route::Private(repo) => {
@@ -200,10 +210,10 @@ impl Registry {
             unreachable!("checked by the caller");
         };
         if let Reference::Tag(tag) = reference {
-            self.fresh_tags.lock().remove(&(p.local.clone(), tag.clone()));
+            self.core.fresh_tags.lock().remove(&(p.local.clone(), tag.clone()));
         }
         let accept: Vec<String> = ACCEPT.iter().map(|s| s.to_string()).collect();
-        let body = match self.manifest(route, reference, &accept).await {
+        let body = match self.manifests.get(route, reference, &accept).await {
             Ok(body) => body,
             Err(Error::ManifestUnknown(_) | Error::NameUnknown(_)) => return Ok(None),
             Err(e) => return Err(e.to_string()),
@@ -235,7 +245,7 @@ impl Registry {
 
     /// Make sure a blob is in the store (through a fill when it is not); `(size, was cached)`.
     async fn fetch_blob(&self, route: &Route, digest: &Digest) -> Result<(u64, bool)> {
-        match self.blob(route, digest, true).await? {
+        match self.blobs.get(route, digest, true).await? {
             BlobBody::Stored(blob, cache) => Ok((blob.size(), cache == Some(CacheResult::Hit))),
             // `whole` waits for the fill to publish; a stream is not expected, but its bytes
             // arrive all the same once it is read to the end.
@@ -250,7 +260,7 @@ impl Registry {
     }
 
     /// Run `lists` every `interval` until `stop`, starting now; each run is logged per image.
-    pub async fn prefetch_every(self, jobs: Vec<Job>, interval: Duration, stop: CancellationToken) {
+    pub async fn every(self, jobs: Vec<Job>, interval: Duration, stop: CancellationToken) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -260,7 +270,7 @@ impl Registry {
             }
             let reports = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = self.prefetch(&jobs, &|_: Event| {}) => r,
+                r = self.run(&jobs, &|_: Event| {}) => r,
             };
             for r in &reports {
                 match &r.error {
@@ -294,7 +304,7 @@ impl Walk<'_> {
     /// A fetched manifest: an index's chosen children, or an image's blobs; then its referrers.
     async fn manifest(
         &self,
-        reg: &Registry,
+        reg: &Prefetch,
         fetched: Fetched,
         report: &mut ImageReport,
         depth: usize,
@@ -362,7 +372,7 @@ impl Walk<'_> {
     }
 
     /// Every blob of an image manifest, a few at once.
-    async fn blobs(&self, reg: &Registry, manifest: &Manifest, report: &mut ImageReport) -> Result<(), String> {
+    async fn blobs(&self, reg: &Prefetch, manifest: &Manifest, report: &mut ImageReport) -> Result<(), String> {
         let digests: Vec<Digest> = manifest.blob_refs().cloned().collect();
         let mut results = stream::iter(digests)
             .map(|d| async move {
@@ -399,7 +409,7 @@ impl Walk<'_> {
     /// one, and every artifact it lists.
     async fn referrers_of(
         &self,
-        reg: &Registry,
+        reg: &Prefetch,
         subject: &Digest,
         report: &mut ImageReport,
         depth: usize,

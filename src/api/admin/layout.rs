@@ -28,7 +28,7 @@ pub(super) async fn export(
 ) -> Result<Response, Failure> {
     absolute(&opts.output)?;
     Ok(job(move |sink, cancel| async move {
-        admin.registry.export(&opts, sink, &cancel).await
+        admin.services.admin.export(&opts, sink, &cancel).await
     }))
 }
 
@@ -38,7 +38,7 @@ pub(super) async fn import(
 ) -> Result<Response, Failure> {
     absolute(&opts.path)?;
     Ok(job(move |sink, cancel| async move {
-        admin.registry.import(&opts, sink, &cancel).await
+        admin.services.admin.import(&opts, sink, &cancel).await
     }))
 }
 

@@ -261,7 +261,7 @@ fn count(report: &Report, metrics: Option<&crate::metrics::Metrics>) {
     );
 }
 
-impl super::Registry {
+impl super::Admin {
     /// One collection run with this registry's pull times and metrics (see [`run`]), if it can
     /// lead: `None` when another collection is running.
     pub async fn collect_garbage(
@@ -273,6 +273,7 @@ impl super::Registry {
         // One collection at a time across every process on the store: a run still going (the
         // periodic one, a manual one, another replica's) makes this one step aside.
         let Some(_leader) = self
+            .core
             .coordinator()
             .lead(&Task::Gc)
             .await
@@ -281,15 +282,15 @@ impl super::Registry {
             return Ok(None);
         };
         let mut policy = policy.clone();
-        policy.offline_upstreams = self.offline_upstreams();
+        policy.offline_upstreams = self.core.offline_upstreams();
         let report = run(
-            self.store(),
-            self.pulls(),
-            Some(self.metrics()),
+            self.core.store(),
+            self.core.pulls(),
+            Some(self.core.metrics()),
             &policy,
             dry_run,
             progress,
-            self.coordinator().as_ref(),
+            self.core.coordinator().as_ref(),
         )
         .await?;
         Ok(Some(report))
@@ -297,7 +298,7 @@ impl super::Registry {
 
     /// Disk use per repository and by origin (`berth du`).
     pub async fn disk_usage(&self) -> store::Result<Usage> {
-        disk_usage(self.store()).await
+        disk_usage(self.core.store()).await
     }
 }
 

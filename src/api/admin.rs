@@ -89,7 +89,7 @@ async fn run_gc(State(admin): State<Arc<Admin>>, Query(q): Query<GcQuery>) -> Re
     // one that finishes is more useful than one abandoned.
     tokio::spawn(async move {
         let progress_tx = tx.clone();
-        let progress = move |p: gc::Progress| {
+        let progress = move |p: gc::GcProgress| {
             let _ = progress_tx.send(json!({ "progress": p }).to_string() + "\n");
         };
         let line = match admin

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use berth::config::Config;
-use berth::service::layout::{ExportOptions, ExportReport, ImportOptions, ImportReport, Origins, Progress, Sink};
+use berth::service::layout::{ExportOptions, ExportReport, ImportOptions, ImportReport, LayoutProgress, Origins, Sink};
 use berth::service::{Core, Services};
 use berth::store::Store;
 use bytesize::ByteSize;
@@ -107,18 +107,18 @@ fn direct(config: &Config, store: Store) -> anyhow::Result<Services> {
 }
 
 /// Progress on a terminal only: a log or a pipe gets the report alone.
-fn show(p: Progress) {
+fn show(p: LayoutProgress) {
     let mut err = std::io::stderr();
     if !err.is_terminal() {
         return;
     }
     let _ = match p {
-        Progress::Plan { images, blobs, bytes } => {
+        LayoutProgress::Plan { images, blobs, bytes } => {
             writeln!(err, "{images} images, {blobs} blobs, {} to write", ByteSize(bytes))
         }
-        Progress::Blobs { done, bytes } => write!(err, "\r{done} blobs, {}   ", ByteSize(bytes)),
-        Progress::Imported(name) => writeln!(err, "\rimported {name}"),
-        Progress::Warning(w) => writeln!(err, "\rwarning: {w}"),
+        LayoutProgress::Blobs { done, bytes } => write!(err, "\r{done} blobs, {}   ", ByteSize(bytes)),
+        LayoutProgress::Imported(name) => writeln!(err, "\rimported {name}"),
+        LayoutProgress::Warning(w) => writeln!(err, "\rwarning: {w}"),
     };
 }
 

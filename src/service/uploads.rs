@@ -132,18 +132,13 @@ impl Uploads {
         let UploadState { id, len } = self.chunk(repo, id, range, body).await?;
         // Registered before it is published, so its grace period covers it until the link.
         self.core.register(digest, len).await?;
-        self.core
-            .store
-            .uploads
-            .finish(&id, digest)
-            .await
-            .map_err(|e| match e {
-                store::Error::DigestMismatch { expected, actual } => Error::DigestMismatch {
-                    expected: expected.to_string(),
-                    actual,
-                },
-                other => other.into(),
-            })?;
+        self.core.store.uploads.finish(&id, digest).await.map_err(|e| match e {
+            store::Error::DigestMismatch { expected, actual } => Error::DigestMismatch {
+                expected: expected.to_string(),
+                actual,
+            },
+            other => other.into(),
+        })?;
         self.link(repo, digest).await
     }
 

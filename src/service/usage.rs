@@ -14,8 +14,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes and blobs of one part of the blob store.
 pub use crate::store::Part;
 
-/// The blob store by content. A blob that a private repository references counts as private even
-/// when a cached repository references it too.
+/// The blob store by content, for the `store_*` gauges and the web UI (`berth du`'s view per
+/// repository is [`super::gc::DiskUsage`]). A blob that a private repository references counts
+/// as private even when a cached repository references it too.
 #[derive(Clone, Debug, Default)]
 pub struct Usage {
     pub private: Part,

@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::tree::{Tree, walk};
-use super::{Error, ExportOptions, Origins, Progress, REF_NAME, Result, Sink, io_at, ref_name};
+use super::{Error, ExportOptions, LayoutProgress, Origins, REF_NAME, Result, Sink, io_at, ref_name};
 use crate::oci::{Descriptor, Digest, RepoName, Tag, media};
 use crate::service::Admin;
 use crate::store::{BlobStore, ByteStream, Origin};
@@ -83,7 +83,7 @@ impl Admin {
             ..Default::default()
         };
         let warn = |w: String, report: &mut ExportReport| {
-            sink(Progress::Warning(w.clone()));
+            sink(LayoutProgress::Warning(w.clone()));
             report.warnings.push(w);
         };
         let (mut entries, mut files, mut problems) = (Vec::new(), BTreeMap::new(), Vec::new());
@@ -153,7 +153,7 @@ impl Admin {
         }
         report.blobs = files.len();
         report.bytes = files.values().sum();
-        sink(Progress::Plan {
+        sink(LayoutProgress::Plan {
             images: report.images.len(),
             blobs: report.blobs,
             bytes: report.bytes,
@@ -352,7 +352,7 @@ fn write(
         }
         done = (done.0 + 1, done.1 + size);
         if done.0.is_multiple_of(16) || done.0 == files.len() {
-            sink(Progress::Blobs {
+            sink(LayoutProgress::Blobs {
                 done: done.0,
                 bytes: done.1,
             });

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::tree::{Tree, walk};
-use super::{Error, ImportOptions, Progress, REF_NAME, Result, Sink, ref_name};
+use super::{Error, ImportOptions, LayoutProgress, REF_NAME, Result, Sink, ref_name};
 use crate::oci::{Descriptor, Digest, RepoName, Tag};
 use crate::service::Admin;
 use crate::service::manifests::record_of;
@@ -102,7 +102,7 @@ impl Admin {
             }
             self.import_commit(&image, &origin).await?;
             let name = ref_name(&image.repo, &image.tag);
-            sink(Progress::Imported(name.clone()));
+            sink(LayoutProgress::Imported(name.clone()));
             report.images.push(name);
             report.referrers += image.referrers;
         }
@@ -153,7 +153,7 @@ impl Admin {
                 Ok(tree) => {
                     if !tree.missing.is_empty() {
                         let w = format!("{name} imported without {}", tree.missing.join(", "));
-                        sink(Progress::Warning(w.clone()));
+                        sink(LayoutProgress::Warning(w.clone()));
                         report.warnings.push(w);
                     }
                     images.push(Image {

@@ -52,7 +52,7 @@ pub struct Core {
 }
 
 impl Core {
-    /// A registry over `store`, pulling through `upstreams`, counting into a fresh [`Metrics`].
+    /// A core over `store`, pulling through `upstreams`, counting into a fresh [`Metrics`].
     ///
     /// Coordination is in-process ([`coord::Local`], the single-node default) until
     /// [`Core::with_coordinator`] says otherwise.
@@ -68,7 +68,7 @@ impl Core {
         Core::with_remotes(store, upstreams, metrics)
     }
 
-    /// A registry over `store`, pulling through `remotes` as they are (tests put in-process fakes
+    /// A core over `store`, pulling through `remotes` as they are (tests put in-process fakes
     /// here), counting into `metrics`.
     pub fn with_remotes(store: Store, remotes: Vec<Arc<dyn Remote>>, metrics: Arc<Metrics>) -> Core {
         let notifier = Arc::new(Notifier::default());

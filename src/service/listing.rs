@@ -82,8 +82,14 @@ impl Manifests {
         Ok(paginate(tags, n))
     }
 
-    /// The referrers index of `subject` as JSON bytes, filtered by `artifact_type` when given.
-    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<u8>> {
+    /// The referrers index of `subject` in a private repository (stored referrers only) as JSON
+    /// bytes, filtered by `artifact_type` when given; see [`Manifests::referrers_of`].
+    pub(super) async fn stored_referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<u8>> {
         let manifests: Vec<Descriptor> = self
             .core
             .store

@@ -31,7 +31,7 @@ impl Manifests {
         artifact_type: Option<&str>,
     ) -> Result<(Vec<u8>, Option<CacheResult>)> {
         match route {
-            Route::Private(repo) => Ok((self.referrers(repo, subject, artifact_type).await?, None)),
+            Route::Private(repo) => Ok((self.stored_referrers(repo, subject, artifact_type).await?, None)),
             Route::Proxied(p) => {
                 let (index, cache) = self.proxied_referrers(p, subject).await?;
                 Ok((filtered(&index, artifact_type)?, Some(cache)))

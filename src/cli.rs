@@ -17,8 +17,8 @@ use berth::api::admin::{SOCKET_FILE, parse_grace};
 use berth::cache::Pulls;
 use berth::config::Config;
 use berth::oci::{RepoName, parse_image_ref};
-use berth::service::Registry;
-use berth::service::gc::{self, Progress, Report, Usage};
+use berth::service::gc::{self, DiskUsage, GcProgress, Report};
+use berth::service::{Core, Services};
 use berth::store::{self, Store};
 use bytesize::ByteSize;
 use futures_util::StreamExt;
@@ -103,13 +103,13 @@ async fn read_lines(
 }
 
 /// Progress on a terminal only: a log or a pipe gets the report alone.
-fn show_progress(p: Progress) {
+fn show_progress(p: GcProgress) {
     let mut err = std::io::stderr();
     if !err.is_terminal() {
         return;
     }
     let _ = match p {
-        Progress::Plan {
+        GcProgress::Plan {
             manifests,
             blobs,
             store_bytes,
@@ -118,12 +118,12 @@ fn show_progress(p: Progress) {
             "gc: {manifests} manifests, {blobs} blobs, {} in the store",
             ByteSize(store_bytes)
         ),
-        Progress::Evict { manifests } => writeln!(err, "gc: {manifests} manifests to remove"),
-        Progress::Sweep { done, total } => {
+        GcProgress::Evict { manifests } => writeln!(err, "gc: {manifests} manifests to remove"),
+        GcProgress::Sweep { done, total } => {
             let end = if done == total { "\n" } else { "" };
             write!(err, "\rgc: sweeping blobs {done}/{total}{end}")
         }
-        Progress::Uploads { stale } => writeln!(err, "gc: {stale} stale upload sessions"),
+        GcProgress::Uploads { stale } => writeln!(err, "gc: {stale} stale upload sessions"),
     };
 }
 
@@ -269,11 +269,11 @@ pub async fn delete(config: &Config, reference: Option<String>, repository: Opti
     };
     match target(config)? {
         Target::Direct(store) => {
-            let registry = Registry::new(store, Vec::new());
-            registry.apply_switches(&config.storage); // [storage] delete and read_only hold here too
+            let services = Services::new(Core::new(store, Vec::new()));
+            services.admin.apply_switches(&config.storage); // [storage] delete and read_only hold here too
             match &what {
-                Ok((repo, r)) => registry.delete_image(repo, r).await?,
-                Err(repo) => registry.remove_repository(repo).await?,
+                Ok((repo, r)) => services.manifests.delete_image(repo, r).await?,
+                Err(repo) => services.manifests.remove_repository(repo).await?,
             }
         }
         Target::Server { socket, http } => {
@@ -298,7 +298,7 @@ pub async fn delete(config: &Config, reference: Option<String>, repository: Opti
 }
 
 pub async fn du(config: &Config) -> anyhow::Result<()> {
-    let usage: Usage = match target(config)? {
+    let usage: DiskUsage = match target(config)? {
         Target::Direct(store) => gc::disk_usage(&store).await?,
         Target::Server { socket, http } => ask(&socket, http.get("http://berth/du")).await?.json().await?,
     };

@@ -15,8 +15,9 @@ use std::path::Path;
 /// which is where the parts are wired together and which nothing imports.
 const FLOORS: &[(&str, &[&str], &[&str])] = &[
     // The composition root: the binary (`main`, `cli`), the crate root (`lib`: `app`,
-    // `install_crypto_provider`) and the listener. Only these name concrete backends.
-    ("root", &[], &["main", "cli", "lib", "server", "batched_log"]),
+    // `install_crypto_provider`), the listener, the batched log writer, and the wiring `berth
+    // serve` and the in-process test app share. Only these name concrete backends.
+    ("root", &[], &["main", "cli", "lib", "server", "batched_log", "wiring"]),
     // The HTTP edges: the registry API and the web UI.
     ("edge", &[], &["api", "ui"]),
     // Who may do what. Both edges ask it; it asks nothing above the leaves (its clock is

@@ -3,7 +3,7 @@
 //! Dependencies point one way, floor by floor:
 //!
 //! ```text
-//! main | cli | lib | server        the composition root: builds the concrete backends, wires them
+//! main | cli | lib | server | wiring   the composition root: builds the concrete backends, wires them
 //!   api | ui                       HTTP edges (they see only the service, never a backend)
 //!     auth                         who may do what
 //!       service (and service::gc)  what the registry does
@@ -38,13 +38,14 @@ pub mod service;
 pub mod store;
 pub mod ui;
 pub mod upstream;
+pub mod wiring;
 
 use axum::Router;
 
 /// The whole HTTP application (registry API, operations endpoints and web UI); tests drive it
 /// in-process or over a socket.
 pub fn app(state: api::AppState) -> Router {
-    let ui = ui::router(ui::Ui::new(state.registry.clone(), state.auth.clone(), state.tls));
+    let ui = ui::router(ui::Ui::new(state.services.clone(), state.auth.clone(), state.tls));
     api::router_with(state, ui)
 }
 

@@ -3,17 +3,15 @@
 mod cli;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use berth::api::AppState;
 use berth::api::admin::Admin;
-use berth::api::{AppState, ClientLimits};
-use berth::auth::Auth;
 use berth::config::{Config, LogFormat};
 use berth::coord::Task;
 use berth::server::{Options, TlsFiles};
-use berth::service::Registry;
+use berth::service::Services;
 use berth::store;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -166,29 +164,6 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     let limits = config.connection_limits();
     log_descriptor_limit(limits.max_connections);
     let root = &config.storage.root;
-    let store = store::fs::open(root).with_context(|| format!("opening the store at {}", root.display()))?;
-    let upstreams = config
-        .upstream_settings()?
-        .into_iter()
-        .map(|settings| berth::upstream::Upstream::new(settings).context("building an upstream client"))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let addr = config.server.listen;
-    let registry = Registry::new(store.clone(), upstreams)
-        // Single node: one process owns the store (cluster mode puts PostgreSQL here).
-        .with_coordinator(berth::coord::Local::shared())
-        .with_private_namespaces(config.private.namespaces.clone())
-        .with_claim_on_push(config.private.claim_on_push)
-        .with_upload_session_limit(config.limits.max_upload_sessions)
-        .with_min_free(config.storage.min_free)
-        .with_notifications(
-            config.notification_settings()?,
-            format!("{}:{}", hostname(), addr.port()),
-        );
-    registry.apply_switches(&config.storage);
-    let auth = Auth::with_metrics(&config.auth, registry.metrics().clone()).map_err(anyhow::Error::msg)?;
-    if !auth.enabled() && !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "authentication is off ([auth] htpasswd is empty): anyone who reaches this address may push");
-    }
     let tls = &config.server.tls;
     let tls = match (tls.cert.is_empty(), tls.key.is_empty()) {
         (true, true) => None,
@@ -198,30 +173,31 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         }),
         _ => anyhow::bail!("[server.tls] needs both cert and key"),
     };
+    let store = store::fs::open(root).with_context(|| format!("opening the store at {}", root.display()))?;
+    let addr = config.server.listen;
+    let services = berth::wiring::services(&config, store, format!("{}:{}", hostname(), addr.port()))
+        .map_err(anyhow::Error::msg)?;
+    let state = berth::wiring::app_state(&config, services.clone(), tls.is_some()).map_err(anyhow::Error::msg)?;
+    if !state.auth.enabled() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "authentication is off ([auth] htpasswd is empty): anyone who reaches this address may push");
+    }
     let policy = cli::gc_policy(&config)?;
-    let state = AppState {
-        registry: registry.clone(),
-        auth: Arc::new(auth),
-        limits: Arc::new(ClientLimits::new(&config.limits)),
-        tls: tls.is_some(),
-        trust_forwarded: config.server.trust_forwarded_headers,
-    };
-    tokio::spawn(reread_switches_on_sighup(registry.clone(), config_path));
-    tokio::spawn(flush_pulls(registry.clone()));
+    tokio::spawn(reread_switches_on_sighup(services.clone(), config_path));
+    tokio::spawn(flush_pulls(services.clone()));
     tokio::spawn(collect_periodically(
-        registry.clone(),
+        services.clone(),
         policy.clone(),
         config.gc.interval,
     ));
     // Cancelled when shutdown begins: background tasks watch it and end.
     let stop = CancellationToken::new();
     tokio::spawn({
-        let (registry, stop) = (registry.clone(), stop.clone());
+        let (services, stop) = (services.clone(), stop.clone());
         async move {
             // Led for the life of the process: locally always granted; a replica that does not
             // lead leaves the walk to the one that does.
-            if let Some(_leader) = lead_or_log(&registry, Task::UsageWalk).await {
-                registry.measure_usage_every(USAGE_PERIOD, stop).await
+            if let Some(_leader) = lead_or_log(&services, Task::UsageWalk).await {
+                services.admin.measure_usage_every(USAGE_PERIOD, stop).await
             }
         }
     });
@@ -231,17 +207,17 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         let jobs = berth::service::prefetch::Job::from_settings(std::slice::from_ref(&list), &[]);
         // Keyed by position and images: two lists with the same images still both run.
         let task = Task::Prefetch(format!("{i}:{}", list.images.join(",")));
-        let (registry, stop) = (registry.clone(), stop.clone());
+        let (services, stop) = (services.clone(), stop.clone());
         tokio::spawn(async move {
-            if let Some(_leader) = lead_or_log(&registry, task).await {
-                registry.prefetch_every(jobs, interval, stop).await
+            if let Some(_leader) = lead_or_log(&services, task).await {
+                services.prefetch.every(jobs, interval, stop).await
             }
         });
     }
     // The admin channel of `berth gc`/`du`/`delete`; the token file of the old HTTP channel goes.
     let _ = std::fs::remove_file(root.join("admin.token"));
     let admin = Admin {
-        registry: registry.clone(),
+        services: services.clone(),
         policy: policy.clone(),
     };
     // Without it the registry still serves; only the maintenance commands cannot reach it (a
@@ -273,8 +249,8 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         .with_context(|| format!("serving on {addr}"))?;
     // The drain is over: no request runs any more. Pull times noted in memory are written now,
     // before the process exits 0, and queued notifications get a moment to go out.
-    write_pulls(&registry).await;
-    registry.notifier().flush(NOTIFY_FLUSH).await;
+    write_pulls(&services).await;
+    services.core.notifier().flush(NOTIFY_FLUSH).await;
     tracing::info!("berth stopped");
     Ok(())
 }
@@ -304,28 +280,28 @@ fn log_descriptor_limit(max_connections: usize) {
     }
 }
 
-async fn write_pulls(registry: &Registry) {
-    let batch = registry.pulls().drain();
+async fn write_pulls(services: &Services) {
+    let batch = services.core.pulls().drain();
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = registry.store().meta.record_pulls(&batch).await {
+    if let Err(e) = services.core.store().meta.record_pulls(&batch).await {
         tracing::warn!(error = %e, "could not record pull times");
     }
 }
 
 /// Pull times reach the metadata store in batches, off the request path.
-async fn flush_pulls(registry: Registry) {
+async fn flush_pulls(services: Services) {
     let mut tick = tokio::time::interval(PULL_FLUSH);
     loop {
         tick.tick().await;
-        write_pulls(&registry).await;
+        write_pulls(&services).await;
     }
 }
 
 /// Leadership of a periodic `task` that runs for the life of the process, or `None` (logged).
-async fn lead_or_log(registry: &Registry, task: Task) -> Option<berth::coord::LeaderGuard> {
-    match registry.coordinator().lead(&task).await {
+async fn lead_or_log(services: &Services, task: Task) -> Option<berth::coord::LeaderGuard> {
+    match services.core.coordinator().lead(&task).await {
         Ok(Some(guard)) => Some(guard),
         Ok(None) => {
             tracing::info!(task = %task.key(), "another process leads this periodic task");
@@ -339,13 +315,13 @@ async fn lead_or_log(registry: &Registry, task: Task) -> Option<berth::coord::Le
 }
 
 /// Online eviction and garbage collection every `[gc] interval`.
-async fn collect_periodically(registry: Registry, policy: berth::cache::Policy, interval: Duration) {
+async fn collect_periodically(services: Services, policy: berth::cache::Policy, interval: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tick.tick().await;
         // One collection at a time across every process on the store: a run still going when
         // the next tick comes (or a manual or another replica's run) makes this tick skip.
-        match registry.collect_garbage(&policy, false, &|_| {}).await {
+        match services.admin.collect_garbage(&policy, false, &|_| {}).await {
             Ok(Some(_)) => {}
             Ok(None) => tracing::info!("garbage collection skipped: another run leads"),
             Err(e) => tracing::error!(error = %e, "garbage collection failed"),
@@ -356,7 +332,7 @@ async fn collect_periodically(registry: Registry, policy: berth::cache::Policy, 
 /// On SIGHUP, read the config file again (environment overrides included) and apply
 /// `[storage] read_only`, `[storage] delete` and each `[[upstream]]`'s `offline`. Other keys need
 /// a restart; a file that no longer parses is reported and changes nothing.
-async fn reread_switches_on_sighup(registry: Registry, path: Option<PathBuf>) {
+async fn reread_switches_on_sighup(services: Services, path: Option<PathBuf>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::error!("cannot watch SIGHUP; read-only mode can only change with a restart");
@@ -365,8 +341,8 @@ async fn reread_switches_on_sighup(registry: Registry, path: Option<PathBuf>) {
     while hup.recv().await.is_some() {
         match Config::load(path.as_deref()) {
             Ok(config) => {
-                registry.apply_switches(&config.storage);
-                registry.apply_offline(&config.upstreams);
+                services.admin.apply_switches(&config.storage);
+                services.admin.apply_offline(&config.upstreams);
                 tracing::info!(
                     read_only = config.storage.read_only,
                     delete = config.storage.delete,

@@ -73,7 +73,7 @@ pub async fn access(State(app): State<Arc<AppState>>, mut request: Request, next
     response
         .headers_mut()
         .insert(REQUEST_ID, HeaderValue::from_str(&id).expect("a sane or generated id"));
-    let metrics = app.registry.metrics().clone();
+    let metrics = app.services.core.metrics().clone();
     let cache = response.extensions().get::<CacheResult>().copied();
     if let Some(result) = cache {
         metrics.cache(kind, result);

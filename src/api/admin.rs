@@ -25,14 +25,14 @@ mod layout;
 
 use crate::oci::{RepoName, parse_image_ref};
 use crate::service::gc::{self, Policy};
-use crate::service::{self, Registry};
+use crate::service::{self, Services};
 
 /// The socket's file name in the store root.
 pub const SOCKET_FILE: &str = "admin.sock";
 
 /// What the admin channel works on.
 pub struct Admin {
-    pub registry: Registry,
+    pub services: Services,
     /// `[gc]`/`[cache]` as configured; a request may override the grace for one run.
     pub policy: Policy,
 }
@@ -89,10 +89,15 @@ async fn run_gc(State(admin): State<Arc<Admin>>, Query(q): Query<GcQuery>) -> Re
     // one that finishes is more useful than one abandoned.
     tokio::spawn(async move {
         let progress_tx = tx.clone();
-        let progress = move |p: gc::Progress| {
+        let progress = move |p: gc::GcProgress| {
             let _ = progress_tx.send(json!({ "progress": p }).to_string() + "\n");
         };
-        let line = match admin.registry.collect_garbage(&policy, q.dry_run, &progress).await {
+        let line = match admin
+            .services
+            .admin
+            .collect_garbage(&policy, q.dry_run, &progress)
+            .await
+        {
             Ok(Some(report)) => json!({ "report": report }),
             Ok(None) => json!({ "error": "another garbage collection is running; try again when it has finished" }),
             Err(e) => json!({ "error": e.to_string() }),
@@ -133,13 +138,13 @@ async fn delete(State(admin): State<Arc<Admin>>, Query(q): Query<DeleteQuery>) -
     match (q.reference, q.repository) {
         (Some(reference), None) => {
             let (repo, reference) = parse_image_ref(&reference).map_err(|e| Failure(StatusCode::BAD_REQUEST, e))?;
-            admin.registry.delete_image(&repo, &reference).await?;
+            admin.services.manifests.delete_image(&repo, &reference).await?;
         }
         (None, Some(repository)) => {
             let repo: RepoName = repository
                 .parse()
                 .map_err(|e: crate::oci::NameError| Failure(StatusCode::BAD_REQUEST, e.to_string()))?;
-            admin.registry.remove_repository(&repo).await?;
+            admin.services.manifests.remove_repository(&repo).await?;
         }
         _ => {
             return Err(Failure(
@@ -153,7 +158,8 @@ async fn delete(State(admin): State<Arc<Admin>>, Query(q): Query<DeleteQuery>) -
 
 async fn du(State(admin): State<Arc<Admin>>) -> Result<Response, Failure> {
     let usage = admin
-        .registry
+        .services
+        .admin
         .disk_usage()
         .await
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -189,7 +195,7 @@ async fn run_prefetch(
         let progress = move |e: crate::service::prefetch::Event| {
             let _ = progress_tx.send(json!({ "progress": e }).to_string() + "\n");
         };
-        let reports = admin.registry.prefetch(&request.jobs, &progress).await;
+        let reports = admin.services.prefetch.run(&request.jobs, &progress).await;
         let _ = tx.send(json!({ "reports": reports }).to_string() + "\n");
     });
     Ok(ndjson(rx))

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use super::range::{RangeSpec, parse_range};
 use super::{CONTENT_DIGEST, set_cache};
 use crate::oci::{Digest, RepoName};
-use crate::service::{BlobBody, Registry, Result, Route, Stored};
+use crate::service::{BlobBody, Blobs, Result, Route, Stored};
 
 fn common(digest: &Digest) -> [(HeaderName, String); 3] {
     [
@@ -17,9 +17,9 @@ fn common(digest: &Digest) -> [(HeaderName, String); 3] {
     ]
 }
 
-pub async fn get(reg: &Registry, route: &Route, digest: &Digest, h: &HeaderMap) -> Result<Response> {
+pub async fn get(blobs: &Blobs, route: &Route, digest: &Digest, h: &HeaderMap) -> Result<Response> {
     let range = h.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (mut response, cache) = match reg.blob(route, digest, range.is_some()).await? {
+    let (mut response, cache) = match blobs.get(route, digest, range.is_some()).await? {
         BlobBody::Stored(blob, cache) => (stored_response(blob, digest, range), cache),
         BlobBody::Stream { size, stream, cache } => {
             // A miss streaming in: the body ends in an error (aborting the response) if the
@@ -81,8 +81,8 @@ fn stored_response(blob: Stored, digest: &Digest, range: Option<&str>) -> Respon
     response
 }
 
-pub async fn head(reg: &Registry, route: &Route, digest: &Digest) -> Result<Response> {
-    let (size, cache) = reg.blob_size(route, digest).await?;
+pub async fn head(blobs: &Blobs, route: &Route, digest: &Digest) -> Result<Response> {
+    let (size, cache) = blobs.size(route, digest).await?;
     let mut response = (
         common(digest),
         [(header::CONTENT_TYPE, "application/octet-stream".to_owned())],
@@ -93,7 +93,7 @@ pub async fn head(reg: &Registry, route: &Route, digest: &Digest) -> Result<Resp
     Ok(response)
 }
 
-pub async fn delete(reg: &Registry, repo: &RepoName, digest: &Digest) -> Result<Response> {
-    reg.delete_blob(repo, digest).await?;
+pub async fn delete(blobs: &Blobs, repo: &RepoName, digest: &Digest) -> Result<Response> {
+    blobs.delete(repo, digest).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }

@@ -80,7 +80,16 @@ async fn note_parts(
         }
         (&Method::POST | &Method::PUT, Endpoint::Upload(repo, _)) if status == StatusCode::CREATED => {
             let size = match digest.parse() {
-                Ok(d) => app.registry.store().blobs.size(&d).await.ok().flatten().unwrap_or(0),
+                Ok(d) => app
+                    .services
+                    .core
+                    .store()
+                    .blobs
+                    .size(&d)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0),
                 Err(_) => 0,
             };
             (Action::Push, repo, blob(size))
@@ -138,7 +147,8 @@ async fn note_parts(
         method: parts.method.to_string(),
         useragent: text(&parts.headers, header::USER_AGENT).to_owned(),
     };
-    app.registry
+    app.services
+        .core
         .notifier()
         .emit(action, target, request, Actor { name: user });
 }

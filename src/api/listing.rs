@@ -7,7 +7,7 @@ use serde_json::json;
 use super::Params;
 use crate::auth::{Auth, Identity};
 use crate::oci::{Digest, RepoName, media};
-use crate::service::{Page, Registry, Result, Route, listing_limit};
+use crate::service::{Browse, Manifests, Page, Result, Route, listing_limit};
 
 /// `n` from the query; without it, one maximal page.
 fn page_size(params: &Params) -> usize {
@@ -31,31 +31,32 @@ fn with_link(mut response: Response, path: &str, n: usize, page: &Page) -> Respo
 }
 
 /// The catalog as `who` may see it: only repositories they may pull.
-pub async fn catalog(reg: &Registry, auth: &Auth, who: &Identity, params: &Params) -> Result<Response> {
+pub async fn catalog(browse: &Browse, auth: &Auth, who: &Identity, params: &Params) -> Result<Response> {
     let n = page_size(params);
     let last = params.last.as_deref();
     let page = if auth.enabled() {
-        reg.catalog_filtered(last, n, |name, proxied| auth.may_pull(who, name, proxied))
+        browse
+            .catalog_filtered(last, n, |name, proxied| auth.may_pull(who, name, proxied))
             .await?
     } else {
-        reg.catalog(last, n).await?
+        browse.catalog(last, n).await?
     };
     let response = axum::Json(json!({ "repositories": page.items })).into_response();
     Ok(with_link(response, "/v2/_catalog", n, &page))
 }
 
-pub async fn tags(reg: &Registry, route: &Route, repo: &RepoName, params: &Params) -> Result<Response> {
+pub async fn tags(manifests: &Manifests, route: &Route, repo: &RepoName, params: &Params) -> Result<Response> {
     let n = page_size(params);
-    let page = reg.tags(route, params.last.as_deref(), n).await?;
+    let page = manifests.tags(route, params.last.as_deref(), n).await?;
     let response = axum::Json(json!({ "name": repo.as_str(), "tags": page.items })).into_response();
     Ok(with_link(response, &format!("/v2/{repo}/tags/list"), n, &page))
 }
 
 /// The referrers of `subject`; a mirrored repository's come from its upstream (see
 /// `service::referrers`).
-pub async fn referrers(reg: &Registry, route: &Route, subject: &Digest, params: &Params) -> Result<Response> {
+pub async fn referrers(manifests: &Manifests, route: &Route, subject: &Digest, params: &Params) -> Result<Response> {
     let filter = params.artifact_type.as_deref();
-    let (body, cache) = reg.referrers_of(route, subject, filter).await?;
+    let (body, cache) = manifests.referrers_of(route, subject, filter).await?;
     let mut response = ([(header::CONTENT_TYPE, media::OCI_INDEX)], body).into_response();
     super::set_cache(&mut response, cache);
     if filter.is_some() {

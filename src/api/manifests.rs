@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use super::{CONTENT_DIGEST, set_cache};
 use crate::oci::media::DEFAULT_ACCEPT;
 use crate::oci::{Reference, RepoName};
-use crate::service::{Error, MAX_MANIFEST_BYTES, ManifestHead, Registry, Result, Route};
+use crate::service::{Error, MAX_MANIFEST_BYTES, ManifestHead, Manifests, Result, Route};
 
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 
@@ -52,15 +52,15 @@ fn not_modified(head: &ManifestHead, h: &HeaderMap) -> Option<Response> {
     })
 }
 
-pub async fn get(reg: &Registry, route: &Route, reference: &Reference, h: &HeaderMap) -> Result<Response> {
-    let m = reg.manifest(route, reference, &accept(h)).await?;
+pub async fn get(manifests: &Manifests, route: &Route, reference: &Reference, h: &HeaderMap) -> Result<Response> {
+    let m = manifests.get(route, reference, &accept(h)).await?;
     let mut response = not_modified(&m.head, h).unwrap_or_else(|| (headers(&m.head), m.bytes).into_response());
     set_cache(&mut response, m.head.cache);
     Ok(response)
 }
 
-pub async fn head(reg: &Registry, route: &Route, reference: &Reference, h: &HeaderMap) -> Result<Response> {
-    let head = reg.manifest_head(route, reference, &accept(h)).await?;
+pub async fn head(manifests: &Manifests, route: &Route, reference: &Reference, h: &HeaderMap) -> Result<Response> {
+    let head = manifests.head(route, reference, &accept(h)).await?;
     let mut response = not_modified(&head, h).unwrap_or_else(|| (headers(&head), Body::empty()).into_response());
     set_cache(&mut response, head.cache);
     Ok(response)
@@ -87,7 +87,7 @@ fn accept(h: &HeaderMap) -> Cow<'static, [String]> {
 }
 
 pub async fn put(
-    reg: &Registry,
+    manifests: &Manifests,
     repo: &RepoName,
     reference: &Reference,
     h: &HeaderMap,
@@ -101,7 +101,7 @@ pub async fn put(
     }
     let bytes = read_limited(body).await?;
     let content_type = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let put = reg.put_manifest(repo, reference, content_type, bytes).await?;
+    let put = manifests.put(repo, reference, content_type, bytes).await?;
     let location = format!("/v2/{repo}/manifests/{}", put.digest);
     let mut response = (
         StatusCode::CREATED,
@@ -145,7 +145,7 @@ async fn read_limited(body: Body) -> Result<Bytes> {
     Ok(buf.freeze())
 }
 
-pub async fn delete(reg: &Registry, repo: &RepoName, reference: &Reference) -> Result<Response> {
-    reg.delete_manifest(repo, reference).await?;
+pub async fn delete(manifests: &Manifests, repo: &RepoName, reference: &Reference) -> Result<Response> {
+    manifests.delete(repo, reference).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }

@@ -40,12 +40,12 @@ pub use uploads::parse_content_range;
 
 use crate::auth::{Action, Auth, Denied, Identity, Scope, User};
 use crate::oci::{NameError, RepoName};
-use crate::service::{Error, Registry, Route};
+use crate::service::{Error, Route, Services};
 
 /// Everything a request handler needs.
 #[derive(Clone)]
 pub struct AppState {
-    pub registry: Registry,
+    pub services: Services,
     pub auth: Arc<Auth>,
     pub limits: Arc<ClientLimits>,
     /// Whether berth itself terminates TLS (for the token realm's scheme).
@@ -57,9 +57,9 @@ pub struct AppState {
 
 impl AppState {
     /// A registry with authentication and client limits off.
-    pub fn open(registry: Registry) -> AppState {
+    pub fn open(services: Services) -> AppState {
         AppState {
-            registry,
+            services,
             auth: Arc::new(Auth::disabled()),
             limits: Arc::new(ClientLimits::off()),
             tls: false,
@@ -143,7 +143,7 @@ async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Respons
         Err(ParseError::Invalid(e)) => return Error::Name(e).into_response(),
     };
     // Kept for the notification event only when someone listens.
-    let noted = app.registry.notifier().enabled().then(|| endpoint.clone());
+    let noted = app.services.core.notifier().enabled().then(|| endpoint.clone());
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let client = app.limits.client_ip(&parts.headers, &parts.extensions);
     let who = app.auth.identify(authorization, client).await;
@@ -216,7 +216,7 @@ impl Call<'_> {
 
     /// Route a read of `repo` and check that the caller may pull it.
     async fn readable(&self, repo: &RepoName) -> Result<Route, Error> {
-        let route = self.app.registry.route(repo, self.params.ns.as_deref()).await?;
+        let route = self.app.services.core.route(repo, self.params.ns.as_deref()).await?;
         let proxied = matches!(route, Route::Proxied(_));
         self.authorize(Scope::Repository {
             name: repo.as_str(),
@@ -236,16 +236,16 @@ impl Call<'_> {
             proxied: false,
         };
         if self.who.user.is_some() {
-            let routed = self.app.registry.route_push(repo).await?;
+            let routed = self.app.services.core.route_push(repo).await?;
             self.authorize(scope)?;
             return Ok(routed);
         }
         self.authorize(scope)?;
-        self.app.registry.route_push(repo).await
+        self.app.services.core.route_push(repo).await
     }
 
     async fn handle(self, method: Method, endpoint: Endpoint, body: Body) -> Result<Response, Error> {
-        let (reg, h, params) = (&self.app.registry, self.headers, &self.params);
+        let (svc, h, params) = (&self.app.services, self.headers, &self.params);
         match (method, endpoint) {
             (Method::GET | Method::HEAD, Endpoint::Base) => {
                 self.authorize(Scope::Base)?;
@@ -253,43 +253,43 @@ impl Call<'_> {
             }
             (Method::GET, Endpoint::Catalog) => {
                 self.authorize(Scope::Catalog)?;
-                listing::catalog(reg, &self.app.auth, &self.who, params).await
+                listing::catalog(&svc.browse, &self.app.auth, &self.who, params).await
             }
             (Method::GET, Endpoint::Tags(repo)) => {
-                listing::tags(reg, &self.readable(&repo).await?, &repo, params).await
+                listing::tags(&svc.manifests, &self.readable(&repo).await?, &repo, params).await
             }
             (Method::GET, Endpoint::Referrers(repo, d)) => {
-                listing::referrers(reg, &self.readable(&repo).await?, &d, params).await
+                listing::referrers(&svc.manifests, &self.readable(&repo).await?, &d, params).await
             }
             (Method::GET, Endpoint::Manifest(repo, r)) => {
-                manifests::get(reg, &self.readable(&repo).await?, &r, h).await
+                manifests::get(&svc.manifests, &self.readable(&repo).await?, &r, h).await
             }
             (Method::HEAD, Endpoint::Manifest(repo, r)) => {
-                manifests::head(reg, &self.readable(&repo).await?, &r, h).await
+                manifests::head(&svc.manifests, &self.readable(&repo).await?, &r, h).await
             }
-            (Method::GET, Endpoint::Blob(repo, d)) => blobs::get(reg, &self.readable(&repo).await?, &d, h).await,
-            (Method::HEAD, Endpoint::Blob(repo, d)) => blobs::head(reg, &self.readable(&repo).await?, &d).await,
+            (Method::GET, Endpoint::Blob(repo, d)) => blobs::get(&svc.blobs, &self.readable(&repo).await?, &d, h).await,
+            (Method::HEAD, Endpoint::Blob(repo, d)) => blobs::head(&svc.blobs, &self.readable(&repo).await?, &d).await,
             (Method::PUT, Endpoint::Manifest(repo, r)) => {
-                manifests::put(reg, &self.writable(&repo, Action::Push).await?, &r, h, body).await
+                manifests::put(&svc.manifests, &self.writable(&repo, Action::Push).await?, &r, h, body).await
             }
             (Method::DELETE, Endpoint::Manifest(repo, r)) => {
-                manifests::delete(reg, &self.writable(&repo, Action::Delete).await?, &r).await
+                manifests::delete(&svc.manifests, &self.writable(&repo, Action::Delete).await?, &r).await
             }
             (Method::DELETE, Endpoint::Blob(repo, d)) => {
-                blobs::delete(reg, &self.writable(&repo, Action::Delete).await?, &d).await
+                blobs::delete(&svc.blobs, &self.writable(&repo, Action::Delete).await?, &d).await
             }
             (Method::POST, Endpoint::Upload(repo, None)) => {
                 let repo = self.writable(&repo, Action::Push).await?;
                 let from = self.mount_source(params).await?;
-                uploads::start(reg, &repo, params, from.as_ref(), &self.owner(), h, body).await
+                uploads::start(&svc.uploads, &repo, params, from.as_ref(), &self.owner(), h, body).await
             }
             (method, Endpoint::Upload(repo, Some(id))) => {
                 let repo = self.writable(&repo, Action::Push).await?;
                 match method {
-                    Method::GET => uploads::status(reg, &repo, &id).await,
-                    Method::PATCH => uploads::patch(reg, &repo, &id, h, body).await,
-                    Method::PUT => uploads::put(reg, &repo, &id, params, h, body).await,
-                    Method::DELETE => uploads::cancel(reg, &repo, &id).await,
+                    Method::GET => uploads::status(&svc.uploads, &repo, &id).await,
+                    Method::PATCH => uploads::patch(&svc.uploads, &repo, &id, h, body).await,
+                    Method::PUT => uploads::put(&svc.uploads, &repo, &id, params, h, body).await,
+                    Method::DELETE => uploads::cancel(&svc.uploads, &repo, &id).await,
                     _ => Err(Error::Unsupported("method not allowed on this endpoint")),
                 }
             }

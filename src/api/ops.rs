@@ -13,7 +13,11 @@ use super::AppState;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, OPENMETRICS)], app.registry.metrics().encode()).into_response()
+    (
+        [(header::CONTENT_TYPE, OPENMETRICS)],
+        app.services.core.metrics().encode(),
+    )
+        .into_response()
 }
 
 /// Liveness: the process answers HTTP.
@@ -23,7 +27,7 @@ pub async fn healthz() -> &'static str {
 
 /// Readiness: 200 when the store works, else 503 with the reason as JSON.
 pub async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    match app.registry.ready().await {
+    match app.services.admin.ready().await {
         Ok(()) => axum::Json(json!({ "status": "ready" })).into_response(),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");

@@ -93,7 +93,7 @@ async fn grant(app: &AppState, user: Option<&str>, scope: &str) -> Option<Grant>
         }),
         "repository" => {
             let repo: RepoName = name.parse().ok()?;
-            let proxied = matches!(app.registry.route(&repo, None).await, Ok(Route::Proxied(_)));
+            let proxied = matches!(app.services.core.route(&repo, None).await, Ok(Route::Proxied(_)));
             let allowed = app.auth.allowed(user, name, proxied);
             let requested = actions
                 .split(',')

@@ -8,7 +8,7 @@ use super::drain::drainable;
 use super::error::range_value;
 use super::{CONTENT_DIGEST, Params, body_stream};
 use crate::oci::{Digest, RepoName};
-use crate::service::{ChunkRange, Error, Mount, Registry, Result, UploadState};
+use crate::service::{ChunkRange, Error, Mount, Result, UploadState, Uploads};
 
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 
@@ -62,7 +62,7 @@ pub fn parse_content_range(text: &str) -> Option<ChunkRange> {
 }
 
 pub async fn start(
-    reg: &Registry,
+    uploads: &Uploads,
     repo: &RepoName,
     params: &Params,
     readable_from: Option<&RepoName>,
@@ -72,27 +72,27 @@ pub async fn start(
 ) -> Result<Response> {
     if let Some(mount) = &params.mount {
         let digest: Digest = mount.parse()?;
-        return Ok(match reg.mount(repo, &digest, readable_from, owner).await? {
+        return Ok(match uploads.mount(repo, &digest, readable_from, owner).await? {
             Mount::Mounted(d) => created(repo, &d),
             Mount::Started(state) => session(repo, &state, StatusCode::ACCEPTED),
         });
     }
     // Check the digest before opening a session, so a bad request leaves nothing behind.
     let digest = digest_param(params)?;
-    let state = reg.start_upload(repo, owner, digest.is_none()).await?;
+    let state = uploads.start(repo, owner, digest.is_none()).await?;
     let Some(digest) = digest else {
         return Ok(session(repo, &state, StatusCode::ACCEPTED));
     };
     // Monolithic: the client never saw the session, so neither a failure nor a request cut off
     // mid-body may leave it open.
-    let guard = reg.cancel_on_drop(repo, &state.id);
+    let guard = uploads.cancel_on_drop(repo, &state.id);
     let (body, rest) = drainable(body_stream(body));
     let finished = match chunk_range(h) {
-        Ok(range) => reg.finish_upload(repo, &state.id, &digest, range, body).await,
+        Ok(range) => uploads.finish(repo, &state.id, &digest, range, body).await,
         Err(e) => Err(e),
     };
     if let Err(e) = finished {
-        let _ = reg.cancel_upload(repo, &state.id).await;
+        let _ = uploads.cancel(repo, &state.id).await;
         guard.disarm();
         return rest.after(Err(e)).await;
     }
@@ -100,21 +100,19 @@ pub async fn start(
     Ok(created(repo, &digest))
 }
 
-pub async fn status(reg: &Registry, repo: &RepoName, id: &str) -> Result<Response> {
-    let state = reg.upload_status(repo, id).await?;
+pub async fn status(uploads: &Uploads, repo: &RepoName, id: &str) -> Result<Response> {
+    let state = uploads.status(repo, id).await?;
     Ok(session(repo, &state, StatusCode::NO_CONTENT))
 }
 
-pub async fn patch(reg: &Registry, repo: &RepoName, id: &str, h: &HeaderMap, body: Body) -> Result<Response> {
+pub async fn patch(uploads: &Uploads, repo: &RepoName, id: &str, h: &HeaderMap, body: Body) -> Result<Response> {
     let (body, rest) = drainable(body_stream(body));
-    let state = rest
-        .after(reg.upload_chunk(repo, id, chunk_range(h)?, body).await)
-        .await?;
+    let state = rest.after(uploads.chunk(repo, id, chunk_range(h)?, body).await).await?;
     Ok(session(repo, &state, StatusCode::ACCEPTED))
 }
 
 pub async fn put(
-    reg: &Registry,
+    uploads: &Uploads,
     repo: &RepoName,
     id: &str,
     params: &Params,
@@ -125,13 +123,13 @@ pub async fn put(
         "the digest query parameter is required to finish an upload",
     ))?;
     let (body, rest) = drainable(body_stream(body));
-    rest.after(reg.finish_upload(repo, id, &digest, chunk_range(h)?, body).await)
+    rest.after(uploads.finish(repo, id, &digest, chunk_range(h)?, body).await)
         .await?;
     Ok(created(repo, &digest))
 }
 
-pub async fn cancel(reg: &Registry, repo: &RepoName, id: &str) -> Result<Response> {
-    reg.cancel_upload(repo, id).await?;
+pub async fn cancel(uploads: &Uploads, repo: &RepoName, id: &str) -> Result<Response> {
+    uploads.cancel(repo, id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

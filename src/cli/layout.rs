@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use berth::config::Config;
-use berth::service::Registry;
-use berth::service::layout::{ExportOptions, ExportReport, ImportOptions, ImportReport, Origins, Progress, Sink};
+use berth::service::layout::{ExportOptions, ExportReport, ImportOptions, ImportReport, LayoutProgress, Origins, Sink};
+use berth::service::{Core, Services};
 use berth::store::Store;
 use bytesize::ByteSize;
 use futures_util::StreamExt;
@@ -91,32 +91,34 @@ impl From<ImportArgs> for ImportOptions {
 }
 
 /// A registry over the stopped store, routed as the server would route it.
-fn direct(config: &Config, store: Store) -> anyhow::Result<Registry> {
+fn direct(config: &Config, store: Store) -> anyhow::Result<Services> {
     let upstreams = config
         .upstream_settings()?
         .into_iter()
         .map(|s| berth::upstream::Upstream::new(s).context("building an upstream client"))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let registry = Registry::new(store, upstreams)
-        .with_private_namespaces(config.private.namespaces.clone())
-        .with_claim_on_push(config.private.claim_on_push);
-    registry.apply_switches(&config.storage); // read-only mode holds for imports too
-    Ok(registry)
+    let services = Services::new(
+        Core::new(store, upstreams)
+            .with_private_namespaces(config.private.namespaces.clone())
+            .with_claim_on_push(config.private.claim_on_push),
+    );
+    services.admin.apply_switches(&config.storage); // read-only mode holds for imports too
+    Ok(services)
 }
 
 /// Progress on a terminal only: a log or a pipe gets the report alone.
-fn show(p: Progress) {
+fn show(p: LayoutProgress) {
     let mut err = std::io::stderr();
     if !err.is_terminal() {
         return;
     }
     let _ = match p {
-        Progress::Plan { images, blobs, bytes } => {
+        LayoutProgress::Plan { images, blobs, bytes } => {
             writeln!(err, "{images} images, {blobs} blobs, {} to write", ByteSize(bytes))
         }
-        Progress::Blobs { done, bytes } => write!(err, "\r{done} blobs, {}   ", ByteSize(bytes)),
-        Progress::Imported(name) => writeln!(err, "\rimported {name}"),
-        Progress::Warning(w) => writeln!(err, "\rwarning: {w}"),
+        LayoutProgress::Blobs { done, bytes } => write!(err, "\r{done} blobs, {}   ", ByteSize(bytes)),
+        LayoutProgress::Imported(name) => writeln!(err, "\rimported {name}"),
+        LayoutProgress::Warning(w) => writeln!(err, "\rwarning: {w}"),
     };
 }
 
@@ -151,8 +153,8 @@ pub async fn export(config: &Config, mut opts: ExportOptions) -> anyhow::Result<
     opts.output = std::path::absolute(&opts.output)?;
     let report: ExportReport = match target(config)? {
         Target::Direct(store) => {
-            let registry = direct(config, store)?;
-            registry.export(&opts, sink(), &CancellationToken::new()).await?
+            let services = direct(config, store)?;
+            services.admin.export(&opts, sink(), &CancellationToken::new()).await?
         }
         Target::Server { socket, http } => {
             let request = http.post(admin_url("export", &[])).json(&opts);
@@ -183,8 +185,8 @@ pub async fn import(config: &Config, mut opts: ImportOptions) -> anyhow::Result<
     opts.path = std::path::absolute(&opts.path)?;
     let report: ImportReport = match target(config)? {
         Target::Direct(store) => {
-            let registry = direct(config, store)?;
-            registry.import(&opts, sink(), &CancellationToken::new()).await?
+            let services = direct(config, store)?;
+            services.admin.import(&opts, sink(), &CancellationToken::new()).await?
         }
         Target::Server { socket, http } => {
             let request = http.post(admin_url("import", &[])).json(&opts);

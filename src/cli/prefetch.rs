@@ -5,9 +5,9 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, bail};
 use berth::config::Config;
-use berth::service::Registry;
 use berth::service::gc;
 use berth::service::prefetch::{Event as PrefetchEvent, ImageReport, Job as PrefetchJob};
+use berth::service::{Core, Services};
 use berth::store;
 use bytesize::ByteSize;
 
@@ -118,11 +118,12 @@ pub async fn prefetch(config: &Config, platforms: &[String], referrers: bool, im
                 .into_iter()
                 .map(berth::upstream::Upstream::new)
                 .collect::<Result<Vec<_>, _>>()?;
-            let registry =
-                Registry::new(store.clone(), upstreams).with_private_namespaces(config.private.namespaces.clone());
-            let reports = registry.prefetch(&jobs, &show).await;
+            let services = Services::new(
+                Core::new(store.clone(), upstreams).with_private_namespaces(config.private.namespaces.clone()),
+            );
+            let reports = services.prefetch.run(&jobs, &show).await;
             // The runs count as pulls for TTL eviction, as they do on a server.
-            store.meta.record_pulls(&registry.pulls().drain()).await?;
+            store.meta.record_pulls(&services.core.pulls().drain()).await?;
             reports
         }
         Target::Server { socket, http } => {

@@ -4,9 +4,17 @@
 
 use serde_json::Value;
 
-use super::{Registry, Result};
+use std::sync::Arc;
+
+use super::{Core, Result};
 use crate::oci::{Descriptor, Digest, Manifest, Reference, RepoName, Tag};
 use crate::store::{ManifestRecord, Origin};
+
+/// The web UI's read-only views of the store, and the catalog listings.
+#[derive(Clone)]
+pub struct Browse {
+    pub(super) core: Arc<Core>,
+}
 
 /// Repository names read from the metadata store per step of a filtered listing.
 const SCAN_STEP: usize = 500;
@@ -40,7 +48,7 @@ pub struct TagRow {
     pub size: Option<u64>,
     /// `os/arch[/variant]` of each manifest of an index; empty for an image.
     pub platforms: Vec<String>,
-    /// Unix time, see [`Registry::last_pulled`].
+    /// Unix time, see [`Browse::last_pulled`].
     pub last_pulled: u64,
 }
 
@@ -87,14 +95,15 @@ impl ManifestView {
     }
 }
 
-impl Registry {
+impl Browse {
     /// When a manifest was last pulled: a pull noted in memory, else the recorded one, else
     /// when it was stored (never pulled since).
     pub async fn last_pulled(&self, repo: &RepoName, digest: &Digest, record: &ManifestRecord) -> Result<u64> {
-        if let Some(at) = self.pulls.get(repo, digest) {
+        if let Some(at) = self.core.pulls.get(repo, digest) {
             return Ok(at);
         }
         Ok(self
+            .core
             .store
             .meta
             .last_pull(repo, digest)
@@ -117,13 +126,13 @@ fn platform_of(d: &Descriptor) -> String {
     out
 }
 
-impl Registry {
+impl Browse {
     /// A repository's summary; `None` when it is unknown.
     pub async fn repo_summary(&self, name: &str) -> Result<Option<RepoSummary>> {
         let Ok(repo) = name.parse::<RepoName>() else {
             return Ok(None);
         };
-        Ok(self.store.meta.repo(&repo).await?.map(|info| RepoSummary {
+        Ok(self.core.store.meta.repo(&repo).await?.map(|info| RepoSummary {
             name: name.to_owned(),
             private: info.origin == Origin::Private,
             upstream: match info.origin {
@@ -136,7 +145,7 @@ impl Registry {
 
     /// Repositories whose name contains `query` (ignoring case) and that `visible` lets through,
     /// after `last`, at most `n`.
-    pub async fn browse_repos(
+    pub async fn repos(
         &self,
         query: &str,
         last: Option<&str>,
@@ -148,6 +157,7 @@ impl Registry {
         let mut repos = Vec::new();
         loop {
             let names: Vec<String> = self
+                .core
                 .store
                 .meta
                 .repos(cursor.as_deref(), SCAN_STEP)
@@ -176,11 +186,11 @@ impl Registry {
     }
 
     /// A repository and its tags after `last`, at most `n`; `None` when it is unknown.
-    pub async fn browse_repo(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<RepoView>> {
+    pub async fn repo(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<RepoView>> {
         let Some(summary) = self.repo_summary(repo.as_str()).await? else {
             return Ok(None);
         };
-        let mut names = self.store.meta.tags(repo, last, n + 1).await?.unwrap_or_default();
+        let mut names = self.core.store.meta.tags(repo, last, n + 1).await?.unwrap_or_default();
         let next = (names.len() > n).then(|| {
             names.truncate(n);
             names.last().cloned().unwrap_or_default()
@@ -190,10 +200,10 @@ impl Registry {
             let Ok(tag) = name.parse::<Tag>() else {
                 continue;
             };
-            let Some(digest) = self.store.meta.tag(repo, &tag).await? else {
+            let Some(digest) = self.core.store.meta.tag(repo, &tag).await? else {
                 continue; // deleted meanwhile
             };
-            let Some(record) = self.store.meta.manifest(repo, &digest).await? else {
+            let Some(record) = self.core.store.meta.manifest(repo, &digest).await? else {
                 continue;
             };
             let parsed = self.parsed(&digest, &record).await?;
@@ -219,18 +229,18 @@ impl Registry {
     }
 
     /// The stored manifest `reference` names in `repo`; `None` when there is none.
-    pub async fn browse_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Option<ManifestView>> {
+    pub async fn manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Option<ManifestView>> {
         let Some(summary) = self.repo_summary(repo.as_str()).await? else {
             return Ok(None);
         };
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => match self.store.meta.tag(repo, t).await? {
+            Reference::Tag(t) => match self.core.store.meta.tag(repo, t).await? {
                 Some(d) => d,
                 None => return Ok(None),
             },
         };
-        let Some(record) = self.store.meta.manifest(repo, &digest).await? else {
+        let Some(record) = self.core.store.meta.manifest(repo, &digest).await? else {
             return Ok(None);
         };
         let parsed = self.parsed(&digest, &record).await?;
@@ -250,7 +260,7 @@ impl Registry {
         if let Some(m) = parsed {
             for d in &m.manifests {
                 let mut item = self.item(d).await?;
-                item.stored = self.store.meta.manifest(repo, &d.digest).await?.is_some();
+                item.stored = self.core.store.meta.manifest(repo, &d.digest).await?.is_some();
                 item.platform = Some(platform_of(d));
                 view.platforms.push(item);
             }
@@ -270,13 +280,13 @@ impl Registry {
             media_type: d.media_type.clone(),
             size: d.size,
             platform: None,
-            stored: self.store.blobs.size(&d.digest).await?.is_some(),
+            stored: self.core.store.blobs.size(&d.digest).await?.is_some(),
         })
     }
 
     /// The stored manifest bytes, parsed; `None` when they are missing or unreadable.
     async fn parsed(&self, digest: &Digest, record: &ManifestRecord) -> Result<Option<Manifest>> {
-        let Some(bytes) = self.store.blobs.read(digest).await? else {
+        let Some(bytes) = self.core.store.blobs.read(digest).await? else {
             return Ok(None);
         };
         Ok(Manifest::parse(&bytes, Some(&record.media_type)).ok())

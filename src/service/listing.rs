@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::route::Route;
-use super::{Error, Registry, Result};
+use super::{Browse, Error, Manifests, Result};
 use crate::oci::{Descriptor, Digest, RepoName, media};
 
 /// A page of names, and the cursor for the next page when there is one.
@@ -29,11 +29,11 @@ fn paginate(mut items: Vec<String>, n: usize) -> Page {
     Page { items, next }
 }
 
-impl Registry {
+impl Browse {
     /// Repository names after `last`, `n` at most.
     pub async fn catalog(&self, last: Option<&str>, n: usize) -> Result<Page> {
         let n = n.min(MAX_PAGE);
-        let names = self.store.meta.repos(last, n + 1).await?;
+        let names = self.core.store.meta.repos(last, n + 1).await?;
         Ok(paginate(names.into_iter().map(|(r, _)| r.to_string()).collect(), n))
     }
 
@@ -47,20 +47,22 @@ impl Registry {
         visible: impl Fn(&str, bool) -> bool,
     ) -> Result<Page> {
         let list = self
-            .browse_repos("", last, n.min(MAX_PAGE), |r| visible(&r.name, !r.private))
+            .repos("", last, n.min(MAX_PAGE), |r| visible(&r.name, !r.private))
             .await?;
         Ok(Page {
             items: list.repos.into_iter().map(|r| r.name).collect(),
             next: list.next,
         })
     }
+}
 
+impl Manifests {
     /// Tags of the routed repository: the upstream's list for a proxied one (the cached tags when
     /// the upstream cannot answer).
     pub async fn tags(&self, route: &Route, last: Option<&str>, n: usize) -> Result<Page> {
         let n = n.min(MAX_PAGE);
         if let Route::Proxied(p) = route
-            && let Some(all) = self.proxied_tags(p).await
+            && let Some(all) = self.core.proxied_tags(p).await
         {
             let after = all
                 .into_iter()
@@ -71,6 +73,7 @@ impl Registry {
         }
         let repo = route.local();
         let tags = self
+            .core
             .store
             .meta
             .tags(repo, last, n + 1)
@@ -79,9 +82,16 @@ impl Registry {
         Ok(paginate(tags, n))
     }
 
-    /// The referrers index of `subject` as JSON bytes, filtered by `artifact_type` when given.
-    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<u8>> {
+    /// The referrers index of `subject` in a private repository (stored referrers only) as JSON
+    /// bytes, filtered by `artifact_type` when given; see [`Manifests::referrers_of`].
+    pub(super) async fn stored_referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<u8>> {
         let manifests: Vec<Descriptor> = self
+            .core
             .store
             .meta
             .referrers(repo, subject)

@@ -4,9 +4,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::memo::Memoized;
 use super::route::Route;
-use super::{CacheResult, Error, MAX_MANIFEST_BYTES, Registry, Result};
+use super::{CacheResult, Core, Error, MAX_MANIFEST_BYTES, Result};
 use crate::clock::unix_now;
 use crate::coord::Notice;
 use crate::oci::{Digest, Hasher, Manifest, Reference, RepoName};
@@ -38,76 +37,30 @@ pub struct PutManifest {
     pub size: u64,
 }
 
-impl Registry {
-    /// The error for a reference that resolves to nothing: is it the repository or the manifest?
-    async fn unknown(&self, repo: &RepoName, reference: &Reference) -> Error {
-        match self.store.meta.repo(repo).await {
-            Ok(None) => Error::NameUnknown(repo.clone()),
-            Ok(Some(_)) => Error::ManifestUnknown(reference.to_string()),
-            Err(e) => e.into(),
-        }
-    }
+/// Manifests of a repository: get and head (stored, or pulled through), put, delete, and whole
+/// images and repositories removed; tags and referrers are listed in `listing.rs` and
+/// `referrers.rs`.
+#[derive(Clone)]
+pub struct Manifests {
+    pub(super) core: Arc<Core>,
+}
 
-    /// A stored manifest, from memory when possible (see `service::memo`).
-    pub(super) async fn local(&self, repo: &RepoName, reference: &Reference) -> Result<(Digest, Arc<Memoized>)> {
-        let memo = &self.memo;
-        let generation = memo.generation();
-        let digest = match reference {
-            Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => match memo.tag(repo, t) {
-                Some(d) => d,
-                None => {
-                    let d = self.store.meta.tag(repo, t).await?;
-                    let Some(d) = d else {
-                        return Err(self.unknown(repo, reference).await);
-                    };
-                    memo.put_tag(repo, t, &d, generation);
-                    d
-                }
-            },
-        };
-        if let Some(m) = memo.manifest(repo, &digest) {
-            return Ok((digest, m));
-        }
-        let Some(record) = self.store.meta.manifest(repo, &digest).await? else {
-            return Err(self.unknown(repo, reference).await);
-        };
-        let bytes = self
-            .store
-            .blobs
-            .read(&digest)
-            .await?
-            .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
-        let m = memo.put_manifest(repo, &digest, record.media_type, bytes, generation);
-        Ok((digest, m))
-    }
-
-    /// A stored manifest's head.
-    pub(super) async fn local_head(&self, repo: &RepoName, reference: &Reference) -> Result<ManifestHead> {
-        let (digest, m) = self.local(repo, reference).await?;
-        Ok(ManifestHead {
-            digest,
-            media_type: m.media_type.clone(),
-            size: m.bytes.len() as u64,
-            cache: None,
-        })
-    }
-
+impl Manifests {
     /// A manifest's head; a HEAD by tag is how clients check an image they have, so it counts
     /// as a pull.
-    pub async fn manifest_head(&self, route: &Route, reference: &Reference, accept: &[String]) -> Result<ManifestHead> {
+    pub async fn head(&self, route: &Route, reference: &Reference, accept: &[String]) -> Result<ManifestHead> {
         let head = match route {
-            Route::Private(repo) => self.local_head(repo, reference).await?,
-            Route::Proxied(p) => self.proxied_manifest(p, reference, accept).await?.0,
+            Route::Private(repo) => self.core.local_head(repo, reference).await?,
+            Route::Proxied(p) => self.core.proxied_manifest(p, reference, accept).await?.0,
         };
-        self.pulls.record(route.local(), &head.digest, unix_now());
+        self.core.pulls.record(route.local(), &head.digest, unix_now());
         Ok(head)
     }
 
-    pub async fn manifest(&self, route: &Route, reference: &Reference, accept: &[String]) -> Result<ManifestBody> {
+    pub async fn get(&self, route: &Route, reference: &Reference, accept: &[String]) -> Result<ManifestBody> {
         let body = match route {
             Route::Private(repo) => {
-                let (digest, m) = self.local(repo, reference).await?;
+                let (digest, m) = self.core.local(repo, reference).await?;
                 let head = ManifestHead {
                     digest,
                     media_type: m.media_type.clone(),
@@ -119,10 +72,13 @@ impl Registry {
                     bytes: m.bytes.clone(),
                 }
             }
-            Route::Proxied(p) => match self.proxied_manifest(p, reference, accept).await? {
+            Route::Proxied(p) => match self.core.proxied_manifest(p, reference, accept).await? {
                 (head, Some(bytes)) => ManifestBody { head, bytes },
                 (head, None) => {
-                    let (_, m) = self.local(&p.local, &Reference::Digest(head.digest.clone())).await?;
+                    let (_, m) = self
+                        .core
+                        .local(&p.local, &Reference::Digest(head.digest.clone()))
+                        .await?;
                     ManifestBody {
                         head,
                         bytes: m.bytes.clone(),
@@ -130,19 +86,19 @@ impl Registry {
                 }
             },
         };
-        self.pulls.record(route.local(), &body.head.digest, unix_now());
+        self.core.pulls.record(route.local(), &body.head.digest, unix_now());
         Ok(body)
     }
 
     /// Validate and store a pushed manifest; `reference` is the tag or digest in the URL.
-    pub async fn put_manifest(
+    pub async fn put(
         &self,
         repo: &RepoName,
         reference: &Reference,
         content_type: Option<&str>,
         bytes: Bytes,
     ) -> Result<PutManifest> {
-        self.check_push()?;
+        self.core.check_push()?;
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(Error::ManifestTooLarge);
         }
@@ -165,9 +121,9 @@ impl Registry {
         // These checks answer early with the right error; the GC invariant itself is kept by
         // `put_manifest`, which checks and references the blobs in its one transaction (so a
         // sweep that got to them first fails the put instead of losing them; see `gc`).
-        let meta = &self.store.meta;
+        let meta = &self.core.store.meta;
         for blob in manifest.blob_refs() {
-            if !meta.blob_linked(repo, blob).await? || self.store.blobs.size(blob).await?.is_none() {
+            if !meta.blob_linked(repo, blob).await? || self.core.store.blobs.size(blob).await?.is_none() {
                 return Err(Error::ManifestBlobUnknown(blob.clone()));
             }
         }
@@ -176,8 +132,8 @@ impl Registry {
                 return Err(Error::ManifestBlobUnknown(child.clone()));
             }
         }
-        self.register(&digest, bytes.len() as u64).await?;
-        self.store.blobs.put(&digest, bytes.clone()).await?;
+        self.core.register(&digest, bytes.len() as u64).await?;
+        self.core.store.blobs.put(&digest, bytes.clone()).await?;
         let subject = manifest.subject.as_ref().map(|s| s.digest.clone());
         let record = record_of(&manifest, bytes.len());
         let media_type = record.media_type.clone();
@@ -198,7 +154,7 @@ impl Registry {
                 store::Error::BlobUnregistered(d) | store::Error::BlobDeleting(d) => Error::ManifestBlobUnknown(d),
                 other => other.into(),
             })?;
-        self.memo.changed(notice);
+        self.core.memo.changed(notice);
         Ok(PutManifest {
             digest,
             subject,
@@ -208,14 +164,14 @@ impl Registry {
     }
 
     /// Delete by digest removes the manifest and its tags; delete by tag removes only the tag.
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
-        self.check_delete()?;
-        let meta = &self.store.meta;
+    pub async fn delete(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
+        self.core.check_delete()?;
+        let meta = &self.core.store.meta;
         let removed = match reference {
             Reference::Digest(d) => meta.delete_manifest(repo, d).await?,
             Reference::Tag(t) => meta.delete_tag(repo, t).await?,
         };
-        self.memo.changed(match reference {
+        self.core.memo.changed(match reference {
             Reference::Digest(d) => Notice::ManifestDeleted {
                 repo: repo.clone(),
                 digest: d.clone(),
@@ -235,7 +191,7 @@ impl Registry {
     /// leaves the catalog and the UI at once, the next GC reclaims the blobs nothing else
     /// references, and a name an upstream serves is routed to that upstream again.
     pub async fn remove_repository(&self, repo: &RepoName) -> Result<()> {
-        let (meta, memo, r) = (self.store.meta.clone(), self.memo.clone(), repo.clone());
+        let (meta, memo, r) = (self.core.store.meta.clone(), self.core.memo.clone(), repo.clone());
         // The memo is invalidated in the same task as the commit, spawned so that a caller
         // that goes away mid-way cannot leave memoised answers for a repository that is gone.
         let removed = tokio::spawn(async move {
@@ -257,23 +213,24 @@ impl Registry {
     /// index in the repository lists it or it is a referrer). Garbage collection then reclaims
     /// the blobs only it used.
     pub async fn delete_image(&self, repo: &RepoName, reference: &Reference) -> Result<()> {
-        self.check_delete()?;
+        self.core.check_delete()?;
         let Reference::Tag(tag) = reference else {
-            return self.delete_manifest(repo, reference).await;
+            return self.delete(repo, reference).await;
         };
         let digest = self
+            .core
             .store
             .meta
             .tag(repo, tag)
             .await?
             .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
-        self.delete_manifest(repo, reference).await?;
-        let meta = &self.store.meta;
+        self.delete(repo, reference).await?;
+        let meta = &self.core.store.meta;
         let still_tagged = meta.tag_targets(repo).await?.iter().any(|(_, d)| *d == digest);
         let needed = !meta.parents(repo, &digest).await?.is_empty();
         let is_referrer = meta.manifest(repo, &digest).await?.is_some_and(|m| m.subject.is_some());
         if !still_tagged && !needed && !is_referrer {
-            self.delete_manifest(repo, &Reference::Digest(digest)).await?;
+            self.delete(repo, &Reference::Digest(digest)).await?;
         }
         Ok(())
     }

@@ -1,8 +1,17 @@
 //! Registry logic between the HTTP API and the store: what may be read or written where, manifest
 //! validation, upload flow, listings. Controllers call services; services never know HTTP.
 
+//!
+//! The registry is a few services with one job each, sharing one [`Core`] (see [`Services`]):
+//! [`Manifests`] (get, head, put, delete, tags, referrers), [`Blobs`] (get, size, delete),
+//! [`Uploads`] (start, mount, status, chunk, finish, cancel), [`Browse`] (the catalog and the web
+//! UI's views), [`Admin`] (switches, usage, readiness, garbage collection, export and import) and
+//! [`Prefetch`]. The pull-through proxy and routing are the core's, since every service needs them.
+
+mod admin;
 mod blobs;
 mod browse;
+mod core;
 mod fill;
 pub mod gc;
 // issue 15: `berth export` and `berth import` in the OCI image layout.
@@ -15,36 +24,76 @@ mod proxy;
 mod referrers;
 mod route;
 mod switches;
+mod uploads;
 mod usage;
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-use std::time::Instant;
-
 /// What serving a stored blob takes; see [`crate::store::Stored`].
 pub use crate::store::{ChunkRange, Stored};
-pub use blobs::{CancelOnDrop, Mount, UploadState};
-pub use browse::{Item, ManifestView, RepoList, RepoSummary, RepoView, TagRow};
+pub use admin::Admin;
+pub use blobs::Blobs;
+pub use browse::{Browse, Item, ManifestView, RepoList, RepoSummary, RepoView, TagRow};
+pub use core::Core;
 pub use listing::{Page, listing_limit};
-pub use manifests::{ManifestBody, ManifestHead, PutManifest};
+pub use manifests::{ManifestBody, ManifestHead, Manifests, PutManifest};
+pub use prefetch::Prefetch;
 pub use route::{Proxied, Route, resolve};
 pub use switches::Switches;
+pub use uploads::{CancelOnDrop, Mount, UploadState, Uploads};
 pub use usage::{Part, Usage};
 // What the edges see of the floors below, so they import only the service (ARCHITECTURE.md,
 // "Layers"): `Error` wraps these two, and blob bodies and chunk uploads carry the store's types.
 pub use crate::store::Error as StoreError;
 pub use crate::upstream::Error as UpstreamError;
 
-use crate::coord::{self, Coordinator};
-use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::oci::{Digest, NameError, RepoName, Tag};
+use crate::oci::{Digest, NameError, RepoName};
 use crate::store::{self, Store};
-use crate::upstream::{self, Remote, Upstream};
-use memo::Memo;
+use crate::upstream;
+
+/// Every service, over one shared [`Core`]. Cheap to clone; shared by every request. Controllers
+/// (`api`, `ui`, `cli`) call services; services never call controllers.
+#[derive(Clone)]
+pub struct Services {
+    /// What the services share; the edges read metrics, the notifier and the store from it.
+    pub core: Arc<Core>,
+    pub manifests: Manifests,
+    pub blobs: Blobs,
+    pub uploads: Uploads,
+    pub browse: Browse,
+    pub admin: Admin,
+    pub prefetch: Prefetch,
+}
+
+impl Services {
+    /// The services over `core`, which they hold once between them.
+    pub fn new(core: Core) -> Services {
+        let core = Arc::new(core);
+        let manifests = Manifests { core: core.clone() };
+        let blobs = Blobs { core: core.clone() };
+        Services {
+            uploads: Uploads { core: core.clone() },
+            browse: Browse { core: core.clone() },
+            admin: Admin { core: core.clone() },
+            prefetch: Prefetch {
+                core: core.clone(),
+                manifests: manifests.clone(),
+                blobs: blobs.clone(),
+            },
+            manifests,
+            blobs,
+            core,
+        }
+    }
+}
+
+impl From<Core> for Services {
+    fn from(core: Core) -> Services {
+        Services::new(core)
+    }
+}
 
 /// How a proxied response was answered: one type for the `X-Berth-Cache` header, the access log
 /// and the `result` label of the cache metrics (a leaf, so the metrics need not know the service).
@@ -115,145 +164,6 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The registry service. Cheap to clone; shared by every request.
-#[derive(Clone)]
-pub struct Registry {
-    store: Store,
-    /// Configured upstreams; the first is the default for unqualified names.
-    upstreams: Arc<Vec<Arc<dyn Remote>>>,
-    /// Who leads fills and periodic tasks, and where memo invalidations go.
-    coord: Arc<dyn Coordinator>,
-    /// Manifests by tag and digest from memory; see [`Memo`].
-    memo: Arc<Memo>,
-    /// `[private] namespaces` patterns.
-    private: Arc<Vec<String>>,
-    /// `[private] claim_on_push`: a push may claim an unclaimed name.
-    claim_on_push: bool,
-    fills: Arc<fill::Fills>,
-    /// When each proxied tag was last confirmed with its upstream.
-    fresh_tags: Arc<Mutex<HashMap<(RepoName, Tag), Instant>>>,
-    /// Subjects of proxied repositories the upstream listed no referrers for, and when.
-    no_referrers: Arc<referrers::Absent>,
-    /// Upload sessions one client may hold open at once.
-    session_limit: u32,
-    /// Pulls noted in memory, flushed to the metadata store in batches.
-    pulls: Arc<crate::cache::Pulls>,
-    metrics: Arc<Metrics>,
-    usage: Arc<usage::Cached>,
-    /// Below this much free space the registry reports itself not ready.
-    min_free: store::MinFree,
-    /// Read-only mode and the delete switch.
-    switches: Arc<Switches>,
-    /// Where push, pull, delete and fill events go (nowhere unless configured).
-    notifier: Arc<Notifier>,
-}
-
-impl Registry {
-    /// A registry over `store`, pulling through `upstreams`, counting into a fresh [`Metrics`].
-    ///
-    /// Coordination is in-process ([`coord::Local`], the single-node default) until
-    /// [`Registry::with_coordinator`] says otherwise.
-    pub fn new(store: Store, upstreams: Vec<Upstream>) -> Registry {
-        let metrics = Arc::new(Metrics::new());
-        let upstreams = upstreams
-            .into_iter()
-            .map(|u| {
-                let counters = metrics.upstream(u.name());
-                Arc::new(u.with_metrics(counters)) as Arc<dyn Remote>
-            })
-            .collect();
-        Registry::with_remotes(store, upstreams, metrics)
-    }
-
-    /// A registry over `store`, pulling through `remotes` as they are (tests put in-process fakes
-    /// here), counting into `metrics`.
-    pub fn with_remotes(store: Store, remotes: Vec<Arc<dyn Remote>>, metrics: Arc<Metrics>) -> Registry {
-        let notifier = Arc::new(Notifier::default());
-        let coord = coord::Local::shared();
-        Registry {
-            store,
-            upstreams: Arc::new(remotes),
-            memo: Memo::new(coord.clone()),
-            coord,
-            private: Arc::default(),
-            claim_on_push: true,
-            fills: Arc::new(fill::Fills::new(metrics.clone(), notifier.clone())),
-            fresh_tags: Arc::default(),
-            no_referrers: Arc::default(),
-            session_limit: u32::MAX,
-            pulls: Arc::default(),
-            metrics,
-            usage: Arc::default(),
-            min_free: store::MinFree::Bytes(0),
-            switches: Arc::default(),
-            notifier,
-        }
-    }
-
-    /// The metrics every part of the registry counts into (GC and eviction too).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Coordinate fills, periodic tasks and memo invalidation through `coord` (call before
-    /// serving: the memo starts over subscribed to it).
-    pub fn with_coordinator(mut self, coord: Arc<dyn Coordinator>) -> Registry {
-        self.memo = Memo::new(coord.clone());
-        self.coord = coord;
-        self
-    }
-
-    /// The coordinator: periodic tasks ask it for leadership.
-    pub fn coordinator(&self) -> &Arc<dyn Coordinator> {
-        &self.coord
-    }
-
-    /// Repositories matching these patterns are private even before anything is pushed.
-    pub fn with_private_namespaces(mut self, patterns: Vec<String>) -> Registry {
-        self.private = Arc::new(patterns);
-        self
-    }
-
-    /// Whether a first push claims an unclaimed name as private (`[private] claim_on_push`).
-    pub fn with_claim_on_push(mut self, claim: bool) -> Registry {
-        self.claim_on_push = claim;
-        self
-    }
-
-    /// At most `limit` open upload sessions per client.
-    pub fn with_upload_session_limit(mut self, limit: u32) -> Registry {
-        self.session_limit = limit;
-        self
-    }
-
-    /// Report not ready while the store's filesystem has less than `min_free` free.
-    pub fn with_min_free(mut self, min_free: store::MinFree) -> Registry {
-        self.min_free = min_free;
-        self
-    }
-
-    /// Send events to these `[[notifications]]` endpoints (starts one delivery task each, so it
-    /// must run inside the Tokio runtime).
-    pub fn with_notifications(self, endpoints: Vec<crate::config::NotificationSettings>, source: String) -> Registry {
-        self.notifier.start(endpoints, source, &self.metrics);
-        self
-    }
-
-    /// The notification sink of push, pull, delete and fill events.
-    pub fn notifier(&self) -> &Arc<Notifier> {
-        &self.notifier
-    }
-
-    /// Pulls noted since the last flush (for eviction by last pull).
-    pub fn pulls(&self) -> &Arc<crate::cache::Pulls> {
-        &self.pulls
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-}
-
 /// A `fill` event: `digest` (a manifest of `media_type`, or a blob) is now cached in `repo`.
 fn notify_fill(notifier: &Notifier, repo: &RepoName, digest: &Digest, media_type: Option<&str>, size: u64) {
     if !notifier.enabled() {
@@ -303,13 +213,6 @@ pub(crate) async fn all_repos(store: &Store) -> store::Result<Vec<(RepoName, sto
         if done {
             return Ok(out);
         }
-    }
-}
-
-impl Registry {
-    /// See [`register`].
-    async fn register(&self, digest: &Digest, size: u64) -> Result<()> {
-        Ok(register(self.store.meta.as_ref(), digest, size).await?)
     }
 }
 

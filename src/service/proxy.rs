@@ -12,13 +12,13 @@ use bytes::Bytes;
 use super::fill::FillError;
 use super::manifests::record_of;
 use super::route::Proxied;
-use super::{BlobBody, CacheResult, Error, ManifestHead, Registry, Result, Stored};
+use super::{BlobBody, CacheResult, Core, Error, ManifestHead, Result, Stored};
 use crate::coord::Notice;
 use crate::oci::{Digest, Manifest, Reference, Tag};
 use crate::store::Origin;
 use crate::upstream::{self, RemoteManifest};
 
-impl Registry {
+impl Core {
     pub(super) fn tag_is_fresh(&self, p: &Proxied, tag: &Tag) -> bool {
         let fresh = self.fresh_tags.lock();
         fresh

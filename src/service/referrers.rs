@@ -17,11 +17,11 @@ use serde_json::json;
 
 use super::proxy::manifest_error;
 use super::route::{Proxied, Route};
-use super::{CacheResult, Error, Registry, Result};
+use super::{CacheResult, Error, Manifests, Result};
 use crate::oci::{Digest, Reference, RepoName, Tag, media};
 use crate::upstream::{self, RemoteManifest};
 
-impl Registry {
+impl Manifests {
     /// The referrers index of `subject` in the routed repository, filtered by `artifact_type`
     /// when given; for a proxied repository, how it was answered.
     pub async fn referrers_of(
@@ -31,7 +31,7 @@ impl Registry {
         artifact_type: Option<&str>,
     ) -> Result<(Vec<u8>, Option<CacheResult>)> {
         match route {
-            Route::Private(repo) => Ok((self.referrers(repo, subject, artifact_type).await?, None)),
+            Route::Private(repo) => Ok((self.stored_referrers(repo, subject, artifact_type).await?, None)),
             Route::Proxied(p) => {
                 let (index, cache) = self.proxied_referrers(p, subject).await?;
                 Ok((filtered(&index, artifact_type)?, Some(cache)))
@@ -44,16 +44,17 @@ impl Registry {
         let tag = schema_tag(subject);
         let reference = Reference::Tag(tag.clone());
         let cached = self
+            .core
             .local(&p.local, &reference)
             .await
             .ok()
             .map(|(_, m)| m.bytes.clone());
-        if (p.upstream.is_offline() || self.tag_is_fresh(p, &tag))
+        if (p.upstream.is_offline() || self.core.tag_is_fresh(p, &tag))
             && let Some(bytes) = &cached
         {
             return Ok((bytes.clone(), CacheResult::Hit));
         }
-        if cached.is_none() && self.no_referrers.fresh(p, subject) {
+        if cached.is_none() && self.core.no_referrers.fresh(p, subject) {
             return Ok((empty_index(), CacheResult::Hit));
         }
         match p.upstream.referrers(&p.remote, subject).await {
@@ -64,23 +65,26 @@ impl Registry {
                     media_type: Some(media::OCI_INDEX.to_owned()),
                     bytes: bytes.clone(),
                 };
-                self.cache_manifest(p, &reference, remote, Some(&tag)).await?;
+                self.core.cache_manifest(p, &reference, remote, Some(&tag)).await?;
                 Ok((bytes, CacheResult::Miss))
             }
             // No referrers API upstream: the tag schema, through the ordinary tag path (TTL,
             // revalidation by HEAD, serve-stale).
             Err(upstream::Error::NotFound) => {
                 let accept = [media::OCI_INDEX.to_owned()];
-                match self.proxied_manifest(p, &reference, &accept).await {
+                match self.core.proxied_manifest(p, &reference, &accept).await {
                     Ok((head, Some(bytes))) => Ok((bytes, head.cache.unwrap_or(CacheResult::Miss))),
                     Ok((head, None)) => {
-                        let (_, m) = self.local(&p.local, &Reference::Digest(head.digest.clone())).await?;
+                        let (_, m) = self
+                            .core
+                            .local(&p.local, &Reference::Digest(head.digest.clone()))
+                            .await?;
                         Ok((m.bytes.clone(), head.cache.unwrap_or(CacheResult::Hit)))
                     }
                     // No tag: nothing refers to the subject (yet); remembered for the tag TTL,
                     // so asking again does not cost two upstream requests each time.
                     Err(Error::ManifestUnknown(_)) => {
-                        self.no_referrers.note(p, subject);
+                        self.core.no_referrers.note(p, subject);
                         Ok((empty_index(), CacheResult::Miss))
                     }
                     Err(e) => Err(e),

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::{Error, Registry, Result};
+use super::{Core, Error, Result};
 use crate::oci::RepoName;
 use crate::store::Origin;
 use crate::upstream::Remote;
@@ -71,7 +71,7 @@ pub fn resolve(upstreams: &[&str], name: &str, ns: Option<&str>) -> Option<(usiz
     Some((index, remote, local))
 }
 
-impl Registry {
+impl Core {
     fn upstream_named(&self, name: &str) -> Option<(usize, &Arc<dyn Remote>)> {
         self.upstreams.iter().enumerate().find(|(_, u)| u.name() == name)
     }

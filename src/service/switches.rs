@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Error, Registry, Result};
+use super::{Admin, Core, Error, Result};
 
 /// The current state of the switches; shared by every clone of the registry.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ impl Default for Switches {
     }
 }
 
-impl Registry {
+impl Admin {
     /// Set both switches as `[storage]` says (at startup, on SIGHUP, and in the maintenance
     /// commands when they work on the store themselves).
     pub fn apply_switches(&self, storage: &crate::config::Storage) {
@@ -35,20 +35,12 @@ impl Registry {
     /// Turn read-only maintenance mode on or off: pushes and deletes are refused while it is on;
     /// pulls, cache fills and garbage collection go on. Returns the previous state.
     pub fn set_read_only(&self, on: bool) -> bool {
-        self.switches.read_only.swap(on, Ordering::SeqCst)
-    }
-
-    pub fn read_only(&self) -> bool {
-        self.switches.read_only.load(Ordering::SeqCst)
+        self.core.switches.read_only.swap(on, Ordering::SeqCst)
     }
 
     /// Allow or refuse deletes of manifests, tags and blobs. Returns the previous state.
     pub fn set_delete_enabled(&self, on: bool) -> bool {
-        self.switches.delete.swap(on, Ordering::SeqCst)
-    }
-
-    pub fn delete_enabled(&self) -> bool {
-        self.switches.delete.load(Ordering::SeqCst)
+        self.core.switches.delete.swap(on, Ordering::SeqCst)
     }
 
     /// Set each configured upstream's offline mode as its `[[upstream]]` entry says (at startup
@@ -71,8 +63,27 @@ impl Registry {
     /// Turn offline mode of upstream `name` on or off; its previous state, or `None` when no
     /// upstream has that name.
     pub fn set_offline(&self, name: &str, on: bool) -> Option<bool> {
-        let upstream = self.upstreams.iter().find(|u| u.name() == name)?;
+        let upstream = self.core.upstreams.iter().find(|u| u.name() == name)?;
         Some(upstream.set_offline(on))
+    }
+
+    /// Each upstream's name and whether it is offline, in configuration order.
+    pub fn upstream_modes(&self) -> Vec<(String, bool)> {
+        self.core
+            .upstreams
+            .iter()
+            .map(|u| (u.name().to_owned(), u.is_offline()))
+            .collect()
+    }
+}
+
+impl Core {
+    pub fn read_only(&self) -> bool {
+        self.switches.read_only.load(Ordering::SeqCst)
+    }
+
+    pub fn delete_enabled(&self) -> bool {
+        self.switches.delete.load(Ordering::SeqCst)
     }
 
     /// The names of the upstreams in offline mode now (for eviction, which spares their content).
@@ -81,14 +92,6 @@ impl Registry {
             .iter()
             .filter(|u| u.is_offline())
             .map(|u| u.name().to_owned())
-            .collect()
-    }
-
-    /// Each upstream's name and whether it is offline, in configuration order.
-    pub fn upstream_modes(&self) -> Vec<(String, bool)> {
-        self.upstreams
-            .iter()
-            .map(|u| (u.name().to_owned(), u.is_offline()))
             .collect()
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Registry, Result};
+use super::{Admin, Result};
 use crate::metrics::Content;
 
 /// How long the readiness check may take before the store counts as not answering.
@@ -14,8 +14,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes and blobs of one part of the blob store.
 pub use crate::store::Part;
 
-/// The blob store by content. A blob that a private repository references counts as private even
-/// when a cached repository references it too.
+/// The blob store by content, for the `store_*` gauges and the web UI (`berth du`'s view per
+/// repository is [`super::gc::DiskUsage`]). A blob that a private repository references counts
+/// as private even when a cached repository references it too.
 #[derive(Clone, Debug, Default)]
 pub struct Usage {
     pub private: Part,
@@ -38,16 +39,16 @@ impl Usage {
 /// The last measurement, when it was taken and how long it took; the lock also makes concurrent
 /// callers share one measurement.
 #[derive(Default)]
-pub(super) struct Cached {
+pub(super) struct LastMeasurement {
     last: tokio::sync::Mutex<Option<(Instant, Duration, Usage)>>,
 }
 
-impl Registry {
+impl Admin {
     /// The store's usage, measured now unless a measurement younger than `max_age` exists (or
     /// younger than 20 times what the last one took, so a huge store is not queried over and over).
     /// Updates the `store_*` gauges.
     pub async fn usage(&self, max_age: Duration) -> Result<Usage> {
-        let mut last = self.usage.last.lock().await;
+        let mut last = self.core.usage.last.lock().await;
         if let Some((at, took, usage)) = &*last
             && !max_age.is_zero()
             && at.elapsed() < max_age.max(*took * 20)
@@ -55,7 +56,7 @@ impl Registry {
             return Ok(usage.clone());
         }
         let started = Instant::now();
-        let by_origin = self.store.meta.usage().await?;
+        let by_origin = self.core.store.meta.usage().await?;
         let usage = Usage {
             private: by_origin.private,
             cached: by_origin.cached,
@@ -67,7 +68,7 @@ impl Registry {
             (Content::Cached, usage.cached),
             (Content::Unreferenced, usage.unreferenced),
         ] {
-            self.metrics.set_store(content, part.bytes, part.blobs);
+            self.core.metrics.set_store(content, part.bytes, part.blobs);
         }
         *last = Some((Instant::now(), started.elapsed(), usage.clone()));
         Ok(usage)
@@ -90,7 +91,11 @@ impl Registry {
     /// takes a synced write, and so does the metadata store, within a few seconds. The error says
     /// what failed. A metadata store that failed is reopened by this check if not before.
     pub async fn ready(&self) -> Result<(), String> {
-        let (blobs, meta, min_free) = (self.store.blobs.clone(), self.store.meta.clone(), self.min_free);
+        let (blobs, meta, min_free) = (
+            self.core.store.blobs.clone(),
+            self.core.store.meta.clone(),
+            self.core.min_free,
+        );
         let files = tokio::spawn(async move {
             let space = blobs
                 .space()

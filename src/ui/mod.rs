@@ -33,7 +33,7 @@ use sha2::Sha256;
 use crate::auth::{Action, Auth, ClientAddr, ProcessLocalKey, User};
 use crate::clock::unix_now;
 use crate::oci::{Reference, RepoName, Tag};
-use crate::service::{self, Registry, RepoSummary};
+use crate::service::{self, RepoSummary, Services};
 use pages::{Ctx, Deletion, Flash, Stats};
 
 /// Rows per page of repositories or tags.
@@ -47,7 +47,7 @@ type Client = Option<Extension<ClientAddr>>;
 
 /// Everything the UI's handlers need.
 pub struct Ui {
-    registry: Registry,
+    services: Services,
     auth: Arc<Auth>,
     /// Signs the delete forms' CSRF tokens; new each start, so a restart expires open forms
     /// (process-local: cluster mode derives it from `auth.token_key` instead).
@@ -57,9 +57,9 @@ pub struct Ui {
 }
 
 impl Ui {
-    pub fn new(registry: Registry, auth: Arc<Auth>, tls: bool) -> Ui {
+    pub fn new(services: Services, auth: Arc<Auth>, tls: bool) -> Ui {
         Ui {
-            registry,
+            services,
             auth,
             csrf_key: ProcessLocalKey::random(),
             tls,
@@ -303,8 +303,9 @@ async fn home(
     };
     let query = q.q.unwrap_or_default();
     let list = match ui
-        .registry
-        .browse_repos(&query, q.last.as_deref(), PAGE_SIZE, |r| {
+        .services
+        .browse
+        .repos(&query, q.last.as_deref(), PAGE_SIZE, |r| {
             ui.may(&viewer, r, Action::Pull)
         })
         .await
@@ -312,8 +313,8 @@ async fn home(
         Ok(list) => list,
         Err(e) => return ui.failed(&viewer, e),
     };
-    let (hits, misses, stale) = ui.registry.metrics().cache_totals();
-    let usage = ui.registry.usage(USAGE_MAX_AGE).await;
+    let (hits, misses, stale) = ui.services.core.metrics().cache_totals();
+    let usage = ui.services.admin.usage(USAGE_MAX_AGE).await;
     if let Err(e) = &usage {
         tracing::warn!(error = %e, "measuring the store's disk use failed");
     }
@@ -321,9 +322,9 @@ async fn home(
         hits,
         misses,
         stale,
-        saved: ui.registry.metrics().bytes_saved(),
+        saved: ui.services.core.metrics().bytes_saved(),
         usage: usage.ok(),
-        upstreams: ui.registry.upstream_modes(),
+        upstreams: ui.services.admin.upstream_modes(),
     };
     ui.respond(
         &viewer,
@@ -353,15 +354,15 @@ async fn repo(
     let Ok(name) = q.name.parse::<RepoName>() else {
         return ui.not_found(&viewer, "No such repository.");
     };
-    let view = match ui.registry.browse_repo(&name, q.last.as_deref(), PAGE_SIZE).await {
+    let view = match ui.services.browse.repo(&name, q.last.as_deref(), PAGE_SIZE).await {
         Ok(Some(view)) if ui.may(&viewer, &view.repo, Action::Pull) => view,
         Ok(_) => return ui.not_found(&viewer, "No such repository."),
         Err(e) => return ui.failed(&viewer, e),
     };
     let csrf = ui.csrf(&viewer);
     // No delete buttons while deletes are off or in read-only mode.
-    let deletion =
-        (ui.may_delete(&viewer, &view.repo) && ui.registry.check_delete().is_ok()).then_some(Deletion { csrf: &csrf });
+    let deletion = (ui.may_delete(&viewer, &view.repo) && ui.services.core.check_delete().is_ok())
+        .then_some(Deletion { csrf: &csrf });
     let flash = q.deleted.as_deref().map(Flash::Deleted);
     let html = pages::repo(&ui.ctx(&viewer), &view, deletion, flash);
     ui.respond(&viewer, StatusCode::OK, html)
@@ -388,7 +389,7 @@ async fn manifest(
     let (Ok(name), Ok(reference)) = (q.repo.parse::<RepoName>(), q.reference.parse::<Reference>()) else {
         return ui.not_found(&viewer, "No such manifest.");
     };
-    match ui.registry.browse_manifest(&name, &reference).await {
+    match ui.services.browse.manifest(&name, &reference).await {
         Ok(Some(view)) if ui.may(&viewer, &view.repo, Action::Pull) => {
             ui.respond(&viewer, StatusCode::OK, pages::manifest(&ui.ctx(&viewer), &view))
         }
@@ -432,7 +433,7 @@ impl Ui {
     // buy nothing.
     #[allow(clippy::result_large_err)]
     async fn check_deleter(&self, viewer: &Viewer, name: &RepoName, refusal: &str) -> Result<(), Response> {
-        let summary = match self.registry.repo_summary(name.as_str()).await {
+        let summary = match self.services.browse.repo_summary(name.as_str()).await {
             Ok(Some(s)) if self.may(viewer, &s, Action::Pull) => s,
             Ok(_) => return Err(self.not_found(viewer, "No such repository.")),
             Err(e) => return Err(self.failed(viewer, e)),
@@ -464,7 +465,7 @@ async fn delete(
     {
         return r;
     }
-    match ui.registry.delete_manifest(&name, &Reference::Tag(tag.clone())).await {
+    match ui.services.manifests.delete(&name, &Reference::Tag(tag.clone())).await {
         Ok(()) => {}
         Err(service::Error::ManifestUnknown(_)) => return ui.not_found(&viewer, "No such tag."),
         Err(e @ (service::Error::ReadOnly | service::Error::DeleteDisabled)) => {
@@ -473,7 +474,7 @@ async fn delete(
         Err(e) => return ui.failed(&viewer, e),
     }
     tracing::info!(repo = %name, tag = %tag.as_str(), user = viewer.user.as_deref().unwrap_or("-"), "tag deleted in the web UI");
-    notify_deleted(&ui.registry, &name, &tag, &viewer, &headers);
+    notify_deleted(&ui.services, &name, &tag, &viewer, &headers);
     let target = html::url("/ui/repo", &[("name", name.as_str()), ("deleted", tag.as_str())]);
     let mut response = Redirect::to(&target).into_response();
     if let Some(user) = &viewer.user {
@@ -483,9 +484,9 @@ async fn delete(
 }
 
 /// The `delete` notification event of a tag deleted here, as the API sends for a `DELETE`.
-fn notify_deleted(registry: &Registry, repo: &RepoName, tag: &Tag, viewer: &Viewer, headers: &HeaderMap) {
+fn notify_deleted(services: &Services, repo: &RepoName, tag: &Tag, viewer: &Viewer, headers: &HeaderMap) {
     use crate::notify::{Action, Actor, Request, Target};
-    if !registry.notifier().enabled() {
+    if !services.core.notifier().enabled() {
         return;
     }
     let target = Target {
@@ -502,7 +503,7 @@ fn notify_deleted(registry: &Registry, repo: &RepoName, tag: &Tag, viewer: &View
     let actor = Actor {
         name: viewer.user.clone(),
     };
-    registry.notifier().emit(Action::Delete, target, request, actor);
+    services.core.notifier().emit(Action::Delete, target, request, actor);
 }
 
 #[cfg(test)]
@@ -553,7 +554,10 @@ mod tests {
     fn csrf_tokens_bind_the_session_and_the_user() {
         let dir = tempfile::tempdir().unwrap();
         let ui = Ui::new(
-            Registry::new(crate::store::fs::open(dir.path()).unwrap(), Vec::new()),
+            Services::new(service::Core::new(
+                crate::store::fs::open(dir.path()).unwrap(),
+                Vec::new(),
+            )),
             Arc::new(Auth::disabled()),
             false,
         );

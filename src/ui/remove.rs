@@ -50,7 +50,7 @@ pub(super) async fn remove(
             "The name typed to confirm does not match the repository's. Nothing was removed.",
         );
     }
-    match ui.registry.remove_repository(&name).await {
+    match ui.services.manifests.remove_repository(&name).await {
         Ok(()) => {}
         Err(service::Error::NameUnknown(_)) => return ui.not_found(&viewer, "No such repository."),
         Err(e) => return ui.failed(&viewer, e),

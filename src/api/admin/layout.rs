@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{Admin, Failure};
-use crate::service::layout::{self, ExportOptions, ImportOptions, Progress, Sink};
+use crate::service::layout::{self, ExportOptions, ImportOptions, LayoutProgress, Sink};
 
 pub(super) async fn export(
     State(admin): State<Arc<Admin>>,
@@ -28,7 +28,7 @@ pub(super) async fn export(
 ) -> Result<Response, Failure> {
     absolute(&opts.output)?;
     Ok(job(move |sink, cancel| async move {
-        admin.registry.export(&opts, sink, &cancel).await
+        admin.services.admin.export(&opts, sink, &cancel).await
     }))
 }
 
@@ -38,7 +38,7 @@ pub(super) async fn import(
 ) -> Result<Response, Failure> {
     absolute(&opts.path)?;
     Ok(job(move |sink, cancel| async move {
-        admin.registry.import(&opts, sink, &cancel).await
+        admin.services.admin.import(&opts, sink, &cancel).await
     }))
 }
 
@@ -72,7 +72,7 @@ where
     });
     tokio::spawn(async move {
         let progress_tx = tx.clone();
-        let sink: Sink = Arc::new(move |p: Progress| {
+        let sink: Sink = Arc::new(move |p: LayoutProgress| {
             let _ = progress_tx.send(json!({ "progress": p }).to_string() + "\n");
         });
         let line = match f(sink, cancel).await {

@@ -34,7 +34,7 @@ use reader::Recent;
 
 /// The progress of one fill, broadcast to its readers.
 #[derive(Clone, Debug)]
-pub enum Progress {
+pub enum FillProgress {
     Connecting,
     /// `received` bytes may be served from memory (`Fill::recent`) and the first `written` of
     /// them can be read back from the writer.
@@ -72,7 +72,7 @@ pub struct Fill {
     pub upstream: String,
     /// The bytes written so far; set before the first byte is announced.
     written: OnceLock<Arc<dyn ReadBack>>,
-    progress: watch::Sender<Progress>,
+    progress: watch::Sender<FillProgress>,
     recent: Mutex<Recent>,
 }
 
@@ -102,7 +102,7 @@ impl Fills {
         local: &RepoName,
         digest: &Digest,
     ) -> Arc<Fill> {
-        let (progress, _) = watch::channel(Progress::Connecting);
+        let (progress, _) = watch::channel(FillProgress::Connecting);
         let fill = Arc::new(Fill {
             digest: digest.clone(),
             repo: local.clone(),
@@ -169,11 +169,11 @@ impl Job {
         let final_state = match outcome {
             Ok(size) => {
                 super::notify_fill(&self.fills.notifier, &self.local, &self.fill.digest, None, size);
-                Progress::Done { size }
+                FillProgress::Done { size }
             }
             Err(e) => {
                 tracing::warn!(digest = %self.fill.digest, upstream = %self.upstream.name(), error = ?e, "cache fill failed");
-                Progress::Failed(e)
+                FillProgress::Failed(e)
             }
         };
         // Readers still behind now read back through the writer (published, or discarded but
@@ -199,7 +199,7 @@ impl Job {
             .await
             .map_err(io)?;
         let _ = self.fill.written.set(writer.read_back());
-        self.fill.progress.send_replace(Progress::Streaming {
+        self.fill.progress.send_replace(FillProgress::Streaming {
             size,
             received: 0,
             written: 0,
@@ -218,7 +218,9 @@ impl Job {
             )));
         }
         // Readers may finish now; making the blob durable is the cache's business, not theirs.
-        self.fill.progress.send_replace(Progress::Verified { size: written });
+        self.fill
+            .progress
+            .send_replace(FillProgress::Verified { size: written });
         // Registered before it is published, so its grace period covers it until the link.
         super::register(self.store.meta.as_ref(), digest, written)
             .await
@@ -316,7 +318,7 @@ impl Fill {
     /// The spool has written the first `written` bytes to the file.
     fn written(&self, written: u64) {
         self.progress.send_modify(|p| {
-            if let Progress::Streaming { written: w, .. } = p {
+            if let FillProgress::Streaming { written: w, .. } = p {
                 *w = written;
             }
         });
@@ -326,12 +328,12 @@ impl Fill {
     /// from, and announce it.
     fn offer(&self, batch: &[Bytes], received: u64) {
         let written = match *self.progress.borrow() {
-            Progress::Streaming { written, .. } => written,
+            FillProgress::Streaming { written, .. } => written,
             _ => 0,
         };
         self.recent.lock().add(batch, written);
         self.progress.send_modify(|p| {
-            if let Progress::Streaming { received: r, .. } = p {
+            if let FillProgress::Streaming { received: r, .. } = p {
                 *r = received;
             }
         });
@@ -342,10 +344,10 @@ impl Fill {
         let mut rx = self.progress.subscribe();
         loop {
             match &*rx.borrow_and_update() {
-                Progress::Connecting => {}
-                Progress::Streaming { size, .. } => return Ok(*size),
-                Progress::Verified { size } | Progress::Done { size } => return Ok(Some(*size)),
-                Progress::Failed(e) => return Err(e.clone()),
+                FillProgress::Connecting => {}
+                FillProgress::Streaming { size, .. } => return Ok(*size),
+                FillProgress::Verified { size } | FillProgress::Done { size } => return Ok(Some(*size)),
+                FillProgress::Failed(e) => return Err(e.clone()),
             }
             if rx.changed().await.is_err() {
                 return Err(FillError::Io("fill ended without a result".into()));
@@ -358,7 +360,7 @@ impl Fill {
     pub fn verified(&self) -> bool {
         matches!(
             *self.progress.borrow(),
-            Progress::Verified { .. } | Progress::Done { .. }
+            FillProgress::Verified { .. } | FillProgress::Done { .. }
         )
     }
 
@@ -367,8 +369,8 @@ impl Fill {
         let mut rx = self.progress.subscribe();
         loop {
             match &*rx.borrow_and_update() {
-                Progress::Done { size } => return Ok(*size),
-                Progress::Failed(e) => return Err(e.clone()),
+                FillProgress::Done { size } => return Ok(*size),
+                FillProgress::Failed(e) => return Err(e.clone()),
                 _ => {}
             }
             if rx.changed().await.is_err() {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::watch;
 
-use super::{Fill, Progress};
+use super::{Fill, FillProgress};
 use crate::metrics::Tracked;
 
 /// Bytes kept in memory, beyond those not yet written, for readers that trail the fill.
@@ -89,7 +89,7 @@ impl Fill {
 struct Reader {
     _waiter: Tracked,
     fill: Arc<Fill>,
-    rx: watch::Receiver<Progress>,
+    rx: watch::Receiver<FillProgress>,
     pos: u64,
     /// The size, once the bytes are known to match the digest.
     verified: Option<u64>,
@@ -100,29 +100,29 @@ impl Reader {
         loop {
             let progress = self.rx.borrow_and_update().clone();
             let (allowed, in_file, done) = match progress {
-                Progress::Connecting => (0, 0, false),
+                FillProgress::Connecting => (0, 0, false),
                 // Hold back the last byte until the digest has verified.
-                Progress::Streaming {
+                FillProgress::Streaming {
                     size: Some(size),
                     received,
                     written,
                 } => (received.min(size.saturating_sub(1)), written, false),
-                Progress::Streaming {
+                FillProgress::Streaming {
                     size: None,
                     received,
                     written,
                 } => (received, written, false),
-                Progress::Verified { size } | Progress::Done { size } => {
+                FillProgress::Verified { size } | FillProgress::Done { size } => {
                     self.verified = Some(size);
                     (size, size, true)
                 }
                 // Caching failed after the bytes verified (say, a full disk): this response is
                 // still correct and may finish reading them back.
-                Progress::Failed(_) if self.verified.is_some() => {
+                FillProgress::Failed(_) if self.verified.is_some() => {
                     let size = self.verified.unwrap_or(0);
                     (size, size, true)
                 }
-                Progress::Failed(e) => {
+                FillProgress::Failed(e) => {
                     return Some(Err(std::io::Error::other(format!(
                         "upstream fill of {} failed: {e:?}",
                         self.fill.digest
@@ -175,7 +175,7 @@ mod tests {
     const CHUNK: usize = 64 << 10;
 
     fn fill_of(size: u64) -> Arc<Fill> {
-        let (progress, _) = watch::channel(Progress::Streaming {
+        let (progress, _) = watch::channel(FillProgress::Streaming {
             size: Some(size),
             received: 0,
             written: 0,
@@ -245,7 +245,7 @@ mod tests {
         let mut got = Vec::new();
         assert!(!drain(&mut reader, &mut got).await, "the body waits for verification");
         assert_eq!(got.len(), data.len() - 1, "all but the last byte before verification");
-        fill.progress.send_replace(Progress::Verified {
+        fill.progress.send_replace(FillProgress::Verified {
             size: data.len() as u64,
         });
         assert!(drain(&mut reader, &mut got).await, "the body ends once verified");
@@ -260,7 +260,7 @@ mod tests {
         let mut reader = Box::pin(fill.clone().stream(Tracked::new(&gauge)));
         assert_eq!(reader.next().await.unwrap().unwrap(), Bytes::from_static(b"012345678"));
         fill.progress
-            .send_replace(Progress::Failed(FillError::Corrupt("hash mismatch".into())));
+            .send_replace(FillProgress::Failed(FillError::Corrupt("hash mismatch".into())));
         assert!(
             reader.next().await.unwrap().is_err(),
             "an error, so the response aborts"

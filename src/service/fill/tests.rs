@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use crate::metrics::Metrics;
 use crate::service::route::Proxied;
-use crate::service::{BlobBody, Registry};
+use crate::service::{BlobBody, Core};
 use crate::upstream::Remote;
 use crate::upstream::fault::{Faulty, Then};
 
@@ -21,11 +21,11 @@ fn blob() -> Vec<u8> {
 }
 
 /// A registry over a fresh store whose only upstream is `faulty`.
-fn registry(faulty: Arc<Faulty>) -> (tempfile::TempDir, Registry, Proxied) {
+fn registry(faulty: Arc<Faulty>) -> (tempfile::TempDir, Core, Proxied) {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::fs::open(dir.path()).unwrap();
     let remote: Arc<dyn Remote> = faulty;
-    let registry = Registry::with_remotes(store, vec![remote.clone()], Arc::new(Metrics::new()));
+    let registry = Core::with_remotes(store, vec![remote.clone()], Arc::new(Metrics::new()));
     let p = Proxied {
         local: "hub/library/x".parse().unwrap(),
         remote: "library/x".into(),

@@ -40,7 +40,7 @@ mod pins;
 mod plan;
 mod usage;
 pub use crate::cache::Policy;
-pub use usage::{RepoUsage, Usage, disk_usage};
+pub use usage::{DiskUsage, RepoUsage, disk_usage};
 
 use crate::cache::Pulls;
 use crate::clock::unix_now;
@@ -94,10 +94,11 @@ pub struct Report {
     pub store_bytes_before: u64,
 }
 
-/// Progress, for a display.
+/// How far a collection run is, for a display (the admin socket streams it as NDJSON, tagged
+/// by `phase`).
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
-pub enum Progress {
+pub enum GcProgress {
     Plan {
         manifests: usize,
         blobs: usize,
@@ -127,17 +128,17 @@ pub async fn run(
     metrics: Option<&crate::metrics::Metrics>,
     policy: &Policy,
     dry_run: bool,
-    progress: &(dyn Fn(Progress) + Send + Sync),
+    progress: &(dyn Fn(GcProgress) + Send + Sync),
     coord: &dyn crate::coord::Coordinator,
 ) -> store::Result<Report> {
     flush_pulls(store, pulls).await?;
     let plan = plan::evictions(store, policy).await?;
-    progress(Progress::Plan {
+    progress(GcProgress::Plan {
         manifests: plan.manifests,
         blobs: plan.blobs,
         store_bytes: plan.store_bytes,
     });
-    progress(Progress::Evict {
+    progress(GcProgress::Evict {
         manifests: plan.removed.len(),
     });
     if !dry_run && !plan.removed.is_empty() {
@@ -196,7 +197,7 @@ async fn flush_pulls(store: &Store, pulls: &Pulls) -> store::Result<()> {
 async fn sweep(
     store: &Store,
     cutoff_ms: u64,
-    progress: &(dyn Fn(Progress) + Send + Sync),
+    progress: &(dyn Fn(GcProgress) + Send + Sync),
 ) -> store::Result<Vec<BlobRecord>> {
     let mut removed = Vec::new();
     let mut done = 0;
@@ -217,7 +218,7 @@ async fn sweep(
         }
         done += gone.len();
         store.meta.forget_blobs(&gone).await?;
-        progress(Progress::Sweep { done, total: done });
+        progress(GcProgress::Sweep { done, total: done });
     }
 }
 
@@ -226,11 +227,11 @@ async fn purge_uploads(
     store: &Store,
     ttl: Duration,
     dry_run: bool,
-    progress: &(dyn Fn(Progress) + Send + Sync),
+    progress: &(dyn Fn(GcProgress) + Send + Sync),
 ) -> store::Result<Vec<String>> {
     let stale = store.meta.uploads_started_before(older_than(ttl)).await?;
     let orphans = store.uploads.orphans(ttl).await?;
-    progress(Progress::Uploads {
+    progress(GcProgress::Uploads {
         stale: stale.len() + orphans.len(),
     });
     if !dry_run {
@@ -261,18 +262,19 @@ fn count(report: &Report, metrics: Option<&crate::metrics::Metrics>) {
     );
 }
 
-impl super::Registry {
+impl super::Admin {
     /// One collection run with this registry's pull times and metrics (see [`run`]), if it can
     /// lead: `None` when another collection is running.
     pub async fn collect_garbage(
         &self,
         policy: &Policy,
         dry_run: bool,
-        progress: &(dyn Fn(Progress) + Send + Sync),
+        progress: &(dyn Fn(GcProgress) + Send + Sync),
     ) -> store::Result<Option<Report>> {
         // One collection at a time across every process on the store: a run still going (the
         // periodic one, a manual one, another replica's) makes this one step aside.
         let Some(_leader) = self
+            .core
             .coordinator()
             .lead(&Task::Gc)
             .await
@@ -281,23 +283,23 @@ impl super::Registry {
             return Ok(None);
         };
         let mut policy = policy.clone();
-        policy.offline_upstreams = self.offline_upstreams();
+        policy.offline_upstreams = self.core.offline_upstreams();
         let report = run(
-            self.store(),
-            self.pulls(),
-            Some(self.metrics()),
+            self.core.store(),
+            self.core.pulls(),
+            Some(self.core.metrics()),
             &policy,
             dry_run,
             progress,
-            self.coordinator().as_ref(),
+            self.core.coordinator().as_ref(),
         )
         .await?;
         Ok(Some(report))
     }
 
     /// Disk use per repository and by origin (`berth du`).
-    pub async fn disk_usage(&self) -> store::Result<Usage> {
-        disk_usage(self.store()).await
+    pub async fn disk_usage(&self) -> store::Result<DiskUsage> {
+        disk_usage(self.core.store()).await
     }
 }
 

@@ -22,8 +22,10 @@ pub struct RepoUsage {
     pub bytes: u64,
 }
 
+/// Disk use per repository and by origin, as `berth du` prints it (not [`crate::service::Usage`],
+/// the store by content that the gauges and the web UI show).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Usage {
+pub struct DiskUsage {
     pub repositories: Vec<RepoUsage>,
     /// Bytes referenced by private content (counted once).
     pub private_bytes: u64,
@@ -35,7 +37,7 @@ pub struct Usage {
 }
 
 /// Usage by origin from the registry, and per repository from its manifests.
-pub async fn disk_usage(store: &Store) -> store::Result<Usage> {
+pub async fn disk_usage(store: &Store) -> store::Result<DiskUsage> {
     let by_origin = store.meta.usage().await?;
     let mut by_repo: HashMap<String, (usize, HashSet<Digest>)> = HashMap::new();
     for row in all_manifests(store).await? {
@@ -46,12 +48,12 @@ pub async fn disk_usage(store: &Store) -> store::Result<Usage> {
         entry.1.extend(row.record.children);
     }
     let mut sizes: HashMap<Digest, u64> = HashMap::new();
-    let mut usage = Usage {
+    let mut usage = DiskUsage {
         private_bytes: by_origin.private.bytes,
         cached_bytes: by_origin.cached.bytes,
         unreferenced_bytes: by_origin.unreferenced.bytes,
         total_bytes: by_origin.private.bytes + by_origin.cached.bytes + by_origin.unreferenced.bytes,
-        ..Usage::default()
+        ..DiskUsage::default()
     };
     for (repo, info) in all_repos(store).await? {
         let (manifests, refs) = by_repo.remove(repo.as_str()).unwrap_or_default();

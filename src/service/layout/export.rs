@@ -11,9 +11,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::tree::{Tree, walk};
-use super::{Error, ExportOptions, Origins, Progress, REF_NAME, Result, Sink, io_at, ref_name};
+use super::{Error, ExportOptions, LayoutProgress, Origins, REF_NAME, Result, Sink, io_at, ref_name};
 use crate::oci::{Descriptor, Digest, RepoName, Tag, media};
-use crate::service::Registry;
+use crate::service::Admin;
 use crate::store::{BlobStore, ByteStream, Origin};
 
 /// What an export wrote.
@@ -57,7 +57,7 @@ fn patterns(texts: &[String]) -> Vec<Pattern> {
         .collect()
 }
 
-impl Registry {
+impl Admin {
     /// Write the images `opts` selects to `opts.output`.
     pub async fn export(&self, opts: &ExportOptions, sink: Sink, cancel: &CancellationToken) -> Result<ExportReport> {
         let output = &opts.output;
@@ -83,16 +83,16 @@ impl Registry {
             ..Default::default()
         };
         let warn = |w: String, report: &mut ExportReport| {
-            sink(Progress::Warning(w.clone()));
+            sink(LayoutProgress::Warning(w.clone()));
             report.warnings.push(w);
         };
         let (mut entries, mut files, mut problems) = (Vec::new(), BTreeMap::new(), Vec::new());
         let mut exported: Vec<(RepoName, Tree)> = Vec::new();
         for (repo, tag, digest, media_type) in roots {
             let name = ref_name(&repo, &tag);
-            let size = self.store.blobs.size(&digest).await?.unwrap_or(0);
+            let size = self.core.store.blobs.size(&digest).await?.unwrap_or(0);
             let descriptor = descriptor(&media_type, &digest, size, None);
-            let tree = match walk(self.store.blobs.as_ref(), &descriptor).await? {
+            let tree = match walk(self.core.store.blobs.as_ref(), &descriptor).await? {
                 Ok(tree) => tree,
                 Err(why) if opts.partial => {
                     warn(format!("{name} left out: {why}"), &mut report);
@@ -153,7 +153,7 @@ impl Registry {
         }
         report.blobs = files.len();
         report.bytes = files.values().sum();
-        sink(Progress::Plan {
+        sink(LayoutProgress::Plan {
             images: report.images.len(),
             blobs: report.blobs,
             bytes: report.bytes,
@@ -164,7 +164,7 @@ impl Registry {
             "manifests": entries,
         }))
         .map_err(|e| Error::Invalid(e.to_string()))?;
-        let (blobs, output, cancel) = (self.store.blobs.clone(), output.clone(), cancel.clone());
+        let (blobs, output, cancel) = (self.core.store.blobs.clone(), output.clone(), cancel.clone());
         tokio::task::spawn_blocking(move || write(blobs.as_ref(), &files, &index, &output, &sink, &cancel))
             .await
             .map_err(|e| Error::Invalid(format!("the export task failed: {e}")))??;
@@ -175,7 +175,7 @@ impl Registry {
     async fn export_selection(&self, opts: &ExportOptions) -> Result<Vec<(RepoName, Tag, Digest, String)>> {
         let mut pats = patterns(&opts.patterns);
         let mut out = Vec::new();
-        for (repo, info) in crate::service::all_repos(&self.store).await? {
+        for (repo, info) in crate::service::all_repos(&self.core.store).await? {
             let wanted = match (opts.origins, &info.origin) {
                 (Origins::Both, _) => true,
                 (Origins::Private, o) => *o == Origin::Private,
@@ -184,7 +184,7 @@ impl Registry {
             if !wanted {
                 continue;
             }
-            for (tag, digest) in self.store.meta.tag_targets(&repo).await? {
+            for (tag, digest) in self.core.store.meta.tag_targets(&repo).await? {
                 let mut take = opts.all;
                 for p in pats.iter_mut() {
                     if crate::oci::pattern::matches(&p.repo, repo.as_str())
@@ -195,7 +195,7 @@ impl Registry {
                     }
                 }
                 let Ok(tag) = tag.parse::<Tag>() else { continue };
-                if take && let Some(record) = self.store.meta.manifest(&repo, &digest).await? {
+                if take && let Some(record) = self.core.store.meta.manifest(&repo, &digest).await? {
                     out.push((repo.clone(), tag, digest, record.media_type));
                 }
             }
@@ -224,13 +224,13 @@ impl Registry {
         for (repo, tree) in exported {
             let mut queue: Vec<Digest> = tree.manifests.iter().map(|n| n.digest.clone()).collect();
             while let Some(subject) = queue.pop() {
-                for (digest, record) in self.store.meta.referrers(repo, &subject).await? {
+                for (digest, record) in self.core.store.meta.referrers(repo, &subject).await? {
                     if !seen.insert(digest.clone()) {
                         continue;
                     }
                     let size = record.size;
                     let d = descriptor(&record.media_type, &digest, size, record.artifact_type.clone());
-                    match walk(self.store.blobs.as_ref(), &d).await? {
+                    match walk(self.core.store.blobs.as_ref(), &d).await? {
                         Ok(t) if t.missing.is_empty() => {
                             files.extend(t.files().map(|(d, s)| (d.clone(), s)));
                             entries.push(d);
@@ -352,7 +352,7 @@ fn write(
         }
         done = (done.0 + 1, done.1 + size);
         if done.0.is_multiple_of(16) || done.0 == files.len() {
-            sink(Progress::Blobs {
+            sink(LayoutProgress::Blobs {
                 done: done.0,
                 bytes: done.1,
             });

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::tree::{Tree, walk};
-use super::{Error, ImportOptions, Progress, REF_NAME, Result, Sink, ref_name};
+use super::{Error, ImportOptions, LayoutProgress, REF_NAME, Result, Sink, ref_name};
 use crate::oci::{Descriptor, Digest, RepoName, Tag};
-use crate::service::Registry;
+use crate::service::Admin;
 use crate::service::manifests::record_of;
 use crate::store::{ImageRecords, Origin};
 
@@ -43,15 +43,15 @@ struct Image {
     referrers: usize,
 }
 
-impl Registry {
+impl Admin {
     /// Import the layout at `opts.path` (see the module doc for the order that makes it safe).
     pub async fn import(&self, opts: &ImportOptions, sink: Sink, cancel: &CancellationToken) -> Result<ImportReport> {
-        self.check_push()?;
+        self.core.check_push()?;
         let origin = match &opts.upstream {
             None => Origin::Private,
             Some(name) => {
-                if !self.upstreams.iter().any(|u| u.name() == name) {
-                    let known: Vec<&str> = self.upstreams.iter().map(|u| u.name()).collect();
+                if !self.core.upstreams.iter().any(|u| u.name() == name) {
+                    let known: Vec<&str> = self.core.upstreams.iter().map(|u| u.name()).collect();
                     return Err(Error::Invalid(format!(
                         "--upstream {name} is not a configured upstream (configured: {})",
                         if known.is_empty() {
@@ -71,8 +71,8 @@ impl Registry {
             .transpose()
             .map_err(|e| Error::Invalid(format!("--repository: {e}")))?;
         let (blobs, meta, path, cancel2, sink2) = (
-            self.store.blobs.clone(),
-            self.store.meta.clone(),
+            self.core.store.blobs.clone(),
+            self.core.store.meta.clone(),
             opts.path.clone(),
             cancel.clone(),
             sink.clone(),
@@ -102,7 +102,7 @@ impl Registry {
             }
             self.import_commit(&image, &origin).await?;
             let name = ref_name(&image.repo, &image.tag);
-            sink(Progress::Imported(name.clone()));
+            sink(LayoutProgress::Imported(name.clone()));
             report.images.push(name);
             report.referrers += image.referrers;
         }
@@ -140,7 +140,7 @@ impl Registry {
                     continue;
                 }
             };
-            match walk(self.store.blobs.as_ref(), entry).await? {
+            match walk(self.core.store.blobs.as_ref(), entry).await? {
                 Err(why) => problems.push(format!("{name}: {why} (neither in the layout nor in the store)")),
                 Ok(tree) if !tree.missing.is_empty() && tree.manifests.len() == 1 => problems.push(format!(
                     "{name}: none of its platforms is whole in the layout ({})",
@@ -153,7 +153,7 @@ impl Registry {
                 Ok(tree) => {
                     if !tree.missing.is_empty() {
                         let w = format!("{name} imported without {}", tree.missing.join(", "));
-                        sink(Progress::Warning(w.clone()));
+                        sink(LayoutProgress::Warning(w.clone()));
                         report.warnings.push(w);
                     }
                     images.push(Image {
@@ -172,7 +172,7 @@ impl Registry {
             let before = unnamed.len();
             let mut left = Vec::new();
             for entry in unnamed {
-                let tree = match walk(self.store.blobs.as_ref(), entry).await? {
+                let tree = match walk(self.core.store.blobs.as_ref(), entry).await? {
                     Ok(t) => t,
                     Err(why) => {
                         problems.push(format!("entry {} of index.json: {why}", entry.digest));
@@ -225,11 +225,11 @@ impl Registry {
     async fn import_repo(&self, repo: &RepoName, origin: &Origin) -> Result<RepoName, String> {
         let Origin::Proxied { upstream } = origin else {
             // Private content follows the rules of a push.
-            return self.route_push(repo).await.map_err(|e| format!("{repo}: {e}"));
+            return self.core.route_push(repo).await.map_err(|e| format!("{repo}: {e}"));
         };
         // Cached content is stored under the name the mirror uses for it: without the upstream's
         // prefix for the default upstream, with it for the others.
-        let first = self.upstreams.first().is_some_and(|u| u.name() == upstream);
+        let first = self.core.upstreams.first().is_some_and(|u| u.name() == upstream);
         let remote = repo
             .as_str()
             .strip_prefix(&format!("{upstream}/"))
@@ -241,7 +241,7 @@ impl Registry {
         };
         let local = if first { remote } else { format!("{upstream}/{remote}") };
         let local: RepoName = local.parse().map_err(|e| format!("{repo}: {e}"))?;
-        if self.is_private(&local).await.map_err(|e| e.to_string())? {
+        if self.core.is_private(&local).await.map_err(|e| e.to_string())? {
             return Err(format!(
                 "{local} is private here (pushed content or [private] namespaces), so it cannot hold content cached from {upstream}; import without --upstream"
             ));
@@ -252,11 +252,11 @@ impl Registry {
     /// Make one image visible, in one transaction that checks its blobs are registered and not
     /// being swept (the GC invariant), after checking that all of it is still in the store.
     async fn import_commit(&self, image: &Image, origin: &Origin) -> Result<()> {
-        self.check_push()?;
+        self.core.check_push()?;
         let mut seen = BTreeSet::new();
         let mut records = ImageRecords::default();
         for (digest, _) in image.tree.files() {
-            if self.store.blobs.size(digest).await?.is_none() {
+            if self.core.store.blobs.size(digest).await?.is_none() {
                 return Err(Error::Invalid(format!(
                     "{digest} left the store during the import (garbage collection?); run the import again"
                 )));
@@ -271,7 +271,8 @@ impl Registry {
         }
         records.blobs = image.tree.blobs.keys().cloned().collect();
         records.tag = Some((image.tag.clone(), image.root.clone()));
-        self.store
+        self.core
+            .store
             .meta
             .put_image(&image.repo, origin.clone(), &records)
             .await
@@ -281,7 +282,7 @@ impl Registry {
                 ),
                 other => other.into(),
             })?;
-        self.memo.changed(crate::coord::Notice::ManifestsChanged);
+        self.core.memo.changed(crate::coord::Notice::ManifestsChanged);
         Ok(())
     }
 }

@@ -112,10 +112,10 @@ pub struct ImportOptions {
     pub partial: bool,
 }
 
-/// Progress as it happens, for a terminal or the admin stream.
+/// How far an export or import is, as it happens, for a terminal or the admin stream.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Progress {
+pub enum LayoutProgress {
     /// Export: the images, files and bytes about to be written.
     Plan { images: usize, blobs: usize, bytes: u64 },
     /// Blobs copied so far: written by an export, read by an import.
@@ -127,7 +127,7 @@ pub enum Progress {
 }
 
 /// Where progress goes.
-pub type Sink = Arc<dyn Fn(Progress) + Send + Sync>;
+pub type Sink = Arc<dyn Fn(LayoutProgress) + Send + Sync>;
 
 /// `REPO:TAG` as a ref name.
 fn ref_name(repo: &crate::oci::RepoName, tag: &crate::oci::Tag) -> String {

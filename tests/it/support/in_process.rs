@@ -9,12 +9,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use berth::api::{AppState, ClientLimits};
-use berth::auth::Auth;
+use berth::api::AppState;
 use berth::config::Config;
-use berth::service::Registry;
 use tempfile::TempDir;
 
 /// A berth app serving on a loopback port of this process; stopped when dropped.
@@ -58,33 +55,11 @@ impl App {
     }
 }
 
-/// The application state `berth serve` builds from `config`.
+/// The application state `berth serve` builds from `config`, through the same wiring.
 fn state(config: &Config, addr: SocketAddr) -> AppState {
     let store = berth::store::fs::open(&config.storage.root).expect("open the store");
-    let upstreams = config
-        .upstream_settings()
-        .expect("upstream settings")
-        .into_iter()
-        .map(|settings| berth::upstream::Upstream::new(settings).expect("an upstream client"))
-        .collect();
-    let registry = Registry::new(store, upstreams)
-        .with_private_namespaces(config.private.namespaces.clone())
-        .with_claim_on_push(config.private.claim_on_push)
-        .with_upload_session_limit(config.limits.max_upload_sessions)
-        .with_min_free(config.storage.min_free)
-        .with_notifications(
-            config.notification_settings().expect("notification settings"),
-            format!("berth-test:{}", addr.port()),
-        );
-    registry.apply_switches(&config.storage);
-    let auth = Auth::with_metrics(&config.auth, registry.metrics().clone()).expect("auth");
-    AppState {
-        registry,
-        auth: Arc::new(auth),
-        limits: Arc::new(ClientLimits::new(&config.limits)),
-        tls: false,
-        trust_forwarded: config.server.trust_forwarded_headers,
-    }
+    let services = berth::wiring::services(config, store, format!("berth-test:{}", addr.port())).expect("the services");
+    berth::wiring::app_state(config, services, false).expect("the app state")
 }
 
 impl Drop for App {

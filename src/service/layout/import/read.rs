@@ -9,7 +9,7 @@ use std::path::Path;
 
 use tokio_util::sync::CancellationToken;
 
-use super::super::{Error, MAX_INDEX_BYTES, Progress, Result, Sink, io_at};
+use super::super::{Error, LayoutProgress, MAX_INDEX_BYTES, Result, Sink, io_at};
 use bytes::Bytes;
 
 use crate::oci::Digest;
@@ -116,7 +116,7 @@ pub(super) fn ingest(
         }
     }
     pass.read.index = index.ok_or_else(|| Error::Invalid(format!("{} has no index.json", path.display())))?;
-    (pass.sink)(Progress::Blobs {
+    (pass.sink)(LayoutProgress::Blobs {
         done: pass.read.blobs,
         bytes: pass.bytes_read,
     });
@@ -192,7 +192,7 @@ impl Pass<'_> {
         self.read.new_bytes += size;
         self.bytes_read += size;
         if self.read.new_blobs.is_multiple_of(8) {
-            (self.sink)(Progress::Blobs {
+            (self.sink)(LayoutProgress::Blobs {
                 done: self.read.blobs,
                 bytes: self.bytes_read,
             });

@@ -13,14 +13,20 @@
 
 use std::time::Duration;
 
-use futures_util::{StreamExt, stream};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use super::route::{Route, resolve};
-use super::{BlobBody, CacheResult, Error, Registry, Result};
+
+mod walk;
+
+use super::{BlobBody, Blobs, CacheResult, Core, Error, Manifests, Result};
 use crate::config::{PrefetchSettings, parse_image};
-use crate::oci::{Digest, Manifest, Platform, Reference, RepoName, Tag, media};
+use crate::oci::{Digest, Manifest, Platform, Reference, RepoName, media};
+use walk::Walk;
 
 /// Blobs of one image fetched at once; the upstream budget paces them further.
 const BLOBS_AT_ONCE: usize = 4;
@@ -127,10 +133,18 @@ struct Fetched {
     manifest: Manifest,
 }
 
-impl Registry {
+/// Prefetch lists run through the pull path of [`Manifests`] and [`Blobs`].
+#[derive(Clone)]
+pub struct Prefetch {
+    pub(super) core: Arc<Core>,
+    pub(super) manifests: Manifests,
+    pub(super) blobs: Blobs,
+}
+
+impl Prefetch {
     /// Prefetch `jobs` one image after another; `progress` sees each step. Failures are
     /// reported per image and never stop the run.
-    pub async fn prefetch(&self, jobs: &[Job], progress: &(dyn Fn(Event) + Send + Sync)) -> Vec<ImageReport> {
+    pub async fn run(&self, jobs: &[Job], progress: &(dyn Fn(Event) + Send + Sync)) -> Vec<ImageReport> {
         let mut reports = Vec::with_capacity(jobs.len());
         for (i, job) in jobs.iter().enumerate() {
             progress(Event::Image {
@@ -163,7 +177,7 @@ impl Registry {
             .iter()
             .map(|p| p.parse::<Platform>())
             .collect::<Result<Vec<_>, _>>()?;
-        let route = self.route(&name, None).await.map_err(|e| e.to_string())?;
+        let route = self.core.route(&name, None).await.map_err(|e| e.to_string())?;
         let upstream = match &route {
             Route::Proxied(p) => p.upstream.name().to_owned(),
             Route::Private(repo) => {
@@ -200,10 +214,10 @@ impl Registry {
             unreachable!("checked by the caller");
         };
         if let Reference::Tag(tag) = reference {
-            self.fresh_tags.lock().remove(&(p.local.clone(), tag.clone()));
+            self.core.fresh_tags.lock().remove(&(p.local.clone(), tag.clone()));
         }
         let accept: Vec<String> = ACCEPT.iter().map(|s| s.to_string()).collect();
-        let body = match self.manifest(route, reference, &accept).await {
+        let body = match self.manifests.get(route, reference, &accept).await {
             Ok(body) => body,
             Err(Error::ManifestUnknown(_) | Error::NameUnknown(_)) => return Ok(None),
             Err(e) => return Err(e.to_string()),
@@ -235,7 +249,7 @@ impl Registry {
 
     /// Make sure a blob is in the store (through a fill when it is not); `(size, was cached)`.
     async fn fetch_blob(&self, route: &Route, digest: &Digest) -> Result<(u64, bool)> {
-        match self.blob(route, digest, true).await? {
+        match self.blobs.get(route, digest, true).await? {
             BlobBody::Stored(blob, cache) => Ok((blob.size(), cache == Some(CacheResult::Hit))),
             // `whole` waits for the fill to publish; a stream is not expected, but its bytes
             // arrive all the same once it is read to the end.
@@ -250,7 +264,7 @@ impl Registry {
     }
 
     /// Run `lists` every `interval` until `stop`, starting now; each run is logged per image.
-    pub async fn prefetch_every(self, jobs: Vec<Job>, interval: Duration, stop: CancellationToken) {
+    pub async fn every(self, jobs: Vec<Job>, interval: Duration, stop: CancellationToken) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -260,7 +274,7 @@ impl Registry {
             }
             let reports = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = self.prefetch(&jobs, &|_: Event| {}) => r,
+                r = self.run(&jobs, &|_: Event| {}) => r,
             };
             for r in &reports {
                 match &r.error {
@@ -278,156 +292,6 @@ impl Registry {
                 }
             }
         }
-    }
-}
-
-/// One image's manifests, walked from the top.
-struct Walk<'a> {
-    route: &'a Route,
-    image: &'a str,
-    platforms: &'a [Platform],
-    referrers: bool,
-    progress: &'a (dyn Fn(Event) + Send + Sync),
-}
-
-impl Walk<'_> {
-    /// A fetched manifest: an index's chosen children, or an image's blobs; then its referrers.
-    async fn manifest(
-        &self,
-        reg: &Registry,
-        fetched: Fetched,
-        report: &mut ImageReport,
-        depth: usize,
-    ) -> Result<(), String> {
-        let Fetched { digest, manifest } = fetched;
-        if manifest.manifests.is_empty() {
-            self.blobs(reg, &manifest, report).await?;
-        } else {
-            if depth >= MAX_DEPTH {
-                return Err(format!("{digest} nests indexes deeper than {MAX_DEPTH}"));
-            }
-            let chosen = self.choose(&manifest);
-            if chosen.is_empty() {
-                let offered: Vec<String> = manifest
-                    .manifests
-                    .iter()
-                    .filter_map(|m| m.platform.as_ref().map(Platform::describe))
-                    .collect();
-                let wanted: Vec<String> = self.platforms.iter().map(ToString::to_string).collect();
-                return Err(format!(
-                    "{digest} has no manifest for {} (it has {})",
-                    wanted.join(", "),
-                    offered.join(", ")
-                ));
-            }
-            for child in chosen {
-                let fetched = reg
-                    .fetch(self.route, &Reference::Digest(child.clone()), report, false)
-                    .await?
-                    .ok_or_else(|| format!("{child}, listed in {digest}, is not known to the upstream"))?;
-                Box::pin(self.manifest(reg, fetched, report, depth + 1)).await?;
-            }
-        }
-        if self.referrers && depth < MAX_DEPTH {
-            self.referrers_of(reg, &digest, report, depth).await?;
-        }
-        Ok(())
-    }
-
-    /// The children of an index that match the platforms (all without a filter). With
-    /// `referrers`, a buildx attestation manifest comes along with the image it describes.
-    fn choose(&self, index: &Manifest) -> Vec<Digest> {
-        if self.platforms.is_empty() {
-            return index.manifests.iter().map(|m| m.digest.clone()).collect();
-        }
-        let chosen: Vec<&Digest> = index
-            .manifests
-            .iter()
-            .filter(|m| {
-                m.platform
-                    .as_ref()
-                    .is_some_and(|p| self.platforms.iter().any(|want| want.matches(p)))
-            })
-            .map(|m| &m.digest)
-            .collect();
-        let attestations = index.manifests.iter().filter(|m| {
-            self.referrers
-                && m.annotations
-                    .get("vnd.docker.reference.digest")
-                    .is_some_and(|d| chosen.iter().any(|c| c.to_string() == *d))
-        });
-        let mut out: Vec<Digest> = chosen.iter().map(|d| (*d).clone()).collect();
-        out.extend(attestations.map(|m| m.digest.clone()));
-        out
-    }
-
-    /// Every blob of an image manifest, a few at once.
-    async fn blobs(&self, reg: &Registry, manifest: &Manifest, report: &mut ImageReport) -> Result<(), String> {
-        let digests: Vec<Digest> = manifest.blob_refs().cloned().collect();
-        let mut results = stream::iter(digests)
-            .map(|d| async move {
-                let r = reg.fetch_blob(self.route, &d).await;
-                (d, r)
-            })
-            .buffer_unordered(BLOBS_AT_ONCE);
-        let mut first_error = None;
-        while let Some((digest, result)) = results.next().await {
-            match result {
-                Ok((size, cached)) => {
-                    report.blobs += 1;
-                    report.bytes += size;
-                    if !cached {
-                        report.blobs_fetched += 1;
-                        report.bytes_fetched += size;
-                    }
-                    (self.progress)(Event::Blob {
-                        image: self.image.to_owned(),
-                        digest: digest.to_string(),
-                        size,
-                        cached,
-                    });
-                }
-                Err(e) => {
-                    first_error.get_or_insert_with(|| format!("blob {digest}: {e}"));
-                }
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// The tag-schema referrers of `subject`: the `sha256-<hex>` index, if the upstream has
-    /// one, and every artifact it lists.
-    async fn referrers_of(
-        &self,
-        reg: &Registry,
-        subject: &Digest,
-        report: &mut ImageReport,
-        depth: usize,
-    ) -> Result<(), String> {
-        let tag: Tag = format!("{}-{}", subject.algorithm().as_str(), subject.hex())
-            .parse()
-            .map_err(|e: crate::oci::NameError| e.to_string())?;
-        let index = match reg.fetch(self.route, &Reference::Tag(tag), report, false).await {
-            Ok(Some(index)) => index,
-            // No referrers is the common case, not a failure.
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(format!("referrers of {subject}: {e}")),
-        };
-        for artifact in &index.manifest.manifests {
-            let fetched = reg
-                .fetch(self.route, &Reference::Digest(artifact.digest.clone()), report, false)
-                .await
-                .map_err(|e| format!("referrer {}: {e}", artifact.digest))?
-                .ok_or_else(|| format!("referrer {} is not known to the upstream", artifact.digest))?;
-            report.referrers += 1;
-            let walk = Walk {
-                platforms: &[],
-                referrers: false,
-                ..*self
-            };
-            Box::pin(walk.manifest(reg, fetched, report, depth + 1)).await?;
-        }
-        Ok(())
     }
 }
 

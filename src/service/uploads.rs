@@ -1,0 +1,182 @@
+//! Upload sessions of a repository: start, status, chunks, finish, cancel, and cross-repository
+//! mount (which starts a session when it cannot mount).
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use super::{Core, Error, Result};
+use crate::oci::{Digest, RepoName};
+use crate::store::{self, ChunkRange, Origin, parse_upload_id};
+
+/// Pushes of blobs: resumable, chunked and monolithic uploads, and mounts.
+#[derive(Clone)]
+pub struct Uploads {
+    pub(super) core: Arc<Core>,
+}
+
+/// Where an upload session stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadState {
+    pub id: String,
+    /// Bytes received so far.
+    pub len: u64,
+}
+
+/// The outcome of a `POST ?mount=&from=`.
+#[derive(Debug)]
+pub enum Mount {
+    Mounted(Digest),
+    /// The blob could not be mounted; a fresh session was started instead.
+    Started(UploadState),
+}
+
+/// Uploads larger than this are refused; far above any real layer, well below a full disk.
+const MAX_UPLOAD_BYTES: u64 = 64 << 30;
+
+impl Uploads {
+    /// Start an upload session for `owner` (a user name or client address); `resumable` unless
+    /// it is a monolithic upload finished in the same request.
+    pub async fn start(&self, repo: &RepoName, owner: &str, resumable: bool) -> Result<UploadState> {
+        self.core.check_push()?;
+        let id = self
+            .core
+            .store
+            .uploads
+            .create(repo, owner, resumable, self.core.session_limit)
+            .await
+            .map_err(|e| match e {
+                store::Error::SessionLimit { limit } => Error::TooManyRequests {
+                    retry_after: 30,
+                    reason: format!("{owner} already has {limit} upload sessions open; finish or cancel one"),
+                },
+                other => other.into(),
+            })?;
+        Ok(UploadState { id, len: 0 })
+    }
+
+    /// A guard that cancels the session `id` if it is dropped before [`CancelOnDrop::disarm`]:
+    /// a monolithic upload's session is the request's alone, so a request cut off mid-body
+    /// must not leave it (and its place in the client's session count) behind.
+    pub fn cancel_on_drop(&self, repo: &RepoName, id: &str) -> CancelOnDrop {
+        CancelOnDrop {
+            uploads: Some(self.clone()),
+            repo: repo.clone(),
+            id: id.to_owned(),
+        }
+    }
+
+    /// Link `digest` from `from` into `repo` when `from` holds it, else start a session.
+    pub async fn mount(&self, repo: &RepoName, digest: &Digest, from: Option<&RepoName>, owner: &str) -> Result<Mount> {
+        self.core.check_push()?;
+        if let Some(from) = from {
+            // The link renews the blob's grace period in the transaction that checks it is not
+            // being swept; if a sweep got there first, the mount falls back to an upload (see `gc`).
+            if self.core.store.meta.blob_linked(from, digest).await?
+                && self.core.store.blobs.size(digest).await?.is_some()
+            {
+                match self.link(repo, digest).await {
+                    Ok(()) => return Ok(Mount::Mounted(digest.clone())),
+                    Err(Error::Store(store::Error::BlobDeleting(_) | store::Error::BlobUnregistered(_))) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(Mount::Started(self.start(repo, owner, true).await?))
+    }
+
+    /// Check that `id` is a live session of `repo`.
+    async fn session(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
+        let id = parse_upload_id(id).ok_or(store::Error::UploadUnknown)?;
+        let (owner, len) = self.core.store.uploads.status(id).await?;
+        if owner != *repo {
+            return Err(store::Error::UploadUnknown.into());
+        }
+        Ok(UploadState { id: id.to_owned(), len })
+    }
+
+    pub async fn status(&self, repo: &RepoName, id: &str) -> Result<UploadState> {
+        self.session(repo, id).await
+    }
+
+    pub async fn chunk<S>(&self, repo: &RepoName, id: &str, range: Option<ChunkRange>, body: S) -> Result<UploadState>
+    where
+        S: Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
+    {
+        self.core.check_push()?;
+        let state = self.session(repo, id).await?;
+        let len = self
+            .core
+            .store
+            .uploads
+            .append(&state.id, range, Box::pin(body), MAX_UPLOAD_BYTES)
+            .await?;
+        Ok(UploadState { id: state.id, len })
+    }
+
+    /// Append the final body (possibly empty), verify against `digest`, publish and link the blob.
+    pub async fn finish<S>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        body: S,
+    ) -> Result<()>
+    where
+        S: Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
+    {
+        // The final body is one more chunk.
+        let UploadState { id, len } = self.chunk(repo, id, range, body).await?;
+        // Registered before it is published, so its grace period covers it until the link.
+        self.core.register(digest, len).await?;
+        self.core.store.uploads.finish(&id, digest).await.map_err(|e| match e {
+            store::Error::DigestMismatch { expected, actual } => Error::DigestMismatch {
+                expected: expected.to_string(),
+                actual,
+            },
+            other => other.into(),
+        })?;
+        self.link(repo, digest).await
+    }
+
+    pub async fn cancel(&self, repo: &RepoName, id: &str) -> Result<()> {
+        let state = self.session(repo, id).await?;
+        Ok(self.core.store.uploads.cancel(&state.id).await?)
+    }
+
+    async fn link(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
+        Ok(self.core.store.meta.link_blob(repo, digest, Origin::Private).await?)
+    }
+}
+
+/// See [`Uploads::cancel_on_drop`].
+pub struct CancelOnDrop {
+    uploads: Option<Uploads>,
+    repo: RepoName,
+    id: String,
+}
+
+impl CancelOnDrop {
+    /// The request finished (either way) and dealt with the session itself.
+    pub fn disarm(mut self) {
+        self.uploads = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(uploads) = self.uploads.take() else {
+            return;
+        };
+        let (repo, id) = (self.repo.clone(), std::mem::take(&mut self.id));
+        // Drop cannot wait; the cancel waits for the session's lock (and any writer) itself.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = uploads.cancel(&repo, &id).await;
+            });
+        }
+    }
+}

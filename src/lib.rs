@@ -3,7 +3,7 @@
 //! Dependencies point one way, floor by floor:
 //!
 //! ```text
-//! main | cli | lib | server | wiring   the composition root: builds the concrete backends, wires them
+//! main | cli | lib | server | wiring | batched_log   the composition root: builds and wires
 //!   api | ui                       HTTP edges (they see only the service, never a backend)
 //!     auth                         who may do what
 //!       service (and service::gc)  what the registry does

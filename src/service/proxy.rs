@@ -348,5 +348,9 @@ fn fill_error(e: FillError, digest: &Digest) -> Error {
             reason,
         }),
         FillError::Io(reason) => Error::Store(crate::store::Error::Io(std::io::Error::other(reason))),
+        FillError::Full(reason) => Error::Store(crate::store::Error::Full(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            reason,
+        ))),
     }
 }

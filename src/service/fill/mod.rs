@@ -62,6 +62,18 @@ pub enum FillError {
     /// The bytes did not match the digest; nothing was kept.
     Corrupt(String),
     Io(String),
+    /// The store is full: nothing was kept, and the client is told so (507), not a server fault.
+    Full(String),
+}
+
+impl From<store::Error> for FillError {
+    /// A full store is told apart, so its 507 survives the trip through the fill's progress.
+    fn from(e: store::Error) -> FillError {
+        match e {
+            store::Error::Full(io) => FillError::Full(io.to_string()),
+            other => FillError::Io(other.to_string()),
+        }
+    }
 }
 
 pub struct Fill {
@@ -190,7 +202,7 @@ impl Job {
             .await
             .map_err(FillError::Upstream)?;
         let size = response.size;
-        let io = |e: store::Error| FillError::Io(e.to_string());
+        let io = FillError::from;
         let fill = self.fill.clone();
         let mut writer = self
             .store
@@ -224,7 +236,7 @@ impl Job {
         // Registered before it is published, so its grace period covers it until the link.
         super::register(self.store.meta.as_ref(), digest, written)
             .await
-            .map_err(|e| FillError::Io(e.to_string()))?;
+            .map_err(FillError::from)?;
         writer.commit(digest).await.map_err(io)?;
         let origin = Origin::Proxied {
             upstream: self.upstream.name().to_owned(),
@@ -233,7 +245,7 @@ impl Job {
             .meta
             .link_blob(&self.local, digest, origin)
             .await
-            .map_err(|e| FillError::Io(e.to_string()))?;
+            .map_err(FillError::from)?;
         tracing::info!(%digest, bytes = written, upstream = %self.upstream.name(), "cached blob");
         Ok(written)
     }
@@ -249,7 +261,7 @@ impl Job {
         size: Option<u64>,
         writer: &mut dyn BlobWriter,
     ) -> Result<u64, FillError> {
-        let io = |e: store::Error| FillError::Io(e.to_string());
+        let io = FillError::from;
         let mut body = response.body;
         let mut received = 0u64;
         let mut pace = Pace::new(self.upstream.settings());

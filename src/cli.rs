@@ -269,7 +269,7 @@ pub async fn delete(config: &Config, reference: Option<String>, repository: Opti
     };
     match target(config)? {
         Target::Direct(store) => {
-            let services = Services::new(Core::new(store, Vec::new()));
+            let services = Services::new(Core::new(store, Vec::new(), berth::coord::Local::shared()));
             services.admin.apply_switches(&config.storage); // [storage] delete and read_only hold here too
             match &what {
                 Ok((repo, r)) => services.manifests.delete_image(repo, r).await?,

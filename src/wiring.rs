@@ -23,9 +23,8 @@ pub fn services(config: &Config, store: Store, node: String) -> Result<Services,
         .into_iter()
         .map(|settings| Upstream::new(settings).map_err(|e| format!("building an upstream client: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let core = Core::new(store, upstreams)
-        // Single node: one process owns the store (cluster mode puts PostgreSQL here).
-        .with_coordinator(coord::Local::shared())
+    // Single node: one process owns the store (cluster mode puts PostgreSQL here).
+    let core = Core::new(store, upstreams, coord::Local::shared())
         .with_private_namespaces(config.private.namespaces.clone())
         .with_claim_on_push(config.private.claim_on_push)
         .with_upload_session_limit(config.limits.max_upload_sessions)

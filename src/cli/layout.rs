@@ -98,7 +98,7 @@ fn direct(config: &Config, store: Store) -> anyhow::Result<Services> {
         .map(|s| berth::upstream::Upstream::new(s).context("building an upstream client"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let services = Services::new(
-        Core::new(store, upstreams)
+        Core::new(store, upstreams, berth::coord::Local::shared())
             .with_private_namespaces(config.private.namespaces.clone())
             .with_claim_on_push(config.private.claim_on_push),
     );

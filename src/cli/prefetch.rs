@@ -119,7 +119,8 @@ pub async fn prefetch(config: &Config, platforms: &[String], referrers: bool, im
                 .map(berth::upstream::Upstream::new)
                 .collect::<Result<Vec<_>, _>>()?;
             let services = Services::new(
-                Core::new(store.clone(), upstreams).with_private_namespaces(config.private.namespaces.clone()),
+                Core::new(store.clone(), upstreams, berth::coord::Local::shared())
+                    .with_private_namespaces(config.private.namespaces.clone()),
             );
             let reports = services.prefetch.run(&jobs, &show).await;
             // The runs count as pulls for TTL eviction, as they do on a server.

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use super::manifests::ManifestHead;
 use super::memo::{Memo, Memoized};
 use super::{Error, Result, Switches, fill, referrers, usage};
-use crate::coord::{self, Coordinator};
+use crate::coord::Coordinator;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::oci::{Digest, Reference, RepoName, Tag};
@@ -52,11 +52,10 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core over `store`, pulling through `upstreams`, counting into a fresh [`Metrics`].
-    ///
-    /// Coordination is in-process ([`coord::Local`], the single-node default) until
-    /// [`Core::with_coordinator`] says otherwise.
-    pub fn new(store: Store, upstreams: Vec<Upstream>) -> Core {
+    /// A core over `store`, pulling through `upstreams`, coordinating through `coord` (the
+    /// caller picks it, as it picks the store: in-process on one node), counting into a fresh
+    /// [`Metrics`].
+    pub fn new(store: Store, upstreams: Vec<Upstream>, coord: Arc<dyn Coordinator>) -> Core {
         let metrics = Arc::new(Metrics::new());
         let upstreams = upstreams
             .into_iter()
@@ -65,14 +64,18 @@ impl Core {
                 Arc::new(u.with_metrics(counters)) as Arc<dyn Remote>
             })
             .collect();
-        Core::with_remotes(store, upstreams, metrics)
+        Core::with_remotes(store, upstreams, coord, metrics)
     }
 
     /// A core over `store`, pulling through `remotes` as they are (tests put in-process fakes
     /// here), counting into `metrics`.
-    pub fn with_remotes(store: Store, remotes: Vec<Arc<dyn Remote>>, metrics: Arc<Metrics>) -> Core {
+    pub fn with_remotes(
+        store: Store,
+        remotes: Vec<Arc<dyn Remote>>,
+        coord: Arc<dyn Coordinator>,
+        metrics: Arc<Metrics>,
+    ) -> Core {
         let notifier = Arc::new(Notifier::default());
-        let coord = coord::Local::shared();
         Core {
             store,
             upstreams: Arc::new(remotes),
@@ -96,14 +99,6 @@ impl Core {
     /// The metrics every part of the registry counts into (GC and eviction too).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
-    }
-
-    /// Coordinate fills, periodic tasks and memo invalidation through `coord` (call before
-    /// serving: the memo starts over subscribed to it).
-    pub fn with_coordinator(mut self, coord: Arc<dyn Coordinator>) -> Core {
-        self.memo = Memo::new(coord.clone());
-        self.coord = coord;
-        self
     }
 
     /// The coordinator: periodic tasks ask it for leadership.

@@ -557,6 +557,7 @@ mod tests {
             Services::new(service::Core::new(
                 crate::store::fs::open(dir.path()).unwrap(),
                 Vec::new(),
+                crate::coord::Local::shared(),
             )),
             Arc::new(Auth::disabled()),
             false,

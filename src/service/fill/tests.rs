@@ -25,7 +25,12 @@ fn registry(faulty: Arc<Faulty>) -> (tempfile::TempDir, Core, Proxied) {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::fs::open(dir.path()).unwrap();
     let remote: Arc<dyn Remote> = faulty;
-    let registry = Core::with_remotes(store, vec![remote.clone()], Arc::new(Metrics::new()));
+    let registry = Core::with_remotes(
+        store,
+        vec![remote.clone()],
+        crate::coord::Local::shared(),
+        Arc::new(Metrics::new()),
+    );
     let p = Proxied {
         local: "hub/library/x".parse().unwrap(),
         remote: "library/x".into(),

@@ -138,3 +138,53 @@ async fn gc_racing_pushes_on_the_filesystem_store_never_sweeps_what_a_stored_man
 async fn gc_racing_pushes_in_memory_never_sweeps_what_a_stored_manifest_references() {
     racing_pushes_keep_what_they_reference(store::memory::store(Arc::new(MemoryMeta::new()))).await;
 }
+
+/// Two collections at once give one run: the second, asked while the first holds the
+/// coordinator's GC lead, steps aside (`None`, nothing done), and a third, after the first ended,
+/// runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_collection_steps_aside_while_one_runs() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+
+    let core = crate::service::Core::new(
+        store::memory::store(Arc::new(MemoryMeta::new())),
+        Vec::new(),
+        Local::shared(),
+    );
+    let services = crate::service::Services::new(core);
+    // The first run stops at its first progress report until the test lets it go on.
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (entered_tx, release_rx) = (parking_lot::Mutex::new(entered_tx), parking_lot::Mutex::new(release_rx));
+    let held = AtomicBool::new(false);
+    let first = {
+        let admin = services.admin.clone();
+        tokio::spawn(async move {
+            let progress = move |_: super::GcProgress| {
+                if !held.swap(true, Ordering::SeqCst) {
+                    entered_tx.lock().send(()).unwrap();
+                    release_rx.lock().recv().unwrap();
+                }
+            };
+            admin.collect_garbage(&policy(Duration::ZERO), false, &progress).await
+        })
+    };
+    tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
+        .await
+        .unwrap();
+    let second = services
+        .admin
+        .collect_garbage(&policy(Duration::ZERO), false, &|_| {})
+        .await
+        .unwrap();
+    assert!(second.is_none(), "a second collection ran beside the first");
+    release_tx.send(()).unwrap();
+    assert!(first.await.unwrap().unwrap().is_some(), "the first collection ran");
+    let third = services
+        .admin
+        .collect_garbage(&policy(Duration::ZERO), false, &|_| {})
+        .await
+        .unwrap();
+    assert!(third.is_some(), "the lead was released when the first run ended");
+}

@@ -185,7 +185,8 @@ impl Registry {
     }
 
     /// A proxied blob: from the store when cached, else streamed through a fill. With `whole`
-    /// (a Range request), wait for the fill to verify and serve the stored file.
+    /// (a Range request), a blob whose fill announced its size serves the range as soon as its
+    /// bytes are known (`fill::ranged`); otherwise wait for the fill to verify and serve the file.
     pub(super) async fn proxied_blob(&self, p: &Proxied, digest: &Digest, whole: bool) -> Result<BlobBody> {
         if let Some(blob) = self.cached_blob(p, digest).await? {
             return Ok(BlobBody::Stored(blob, Some(CacheResult::Hit)));
@@ -211,6 +212,11 @@ impl Registry {
         }
         let waiter = self.fills.waiter();
         let size = fill.started().await.map_err(|e| fill_error(e, digest))?;
+        if let (true, Some(size), false) = (whole, size, fill.verified()) {
+            let (upstream, remote) = (p.upstream.clone(), p.remote.clone());
+            let part = super::fill::ranged(fill, size, upstream, remote, waiter);
+            return Ok(BlobBody::Stored(part, Some(CacheResult::Miss)));
+        }
         if whole {
             fill.finished().await.map_err(|e| fill_error(e, digest))?;
             drop(waiter);

@@ -1,0 +1,99 @@
+//! A `Range` GET of a blob on a miss, served while its fill runs. Clients that pull lazily
+//! (eStargz, SOCI, zstd:chunked) ask for small parts of large layers; waiting for the whole
+//! verified fill made a 64 KiB part of a cold 256 MiB layer cost the whole download.
+//!
+//! A part is served as soon as its bytes are known: from the fill (its window, or what it wrote)
+//! when the fill has already received the part's first byte, otherwise by a ranged upstream
+//! request beside the fill. The fill itself goes on and is verified and cached as before.
+//!
+//! Why a part may go out before the fill verifies, when a whole body may not (promise 1): a whole
+//! response that completes is the blob, and a client takes it as such. A part cannot be checked
+//! against the blob's digest by anyone, berth included, until every other byte is in; the formats
+//! that read parts carry their own digests for them (a table of contents whose digest is in the
+//! manifest). So a part is worth exactly what the same part fetched directly from the upstream is
+//! worth, which is what the lazy client would otherwise get. What stays:
+//! - Unverified bytes are never stored: a ranged upstream body goes to the client only, and the
+//!   fill's bytes are published only after they verify.
+//! - A range that is the whole blob is served like a whole GET: its last byte waits.
+//! - A part still being sent when the fill fails verification ends in an error, which aborts the
+//!   response (whether it came from the fill or from the ranged request: a corrupt upstream is
+//!   not trusted for its parts either). A part already sent in full cannot be taken back.
+
+use std::sync::Arc;
+
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::{Fill, FillError, Progress};
+use crate::metrics::Tracked;
+use crate::store::{ByteStream, RangeRead, RemoteBlob, Stored};
+use crate::upstream::Remote;
+
+/// A blob of `size` bytes whose fill is under way, ready to serve one range of: the API parses
+/// the `Range` header against `size` and asks for the part.
+pub fn ranged(fill: Arc<Fill>, size: u64, upstream: Arc<dyn Remote>, remote: String, waiter: Tracked) -> Stored {
+    Stored::Stream(RemoteBlob {
+        size,
+        read: Box::new(Lazy {
+            fill,
+            size,
+            upstream,
+            remote,
+            waiter,
+        }),
+    })
+}
+
+struct Lazy {
+    fill: Arc<Fill>,
+    size: u64,
+    upstream: Arc<dyn Remote>,
+    /// The repository's name upstream.
+    remote: String,
+    waiter: Tracked,
+}
+
+impl RangeRead for Lazy {
+    fn range(self: Box<Self>, start: u64, len: u64) -> ByteStream {
+        let Lazy {
+            fill,
+            size,
+            upstream,
+            remote,
+            waiter,
+        } = *self;
+        if start == 0 && len == size {
+            return Box::pin(fill.stream(waiter));
+        }
+        if start < fill.received() {
+            return Box::pin(fill.part(start, start + len, waiter));
+        }
+        Box::pin(fetched(fill, upstream, remote, start, len, waiter))
+    }
+}
+
+/// The part from a ranged upstream request, ended in an error if the fill turns out corrupt
+/// while it is being sent.
+fn fetched(
+    fill: Arc<Fill>,
+    upstream: Arc<dyn Remote>,
+    remote: String,
+    start: u64,
+    len: u64,
+    waiter: Tracked,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    let digest = fill.digest.clone();
+    let request = async move {
+        let part = upstream.get_blob_range(&remote, &digest, start, len).await?;
+        Ok::<_, crate::upstream::Error>(part.body)
+    };
+    futures_util::stream::once(request).try_flatten().map(move |item| {
+        let _counted = &waiter;
+        if let Progress::Failed(FillError::Corrupt(reason)) = &*fill.progress.borrow() {
+            return Err(std::io::Error::other(format!(
+                "upstream bytes of {} are corrupt: {reason}",
+                fill.digest
+            )));
+        }
+        item.map_err(std::io::Error::other)
+    })
+}

@@ -48,6 +48,15 @@ impl Registry {
         }
     }
 
+    /// A blob of the routed repository for a `Range` request (`range`, the header as sent):
+    /// like `blob(.., true)`, but a proxied miss serves the range as soon as its bytes are known.
+    pub async fn blob_range(&self, route: &Route, digest: &Digest, range: &str) -> Result<BlobBody> {
+        match route {
+            Route::Proxied(p) => self.proxied_blob_with(p, digest, true, Some(range)).await,
+            Route::Private(_) => self.blob(route, digest, true).await,
+        }
+    }
+
     /// Size of a blob of the routed repository.
     pub async fn blob_size(&self, route: &Route, digest: &Digest) -> Result<(u64, Option<CacheResult>)> {
         match route {

@@ -184,10 +184,21 @@ impl Registry {
         Ok(head)
     }
 
-    /// A proxied blob: from the store when cached, else streamed through a fill. With `whole`
-    /// (a Range request), a blob whose fill announced its size serves the range as soon as its
-    /// bytes are known (`fill::ranged`); otherwise wait for the fill to verify and serve the file.
+    /// A proxied blob: from the store when cached, else streamed through a fill. With `whole`,
+    /// wait for the fill to verify and serve the stored file.
     pub(super) async fn proxied_blob(&self, p: &Proxied, digest: &Digest, whole: bool) -> Result<BlobBody> {
+        self.proxied_blob_with(p, digest, whole, None).await
+    }
+
+    /// [`Registry::proxied_blob`]; with `range` (a `Range` header), a miss whose fill announced
+    /// the blob's size is served as soon as the range's bytes are known (`fill::ranged`).
+    pub(super) async fn proxied_blob_with(
+        &self,
+        p: &Proxied,
+        digest: &Digest,
+        whole: bool,
+        range: Option<&str>,
+    ) -> Result<BlobBody> {
         if let Some(blob) = self.cached_blob(p, digest).await? {
             return Ok(BlobBody::Stored(blob, Some(CacheResult::Hit)));
         }
@@ -211,10 +222,12 @@ impl Registry {
             self.confirm_upstream_has(p, digest).await?;
         }
         let waiter = self.fills.waiter();
+        // Asked for before the fill's answer is in, so the two upstream round trips overlap.
+        let early = range.and_then(|r| super::fill::Early::start(&fill, &p.upstream, &p.remote, r));
         let size = fill.started().await.map_err(|e| fill_error(e, digest))?;
-        if let (true, Some(size), false) = (whole, size, fill.verified()) {
+        if let (Some(_), Some(size), false) = (range, size, fill.verified()) {
             let (upstream, remote) = (p.upstream.clone(), p.remote.clone());
-            let part = super::fill::ranged(fill, size, upstream, remote, waiter);
+            let part = super::fill::ranged(fill, size, upstream, remote, early, waiter);
             return Ok(BlobBody::Stored(part, Some(CacheResult::Miss)));
         }
         if whole {

@@ -4,7 +4,9 @@
 //!
 //! A part is served as soon as its bytes are known: from the fill (its window, or what it wrote)
 //! when the fill has already received the part's first byte, otherwise by a ranged upstream
-//! request beside the fill. The fill itself goes on and is verified and cached as before.
+//! request beside the fill. The fill itself goes on and is verified and cached as before. An
+//! explicit range (`bytes=a-b`, what lazy clients send) is asked for upstream at once ([`Early`]),
+//! beside the fill's own request, so the client waits for one upstream round trip, not two.
 //!
 //! Why a part may go out before the fill verifies, when a whole body may not (promise 1): a whole
 //! response that completes is the blob, and a client takes it as such. A part cannot be checked
@@ -26,11 +28,18 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::{Fill, FillError, Progress};
 use crate::metrics::Tracked;
 use crate::store::{ByteStream, RangeRead, RemoteBlob, Stored};
-use crate::upstream::Remote;
+use crate::upstream::{self, Remote};
 
 /// A blob of `size` bytes whose fill is under way, ready to serve one range of: the API parses
 /// the `Range` header against `size` and asks for the part.
-pub fn ranged(fill: Arc<Fill>, size: u64, upstream: Arc<dyn Remote>, remote: String, waiter: Tracked) -> Stored {
+pub fn ranged(
+    fill: Arc<Fill>,
+    size: u64,
+    upstream: Arc<dyn Remote>,
+    remote: String,
+    early: Option<Early>,
+    waiter: Tracked,
+) -> Stored {
     Stored::Stream(RemoteBlob {
         size,
         read: Box::new(Lazy {
@@ -38,9 +47,53 @@ pub fn ranged(fill: Arc<Fill>, size: u64, upstream: Arc<dyn Remote>, remote: Str
             size,
             upstream,
             remote,
+            early,
             waiter,
         }),
     })
+}
+
+/// A ranged upstream request started before the fill has answered (so before the blob's size is
+/// known and the `Range` header can be checked against it), for an explicit range the fill has
+/// not reached. Used if the range turns out to be exactly what the client gets; aborted when
+/// dropped unused.
+pub struct Early {
+    start: u64,
+    len: u64,
+    task: tokio::task::JoinHandle<upstream::Result<upstream::RemoteBlob>>,
+}
+
+impl Early {
+    /// Ask for `range` (a `Range` header) now, if it is one explicit `bytes=a-b` beyond the
+    /// bytes `fill` has.
+    pub fn start(fill: &Fill, upstream: &Arc<dyn Remote>, remote: &str, range: &str) -> Option<Early> {
+        let (first, last) = explicit(range)?;
+        if first < fill.received() || fill.verified() {
+            return None;
+        }
+        let (upstream, remote, digest) = (upstream.clone(), remote.to_owned(), fill.digest.clone());
+        let len = last - first + 1;
+        let task = tokio::spawn(async move { upstream.get_blob_range(&remote, &digest, first, len).await });
+        Some(Early {
+            start: first,
+            len,
+            task,
+        })
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `bytes=a-b` as `(a, b)`; `None` for any other form (a suffix, an open end, several ranges),
+/// which waits for the size as before.
+fn explicit(range: &str) -> Option<(u64, u64)> {
+    let (first, last) = range.trim().strip_prefix("bytes=")?.split_once('-')?;
+    let (first, last): (u64, u64) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
+    (first <= last).then_some((first, last))
 }
 
 struct Lazy {
@@ -49,6 +102,7 @@ struct Lazy {
     upstream: Arc<dyn Remote>,
     /// The repository's name upstream.
     remote: String,
+    early: Option<Early>,
     waiter: Tracked,
 }
 
@@ -59,6 +113,7 @@ impl RangeRead for Lazy {
             size,
             upstream,
             remote,
+            early,
             waiter,
         } = *self;
         if start == 0 && len == size {
@@ -67,7 +122,22 @@ impl RangeRead for Lazy {
         if start < fill.received() {
             return Box::pin(fill.part(start, start + len, waiter));
         }
-        Box::pin(fetched(fill, upstream, remote, start, len, waiter))
+        let digest = fill.digest.clone();
+        match early.filter(|e| (e.start, e.len) == (start, len)) {
+            Some(mut early) => {
+                let answer = async move {
+                    (&mut early.task).await.map_err(|e| upstream::Error::Unavailable {
+                        upstream: upstream.name().to_owned(),
+                        reason: format!("ranged request: {e}"),
+                    })?
+                };
+                Box::pin(fetched(fill, answer, waiter))
+            }
+            None => {
+                let answer = async move { upstream.get_blob_range(&remote, &digest, start, len).await };
+                Box::pin(fetched(fill, answer, waiter))
+            }
+        }
     }
 }
 
@@ -75,17 +145,10 @@ impl RangeRead for Lazy {
 /// while it is being sent.
 fn fetched(
     fill: Arc<Fill>,
-    upstream: Arc<dyn Remote>,
-    remote: String,
-    start: u64,
-    len: u64,
+    answer: impl Future<Output = upstream::Result<upstream::RemoteBlob>> + Send + 'static,
     waiter: Tracked,
 ) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
-    let digest = fill.digest.clone();
-    let request = async move {
-        let part = upstream.get_blob_range(&remote, &digest, start, len).await?;
-        Ok::<_, crate::upstream::Error>(part.body)
-    };
+    let request = async move { answer.await.map(|part| part.body) };
     futures_util::stream::once(request).try_flatten().map(move |item| {
         let _counted = &waiter;
         if let Progress::Failed(FillError::Corrupt(reason)) = &*fill.progress.borrow() {

@@ -31,7 +31,7 @@ use crate::upstream::{self, Remote, RemoteBlob};
 
 mod lazy;
 mod reader;
-pub use lazy::ranged;
+pub use lazy::{Early, ranged};
 use reader::Recent;
 
 /// The progress of one fill, broadcast to its readers.

@@ -134,3 +134,37 @@ pub(crate) fn part_of(
     })
     .boxed()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn collect(chunks: &[&'static [u8]], start: u64, len: u64) -> (Vec<u8>, bool) {
+        let chunks: Vec<Result<Bytes>> = chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        let body = futures_util::stream::iter(chunks).boxed();
+        let mut part = part_of(body, start, len, "hub".into());
+        let mut got = Vec::new();
+        while let Some(item) = part.next().await {
+            match item {
+                Ok(bytes) => got.extend_from_slice(&bytes),
+                Err(_) => return (got, true),
+            }
+        }
+        (got, false)
+    }
+
+    #[tokio::test]
+    async fn a_part_is_cut_from_the_whole_body_across_its_batches() {
+        let chunks: &[&'static [u8]] = &[b"0123", b"4567", b"89"];
+        assert_eq!(collect(chunks, 0, 10).await, (b"0123456789".to_vec(), false));
+        assert_eq!(collect(chunks, 3, 4).await, (b"3456".to_vec(), false));
+        assert_eq!(collect(chunks, 4, 4).await, (b"4567".to_vec(), false));
+        assert_eq!(collect(chunks, 9, 1).await, (b"9".to_vec(), false));
+        let (got, failed) = collect(chunks, 8, 5).await;
+        assert!(
+            failed,
+            "a body that ends before the part does is an error, not a short part"
+        );
+        assert_eq!(got, b"89");
+    }
+}

@@ -160,3 +160,22 @@ fn fetched(
         item.map_err(std::io::Error::other)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_one_explicit_range_is_asked_for_early() {
+        assert_eq!(super::explicit("bytes=100-199"), Some((100, 199)));
+        assert_eq!(super::explicit(" bytes=5-5"), Some((5, 5)));
+        for other in [
+            "bytes=100-",
+            "bytes=-100",
+            "bytes=0-1,5-9",
+            "bytes=9-1",
+            "items=0-1",
+            "",
+        ] {
+            assert_eq!(super::explicit(other), None, "{other:?}");
+        }
+    }
+}

@@ -461,7 +461,7 @@ impl Remote for Upstream {
         let partial = response.status() == StatusCode::PARTIAL_CONTENT;
         if partial {
             let answered = header(&response, "content-range");
-            let expected = format!("bytes {start}-{}/", start + len - 1);
+            let expected = format!("bytes {start}-{}/", start + len.max(1) - 1);
             if !answered.as_deref().is_some_and(|a| a.starts_with(&expected)) {
                 self.metrics.error(UpstreamError::Invalid);
                 return Err(Error::Invalid {

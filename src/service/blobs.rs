@@ -30,8 +30,9 @@ pub enum Mount {
 const MAX_UPLOAD_BYTES: u64 = 64 << 30;
 
 impl Registry {
-    /// Open a blob of the routed repository. `whole` asks for a stored file even on a cache miss
-    /// (Range requests are served only from verified bytes).
+    /// Open a blob of the routed repository. `whole` asks for the stored file even on a cache
+    /// miss, waiting for the fill to verify and publish it (a prefetch); a `Range` request goes
+    /// through [`Registry::blob_range`] instead.
     pub async fn blob(&self, route: &Route, digest: &Digest, whole: bool) -> Result<BlobBody> {
         match route {
             Route::Private(repo) => {

@@ -19,7 +19,11 @@ fn common(digest: &Digest) -> [(HeaderName, String); 3] {
 
 pub async fn get(blobs: &Blobs, route: &Route, digest: &Digest, h: &HeaderMap) -> Result<Response> {
     let range = h.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let (mut response, cache) = match blobs.get(route, digest, range.is_some()).await? {
+    let body = match range {
+        Some(range) => blobs.range(route, digest, range).await?,
+        None => blobs.get(route, digest, false).await?,
+    };
+    let (mut response, cache) = match body {
         BlobBody::Stored(blob, cache) => (stored_response(blob, digest, range), cache),
         BlobBody::Stream { size, stream, cache } => {
             // A miss streaming in: the body ends in an error (aborting the response) if the

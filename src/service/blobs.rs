@@ -12,8 +12,9 @@ pub struct Blobs {
 }
 
 impl Blobs {
-    /// Open a blob of the routed repository. `whole` asks for a stored file even on a cache miss
-    /// (Range requests are served only from verified bytes).
+    /// Open a blob of the routed repository. `whole` asks for the stored file even on a cache
+    /// miss, waiting for the fill to verify and publish it (a prefetch); a `Range` request goes
+    /// through [`Blobs::range`] instead.
     pub async fn get(&self, route: &Route, digest: &Digest, whole: bool) -> Result<BlobBody> {
         match route {
             Route::Private(repo) => {
@@ -27,6 +28,15 @@ impl Blobs {
                 ))
             }
             Route::Proxied(p) => self.core.proxied_blob(p, digest, whole).await,
+        }
+    }
+
+    /// A blob of the routed repository for a `Range` request (`range`, the header as sent):
+    /// like `get(.., true)`, but a proxied miss serves the range as soon as its bytes are known.
+    pub async fn range(&self, route: &Route, digest: &Digest, range: &str) -> Result<BlobBody> {
+        match route {
+            Route::Proxied(p) => self.core.proxied_blob_with(p, digest, true, Some(range)).await,
+            Route::Private(_) => self.get(route, digest, true).await,
         }
     }
 

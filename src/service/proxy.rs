@@ -184,9 +184,21 @@ impl Core {
         Ok(head)
     }
 
-    /// A proxied blob: from the store when cached, else streamed through a fill. With `whole`
-    /// (a Range request), wait for the fill to verify and serve the stored file.
+    /// A proxied blob: from the store when cached, else streamed through a fill. With `whole`,
+    /// wait for the fill to verify and serve the stored file.
     pub(super) async fn proxied_blob(&self, p: &Proxied, digest: &Digest, whole: bool) -> Result<BlobBody> {
+        self.proxied_blob_with(p, digest, whole, None).await
+    }
+
+    /// [`Core::proxied_blob`]; with `range` (a `Range` header), a miss whose fill announced
+    /// the blob's size is served as soon as the range's bytes are known (`fill::ranged`).
+    pub(super) async fn proxied_blob_with(
+        &self,
+        p: &Proxied,
+        digest: &Digest,
+        whole: bool,
+        range: Option<&str>,
+    ) -> Result<BlobBody> {
         if let Some(blob) = self.cached_blob(p, digest).await? {
             return Ok(BlobBody::Stored(blob, Some(CacheResult::Hit)));
         }
@@ -210,7 +222,14 @@ impl Core {
             self.confirm_upstream_has(p, digest).await?;
         }
         let waiter = self.fills.waiter();
+        // Asked for before the fill's answer is in, so the two upstream round trips overlap.
+        let early = range.and_then(|r| super::fill::Early::start(&fill, &p.upstream, &p.remote, r));
         let size = fill.started().await.map_err(|e| fill_error(e, digest))?;
+        if let (Some(_), Some(size), false) = (range, size, fill.verified()) {
+            let (upstream, remote) = (p.upstream.clone(), p.remote.clone());
+            let part = super::fill::ranged(fill, size, upstream, remote, early, waiter);
+            return Ok(BlobBody::Stored(part, Some(CacheResult::Miss)));
+        }
         if whole {
             fill.finished().await.map_err(|e| fill_error(e, digest))?;
             drop(waiter);

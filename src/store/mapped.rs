@@ -9,15 +9,29 @@ use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
 use memmap2::{Advice, Mmap, MmapOptions};
 
 /// A published blob on local disk, opened. Opaque above the store: the server layer gets its
 /// bytes as mapped windows ([`LocalBlob::chunks`]) and never sees the file.
 pub struct LocalBlob {
-    file: Arc<std::fs::File>,
+    source: Source,
     size: u64,
 }
+
+enum Source {
+    File(Arc<std::fs::File>),
+    /// A small blob (an image config, say), read whole when it was opened: serving it then takes
+    /// no further trip to the blocking pool, where mapping it would take one per GET, and a few
+    /// KiB copied cost less than a mapping and its `sendfile` registration.
+    Memory(Bytes),
+}
+
+/// Blobs up to this size are read whole when opened ([`Source::Memory`]); larger ones are
+/// mapped window by window. One mapped window's worth at most, so an open never holds more in
+/// memory than a stream of a large blob does.
+pub(super) const READ_WHOLE: u64 = 64 << 10;
 
 /// Bytes mapped per step. Each stream holds about `1 + AHEAD` windows at a time, which is what it
 /// costs in resident memory.
@@ -29,8 +43,16 @@ const AHEAD: usize = 1;
 impl LocalBlob {
     pub(super) fn new(file: std::fs::File, size: u64) -> LocalBlob {
         LocalBlob {
-            file: Arc::new(file),
+            source: Source::File(Arc::new(file)),
             size,
+        }
+    }
+
+    /// A blob of at most [`READ_WHOLE`] bytes, read.
+    pub(super) fn read(bytes: Bytes) -> LocalBlob {
+        LocalBlob {
+            size: bytes.len() as u64,
+            source: Source::Memory(bytes),
         }
     }
 
@@ -38,14 +60,21 @@ impl LocalBlob {
         self.size
     }
 
-    /// The bytes `start..start + len` of the blob, one mapped window at a time.
+    /// The bytes `start..start + len` of the blob, one mapped window at a time (a small blob's,
+    /// from memory at once).
     pub fn chunks(self, start: u64, len: u64) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        let file = self.file;
+        let file = match self.source {
+            Source::File(file) => file,
+            Source::Memory(bytes) => {
+                let part = bytes.slice(start as usize..(start + len) as usize);
+                return Either::Left(futures_util::stream::iter((len > 0).then_some(Ok(part))));
+            }
+        };
         let end = start + len;
         let windows = (start..end)
             .step_by(WINDOW as usize)
             .map(move |pos| (pos, (end - pos).min(WINDOW)));
-        futures_util::stream::iter(windows)
+        let mapped = futures_util::stream::iter(windows)
             .map(move |(pos, n)| {
                 let file = file.clone();
                 // Mapping and asking for readahead are system calls that may wait for the disk.
@@ -55,7 +84,8 @@ impl LocalBlob {
                         .map_err(io::Error::other)?
                 }
             })
-            .buffered(1 + AHEAD)
+            .buffered(1 + AHEAD);
+        Either::Right(mapped)
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, LOCATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode};
 
 use crate::config::UpstreamSettings;
@@ -175,6 +175,19 @@ impl Upstream {
     /// Send an idempotent request for repository `name` through the budget, authenticating on a
     /// challenge, retrying connection failures, and following redirects without credentials.
     async fn send(&self, method: Method, name: &str, path: &str, accept: &[String]) -> Result<Response> {
+        self.send_with(method, name, path, accept, None).await
+    }
+
+    /// [`Upstream::send`] with a `Range` header (`bytes=a-b`), which goes along redirects too: a
+    /// CDN answers the range, and a presigned URL does not cover headers.
+    async fn send_with(
+        &self,
+        method: Method,
+        name: &str,
+        path: &str,
+        accept: &[String],
+        range: Option<&str>,
+    ) -> Result<Response> {
         if self.is_offline() {
             return Err(Error::Offline {
                 upstream: self.settings.name.clone(),
@@ -195,6 +208,9 @@ impl Upstream {
             let mut request = self.http.request(method.clone(), self.url(path));
             for a in accept {
                 request = request.header(ACCEPT, a); // appended one by one: repeated Accept headers stay as they are
+            }
+            if let Some(range) = range {
+                request = request.header(RANGE, range);
             }
             match (&auth, &self.settings.credentials) {
                 (Some(Auth::Bearer(token)), _) => request = request.bearer_auth(token),
@@ -219,7 +235,7 @@ impl Upstream {
                 continue;
             }
             if status.is_redirection() {
-                return self.follow(method, response).await;
+                return self.follow(method, response, range).await;
             }
             return self.check(response);
         }
@@ -237,6 +253,28 @@ impl Upstream {
                 self.metrics.error(UpstreamError::Connect);
                 Err(e)
             }
+        }
+    }
+
+    /// A blob response's headers and streaming body.
+    fn blob_response(&self, response: Response) -> RemoteBlob {
+        let (metrics, upstream) = (self.metrics.clone(), self.settings.name.clone());
+        RemoteBlob {
+            size: response.content_length(),
+            content_type: header(&response, CONTENT_TYPE.as_str()),
+            digest: header(&response, "docker-content-digest").and_then(|d| d.parse().ok()),
+            body: response
+                .bytes_stream()
+                .map(move |chunk| {
+                    chunk.map_err(|e| {
+                        metrics.error(UpstreamError::Body);
+                        Error::Unavailable {
+                            upstream: upstream.clone(),
+                            reason: format!("reading blob: {e}"),
+                        }
+                    })
+                })
+                .boxed(),
         }
     }
 
@@ -275,7 +313,7 @@ impl Upstream {
     }
 
     /// Follow redirects with a plain request: no Authorization ever crosses a redirect.
-    async fn follow(&self, method: Method, mut response: Response) -> Result<Response> {
+    async fn follow(&self, method: Method, mut response: Response, range: Option<&str>) -> Result<Response> {
         for _ in 0..MAX_REDIRECTS {
             let location =
                 header(&response, LOCATION.as_str()).ok_or_else(|| self.unavailable("redirect without Location"))?;
@@ -283,8 +321,12 @@ impl Upstream {
                 .url()
                 .join(&location)
                 .map_err(|e| self.unavailable(format!("bad redirect {location:?}: {e}")))?;
+            let mut request = self.http.request(method.clone(), next);
+            if let Some(range) = range {
+                request = request.header(RANGE, range);
+            }
             response = self
-                .exchange(self.http.request(method.clone(), next))
+                .exchange(request)
                 .await
                 .map_err(|e| self.unavailable(e.to_string()))?;
             if !response.status().is_redirection() {
@@ -400,23 +442,40 @@ impl Remote for Upstream {
         let response = self
             .send(Method::GET, name, &format!("/v2/{name}/blobs/{digest}"), &[])
             .await?;
-        let (metrics, upstream) = (self.metrics.clone(), self.settings.name.clone());
+        Ok(self.blob_response(response))
+    }
+
+    /// GET a part of a blob with a `Range` header. An upstream that ignores it (200, the whole
+    /// blob) is cut to the part; a 206 for another range than asked is refused.
+    async fn get_blob_range(&self, name: &str, digest: &Digest, start: u64, len: u64) -> Result<RemoteBlob> {
+        let range = format!("bytes={start}-{}", start + len.max(1) - 1);
+        let response = self
+            .send_with(
+                Method::GET,
+                name,
+                &format!("/v2/{name}/blobs/{digest}"),
+                &[],
+                Some(&range),
+            )
+            .await?;
+        let partial = response.status() == StatusCode::PARTIAL_CONTENT;
+        if partial {
+            let answered = header(&response, "content-range");
+            let expected = format!("bytes {start}-{}/", start + len.max(1) - 1);
+            if !answered.as_deref().is_some_and(|a| a.starts_with(&expected)) {
+                self.metrics.error(UpstreamError::Invalid);
+                return Err(Error::Invalid {
+                    upstream: self.settings.name.clone(),
+                    reason: format!("asked for {range}, got Content-Range {answered:?}"),
+                });
+            }
+        }
+        let blob = self.blob_response(response);
+        let skip = if partial { 0 } else { start };
         Ok(RemoteBlob {
-            size: response.content_length(),
-            content_type: header(&response, CONTENT_TYPE.as_str()),
-            digest: header(&response, "docker-content-digest").and_then(|d| d.parse().ok()),
-            body: response
-                .bytes_stream()
-                .map(move |chunk| {
-                    chunk.map_err(|e| {
-                        metrics.error(UpstreamError::Body);
-                        Error::Unavailable {
-                            upstream: upstream.clone(),
-                            reason: format!("reading blob: {e}"),
-                        }
-                    })
-                })
-                .boxed(),
+            size: Some(len),
+            body: remote::part_of(blob.body, skip, len, self.settings.name.clone()),
+            ..blob
         })
     }
 

@@ -12,6 +12,7 @@ mod disk;
 mod image;
 mod integrity;
 mod layout;
+mod lazy;
 mod lifecycle;
 mod limits;
 mod mirror;

@@ -29,7 +29,9 @@ use crate::oci::{Digest, RepoName};
 use crate::store::{self, BlobWriter, Origin, ReadBack, Store, Written};
 use crate::upstream::{self, Remote, RemoteBlob};
 
+mod lazy;
 mod reader;
+pub use lazy::{Early, ranged};
 use reader::Recent;
 
 /// The progress of one fill, broadcast to its readers.

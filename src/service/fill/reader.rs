@@ -75,14 +75,47 @@ impl Fill {
     /// The blob's bytes as they arrive; the final byte only after verification. `waiter` counts
     /// this client until the stream is dropped.
     pub fn stream(self: Arc<Self>, waiter: Tracked) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        self.read_from(0, u64::MAX, true, waiter)
+    }
+
+    /// The bytes `start..end` of the blob as they arrive, the last one included without waiting
+    /// for verification (see [`super::lazy`] for why a part may go out unverified). The body still
+    /// ends in an error if the fill fails while any of the part is unsent.
+    pub(super) fn part(
+        self: Arc<Self>,
+        start: u64,
+        end: u64,
+        waiter: Tracked,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        self.read_from(start, end, false, waiter)
+    }
+
+    fn read_from(
+        self: Arc<Self>,
+        pos: u64,
+        end: u64,
+        hold_back: bool,
+        waiter: Tracked,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
         let state = Reader {
             _waiter: waiter,
             fill: self.clone(),
             rx: self.progress.subscribe(),
-            pos: 0,
+            pos,
+            end,
+            hold_back,
             verified: None,
         };
         futures_util::stream::unfold(state, |mut r| async move { r.next().await.map(|item| (item, r)) })
+    }
+
+    /// Bytes received so far (all of them in the window or written).
+    pub(super) fn received(&self) -> u64 {
+        match *self.progress.borrow() {
+            FillProgress::Streaming { received, .. } => received,
+            FillProgress::Verified { size } | FillProgress::Done { size } => size,
+            FillProgress::Connecting | FillProgress::Failed(_) => 0,
+        }
     }
 }
 
@@ -91,6 +124,10 @@ struct Reader {
     fill: Arc<Fill>,
     rx: watch::Receiver<FillProgress>,
     pos: u64,
+    /// Where this reader stops (`u64::MAX`: at the end of the blob).
+    end: u64,
+    /// Whether the blob's last byte waits for verification (a whole-blob response).
+    hold_back: bool,
     /// The size, once the bytes are known to match the digest.
     verified: Option<u64>,
 }
@@ -98,6 +135,9 @@ struct Reader {
 impl Reader {
     async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
         loop {
+            if self.pos >= self.end {
+                return None;
+            }
             let progress = self.rx.borrow_and_update().clone();
             let (allowed, in_file, done) = match progress {
                 FillProgress::Connecting => (0, 0, false),
@@ -106,12 +146,9 @@ impl Reader {
                     size: Some(size),
                     received,
                     written,
-                } => (received.min(size.saturating_sub(1)), written, false),
-                FillProgress::Streaming {
-                    size: None,
-                    received,
-                    written,
-                } => (received, written, false),
+                } if self.hold_back => (received.min(size.saturating_sub(1)), written, false),
+                // No size to hold back before, or a part, whose last byte may go.
+                FillProgress::Streaming { received, written, .. } => (received, written, false),
                 FillProgress::Verified { size } | FillProgress::Done { size } => {
                     self.verified = Some(size);
                     (size, size, true)
@@ -129,6 +166,7 @@ impl Reader {
                     ))));
                 }
             };
+            let allowed = allowed.min(self.end);
             if self.pos < allowed {
                 let recent = self.fill.recent.lock().slice(self.pos, allowed);
                 if let Some(bytes) = recent {

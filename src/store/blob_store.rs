@@ -161,11 +161,8 @@ pub struct Written {
 
 /// One blob being written.
 ///
-/// Contract: batches are appended in order. [`BlobWriter::hashed`] ends the appends and waits
-/// only until every batch is hashed, so a caller can verify the digest while the bytes are still
-/// being written (a cache fill releases its clients' last byte then; the write only matters to
-/// the cache). [`BlobWriter::close`] waits until every batch is also written and says what was
-/// written; [`BlobWriter::commit`] verifies that against the expected
+/// Contract: batches are appended in order. [`BlobWriter::close`] waits until every batch is
+/// written and says what was written; [`BlobWriter::commit`] verifies that against the expected
 /// digest and only then publishes (durably) under it. On a mismatch nothing is published and the
 /// bytes are discarded. Dropping a writer that was not committed discards its bytes.
 #[async_trait::async_trait]
@@ -177,13 +174,6 @@ pub trait BlobWriter: Send {
     /// Reads of the bytes written so far (for readers trailing a fill). It outlives the writer:
     /// after a commit it reads the published blob.
     fn read_back(&self) -> Arc<dyn ReadBack>;
-
-    /// End the appends and wait until everything appended is hashed, not necessarily written;
-    /// their length and digest, as `close` will report them. Idempotent. A write error may show
-    /// here, or only at `close`/`commit`. The default waits for `close`.
-    async fn hashed(&mut self) -> Result<Written> {
-        self.close().await
-    }
 
     /// Wait until everything appended is written; their length and digest. Idempotent.
     async fn close(&mut self) -> Result<Written>;

@@ -208,7 +208,6 @@ impl BlobStore for Blobs {
             temp: Some(temp),
             file,
             spool: Some(spool),
-            hashed: None,
             written: None,
         }))
     }
@@ -262,8 +261,6 @@ struct FileWriter {
     /// Kept open for reading back: after the rename it is the published blob.
     file: Arc<std::fs::File>,
     spool: Option<Spool>,
-    /// What the spool hashed, once asked (see [`BlobWriter::hashed`]).
-    hashed: Option<Written>,
     written: Option<Written>,
 }
 
@@ -279,20 +276,6 @@ impl BlobWriter for FileWriter {
 
     fn read_back(&self) -> Arc<dyn ReadBack> {
         Arc::new(FileReadBack(self.file.clone()))
-    }
-
-    async fn hashed(&mut self) -> Result<Written> {
-        if self.hashed.is_none()
-            && let Some(spool) = self.spool.as_mut()
-            && let Some((len, digest)) = spool.hashed().await
-        {
-            self.hashed = Some(Written { len, digest });
-        }
-        match &self.hashed {
-            Some(hashed) => Ok(hashed.clone()),
-            // The spool stopped before it hashed everything: its error says why.
-            None => self.close().await,
-        }
     }
 
     async fn close(&mut self) -> Result<Written> {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 
-use super::blob_store::{BlobStore, Stored, Written};
+use super::blob_store::{BlobStore, Stored};
 use super::{Error, UploadState};
 use crate::oci::Digest;
 
@@ -48,7 +48,6 @@ pub(crate) async fn blob_store(store: Arc<dyn BlobStore>) {
     an_existing_blob_is_never_replaced(store.as_ref()).await;
     concurrent_writers_of_one_digest_all_succeed(store.clone()).await;
     bytes_written_so_far_read_back_before_and_after_commit(store.as_ref()).await;
-    hashed_reports_what_close_will_and_ends_the_appends(store.as_ref()).await;
     deleted_blobs_are_gone(store.as_ref()).await;
     store.probe().await.expect("a fresh store takes the probe write");
 }
@@ -202,38 +201,6 @@ async fn bytes_written_so_far_read_back_before_and_after_commit(store: &dyn Blob
         bytes.slice(599_000..),
         "a trailing reader still reads once the blob is published"
     );
-}
-
-async fn hashed_reports_what_close_will_and_ends_the_appends(store: &dyn BlobStore) {
-    let bytes = pattern(3_000_000);
-    let digest = Digest::sha256_of(&bytes);
-    let mut writer = store.writer(&digest, Box::new(|_| {})).await.unwrap();
-    for at in (0..bytes.len()).step_by(256 << 10) {
-        let end = (at + (256 << 10)).min(bytes.len());
-        writer.append(vec![bytes.slice(at..end)]).await.unwrap();
-    }
-    let hashed = writer.hashed().await.unwrap();
-    let expected = Written {
-        len: bytes.len() as u64,
-        digest: digest.clone(),
-    };
-    assert_eq!(hashed, expected, "every byte appended is hashed");
-    assert_eq!(writer.hashed().await.unwrap(), expected, "hashed is idempotent");
-    assert!(
-        writer.append(vec![Bytes::from_static(b"late")]).await.is_err(),
-        "no append after hashed: the digest it reported would be wrong"
-    );
-    assert_eq!(writer.close().await.unwrap(), expected, "close reports the same");
-    assert_eq!(writer.commit(&digest).await.unwrap(), bytes.len() as u64);
-    assert_eq!(store.read(&digest).await.unwrap().unwrap(), bytes);
-
-    // A wrong digest shows at hashed already, and nothing is published.
-    let claimed = Digest::sha256_of(b"something else");
-    let mut writer = store.writer(&claimed, Box::new(|_| {})).await.unwrap();
-    writer.append(vec![bytes.clone()]).await.unwrap();
-    assert_eq!(writer.hashed().await.unwrap().digest, digest);
-    assert!(writer.commit(&claimed).await.is_err());
-    assert_eq!(store.stat(&claimed).await.unwrap(), None);
 }
 
 async fn deleted_blobs_are_gone(store: &dyn BlobStore) {

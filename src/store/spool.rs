@@ -13,7 +13,7 @@ use std::io::{self, IoSlice, Write};
 use bytes::Bytes;
 
 use crate::oci::{Digest, Hasher};
-use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
+use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio::task::JoinHandle;
 
 /// Bytes gathered before a hand-off to the writer; callers that batch themselves (a cache fill
@@ -29,11 +29,8 @@ const QUEUE: usize = 16;
 const WRITEBACK_EVERY: u64 = 32 << 20;
 
 pub struct Spool {
-    /// `None` once the appends ended (see [`Spool::hashed`]).
-    queue: Option<mpsc::Sender<Vec<Bytes>>>,
+    queue: mpsc::Sender<Vec<Bytes>>,
     writer: JoinHandle<io::Result<Spooled>>,
-    /// Told the length and digest once the last batch is hashed, before it is written.
-    hashed: Option<oneshot::Receiver<(u64, Digest)>>,
     batch: Vec<Bytes>,
     batch_len: usize,
 }
@@ -69,19 +66,15 @@ impl Spool {
         on_written: impl FnMut(u64) + Send + 'static,
     ) -> Spool {
         let (queue, batches) = mpsc::channel(QUEUE);
-        let (hashed, hashed_rx) = oneshot::channel();
         let writer = Writer {
             file,
             hasher,
-            hashed: Some(hashed),
-            digest: None,
             writeback,
             _busy: busy,
         };
         Spool {
-            queue: Some(queue),
+            queue,
             writer: tokio::task::spawn_blocking(move || writer.run(batches, on_written)),
-            hashed: Some(hashed_rx),
             batch: Vec::new(),
             batch_len: 0,
         }
@@ -101,7 +94,7 @@ impl Spool {
     /// Hand a whole batch to the writer (after anything queued).
     pub async fn send(&mut self, batch: Vec<Bytes>) -> io::Result<()> {
         self.flush().await?;
-        self.sender()?
+        self.queue
             .send(batch)
             .await
             .map_err(|_| io::Error::other("the file writer stopped"))
@@ -114,32 +107,17 @@ impl Spool {
         }
         let batch = std::mem::take(&mut self.batch);
         self.batch_len = 0;
-        self.sender()?
+        self.queue
             .send(batch.clone())
             .await
             .map_err(|_| io::Error::other("the file writer stopped"))?;
         Ok(Some(batch))
     }
 
-    fn sender(&self) -> io::Result<&mpsc::Sender<Vec<Bytes>>> {
-        self.queue
-            .as_ref()
-            .ok_or_else(|| io::Error::other("the spool was ended"))
-    }
-
-    /// End the hand-overs (what was not flushed is dropped) and wait until the writer has hashed
-    /// every batch, which it does ahead of writing what is queued: the length and digest of the
-    /// bytes, while the last of them may still be on their way to the file. `None` when the
-    /// writer has no hasher or stopped on an error (which `close` returns). Once only.
-    pub async fn hashed(&mut self) -> Option<(u64, Digest)> {
-        self.queue = None;
-        self.hashed.take()?.await.ok()
-    }
-
     /// Wait until everything handed over is written (what was not flushed is dropped). Returns
     /// what was written, or the writer's error, which explains a failed `push`.
-    pub async fn close(mut self) -> io::Result<Spooled> {
-        self.queue = None;
+    pub async fn close(self) -> io::Result<Spooled> {
+        drop(self.queue);
         self.writer.await.map_err(io::Error::other)?
     }
 }
@@ -147,82 +125,40 @@ impl Spool {
 struct Writer {
     file: std::fs::File,
     hasher: Option<Hasher>,
-    hashed: Option<oneshot::Sender<(u64, Digest)>>,
-    /// The hasher's result, once the queue is closed and every batch hashed.
-    digest: Option<Digest>,
     writeback: bool,
     /// Released when the writer thread is done with the file (see `for_upload`).
     _busy: Option<OwnedMutexGuard<()>>,
 }
 
 impl Writer {
-    /// Take each batch as it comes, with every batch queued behind it: hash them all, then write
-    /// them. When the queue has ended, the digest is reported before the backlog is written, so a
-    /// caller that only needs the digest does not wait for the disk.
     fn run(mut self, mut batches: mpsc::Receiver<Vec<Bytes>>, mut on_written: impl FnMut(u64)) -> io::Result<Spooled> {
         let mut written = 0u64;
-        let mut hashed = 0u64;
-        let mut pending = Vec::new();
         while let Some(batch) = batches.blocking_recv() {
-            pending.push(batch);
-            let ended = loop {
-                match batches.try_recv() {
-                    Ok(batch) => pending.push(batch),
-                    Err(mpsc::error::TryRecvError::Empty) => break false,
-                    Err(mpsc::error::TryRecvError::Disconnected) => break true,
-                }
-            };
-            for batch in &pending {
-                hashed += batch.iter().map(|b| b.len() as u64).sum::<u64>();
-                if let Some(hasher) = &mut self.hasher {
-                    batch.iter().for_each(|b| hasher.update(b));
-                }
+            if let Some(hasher) = &mut self.hasher {
+                batch.iter().for_each(|b| hasher.update(b));
             }
-            if ended {
-                self.report(hashed);
-            }
-            for batch in pending.drain(..) {
-                let before = written;
-                written += self.write(&batch)?;
-                if self.writeback && before / WRITEBACK_EVERY != written / WRITEBACK_EVERY {
-                    // An fdatasync on another thread starts the writeback without making this one wait.
-                    let clone = self.file.try_clone()?;
-                    tokio::task::spawn_blocking(move || clone.sync_data());
+            let mut slices: Vec<IoSlice> = batch.iter().map(|b| IoSlice::new(b)).collect();
+            // `Write::write_all_vectored` is not stable yet; this is its loop.
+            let mut rest = &mut slices[..];
+            let before = written;
+            while !rest.is_empty() {
+                let n = self.file.write_vectored(rest)?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
                 }
-                on_written(written);
+                written += n as u64;
+                IoSlice::advance_slices(&mut rest, n);
             }
+            if self.writeback && before / WRITEBACK_EVERY != written / WRITEBACK_EVERY {
+                // An fdatasync on another thread starts the writeback without making this one wait.
+                let clone = self.file.try_clone()?;
+                tokio::task::spawn_blocking(move || clone.sync_data());
+            }
+            on_written(written);
         }
-        self.report(hashed);
         Ok(Spooled {
             len: written,
-            digest: self.digest,
+            digest: self.hasher.map(Hasher::finish),
         })
-    }
-
-    /// Finish the hash (once) and tell whoever waits for it.
-    fn report(&mut self, hashed: u64) {
-        if let Some(hasher) = self.hasher.take() {
-            self.digest = Some(hasher.finish());
-        }
-        if let (Some(tx), Some(digest)) = (self.hashed.take(), &self.digest) {
-            let _ = tx.send((hashed, digest.clone()));
-        }
-    }
-
-    /// Write one batch whole; how many bytes that was.
-    fn write(&mut self, batch: &[Bytes]) -> io::Result<u64> {
-        let mut slices: Vec<IoSlice> = batch.iter().map(|b| IoSlice::new(b)).collect();
-        // `Write::write_all_vectored` is not stable yet; this is its loop.
-        let mut rest = &mut slices[..];
-        let mut n_total = 0u64;
-        while !rest.is_empty() {
-            let n = self.file.write_vectored(rest)?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            n_total += n as u64;
-            IoSlice::advance_slices(&mut rest, n);
-        }
-        Ok(n_total)
     }
 }

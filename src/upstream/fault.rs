@@ -22,10 +22,6 @@ pub(crate) enum Then {
     Break,
     /// The upstream stops sending but keeps the connection open.
     Stall,
-    /// The rest of the blob, and the body ends: a healthy transfer.
-    End,
-    /// The rest of the blob with its last byte changed, and the body ends.
-    Corrupt,
 }
 
 /// An upstream named `hub` that has exactly one blob, whose body goes wrong.
@@ -36,9 +32,6 @@ pub(crate) struct Faulty {
     blob: Bytes,
     after: usize,
     then: Then,
-    /// How long a whole-blob GET takes to answer (a cold token exchange, a redirect); a ranged
-    /// GET answers at once.
-    slow_answer: std::time::Duration,
     /// How many blob GETs reached this upstream.
     pub gets: AtomicUsize,
 }
@@ -54,15 +47,8 @@ impl Faulty {
             blob: Bytes::copy_from_slice(blob),
             after,
             then,
-            slow_answer: std::time::Duration::ZERO,
             gets: AtomicUsize::new(0),
         }
-    }
-
-    /// The whole blob's GET answers only after `delay`; ranged GETs answer at once.
-    pub(crate) fn answering_whole_after(mut self, delay: std::time::Duration) -> Faulty {
-        self.slow_answer = delay;
-        self
     }
 
     pub(crate) fn digest(&self) -> Digest {
@@ -101,7 +87,6 @@ impl Remote for Faulty {
             return Err(Error::NotFound);
         }
         self.gets.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(self.slow_answer).await;
         let sent: Vec<Result<Bytes>> = self.blob[..self.after]
             .chunks(16 << 10)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
@@ -118,36 +103,12 @@ impl Remote for Faulty {
                 }))
                 .boxed(),
             Then::Stall => head.chain(futures_util::stream::pending()).boxed(),
-            Then::End | Then::Corrupt => {
-                let mut rest = self.blob[self.after..].to_vec();
-                if let (Then::Corrupt, Some(last)) = (self.then, rest.last_mut()) {
-                    *last ^= 0xff;
-                }
-                head.chain(futures_util::stream::once(async move { Ok(Bytes::from(rest)) }))
-                    .boxed()
-            }
         };
         Ok(RemoteBlob {
             size: Some(self.blob.len() as u64),
-            total: Some(self.blob.len() as u64),
             content_type: Some("application/octet-stream".into()),
             digest: Some(self.digest()),
             body,
-        })
-    }
-
-    /// A healthy ranged answer: the part, and the total as a `Content-Range` states it.
-    async fn get_blob_range(&self, _: &str, digest: &Digest, start: u64, len: u64) -> Result<RemoteBlob> {
-        if *digest != self.digest() {
-            return Err(Error::NotFound);
-        }
-        let part = self.blob.slice(start as usize..(start + len) as usize);
-        Ok(RemoteBlob {
-            size: Some(len),
-            total: Some(self.blob.len() as u64),
-            content_type: Some("application/octet-stream".into()),
-            digest: None,
-            body: futures_util::stream::once(async move { Ok(part) }).boxed(),
         })
     }
 

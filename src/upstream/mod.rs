@@ -259,10 +259,8 @@ impl Upstream {
     /// A blob response's headers and streaming body.
     fn blob_response(&self, response: Response) -> RemoteBlob {
         let (metrics, upstream) = (self.metrics.clone(), self.settings.name.clone());
-        let size = response.content_length();
         RemoteBlob {
-            size,
-            total: size,
+            size: response.content_length(),
             content_type: header(&response, CONTENT_TYPE.as_str()),
             digest: header(&response, "docker-content-digest").and_then(|d| d.parse().ok()),
             body: response
@@ -461,14 +459,8 @@ impl Remote for Upstream {
             )
             .await?;
         let partial = response.status() == StatusCode::PARTIAL_CONTENT;
-        let mut total = None;
         if partial {
             let answered = header(&response, "content-range");
-            // `bytes a-b/total`; `*` (unknown) leaves it to the fill's answer.
-            total = answered
-                .as_deref()
-                .and_then(|a| a.rsplit_once('/'))
-                .and_then(|(_, t)| t.trim().parse().ok());
             let expected = format!("bytes {start}-{}/", start + len.max(1) - 1);
             if !answered.as_deref().is_some_and(|a| a.starts_with(&expected)) {
                 self.metrics.error(UpstreamError::Invalid);
@@ -482,7 +474,6 @@ impl Remote for Upstream {
         let skip = if partial { 0 } else { start };
         Ok(RemoteBlob {
             size: Some(len),
-            total: if partial { total } else { blob.size },
             body: remote::part_of(blob.body, skip, len, self.settings.name.clone()),
             ..blob
         })

@@ -16,10 +16,6 @@ use crate::oci::Digest;
 pub struct RemoteBlob {
     /// The announced length (`Content-Length`), when the upstream sent one.
     pub size: Option<u64>,
-    /// The whole blob's length as the answer states it (unverified): `size` for a whole blob,
-    /// the total of a ranged answer's `Content-Range`. Lets a part's response start before the
-    /// fill's own answer has come.
-    pub total: Option<u64>,
     pub content_type: Option<String>,
     /// The upstream's `Docker-Content-Digest`, when sent (unverified: the caller hashes).
     pub digest: Option<Digest>,
@@ -32,7 +28,6 @@ impl std::fmt::Debug for RemoteBlob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteBlob")
             .field("size", &self.size)
-            .field("total", &self.total)
             .field("content_type", &self.content_type)
             .field("digest", &self.digest)
             .finish_non_exhaustive()
@@ -90,7 +85,6 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
         let whole = self.get_blob(name, digest).await?;
         Ok(RemoteBlob {
             size: Some(len),
-            total: whole.size,
             body: part_of(whole.body, start, len, self.name().to_owned()),
             ..whole
         })

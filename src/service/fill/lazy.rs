@@ -7,9 +7,6 @@
 //! request beside the fill. The fill itself goes on and is verified and cached as before. An
 //! explicit range (`bytes=a-b`, what lazy clients send) is asked for upstream at once ([`Early`]),
 //! beside the fill's own request, so the client waits for one upstream round trip, not two.
-//! The blob's size, which the `Range` is checked against, is taken from whichever answer comes
-//! first ([`size_for_range`]): the ranged answer's `Content-Range` total serves as well as the
-//! fill's `Content-Length`, so the part's headers do not wait for the fill's exchange either.
 //!
 //! Why a part may go out before the fill verifies, when a whole body may not (promise 1): a whole
 //! response that completes is the blob, and a client takes it as such. A part cannot be checked
@@ -23,12 +20,6 @@
 //! - A part still being sent when the fill fails verification ends in an error, which aborts the
 //!   response (whether it came from the fill or from the ranged request: a corrupt upstream is
 //!   not trusted for its parts either). A part already sent in full cannot be taken back.
-//! - A size taken from the ranged answer is the upstream's word, exactly like the fill's
-//!   `Content-Length`: neither is verified before the part goes out, and either only bounds the
-//!   `Range` check and the `Content-Range` total. The fill checks the length it receives against
-//!   its own answer and the digest as before; a wrong total changes nothing that is stored. A
-//!   range that covers the whole blob by that size is still served like a whole GET (from the
-//!   fill, last byte held until verified), never from the ranged request.
 
 use std::sync::Arc;
 
@@ -70,8 +61,6 @@ pub struct Early {
     start: u64,
     len: u64,
     task: tokio::task::JoinHandle<upstream::Result<upstream::RemoteBlob>>,
-    /// The blob's size as the ranged answer states it, as soon as that answer is in.
-    total: Option<tokio::sync::oneshot::Receiver<u64>>,
 }
 
 impl Early {
@@ -84,39 +73,12 @@ impl Early {
         }
         let (upstream, remote, digest) = (upstream.clone(), remote.to_owned(), fill.digest.clone());
         let len = last - first + 1;
-        let (tell, total) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let answer = upstream.get_blob_range(&remote, &digest, first, len).await;
-            if let Some(total) = answer.as_ref().ok().and_then(|a| a.total) {
-                let _ = tell.send(total);
-            }
-            answer
-        });
+        let task = tokio::spawn(async move { upstream.get_blob_range(&remote, &digest, first, len).await });
         Some(Early {
             start: first,
             len,
             task,
-            total: Some(total),
         })
-    }
-
-    /// The blob's size from the ranged answer, once it is in; `None` (at once on later calls)
-    /// when that answer failed or did not say.
-    pub async fn total(&mut self) -> Option<u64> {
-        self.total.take()?.await.ok()
-    }
-}
-
-/// The blob's size for a range request on a miss: from whichever upstream answer comes first,
-/// the fill's or the early ranged request's (its `Content-Range` total), so the response does not
-/// wait for the fill's exchange (a cold token, a redirect) when the part's came back sooner.
-pub async fn size_for_range(fill: &Fill, early: Option<&mut Early>) -> Result<Option<u64>, FillError> {
-    let Some(early) = early else {
-        return fill.started().await;
-    };
-    tokio::select! {
-        started = fill.started() => started,
-        Some(total) = early.total() => Ok(Some(total)),
     }
 }
 

@@ -13,11 +13,7 @@
 //!
 //! A reader never gets the last byte before the digest has verified, so a response of unverified
 //! bytes cannot complete normally: on a mismatch the writer is dropped (which discards its bytes)
-//! and every reader's body ends in an error, which aborts the HTTP response. The digest is known
-//! once the writer has hashed the bytes ([`BlobWriter::hashed`]), before it has written them all:
-//! readers finish then, from the window, while the write goes on. If the write then fails the
-//! blob is not cached (the fill counts as failed), but the window is kept, so every reader still
-//! gets the verified bytes it has not had yet.
+//! and every reader's body ends in an error, which aborts the HTTP response.
 
 use std::sync::{Arc, OnceLock};
 
@@ -35,7 +31,7 @@ use crate::upstream::{self, Remote, RemoteBlob};
 
 mod lazy;
 mod reader;
-pub use lazy::{Early, ranged, size_for_range};
+pub use lazy::{Early, ranged};
 use reader::Recent;
 
 /// The progress of one fill, broadcast to its readers.
@@ -49,12 +45,10 @@ pub enum FillProgress {
         received: u64,
         written: u64,
     },
-    /// All bytes are in and match the digest: readers may finish. The first `written` of them
-    /// can be read back (the rest stay in the window); the blob is still being written, made
-    /// durable and published, and a response never waits for that.
+    /// All bytes are in and match the digest: readers may finish. The blob is being made durable
+    /// and published; a response never waits for that.
     Verified {
         size: u64,
-        written: u64,
     },
     /// Published in the store.
     Done {
@@ -197,11 +191,8 @@ impl Job {
             }
         };
         // Readers still behind now read back through the writer (published, or discarded but
-        // still readable by them). Unless the write failed after the bytes verified: then what
-        // was not written is only in the window, and the readers may still finish from it.
-        if matches!(final_state, FillProgress::Done { .. }) || !self.fill.verified() {
-            self.fill.recent.lock().clear();
-        }
+        // still readable by them).
+        self.fill.recent.lock().clear();
         self.fill.progress.send_replace(final_state);
     }
 
@@ -229,11 +220,10 @@ impl Job {
         });
         let received = self.receive(response, size, writer.as_mut()).await;
         // The writer's error (a full disk, say) explains a failed hand-off better than it does.
-        // Only the hash is waited for: the write of the backlog goes on behind the readers.
         let Written {
             len: written,
             digest: actual,
-        } = writer.hashed().await.map_err(io)?;
+        } = writer.close().await.map_err(io)?;
         let received = received?;
         if actual != *digest || size.is_some_and(|s| s != written) || received != written {
             self.upstream.metrics().error(UpstreamError::Invalid);
@@ -241,18 +231,10 @@ impl Job {
                 "upstream bytes hash to {actual} ({written} bytes), not {digest}"
             )));
         }
-        // Readers may finish now; writing the blob and making it durable is the cache's business,
-        // not theirs.
-        self.fill.progress.send_modify(|p| {
-            let on_disk = match *p {
-                FillProgress::Streaming { written, .. } => written,
-                _ => 0,
-            };
-            *p = FillProgress::Verified {
-                size: written,
-                written: on_disk,
-            };
-        });
+        // Readers may finish now; making the blob durable is the cache's business, not theirs.
+        self.fill
+            .progress
+            .send_replace(FillProgress::Verified { size: written });
         // Registered before it is published, so its grace period covers it until the link.
         super::register(self.store.meta.as_ref(), digest, written)
             .await
@@ -350,7 +332,7 @@ impl Fill {
     /// The spool has written the first `written` bytes to the file.
     fn written(&self, written: u64) {
         self.progress.send_modify(|p| {
-            if let FillProgress::Streaming { written: w, .. } | FillProgress::Verified { written: w, .. } = p {
+            if let FillProgress::Streaming { written: w, .. } = p {
                 *w = written;
             }
         });
@@ -378,7 +360,7 @@ impl Fill {
             match &*rx.borrow_and_update() {
                 FillProgress::Connecting => {}
                 FillProgress::Streaming { size, .. } => return Ok(*size),
-                FillProgress::Verified { size, .. } | FillProgress::Done { size } => return Ok(Some(*size)),
+                FillProgress::Verified { size } | FillProgress::Done { size } => return Ok(Some(*size)),
                 FillProgress::Failed(e) => return Err(e.clone()),
             }
             if rx.changed().await.is_err() {

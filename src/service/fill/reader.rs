@@ -113,7 +113,7 @@ impl Fill {
     pub(super) fn received(&self) -> u64 {
         match *self.progress.borrow() {
             FillProgress::Streaming { received, .. } => received,
-            FillProgress::Verified { size, .. } | FillProgress::Done { size } => size,
+            FillProgress::Verified { size } | FillProgress::Done { size } => size,
             FillProgress::Connecting | FillProgress::Failed(_) => 0,
         }
     }
@@ -128,8 +128,8 @@ struct Reader {
     end: u64,
     /// Whether the blob's last byte waits for verification (a whole-blob response).
     hold_back: bool,
-    /// The size, and how much of it was written, once the bytes are known to match the digest.
-    verified: Option<(u64, u64)>,
+    /// The size, once the bytes are known to match the digest.
+    verified: Option<u64>,
 }
 
 impl Reader {
@@ -149,22 +149,15 @@ impl Reader {
                 } if self.hold_back => (received.min(size.saturating_sub(1)), written, false),
                 // No size to hold back before, or a part, whose last byte may go.
                 FillProgress::Streaming { received, written, .. } => (received, written, false),
-                // Verified while the writer may still be writing: what is not written yet is in
-                // the window (which drops only written bytes).
-                FillProgress::Verified { size, written } => {
-                    self.verified = Some((size, written));
-                    (size, written, true)
-                }
-                FillProgress::Done { size } => {
-                    self.verified = Some((size, size));
+                FillProgress::Verified { size } | FillProgress::Done { size } => {
+                    self.verified = Some(size);
                     (size, size, true)
                 }
                 // Caching failed after the bytes verified (say, a full disk): this response is
-                // still correct and may finish, from the file as far as it was written and from
-                // the window, which the fill keeps in that case.
+                // still correct and may finish reading them back.
                 FillProgress::Failed(_) if self.verified.is_some() => {
-                    let (size, written) = self.verified.unwrap_or_default();
-                    (size, written, true)
+                    let size = self.verified.unwrap_or(0);
+                    (size, size, true)
                 }
                 FillProgress::Failed(e) => {
                     return Some(Err(std::io::Error::other(format!(
@@ -187,11 +180,6 @@ impl Reader {
                 }
             } else if done {
                 return None;
-            }
-            if matches!(progress, FillProgress::Failed(_)) {
-                // Cannot happen (every verified byte is in the file or the window), but nothing
-                // more will be announced, so waiting would hang.
-                return Some(Err(std::io::Error::other("cache fill failed while writing")));
             }
             if self.rx.changed().await.is_err() {
                 return Some(Err(std::io::Error::other("cache fill vanished")));
@@ -297,7 +285,6 @@ mod tests {
         assert_eq!(got.len(), data.len() - 1, "all but the last byte before verification");
         fill.progress.send_replace(FillProgress::Verified {
             size: data.len() as u64,
-            written: data.len() as u64,
         });
         assert!(drain(&mut reader, &mut got).await, "the body ends once verified");
         assert!(got == data, "the bytes, from the file and then the window, in order");

@@ -6,9 +6,12 @@
 //! redb blocks (reads go through the page cache, commits fsync), so every method runs its
 //! transaction in [`blocking`]: `block_in_place` on a multi-threaded runtime. That costs no task
 //! spawn and no copies of the arguments, which keeps the warm manifest-by-tag path (served mostly
-//! by `store::Memo` anyway) as fast as the inline call it replaced, while the runtime hands the
+//! by `service::memo` anyway) as fast as the inline call it replaced, while the runtime hands the
 //! worker's other tasks to another thread. `spawn_blocking` would add a thread hop and an owned
-//! copy of every argument to each call.
+//! copy of every argument to each call. The hand-off has a measured cost, though: under load it
+//! starts worker threads, and berth's peak RSS on the cold path rose by about 11 MiB with it
+//! (BENCHMARKS.md, "Round 2, after the storage seam"); a single writer thread with inline point
+//! reads is the planned replacement.
 
 use std::path::Path;
 

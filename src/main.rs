@@ -112,16 +112,40 @@ fn init_logging(config: &Config) -> berth::batched_log::FlushGuard {
     guard
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    bound_malloc_arenas();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     // Failures end as one line of sentences (the error and its causes), never a debug dump or a
     // backtrace, whatever RUST_BACKTRACE says: the reader is a person at a terminal or a log.
-    match run(Cli::parse()).await {
+    match runtime.block_on(run(Cli::parse())) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth: {}", sentences(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Cap glibc's malloc arenas at one per core, before any thread starts.
+///
+/// glibc gives each new thread that allocates under contention an arena of its own, up to eight
+/// per core, and never returns most of an arena's pages. The runtime starts threads whenever a
+/// worker blocks (`block_in_place` around each metadata transaction), so on the cold path berth's
+/// peak RSS grew by a third with arenas that each held a few idle megabytes (BENCHMARKS.md,
+/// "Round 2, after the storage seam"). One arena per core keeps allocation uncontended for the
+/// runtime's workers, which are one per core. `MALLOC_ARENA_MAX` in the environment still wins.
+fn bound_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+        // SAFETY: mallopt only sets a tunable; it is called before any other thread exists.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, i32::try_from(cores).unwrap_or(i32::MAX)) };
     }
 }
 

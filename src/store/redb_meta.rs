@@ -8,10 +8,11 @@
 //! spawn and no copies of the arguments, which keeps the warm manifest-by-tag path (served mostly
 //! by `service::memo` anyway) as fast as the inline call it replaced, while the runtime hands the
 //! worker's other tasks to another thread. `spawn_blocking` would add a thread hop and an owned
-//! copy of every argument to each call. The hand-off has a measured cost, though: under load it
-//! starts worker threads, and berth's peak RSS on the cold path rose by about 11 MiB with it
-//! (BENCHMARKS.md, "Round 2, after the storage seam"); a single writer thread with inline point
-//! reads is the planned replacement.
+//! copy of every argument to each call. The hand-off starts worker threads under load; with
+//! glibc's default of up to eight malloc arenas per core, each such thread took an arena of its
+//! own and berth's peak RSS on the cold path rose by about 11 MiB. The binary caps the arenas at
+//! one per core before the runtime starts (`bound_malloc_arenas` in main.rs), which brought it
+//! back to the pre-seam figure (BENCHMARKS.md, "Round 2, after the storage seam").
 
 use std::path::Path;
 

@@ -43,7 +43,13 @@ impl Postgres {
         std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the directory to postgres");
         let data = dir.path().join("data");
         let out = as_postgres(dir.path(), "initdb")
-            .args(["--auth=trust", "--username=postgres", "--encoding=UTF8", "--locale=C", "--no-sync"])
+            .args([
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
             .arg("-D")
             .arg(&data)
             .output()
@@ -63,7 +69,14 @@ impl Postgres {
             .arg("-k")
             .arg(dir.path())
             .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
             .args(["-c", "max_connections=300", "-c", "shared_buffers=32MB"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

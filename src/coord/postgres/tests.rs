@@ -165,3 +165,45 @@ async fn replicas_join_and_leave_without_restarting_the_others() {
     let left: Vec<String> = one.members().await.unwrap().into_iter().map(|m| m.url).collect();
     assert_eq!(left, ["http://one:5000"], "the silent replica is no longer counted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_loses_its_connection_reconnects_and_says_everything_changed() {
+    let pg = Postgres::start();
+    let url = database(&pg).await;
+    let (one, two) = (
+        replica(&url, "http://one:5000").await,
+        replica(&url, "http://two:5000").await,
+    );
+    let mut heard = two.subscribe();
+    // What a database restart or a dropped connection does to the listening sessions.
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let killed: i64 = admin
+        .query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 2, "both replicas' listening connections");
+    let got = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+        .await
+        .expect("told after reconnecting")
+        .unwrap();
+    assert_eq!(
+        got,
+        Notice::ManifestsChanged,
+        "notices in the gap may be lost: all is stale"
+    );
+    let notice = Notice::RepoRemoved {
+        repo: "team/app".parse().unwrap(),
+    };
+    // The publisher's listener may still be reconnecting; its publishing does not depend on it.
+    one.publish(notice.clone());
+    let got = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+        .await
+        .expect("notices flow again")
+        .unwrap();
+    assert_eq!(got, notice);
+}

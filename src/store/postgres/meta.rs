@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Object, Pool};
 
-use super::{Failure, db_err, int, json_err, parse_digest, pool_err, registry, uint};
+use super::manifests::{ensure_repo, put_tag, remove_manifests_in, store_manifest};
+use super::{Failure, db_err, int, json_err, parse_digest, pool_err, registry, uint, uploads};
 use crate::oci::{Digest, RepoName, Tag};
 use crate::store::meta::{
     BlobRecord, ImageRecords, ManifestRecord, ManifestRow, Meta, Origin, OriginUsage, RepoInfo, UploadRecord, unix_now,
@@ -67,82 +68,6 @@ impl PgMeta {
 
 fn manifest_of(text: &str) -> Result<ManifestRecord> {
     serde_json::from_str(text).map_err(json_err)
-}
-
-/// The repository's info, creating it with `origin` if it is new.
-async fn ensure_repo(tx: &impl GenericClient, repo: &RepoName, origin: Origin) -> Result<RepoInfo, Failure> {
-    let info = RepoInfo {
-        origin,
-        created: unix_now(),
-    };
-    let text = serde_json::to_string(&info).map_err(json_err)?;
-    tx.execute(
-        "INSERT INTO repos (name, info, private) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-        &[&repo.as_str(), &text, &(info.origin == Origin::Private)],
-    )
-    .await?;
-    let row = tx
-        .query_one("SELECT info FROM repos WHERE name = $1", &[&repo.as_str()])
-        .await?;
-    Ok(serde_json::from_str(row.get(0)).map_err(json_err)?)
-}
-
-/// Store one manifest record whose references [`registry::check_and_renew`] passed.
-async fn store_manifest(
-    tx: &impl GenericClient,
-    repo: &RepoName,
-    digest: &Digest,
-    record: &ManifestRecord,
-) -> Result<(), Failure> {
-    registry::reference(tx, repo, digest, record).await?;
-    let text = serde_json::to_string(record).map_err(json_err)?;
-    tx.execute(
-        "INSERT INTO manifests (repo, digest, record, subject) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (repo, digest) DO UPDATE SET record = EXCLUDED.record, subject = EXCLUDED.subject",
-        &[
-            &repo.as_str(),
-            &digest.to_string(),
-            &text,
-            &record.subject.as_ref().map(|s| s.to_string()),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn put_tag(tx: &impl GenericClient, repo: &RepoName, tag: &Tag, digest: &Digest) -> Result<(), Failure> {
-    tx.execute(
-        "INSERT INTO tags (repo, tag, digest) VALUES ($1, $2, $3)
-         ON CONFLICT (repo, tag) DO UPDATE SET digest = EXCLUDED.digest",
-        &[&repo.as_str(), &tag.as_str(), &digest.to_string()],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Remove manifests with their references, tags and pull times; how many existed.
-async fn remove_manifests_in(tx: &impl GenericClient, manifests: &[(RepoName, Digest)]) -> Result<u64, Failure> {
-    let repos: Vec<&str> = manifests.iter().map(|(r, _)| r.as_str()).collect();
-    let digests: Vec<String> = manifests.iter().map(|(_, d)| d.to_string()).collect();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&repos, &digests];
-    let removed = tx
-        .execute(
-            "DELETE FROM manifests m USING unnest($1::text[], $2::text[]) AS d(repo, digest)
-             WHERE m.repo = d.repo AND m.digest = d.digest",
-            &params,
-        )
-        .await?;
-    for (table, column) in [("blob_refs", "manifest"), ("tags", "digest"), ("pulls", "digest")] {
-        tx.execute(
-            &format!(
-                "DELETE FROM {table} t USING unnest($1::text[], $2::text[]) AS d(repo, digest)
-                 WHERE t.repo = d.repo AND t.{column} = d.digest"
-            ),
-            &params,
-        )
-        .await?;
-    }
-    Ok(removed)
 }
 
 #[async_trait]
@@ -368,57 +293,23 @@ impl Meta for PgMeta {
     }
 
     async fn put_upload(&self, id: &str, record: &UploadRecord) -> Result<()> {
-        let text = serde_json::to_string(record).map_err(json_err)?;
-        self.read(async |db| {
-            db.execute(
-                "INSERT INTO uploads (id, owner, started, record) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, started = EXCLUDED.started,
-                     record = EXCLUDED.record",
-                &[&id, &record.owner, &int(record.started), &text],
-            )
-            .await?;
-            Ok(())
-        })
-        .await
+        self.read(async |db| uploads::put(db, id, record).await).await
     }
 
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
-        self.read(async |db| {
-            let row = db.query_opt("SELECT record FROM uploads WHERE id = $1", &[&id]).await?;
-            Ok(row
-                .map(|r| serde_json::from_str(r.get(0)).map_err(json_err))
-                .transpose()?)
-        })
-        .await
+        self.read(async |db| uploads::get(db, id).await).await
     }
 
     async fn delete_upload(&self, id: &str) -> Result<()> {
-        self.read(async |db| {
-            db.execute("DELETE FROM uploads WHERE id = $1", &[&id]).await?;
-            Ok(())
-        })
-        .await
+        self.read(async |db| uploads::delete(db, id).await).await
     }
 
     async fn uploads_started_before(&self, before: u64) -> Result<Vec<String>> {
-        self.read(async |db| {
-            let rows = db
-                .query("SELECT id FROM uploads WHERE started < $1 ORDER BY id", &[&int(before)])
-                .await?;
-            Ok(rows.iter().map(|r| r.get(0)).collect())
-        })
-        .await
+        self.read(async |db| uploads::started_before(db, before).await).await
     }
 
     async fn upload_count(&self, owner: &str) -> Result<usize> {
-        // Counted across every replica: the sessions are rows here, wherever they were opened.
-        self.read(async |db| {
-            let row = db
-                .query_one("SELECT COUNT(*) FROM uploads WHERE owner = $1", &[&owner])
-                .await?;
-            Ok(uint(row.get(0)) as usize)
-        })
-        .await
+        self.read(async |db| uploads::count(db, owner).await).await
     }
 
     async fn manifest_page(&self, after: Option<(&RepoName, &Digest)>, n: usize) -> Result<Vec<ManifestRow>> {

@@ -2,15 +2,18 @@
 //!
 //! - `schema`: the embedded migrations, applied at startup under an advisory lock.
 //! - `meta`: [`PgMeta`] and the [`Meta`](super::Meta) methods on repositories, tags, manifests and
-//!   uploads; `registry`: the blob registry and the GC invariant's row locks.
+//!   manifest pages; `manifests`: the writes they share inside a transaction; `registry`: the blob registry and the GC invariant's row locks; `uploads`:
+//!   upload sessions.
 //!
 //! The client is tokio-postgres with a deadpool pool (Cargo.toml says why). Transactions run at
 //! READ COMMITTED; where that is not enough (the GC invariant between replicas) the rows are
 //! locked explicitly, in one order, as `registry` explains. No TLS: see `[metadata]` in mirror.toml.
 
+mod manifests;
 mod meta;
 mod registry;
 mod schema;
+mod uploads;
 
 use std::sync::Arc;
 

@@ -11,6 +11,14 @@ use crate::coord::{Coordinator, FillClaim, Notice, Task};
 use crate::oci::Digest;
 use crate::testing::engines::postgres::Postgres;
 
+/// The next notice `rx` receives, within 10 s.
+async fn next(rx: &mut crate::coord::Notices, what: &str) -> Notice {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+        .unwrap()
+}
+
 /// A migrated database of `pg`: its URL.
 async fn database(pg: &Postgres) -> String {
     let url = pg.database().await;
@@ -115,10 +123,7 @@ async fn a_notice_published_on_one_replica_reaches_the_other_and_one_gc_leads() 
     one.publish(notice.clone());
     one.publish(Notice::ManifestsChanged);
     for expected in [notice, Notice::ManifestsChanged] {
-        let got = tokio::time::timeout(Duration::from_secs(10), heard.recv())
-            .await
-            .expect("the other replica hears the notice")
-            .unwrap();
+        let got = next(&mut heard, "the other replica hears the notice").await;
         assert_eq!(got, expected, "in the publisher's order");
     }
     // Two replicas asked to GC at once: one run.
@@ -187,10 +192,7 @@ async fn a_listener_that_loses_its_connection_reconnects_and_says_everything_cha
         .unwrap()
         .get(0);
     assert_eq!(killed, 2, "both replicas' listening connections");
-    let got = tokio::time::timeout(Duration::from_secs(10), heard.recv())
-        .await
-        .expect("told after reconnecting")
-        .unwrap();
+    let got = next(&mut heard, "told after reconnecting").await;
     assert_eq!(
         got,
         Notice::ManifestsChanged,
@@ -201,9 +203,6 @@ async fn a_listener_that_loses_its_connection_reconnects_and_says_everything_cha
     };
     // The publisher's listener may still be reconnecting; its publishing does not depend on it.
     one.publish(notice.clone());
-    let got = tokio::time::timeout(Duration::from_secs(10), heard.recv())
-        .await
-        .expect("notices flow again")
-        .unwrap();
+    let got = next(&mut heard, "notices flow again").await;
     assert_eq!(got, notice);
 }

@@ -4,6 +4,8 @@
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Object, Pool};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 use super::manifests::{ensure_repo, put_tag, remove_manifests_in, store_manifest};
 use super::{Failure, db_err, int, json_err, parse_digest, pool_err, registry, uint, uploads};
@@ -59,6 +61,14 @@ impl PgMeta {
         self.pool.get().await.map_err(pool_err)
     }
 
+    /// One row by key, through a statement prepared once per connection: the pull path's point
+    /// reads (repository, tag, manifest, link) cost one round trip instead of two.
+    async fn point(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(db_err)?;
+        client.query_opt(&statement, params).await.map_err(db_err)
+    }
+
     /// Run one read statement outside a transaction.
     async fn read<T>(&self, f: impl AsyncFnOnce(&Object) -> Result<T, Failure>) -> Result<T> {
         let client = self.client().await?;
@@ -73,15 +83,11 @@ fn manifest_of(text: &str) -> Result<ManifestRecord> {
 #[async_trait]
 impl Meta for PgMeta {
     async fn repo(&self, repo: &RepoName) -> Result<Option<RepoInfo>> {
-        self.read(async |db| {
-            let row = db
-                .query_opt("SELECT info FROM repos WHERE name = $1", &[&repo.as_str()])
-                .await?;
-            Ok(row
-                .map(|r| serde_json::from_str(r.get(0)).map_err(json_err))
-                .transpose()?)
-        })
-        .await
+        let row = self
+            .point("SELECT info FROM repos WHERE name = $1", &[&repo.as_str()])
+            .await?;
+        row.map(|r| serde_json::from_str(r.get(0)).map_err(json_err))
+            .transpose()
     }
 
     async fn repos(&self, last: Option<&str>, n: usize) -> Result<Vec<(RepoName, RepoInfo)>> {
@@ -133,16 +139,13 @@ impl Meta for PgMeta {
     }
 
     async fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        self.read(async |db| {
-            Ok(db
-                .query_opt(
-                    "SELECT 1 FROM blob_links WHERE repo = $1 AND digest = $2",
-                    &[&repo.as_str(), &digest.to_string()],
-                )
-                .await?
-                .is_some())
-        })
-        .await
+        let row = self
+            .point(
+                "SELECT 1 FROM blob_links WHERE repo = $1 AND digest = $2",
+                &[&repo.as_str(), &digest.to_string()],
+            )
+            .await?;
+        Ok(row.is_some())
     }
 
     async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -182,16 +185,13 @@ impl Meta for PgMeta {
     }
 
     async fn manifest(&self, repo: &RepoName, digest: &Digest) -> Result<Option<ManifestRecord>> {
-        self.read(async |db| {
-            let row = db
-                .query_opt(
-                    "SELECT record FROM manifests WHERE repo = $1 AND digest = $2",
-                    &[&repo.as_str(), &digest.to_string()],
-                )
-                .await?;
-            Ok(row.map(|r| manifest_of(r.get(0))).transpose()?)
-        })
-        .await
+        let row = self
+            .point(
+                "SELECT record FROM manifests WHERE repo = $1 AND digest = $2",
+                &[&repo.as_str(), &digest.to_string()],
+            )
+            .await?;
+        row.map(|r| manifest_of(r.get(0))).transpose()
     }
 
     async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
@@ -230,16 +230,13 @@ impl Meta for PgMeta {
     }
 
     async fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>> {
-        self.read(async |db| {
-            let row = db
-                .query_opt(
-                    "SELECT digest FROM tags WHERE repo = $1 AND tag = $2",
-                    &[&repo.as_str(), &tag.as_str()],
-                )
-                .await?;
-            Ok(row.map(|r| parse_digest(r.get(0))).transpose()?)
-        })
-        .await
+        let row = self
+            .point(
+                "SELECT digest FROM tags WHERE repo = $1 AND tag = $2",
+                &[&repo.as_str(), &tag.as_str()],
+            )
+            .await?;
+        row.map(|r| parse_digest(r.get(0))).transpose()
     }
 
     async fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {

@@ -111,6 +111,11 @@ impl PgCoordinator {
     /// database's connection URL, for the listening connection (a pooled connection drops
     /// notifications). `cfg.advertise` is this replica's URL for its peers.
     pub async fn new(pool: Pool, url: &str, cfg: &ClusterConfig) -> Result<Arc<PgCoordinator>> {
+        if cfg.advertise.is_empty() {
+            return Err(Error(
+                "[cluster] advertise is required: the URL other replicas reach this one at".into(),
+            ));
+        }
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error(format!("the PostgreSQL URL does not parse: {e}")))?;

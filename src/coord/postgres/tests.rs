@@ -150,8 +150,22 @@ async fn a_notice_published_on_one_replica_reaches_the_other_and_one_gc_leads() 
 async fn replicas_join_and_leave_without_restarting_the_others() {
     let pg = Postgres::start();
     let url = database(&pg).await;
+    let unreachable = PgCoordinator::new(
+        crate::store::postgres::pool(&url, 1).unwrap(),
+        &url,
+        &ClusterConfig::default(),
+    );
+    let refused = unreachable
+        .await
+        .err()
+        .expect("a replica without [cluster] advertise is refused");
+    assert!(refused.0.contains("advertise"), "{refused}");
     let one = replica(&url, "http://one:5000").await;
-    assert_eq!(one.members().await.unwrap().len(), 1);
+    assert_eq!(
+        one.members().await.unwrap().len(),
+        1,
+        "the refused replica never joined"
+    );
     let two = replica(&url, "http://two:5000").await;
     let urls: Vec<String> = one.members().await.unwrap().into_iter().map(|m| m.url).collect();
     assert_eq!(urls.len(), 2);

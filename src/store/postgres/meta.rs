@@ -94,8 +94,9 @@ impl Meta for PgMeta {
         self.read(async |db| {
             let rows = db
                 .query(
-                    "SELECT name, info FROM repos WHERE $1::text IS NULL OR name > $1 ORDER BY name LIMIT $2",
-                    &[&last, &int(n as u64)],
+                    // Every name sorts after "": one statement that pages along the index.
+                    "SELECT name, info FROM repos WHERE name > $1 ORDER BY name LIMIT $2",
+                    &[&last.unwrap_or(""), &int(n as u64)],
                 )
                 .await?;
             let mut out = Vec::with_capacity(rows.len());
@@ -255,20 +256,14 @@ impl Meta for PgMeta {
     async fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<Vec<String>>> {
         self.read(async |db| {
             // One statement, so the repository and its tags come from one snapshot.
-            let rows = db
-                .query(
-                    "SELECT NULL::text FROM repos WHERE name = $1
-                     UNION ALL
-                     (SELECT tag FROM tags WHERE repo = $1 AND ($2::text IS NULL OR tag > $2)
-                      ORDER BY tag LIMIT $3)",
-                    &[&repo.as_str(), &last, &int(n as u64)],
+            let row = db
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM repos WHERE name = $1),
+                            ARRAY(SELECT tag FROM tags WHERE repo = $1 AND tag > $2 ORDER BY tag LIMIT $3)",
+                    &[&repo.as_str(), &last.unwrap_or(""), &int(n as u64)],
                 )
                 .await?;
-            let mut rows = rows.iter().map(|r| r.get::<_, Option<String>>(0)).peekable();
-            if rows.next_if(Option::is_none).is_none() {
-                return Ok(None);
-            }
-            Ok(Some(rows.flatten().collect()))
+            Ok(row.get::<_, bool>(0).then(|| row.get(1)))
         })
         .await
     }
@@ -310,16 +305,17 @@ impl Meta for PgMeta {
     }
 
     async fn manifest_page(&self, after: Option<(&RepoName, &Digest)>, n: usize) -> Result<Vec<ManifestRow>> {
+        // Every key sorts after ("", ""): one statement that pages along the primary key.
         let (repo, digest) = match after {
-            Some((r, d)) => (Some(r.as_str()), Some(d.to_string())),
-            None => (None, None),
+            Some((r, d)) => (r.as_str(), d.to_string()),
+            None => ("", String::new()),
         };
         self.read(async |db| {
             let rows = db
                 .query(
                     "SELECT m.repo, m.digest, m.record, p.at FROM manifests m
                      LEFT JOIN pulls p ON p.repo = m.repo AND p.digest = m.digest
-                     WHERE $1::text IS NULL OR (m.repo, m.digest) > ($1, $2::text)
+                     WHERE (m.repo, m.digest) > ($1, $2)
                      ORDER BY m.repo, m.digest LIMIT $3",
                     &[&repo, &digest, &int(n as u64)],
                 )

@@ -24,6 +24,9 @@ pub use schema::migrate;
 use super::{Error, Result};
 use crate::config::MetadataConfig;
 
+/// How long a request waits for a pooled connection, or for a new one to connect.
+const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connect to the database `[metadata] url_env` names, apply the migrations, and open the store.
 pub async fn connect(cfg: &MetadataConfig) -> Result<Arc<PgMeta>> {
     let url = cfg.url().map_err(Error::Meta)?;
@@ -50,6 +53,10 @@ pub fn pool(url: &str, size: usize) -> Result<Pool> {
     Pool::builder(manager)
         .max_size(size.max(1))
         .runtime(deadpool_postgres::Runtime::Tokio1)
+        // A database that is down or unreachable fails a request (and /readyz) within seconds
+        // instead of holding it.
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
         .build()
         .map_err(|e| Error::Meta(format!("PostgreSQL pool: {e}")))
 }

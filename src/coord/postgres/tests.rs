@@ -150,12 +150,8 @@ async fn a_notice_published_on_one_replica_reaches_the_other_and_one_gc_leads() 
 async fn replicas_join_and_leave_without_restarting_the_others() {
     let pg = Postgres::start();
     let url = database(&pg).await;
-    let unreachable = PgCoordinator::new(
-        crate::store::postgres::pool(&url, 1).unwrap(),
-        &url,
-        &ClusterConfig::default(),
-    );
-    let refused = unreachable
+    let pool = crate::store::postgres::pool(&url, 1).unwrap();
+    let refused = PgCoordinator::new(pool, &url, &ClusterConfig::default())
         .await
         .err()
         .expect("a replica without [cluster] advertise is refused");

@@ -108,7 +108,7 @@ async fn one_replica_claims_a_fill_and_another_takes_over_after_its_lease_expire
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_notice_published_on_one_replica_reaches_the_other_and_one_gc_leads() {
+async fn a_notice_crosses_replicas_and_one_gc_leads_until_released_or_dead() {
     let pg = Postgres::start();
     let url = database(&pg).await;
     let (one, two) = (
@@ -130,18 +130,35 @@ async fn a_notice_published_on_one_replica_reaches_the_other_and_one_gc_leads() 
     let (a, b) = tokio::join!(one.lead(&Task::Gc), two.lead(&Task::Gc));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.is_some() as u8 + b.is_some() as u8, 1, "exactly one GC leader");
-    let (winner, loser) = if a.is_some() { (a, &two) } else { (b, &one) };
+    let (guard, leader, other) = match (a, b) {
+        (Some(guard), None) => (guard, one, two),
+        (None, Some(guard)) => (guard, two, one),
+        _ => panic!("exactly one GC leader"),
+    };
     assert!(
-        loser.lead(&Task::Gc).await.unwrap().is_none(),
+        other.lead(&Task::Gc).await.unwrap().is_none(),
         "still one while it runs"
     );
-    drop(winner);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while loser.lead(&Task::Gc).await.unwrap().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a released GC lease lets the other lead"
-        );
+    drop(guard);
+    let guard = eventually_lead(&other, "a released GC lease lets the other replica lead").await;
+    // That leader dies mid-run (no release, no renewal): the first leads once its lease expires.
+    std::mem::forget(guard);
+    drop(other);
+    assert!(
+        leader.lead(&Task::Gc).await.unwrap().is_none(),
+        "not before the lease expires"
+    );
+    eventually_lead(&leader, "a dead GC leader's lease expires").await;
+}
+
+/// Lead `Task::Gc` on `replica` within 10 s.
+async fn eventually_lead(replica: &PgCoordinator, what: &str) -> crate::coord::LeaderGuard {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(guard) = replica.lead(&Task::Gc).await.unwrap() {
+            return guard;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -2,8 +2,8 @@
 //! metadata and coordination tests.
 //!
 //! One server per test function: [`Postgres::start`] runs `initdb` and the postmaster as the
-//! `postgres` user (PostgreSQL refuses to run as root, and the tests run as root) in a temporary
-//! directory owned by it, on a free port of 127.0.0.1 with its unix socket inside that
+//! `postgres` user (PostgreSQL refuses to run as root, and the tests run as root; as another
+//! user they run as that user) in a temporary directory owned by it, on a free port of 127.0.0.1 with its unix socket inside that
 //! directory, and with `fsync=off` (a test's data needs no durability). Each test then gets its
 //! own database from [`Postgres::database`], which is much faster than a server each.
 //!
@@ -35,12 +35,14 @@ impl Postgres {
     /// is missing, or the server does not come up.
     pub fn start() -> Postgres {
         assert!(Path::new(BIN).join("postgres").exists(), "{MISSING}");
-        let (uid, gid) = postgres_user().unwrap_or_else(|| panic!("{MISSING}"));
         let dir = tempfile::Builder::new()
             .prefix("berth-pg-")
             .tempdir()
             .expect("a temporary directory");
-        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the directory to postgres");
+        if as_root() {
+            let (uid, gid) = postgres_user().unwrap_or_else(|| panic!("{MISSING}"));
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the directory to postgres");
+        }
         let data = dir.path().join("data");
         let out = as_postgres(dir.path(), "initdb")
             .args([
@@ -167,15 +169,25 @@ impl Drop for Postgres {
     }
 }
 
-/// A command for one of PostgreSQL's binaries, run as the `postgres` user in `dir`.
+/// A command for one of PostgreSQL's binaries, run in `dir` as the `postgres` user when the
+/// tests run as root (PostgreSQL refuses root), else as the user running them.
 fn as_postgres(dir: &Path, binary: &str) -> Command {
-    let mut command = Command::new("setpriv");
+    let binary = Path::new(BIN).join(binary);
+    let mut command = if as_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--clear-groups", "--"])
+            .arg(binary);
+        c
+    } else {
+        Command::new(binary)
+    };
+    command.current_dir(dir).env_remove("PGDATA");
     command
-        .args(["--reuid=postgres", "--regid=postgres", "--clear-groups", "--"])
-        .arg(Path::new(BIN).join(binary))
-        .current_dir(dir)
-        .env_remove("PGDATA");
-    command
+}
+
+fn as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// The uid and gid of the `postgres` user, if there is one.

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! main | cli | lib | server | wiring | batched_log   the composition root: builds and wires
+//!   testing                        test engines (tests and the `testing` feature only)
 //!   api | ui                       HTTP edges (they see only the service, never a backend)
 //!     auth                         who may do what
 //!       service (and service::gc)  what the registry does

@@ -160,3 +160,17 @@ async fn migrations_applied_twice_or_at_once_apply_each_version_once() {
         .get(0);
     assert_eq!(versions as usize, super::schema::MIGRATIONS.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_database_fails_the_readiness_probe_at_once() {
+    let pg = Postgres::start();
+    let meta = fresh(&pg).await;
+    meta.probe().await.expect("ready while the database runs");
+    drop(pg);
+    let started = std::time::Instant::now();
+    let probe = tokio::time::timeout(std::time::Duration::from_secs(30), meta.probe())
+        .await
+        .expect("the probe answers instead of hanging");
+    assert!(probe.is_err(), "not ready without the database");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
+}

@@ -172,5 +172,9 @@ async fn a_stopped_database_fails_the_readiness_probe_at_once() {
         .await
         .expect("the probe answers instead of hanging");
     assert!(probe.is_err(), "not ready without the database");
-    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
 }

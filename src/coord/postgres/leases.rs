@@ -3,8 +3,9 @@
 //! agree). The holder renews its leases while it holds them; a replica that dies stops renewing,
 //! and the next claim after the expiry takes the lease over with a higher generation.
 //!
-//! A released lease is expired rather than deleted, so its generation keeps counting up; rows
-//! expired long ago are swept by the membership loop.
+//! A released lease is expired rather than deleted, so its generation keeps counting up, and its
+//! holder is cleared, so the next claim is not counted as a takeover; rows expired long ago are
+//! swept by the membership loop.
 
 use std::time::Duration;
 
@@ -21,8 +22,8 @@ pub(super) struct Holder {
 
 /// The answer to [`claim`].
 pub(super) enum Claimed {
-    /// The caller holds the lease now, with this generation; the replica that held it before,
-    /// if any (a takeover when it is another one).
+    /// The caller holds the lease now, with this generation; the replica whose lease expired
+    /// unreleased before, if any (a takeover when it is another one).
     Won(u64, Option<String>),
     Held(Holder),
 }
@@ -97,7 +98,7 @@ pub(super) async fn release(pool: &Pool, key: &str, replica: &str, generation: u
     let client = pool.get().await.map_err(pool_err)?;
     client
         .execute(
-            "UPDATE leases SET expires = now() - interval '1 millisecond'
+            "UPDATE leases SET holder = '', expires = now() - interval '1 millisecond'
              WHERE key = $1 AND holder = $2 AND generation = $3",
             &[&key, &replica, &(generation as i64)],
         )

@@ -68,7 +68,7 @@ pub(super) async fn leave(shared: &Shared) -> Result<()> {
         .map_err(db_err)?;
     client
         .execute(
-            "UPDATE leases SET expires = now() - interval '1 millisecond' WHERE holder = $1",
+            "UPDATE leases SET holder = '', expires = now() - interval '1 millisecond' WHERE holder = $1",
             &[&shared.replica],
         )
         .await

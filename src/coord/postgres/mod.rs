@@ -183,7 +183,8 @@ impl PgCoordinator {
 
     /// Count a won lease that an expired other replica held before.
     fn count_takeover(&self, before: Option<&str>) {
-        if before.is_some_and(|b| b != self.shared.replica) {
+        // A released lease has no holder left (see `leases`).
+        if before.is_some_and(|b| !b.is_empty() && b != self.shared.replica) {
             self.shared.stats.takeovers.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -149,6 +149,11 @@ async fn a_notice_crosses_replicas_and_one_gc_leads_until_released_or_dead() {
         "not before the lease expires"
     );
     eventually_lead(&leader, "a dead GC leader's lease expires").await;
+    let takeovers = leader.stats().takeovers.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        takeovers, 1,
+        "the expired lease counts as a takeover; the released one did not"
+    );
 }
 
 /// Lead `Task::Gc` on `replica` within 10 s.

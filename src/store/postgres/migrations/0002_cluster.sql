@@ -1,7 +1,8 @@
 -- Cluster coordination (src/coord/postgres): leases for fills and periodic tasks, and the
 -- membership heartbeats.
 
--- A lease on `key` ("fill/<digest>" or "task/<name>") held by replica `holder` until `expires`
+-- A lease on `key` ("fill/<digest>" or "task/<name>") held by replica `holder` (empty once
+-- released) until `expires`
 -- (the database's clock, so replicas' clocks need not agree). `generation` grows with every
 -- claim of the key, a takeover included. `url` is the holder's advertised URL, where other
 -- replicas stream a fill from.

@@ -11,11 +11,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+mod cluster;
+mod metadata;
 mod notifications;
 mod prefetch;
 mod upstream;
 pub mod value;
 
+pub use cluster::ClusterConfig;
+pub use metadata::{MetadataBackend, MetadataConfig};
 pub use notifications::{NotificationEndpoint, NotificationSettings};
 pub use prefetch::{PrefetchEntry, PrefetchSettings, parse_image};
 pub use upstream::{UpstreamConfig, UpstreamSettings};
@@ -55,6 +59,11 @@ pub struct Config {
     /// `[[prefetch]]` lists of images the running server keeps cached; `berth prefetch` runs
     /// them now. Default none.
     pub prefetch: Vec<PrefetchEntry>,
+    // --- issue 14: cluster mode ---
+    /// `[metadata]`: redb (default) or PostgreSQL.
+    pub metadata: MetadataConfig,
+    /// `[cluster]`: replicas coordinating through PostgreSQL.
+    pub cluster: ClusterConfig,
 }
 
 /// `[cache]`: how long cached content lives, and how much disk it may use.
@@ -123,6 +132,8 @@ impl Default for Config {
             gc: GcConfig::default(),
             notifications: Vec::new(),
             prefetch: Vec::new(),
+            metadata: MetadataConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

@@ -18,6 +18,9 @@ const FLOORS: &[(&str, &[&str], &[&str])] = &[
     // `install_crypto_provider`), the listener, the batched log writer, and the wiring `berth
     // serve` and the in-process test app share. Only these name concrete backends.
     ("root", &[], &["main", "cli", "lib", "server", "batched_log", "wiring"]),
+    // Test engines (`berth::testing`, tests and the `testing` feature only): real servers the
+    // backends' tests start. Nothing in the product imports them.
+    ("testing", &[], &["testing"]),
     // The HTTP edges: the registry API and the web UI.
     ("edge", &[], &["api", "ui"]),
     // Who may do what. Both edges ask it; it asks nothing above the leaves (its clock is

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! main | cli | lib | server | wiring | batched_log   the composition root: builds and wires
+//!   testing                        test engines (tests and the `testing` feature only)
 //!   api | ui                       HTTP edges (they see only the service, never a backend)
 //!     auth                         who may do what
 //!       service (and service::gc)  what the registry does
@@ -36,6 +37,8 @@ pub mod sendfile;
 pub mod server;
 pub mod service;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod ui;
 pub mod upstream;
 pub mod wiring;

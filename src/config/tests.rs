@@ -243,3 +243,30 @@ fn a_bad_duration_or_size_fails_at_load_naming_its_key() {
     assert_eq!(c.gc.interval, Duration::from_secs(600));
     assert_eq!(Config::default().cache.max_size, None, "an empty max_size is no cap");
 }
+
+#[test]
+fn metadata_and_cluster_default_to_redb_and_take_typed_values() {
+    use super::{MetadataBackend, MetadataConfig};
+    let c = Config::from_toml(DEFAULT_TOML, env(&[])).unwrap();
+    assert_eq!(c.metadata.backend, MetadataBackend::Redb, "no database by default");
+    assert_eq!(c.metadata.url_env, "DATABASE_URL");
+    assert_eq!(
+        (c.cluster.lease, c.cluster.heartbeat),
+        (Duration::from_secs(10), Duration::from_secs(5))
+    );
+    let c = Config::from_toml(
+        "[metadata]\nbackend = \"postgres\"\nurl_env = \"PG_URL\"\n[cluster]\nlease = \"3s\"\n",
+        env(&[("BERTH_CLUSTER_ADVERTISE", "http://10.0.0.5:5000")]),
+    )
+    .unwrap();
+    assert_eq!(c.metadata.backend, MetadataBackend::Postgres);
+    assert_eq!(c.cluster.lease, Duration::from_secs(3));
+    assert_eq!(c.cluster.advertise, "http://10.0.0.5:5000");
+    assert!(Config::from_toml("[metadata]\nbackend = \"mysql\"\n", env(&[])).is_err());
+    assert!(Config::from_toml("[cluster]\nlease = \"soon\"\n", env(&[])).is_err());
+    let missing = MetadataConfig {
+        url_env: "BERTH_TEST_NO_SUCH_VARIABLE".into(),
+        ..MetadataConfig::default()
+    };
+    assert!(missing.url().unwrap_err().contains("BERTH_TEST_NO_SUCH_VARIABLE"));
+}

@@ -76,6 +76,7 @@ impl Coordinator for Local {
             return Ok(FillClaim::Follow(FillFollower {
                 generation: *generation,
                 local: Some(leader.clone()),
+                leader_url: None,
             }));
         }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;

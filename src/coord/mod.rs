@@ -18,6 +18,7 @@
 //! [`Local`] is the in-process implementation: single node, one process.
 
 mod local;
+pub mod postgres;
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -90,6 +91,9 @@ pub struct FillFollower {
     /// The leader's in-process fill, when it runs in this process: join it. `None` when the
     /// leader is another replica (cluster mode streams from it instead).
     pub local: Option<LocalFill>,
+    /// The leading replica's advertised URL (`[cluster] advertise`) when it is another replica:
+    /// where to stream the blob from while it fills. `None` in one process.
+    pub leader_url: Option<String>,
 }
 
 /// A periodic job that one process at a time should run.

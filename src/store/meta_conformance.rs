@@ -17,7 +17,15 @@ use crate::oci::{Digest, RepoName, Tag};
 #[macro_export]
 macro_rules! meta_conformance_tests {
     ($factory:expr) => {
-        $crate::meta_conformance_tests!(@items $factory;
+        $crate::meta_conformance_tests!(@list items $factory);
+    };
+    // Every item in one test, each on a fresh store from `$factory` (a backend whose engine is
+    // started once per test function, as PostgreSQL is).
+    (sequential $factory:expr) => {
+        $crate::meta_conformance_tests!(@list sequential_items $factory)
+    };
+    (@list $mode:ident $factory:expr) => {
+        $crate::meta_conformance_tests!(@$mode $factory;
             repos_page_in_lexical_order,
             tags_page_and_an_unknown_repository_has_none,
             a_tagged_put_is_one_step_and_deleting_the_manifest_drops_its_tags,
@@ -38,6 +46,12 @@ macro_rules! meta_conformance_tests {
             manifest_pages_cover_every_manifest_with_its_pull_time,
             usage_splits_registered_bytes_by_origin,
         );
+    };
+    (@sequential_items $factory:expr; $($item:ident),* $(,)?) => {
+        $({
+            let (meta, _guard) = $factory.await;
+            $crate::store::meta_conformance::$item(meta).await;
+        })*
     };
     (@items $factory:expr; $($item:ident),* $(,)?) => {
         $(

@@ -35,6 +35,7 @@ mod memory_uploads;
 mod meta;
 #[cfg(test)]
 pub(crate) mod meta_conformance;
+pub mod postgres;
 mod redb_handle;
 mod redb_meta;
 mod redb_registry;

@@ -15,11 +15,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use berth::api::admin::{SOCKET_FILE, parse_grace};
 use berth::cache::Pulls;
-use berth::config::Config;
+use berth::config::{Config, MetadataBackend};
 use berth::oci::{RepoName, parse_image_ref};
 use berth::service::gc::{self, DiskUsage, GcProgress, Report};
 use berth::service::{Core, Services};
-use berth::store::{self, Store};
+use berth::store;
+use berth::wiring::Backends;
 use bytesize::ByteSize;
 use futures_util::StreamExt;
 
@@ -28,14 +29,24 @@ mod prefetch;
 pub use prefetch::{gc_policy, prefetch};
 
 enum Target {
-    Direct(Store),
-    Server { socket: PathBuf, http: reqwest::Client },
+    /// No server runs on a single-node store, or cluster mode (each replica's leases and the
+    /// metadata fences make a direct run safe beside them): this process works on the backends.
+    Direct(Backends),
+    Server {
+        socket: PathBuf,
+        http: reqwest::Client,
+    },
 }
 
-fn target(config: &Config) -> anyhow::Result<Target> {
+async fn target(config: &Config) -> anyhow::Result<Target> {
+    if config.metadata.backend == MetadataBackend::Postgres {
+        return Ok(Target::Direct(
+            berth::wiring::open(config).await.map_err(anyhow::Error::msg)?,
+        ));
+    }
     let root = &config.storage.root;
     match store::fs::open_existing(root) {
-        Ok(store) => Ok(Target::Direct(store)),
+        Ok(store) => Ok(Target::Direct(Backends::local(store))),
         Err(store::Error::Locked) => {
             let socket = root.join(SOCKET_FILE);
             let http = reqwest::Client::builder().unix_socket(socket.clone()).build()?;
@@ -210,26 +221,23 @@ pub async fn gc(config: &Config, dry_run: bool, grace: Option<&str>) -> anyhow::
         .map(|g| parse_grace(g).map(|d| (g, d)))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let report = match target(config)? {
-        Target::Direct(store) => {
+    let report = match target(config).await? {
+        Target::Direct(Backends { store, coord, .. }) => {
             let mut policy = gc_policy(config)?;
             if let Some((_, g)) = grace {
                 policy.grace = g;
             }
-            {
-                // No server runs: this process is the only one on the store.
-                let coord = berth::coord::Local::shared();
-                gc::run(
-                    &store,
-                    &Pulls::default(),
-                    None,
-                    &policy,
-                    dry_run,
-                    &show_progress,
-                    coord.as_ref(),
-                )
-                .await?
-            }
+            // The coordinator's GC lead keeps this run from overlapping another (a replica's).
+            gc::run(
+                &store,
+                &Pulls::default(),
+                None,
+                &policy,
+                dry_run,
+                &show_progress,
+                coord.as_ref(),
+            )
+            .await?
         }
         Target::Server { socket, http } => {
             let mut query = vec![("dry_run", dry_run.to_string())];
@@ -267,9 +275,9 @@ pub async fn delete(config: &Config, reference: Option<String>, repository: Opti
             .map_err(|e| anyhow::anyhow!("{e}: {r} is not a repository name"))?),
         _ => bail!("give REPO:TAG, REPO@DIGEST, or --repository REPO"),
     };
-    match target(config)? {
-        Target::Direct(store) => {
-            let services = Services::new(Core::new(store, Vec::new(), berth::coord::Local::shared()));
+    match target(config).await? {
+        Target::Direct(Backends { store, coord, .. }) => {
+            let services = Services::new(Core::new(store, Vec::new(), coord));
             services.admin.apply_switches(&config.storage); // [storage] delete and read_only hold here too
             match &what {
                 Ok((repo, r)) => services.manifests.delete_image(repo, r).await?,
@@ -298,8 +306,8 @@ pub async fn delete(config: &Config, reference: Option<String>, repository: Opti
 }
 
 pub async fn du(config: &Config) -> anyhow::Result<()> {
-    let usage: DiskUsage = match target(config)? {
-        Target::Direct(store) => gc::disk_usage(&store).await?,
+    let usage: DiskUsage = match target(config).await? {
+        Target::Direct(b) => gc::disk_usage(&b.store).await?,
         Target::Server { socket, http } => ask(&socket, http.get("http://berth/du")).await?.json().await?,
     };
     println!(

@@ -10,9 +10,10 @@ use berth::api::AppState;
 use berth::api::admin::Admin;
 use berth::config::{Config, LogFormat};
 use berth::coord::Task;
+use berth::coord::postgres::PgCoordinator;
+use berth::metrics::ClusterReading;
 use berth::server::{Options, TlsFiles};
 use berth::service::Services;
-use berth::store;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -197,9 +198,9 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         }),
         _ => anyhow::bail!("[server.tls] needs both cert and key"),
     };
-    let store = store::fs::open(root).with_context(|| format!("opening the store at {}", root.display()))?;
+    let backends = berth::wiring::open(&config).await.map_err(anyhow::Error::msg)?;
     let addr = config.server.listen;
-    let services = berth::wiring::services(&config, store, format!("{}:{}", hostname(), addr.port()))
+    let services = berth::wiring::services(&config, &backends, format!("{}:{}", hostname(), addr.port()))
         .map_err(anyhow::Error::msg)?;
     let state = berth::wiring::app_state(&config, services.clone(), tls.is_some()).map_err(anyhow::Error::msg)?;
     if !state.auth.enabled() && !addr.ip().is_loopback() {
@@ -225,6 +226,9 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
             }
         }
     });
+    if let Some(cluster) = backends.cluster.clone() {
+        tokio::spawn(report_cluster(cluster, services.clone(), config.cluster.heartbeat));
+    }
     // --- issue 15: [[prefetch]] lists, each kept fresh on its own interval ---
     for (i, list) in config.prefetch_settings()?.into_iter().enumerate() {
         let Some(interval) = list.interval else { continue };
@@ -275,6 +279,12 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     // before the process exits 0, and queued notifications get a moment to go out.
     write_pulls(&services).await;
     services.core.notifier().flush(NOTIFY_FLUSH).await;
+    if let Some(cluster) = &backends.cluster {
+        // The others take over this replica's leases now instead of when they expire.
+        if let Err(e) = cluster.leave().await {
+            tracing::warn!(error = %e, "could not leave the cluster; its leases expire on their own");
+        }
+    }
     tracing::info!("berth stopped");
     Ok(())
 }
@@ -320,6 +330,30 @@ async fn flush_pulls(services: Services) {
     loop {
         tick.tick().await;
         write_pulls(&services).await;
+    }
+}
+
+/// Copy the cluster coordinator's membership and counters into `/metrics`, every heartbeat.
+async fn report_cluster(cluster: std::sync::Arc<PgCoordinator>, services: Services, every: Duration) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let members = match cluster.members().await {
+            Ok(members) => members.len() as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the cluster's members");
+                continue;
+            }
+        };
+        let stats = cluster.stats();
+        services.core.metrics().cluster.update(ClusterReading {
+            members,
+            fills_owned: stats.fills_owned.load(Relaxed),
+            fills_joined_remotely: stats.fills_joined_remotely.load(Relaxed),
+            takeovers: stats.takeovers.load(Relaxed),
+            notices: stats.notices.load(Relaxed),
+        });
     }
 }
 

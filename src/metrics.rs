@@ -29,6 +29,9 @@
 //! login_checks_running, login_checks_waiting      bcrypt checks running now, and queued for a slot
 //! notification_events_total{endpoint,result}      events delivered, failed (retries spent), dropped (queue full)
 //! notification_queued_events{endpoint}            events waiting for delivery
+//! cluster_members                                 replicas with a live heartbeat (cluster mode)
+//! cluster_fills_owned_total, cluster_fills_joined_remotely_total, cluster_lease_takeovers_total,
+//! cluster_notices_total                           what this replica's coordinator counted
 //! ```
 
 use std::sync::{Arc, OnceLock};
@@ -42,9 +45,11 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+mod cluster;
 mod login;
 mod notify;
 
+pub use cluster::{ClusterMetrics, ClusterReading};
 pub use login::LoginMetrics;
 pub use notify::NotificationMetrics;
 use notify::{EndpointLabels, NotificationLabels};
@@ -333,6 +338,8 @@ pub struct Metrics {
     store_blobs: [Gauge; 3],
     /// Password checks and the failed-login throttle.
     pub logins: LoginMetrics,
+    /// Cluster membership and coordination (zero on a single node).
+    pub cluster: ClusterMetrics,
     // --- notifications (issue 12) ---
     notification_events: Family<NotificationLabels, Counter>,
     notification_queued: Family<EndpointLabels, Gauge>,
@@ -510,6 +517,7 @@ impl Metrics {
             store_bytes: Content::ALL.map(|content| pre(&store_bytes, ContentLabels { content })),
             store_blobs: Content::ALL.map(|content| pre(&store_blobs, ContentLabels { content })),
             logins: LoginMetrics::register(&mut r),
+            cluster: ClusterMetrics::register(&mut r),
             notification_events,
             notification_queued,
             registry: r,

@@ -1,30 +1,104 @@
-//! The application wired from `mirror.toml`, in one place: `berth serve` and the in-process test
-//! app build their services and state here, so a test sees what a user of the binary sees. Only
-//! the backends are left to the caller (it opens the store), since they name concrete types.
+//! The application wired from `mirror.toml`, in one place: `berth serve`, the maintenance
+//! commands and the in-process test app build their backends, services and state here, so a test
+//! sees what a user of the binary sees. This and `main`/`cli` are the only places that name
+//! concrete backends.
 
 use std::sync::Arc;
 
 use crate::api::{AppState, ClientLimits};
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::coord;
+use crate::config::MetadataBackend;
+use crate::coord::{self, Coordinator, postgres::PgCoordinator};
 use crate::service::{Core, Services};
-use crate::store::Store;
+use crate::store::{self, Meta, Store};
 use crate::upstream::Upstream;
+
+/// The storage and coordination backends `config` names, opened.
+pub struct Backends {
+    pub store: Store,
+    pub coord: Arc<dyn Coordinator>,
+    /// Cluster mode's coordinator (`[metadata] backend = "postgres"`), for the membership gauge
+    /// and a graceful leave; `None` on a single node.
+    pub cluster: Option<Arc<PgCoordinator>>,
+}
+
+impl Backends {
+    /// A single-node store with the in-process coordinator.
+    pub fn local(store: Store) -> Backends {
+        Backends {
+            store,
+            coord: coord::Local::shared(),
+            cluster: None,
+        }
+    }
+}
+
+/// Open the backends `config` names. The default, `[metadata] backend = "redb"`, is one process
+/// on one disk: the filesystem store and redb under `[storage] root`, and the in-process
+/// coordinator. `"postgres"` is cluster mode: metadata and coordination in PostgreSQL, which
+/// other replicas may share, so it first checks what every replica must agree on.
+pub async fn open(config: &Config) -> Result<Backends, String> {
+    let root = &config.storage.root;
+    match config.metadata.backend {
+        MetadataBackend::Redb => {
+            let store = store::fs::open(root).map_err(|e| format!("opening the store at {}: {e}", root.display()))?;
+            Ok(Backends::local(store))
+        }
+        MetadataBackend::Postgres => {
+            check_cluster(config)?;
+            let url = config.metadata.url()?;
+            let meta = store::postgres::connect(&config.metadata)
+                .await
+                .map_err(|e| format!("opening the PostgreSQL metadata store: {e}"))?;
+            let cluster = PgCoordinator::new(meta.pool().clone(), &url, &config.cluster)
+                .await
+                .map_err(|e| format!("joining the cluster: {e}"))?;
+            let meta: Arc<dyn Meta> = meta;
+            let store = store::fs::open_with_meta(root, meta)
+                .map_err(|e| format!("opening the store at {}: {e}", root.display()))?;
+            Ok(Backends {
+                store,
+                coord: cluster.clone(),
+                cluster: Some(cluster),
+            })
+        }
+    }
+}
+
+/// What cluster mode needs before a replica joins: tokens and UI forms must verify on every
+/// replica (so one configured key), peers must reach this one (`advertise`), and their internal
+/// requests carry the shared secret.
+fn check_cluster(config: &Config) -> Result<(), String> {
+    if config.auth.token_key.is_empty() {
+        return Err(
+            "cluster mode ([metadata] backend = \"postgres\") needs [auth] token_key: a token signed by one replica must verify on every other".into(),
+        );
+    }
+    if config.cluster.advertise.is_empty() {
+        return Err("cluster mode needs [cluster] advertise: the URL the other replicas reach this one at".into());
+    }
+    match std::env::var(&config.cluster.secret_env) {
+        Ok(secret) if !secret.is_empty() => Ok(()),
+        _ => Err(format!(
+            "cluster mode needs the replicas' shared secret in ${} ([cluster] secret_env)",
+            config.cluster.secret_env
+        )),
+    }
+}
 
 /// The services `berth serve` runs over `store`, as `config` says: upstreams, private
 /// namespaces, upload session limit, free-space floor, notifications and switches. `node` names
 /// this process in notification events (`host:port`). Starts the notification delivery tasks, so
 /// it must run inside the Tokio runtime.
-pub fn services(config: &Config, store: Store, node: String) -> Result<Services, String> {
+pub fn services(config: &Config, backends: &Backends, node: String) -> Result<Services, String> {
     let upstreams = config
         .upstream_settings()
         .map_err(|e| e.to_string())?
         .into_iter()
         .map(|settings| Upstream::new(settings).map_err(|e| format!("building an upstream client: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    // Single node: one process owns the store (cluster mode puts PostgreSQL here).
-    let core = Core::new(store, upstreams, coord::Local::shared())
+    let core = Core::new(backends.store.clone(), upstreams, backends.coord.clone())
         .with_private_namespaces(config.private.namespaces.clone())
         .with_claim_on_push(config.private.claim_on_push)
         .with_upload_session_limit(config.limits.max_upload_sessions)

@@ -84,6 +84,9 @@ pub struct Auth {
     token_ttl: u64,
     service: String,
     realm: String,
+    /// Signs the UI's CSRF tokens: derived from `auth.token_key` when one is configured (so
+    /// every replica, and the next start, verifies them), else random per process.
+    csrf_key: ProcessLocalKey,
 }
 
 impl Auth {
@@ -112,11 +115,14 @@ impl Auth {
             }
             Some(Arc::new(file))
         };
-        let key = if config.token_key.is_empty() {
+        let (key, csrf_key) = if config.token_key.is_empty() {
             // Tokens then verify in this process only, until it restarts.
-            ProcessLocalKey::random().bytes().to_vec()
+            (ProcessLocalKey::random().bytes().to_vec(), ProcessLocalKey::random())
         } else {
-            std::fs::read(&config.token_key).map_err(|e| format!("auth.token_key {}: {e}", config.token_key))?
+            let key =
+                std::fs::read(&config.token_key).map_err(|e| format!("auth.token_key {}: {e}", config.token_key))?;
+            let csrf = ProcessLocalKey::derived(&key, b"berth ui csrf");
+            (key, csrf)
         };
         let token_ttl = config.token_ttl.as_secs().max(1);
         let bounds = login::Bounds {
@@ -134,7 +140,13 @@ impl Auth {
             token_ttl,
             service: config.service.clone(),
             realm: config.realm.clone(),
+            csrf_key,
         })
+    }
+
+    /// The key the UI signs its CSRF tokens with (see the field).
+    pub fn csrf_key(&self) -> &ProcessLocalKey {
+        &self.csrf_key
     }
 
     pub fn enabled(&self) -> bool {
@@ -311,13 +323,24 @@ pub fn decode_basic(encoded: &str) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
-/// A random 32-byte key made at startup: it exists in this process only and is gone on restart.
-/// Signatures made with it (tokens without `auth.token_key`, the UI's CSRF tokens) verify
-/// nowhere else. Cluster mode (issue 14) refuses to start without `auth.token_key` and derives
-/// both keys from it, so every replica verifies what any replica signed.
+/// A 32-byte signing key. [`ProcessLocalKey::random`] makes one that exists in this process
+/// only and is gone on restart: signatures made with it (tokens without `auth.token_key`, the
+/// UI's CSRF tokens) verify nowhere else. Cluster mode refuses to start without
+/// `auth.token_key`, and both keys then come from it ([`ProcessLocalKey::derived`] for the CSRF
+/// key), so every replica verifies what any replica signed.
+#[derive(Clone)]
 pub struct ProcessLocalKey([u8; 32]);
 
 impl ProcessLocalKey {
+    /// A key for one `purpose`, derived from `secret` with HMAC-SHA256, so one configured
+    /// secret gives independent keys for tokens and forms.
+    pub fn derived(secret: &[u8], purpose: &[u8]) -> ProcessLocalKey {
+        use hmac::{Hmac, KeyInit, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
+        mac.update(purpose);
+        ProcessLocalKey(mac.finalize().into_bytes().into())
+    }
+
     pub fn random() -> ProcessLocalKey {
         let mut key = [0u8; 32];
         key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use berth::config::Config;
 use berth::service::layout::{ExportOptions, ExportReport, ImportOptions, ImportReport, LayoutProgress, Origins, Sink};
 use berth::service::{Core, Services};
-use berth::store::Store;
+use berth::wiring::Backends;
 use bytesize::ByteSize;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
@@ -91,14 +91,14 @@ impl From<ImportArgs> for ImportOptions {
 }
 
 /// A registry over the stopped store, routed as the server would route it.
-fn direct(config: &Config, store: Store) -> anyhow::Result<Services> {
+fn direct(config: &Config, backends: Backends) -> anyhow::Result<Services> {
     let upstreams = config
         .upstream_settings()?
         .into_iter()
         .map(|s| berth::upstream::Upstream::new(s).context("building an upstream client"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let services = Services::new(
-        Core::new(store, upstreams, berth::coord::Local::shared())
+        Core::new(backends.store, upstreams, backends.coord)
             .with_private_namespaces(config.private.namespaces.clone())
             .with_claim_on_push(config.private.claim_on_push),
     );
@@ -151,9 +151,9 @@ fn sink() -> Sink {
 
 pub async fn export(config: &Config, mut opts: ExportOptions) -> anyhow::Result<()> {
     opts.output = std::path::absolute(&opts.output)?;
-    let report: ExportReport = match target(config)? {
-        Target::Direct(store) => {
-            let services = direct(config, store)?;
+    let report: ExportReport = match target(config).await? {
+        Target::Direct(backends) => {
+            let services = direct(config, backends)?;
             services.admin.export(&opts, sink(), &CancellationToken::new()).await?
         }
         Target::Server { socket, http } => {
@@ -183,9 +183,9 @@ pub async fn export(config: &Config, mut opts: ExportOptions) -> anyhow::Result<
 
 pub async fn import(config: &Config, mut opts: ImportOptions) -> anyhow::Result<()> {
     opts.path = std::path::absolute(&opts.path)?;
-    let report: ImportReport = match target(config)? {
-        Target::Direct(store) => {
-            let services = direct(config, store)?;
+    let report: ImportReport = match target(config).await? {
+        Target::Direct(backends) => {
+            let services = direct(config, backends)?;
             services.admin.import(&opts, sink(), &CancellationToken::new()).await?
         }
         Target::Server { socket, http } => {

@@ -9,6 +9,7 @@ use berth::service::gc;
 use berth::service::prefetch::{Event as PrefetchEvent, ImageReport, Job as PrefetchJob};
 use berth::service::{Core, Services};
 use berth::store;
+use berth::wiring::Backends;
 use bytesize::ByteSize;
 
 use super::{Target, admin_url, ask, read_lines, target};
@@ -105,13 +106,15 @@ pub async fn prefetch(config: &Config, platforms: &[String], referrers: bool, im
     // Unlike gc or du, a prefetch may prepare a store that never served yet (a site set up
     // before it goes offline).
     let target = if root.join("meta.redb").is_file() {
-        target(config)?
+        target(config).await?
     } else {
         eprintln!("berth: no store at {} yet; creating it", root.display());
-        Target::Direct(store::fs::open(root).with_context(|| format!("creating the store at {}", root.display()))?)
+        Target::Direct(Backends::local(
+            store::fs::open(root).with_context(|| format!("creating the store at {}", root.display()))?,
+        ))
     };
     let reports: Vec<ImageReport> = match target {
-        Target::Direct(store) => {
+        Target::Direct(Backends { store, coord, .. }) => {
             let upstreams = config
                 .upstream_settings()
                 .context("no server runs, so berth prefetch contacts the upstreams itself and needs their credentials (password_env) in its environment")?
@@ -119,8 +122,7 @@ pub async fn prefetch(config: &Config, platforms: &[String], referrers: bool, im
                 .map(berth::upstream::Upstream::new)
                 .collect::<Result<Vec<_>, _>>()?;
             let services = Services::new(
-                Core::new(store.clone(), upstreams, berth::coord::Local::shared())
-                    .with_private_namespaces(config.private.namespaces.clone()),
+                Core::new(store.clone(), upstreams, coord).with_private_namespaces(config.private.namespaces.clone()),
             );
             let reports = services.prefetch.run(&jobs, &show).await;
             // The runs count as pulls for TTL eviction, as they do on a server.

@@ -16,6 +16,35 @@ pub async fn run<F: Fn() -> Arc<dyn Coordinator>>(fresh: F) {
     notices_reach_every_subscriber_in_order(fresh()).await;
     fill_claims_are_single_flight_under_concurrency(fresh()).await;
     a_released_fill_claim_leads_again_with_a_higher_generation(fresh()).await;
+    a_check_is_granted_once_per_window_and_again_after_a_release_or_the_window(fresh()).await;
+}
+
+async fn a_check_is_granted_once_per_window_and_again_after_a_release_or_the_window(c: Arc<dyn Coordinator>) {
+    let window = Duration::from_millis(600);
+    let attempts = (0..8).map(|_| {
+        let c = c.clone();
+        tokio::spawn(async move { c.claim_check("library/alpine:latest", window).await.unwrap() })
+    });
+    let mut granted = 0;
+    for a in attempts {
+        granted += usize::from(a.await.unwrap());
+    }
+    assert_eq!(granted, 1, "one check per window, however many ask at once");
+    assert!(
+        c.claim_check("library/alpine:3", window).await.unwrap(),
+        "another key is checked on its own"
+    );
+    c.release_check("library/alpine:latest").await.unwrap();
+    assert!(
+        c.claim_check("library/alpine:latest", window).await.unwrap(),
+        "a released (failed) check is claimed again at once"
+    );
+    assert!(!c.claim_check("library/alpine:latest", window).await.unwrap());
+    tokio::time::sleep(window + Duration::from_millis(200)).await;
+    assert!(
+        c.claim_check("library/alpine:latest", window).await.unwrap(),
+        "the next window is checked again"
+    );
 }
 
 async fn a_second_lead_of_a_task_is_refused_while_the_first_is_held(c: Arc<dyn Coordinator>) {

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -15,11 +16,16 @@ use crate::oci::Digest;
 /// Notices a slow subscriber may fall behind by before it is told it lagged.
 const NOTICE_BACKLOG: usize = 1024;
 
+/// Check claims kept before the expired ones are swept (one per proxied tag in use).
+const CHECKS_SWEPT_PAST: usize = 10_000;
+
 /// Coordination inside one process.
 pub struct Local {
     fills: Arc<Mutex<HashMap<Digest, (u64, LocalFill)>>>,
     generations: AtomicU64,
     leaders: Arc<Mutex<HashSet<Task>>>,
+    /// Claimed checks and when their window ends.
+    checks: Mutex<HashMap<String, Instant>>,
     notices: broadcast::Sender<Notice>,
 }
 
@@ -29,6 +35,7 @@ impl Default for Local {
             fills: Arc::default(),
             generations: AtomicU64::new(0),
             leaders: Arc::default(),
+            checks: Mutex::default(),
             notices: broadcast::channel(NOTICE_BACKLOG).0,
         }
     }
@@ -98,6 +105,24 @@ impl Coordinator for Local {
             task: task.clone(),
         };
         Ok(Some(LeaderGuard::new(task.clone(), release)))
+    }
+
+    async fn claim_check(&self, key: &str, window: Duration) -> Result<bool> {
+        let now = Instant::now();
+        let mut checks = self.checks.lock();
+        if checks.get(key).is_some_and(|until| *until > now) {
+            return Ok(false);
+        }
+        if checks.len() >= CHECKS_SWEPT_PAST {
+            checks.retain(|_, until| *until > now);
+        }
+        checks.insert(key.to_owned(), now + window);
+        Ok(true)
+    }
+
+    async fn release_check(&self, key: &str) -> Result<()> {
+        self.checks.lock().remove(key);
+        Ok(())
     }
 
     fn publish(&self, notice: Notice) {

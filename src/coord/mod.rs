@@ -170,6 +170,10 @@ pub type Notices = tokio::sync::broadcast::Receiver<Notice>;
 ///   once it expires, so a follower's next claim takes over.
 /// - [`lead`](Coordinator::lead) grants at most one [`LeaderGuard`] per task at a time and
 ///   `None` to the others; dropping the guard lets the next call win. It never waits.
+/// - [`claim_check`](Coordinator::claim_check) grants a key to one caller per `window`: every
+///   other claim of the key inside the window gets `false`, until the window ends or the holder
+///   calls [`release_check`](Coordinator::release_check) (a check that failed), after which the
+///   next claim wins.
 /// - [`publish`](Coordinator::publish) delivers a notice to every receiver from
 ///   [`subscribe`](Coordinator::subscribe) (in this process and, in cluster mode, in the others),
 ///   in order per publisher. It never blocks: a write must not wait on its notice. The publisher
@@ -182,6 +186,16 @@ pub trait Coordinator: Send + Sync {
 
     /// Lead `task`, unless someone else does right now (then `None`).
     async fn lead(&self, task: &Task) -> Result<Option<LeaderGuard>>;
+
+    /// Claim the check of `key` (a proxied tag's revalidation) for `window`: `true` when the
+    /// caller is the one to check now, `false` when someone checked or is checking within the
+    /// window (the caller then takes what is cached as fresh). So a tag costs one upstream `HEAD`
+    /// per TTL window, however many clients and replicas ask.
+    async fn claim_check(&self, key: &str, window: std::time::Duration) -> Result<bool>;
+
+    /// Give up a claimed check that failed (the upstream did not answer), so the next request
+    /// checks again instead of trusting the cache for a whole window.
+    async fn release_check(&self, key: &str) -> Result<()>;
 
     /// Announce a committed change.
     fn publish(&self, notice: Notice);

@@ -16,7 +16,7 @@ use super::{BlobBody, CacheResult, Core, Error, ManifestHead, Result, Stored};
 use crate::coord::Notice;
 use crate::oci::{Digest, Manifest, Reference, Tag};
 use crate::store::Origin;
-use crate::upstream::{self, RemoteManifest};
+use crate::upstream::{self, RemoteHead, RemoteManifest};
 
 impl Core {
     pub(super) fn tag_is_fresh(&self, p: &Proxied, tag: &Tag) -> bool {
@@ -30,6 +30,36 @@ impl Core {
         self.fresh_tags
             .lock()
             .insert((p.local.clone(), tag.clone()), Instant::now());
+    }
+
+    /// Whether this request is the one to revalidate `tag` with the upstream now. The
+    /// coordinator grants one check per tag and `tag_ttl` window across every request and
+    /// replica; the others take what is cached as fresh for the window (and remember so, to
+    /// ask again only when it ends). Coordination down: check, as a single node would.
+    async fn claim_tag_check(&self, p: &Proxied, tag: &Tag) -> bool {
+        match self
+            .coord
+            .claim_check(&check_key(p, tag), p.upstream.settings().tag_ttl)
+            .await
+        {
+            Ok(true) => true,
+            Ok(false) => {
+                self.mark_fresh(p, tag);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(repo = %p.local, %tag, error = %e, "tag check claim failed; checking anyway");
+                true
+            }
+        }
+    }
+
+    /// A check that did not confirm the tag: the next request checks again.
+    pub(super) async fn release_tag_check(&self, p: &Proxied, tag: &Tag) {
+        self.fresh_tags.lock().remove(&(p.local.clone(), tag.clone()));
+        if let Err(e) = self.coord.release_check(&check_key(p, tag)).await {
+            tracing::warn!(repo = %p.local, %tag, error = %e, "could not release a tag check; it expires with its window");
+        }
     }
 
     /// A proxied manifest's head, plus its bytes when they were just fetched.
@@ -57,10 +87,27 @@ impl Core {
             }
             Reference::Tag(t) => t,
         };
-        if cached.is_some() && self.tag_is_fresh(p, tag) {
+        if cached.is_some() && (self.tag_is_fresh(p, tag) || !self.claim_tag_check(p, tag).await) {
             return Ok((with_cache(cached, CacheResult::Hit), None));
         }
         let checked = p.upstream.head_manifest(&p.remote, tag.as_str(), accept).await;
+        let answer = self.revalidated(p, reference, tag, accept, checked, cached).await;
+        if !matches!(&answer, Ok((head, _)) if head.cache != Some(CacheResult::Stale)) {
+            self.release_tag_check(p, tag).await;
+        }
+        answer
+    }
+
+    /// The answer to a tag request after the upstream's `HEAD` (`checked`).
+    async fn revalidated(
+        &self,
+        p: &Proxied,
+        reference: &Reference,
+        tag: &Tag,
+        accept: &[String],
+        checked: upstream::Result<RemoteHead>,
+        cached: Option<ManifestHead>,
+    ) -> Result<(ManifestHead, Option<Bytes>)> {
         match (checked, cached) {
             (Ok(head), Some(cached)) if head.digest.as_ref() == Some(&cached.digest) => {
                 self.mark_fresh(p, tag);
@@ -159,6 +206,12 @@ impl Core {
                 });
                 if let Some(tag) = tag {
                     self.mark_fresh(p, tag);
+                    // Just fetched: the other replicas need not check it again in this window
+                    // (already claimed when this request was the one checking).
+                    let _ = self
+                        .coord
+                        .claim_check(&check_key(p, tag), p.upstream.settings().tag_ttl)
+                        .await;
                 }
                 let media_type = Some(manifest.media_type.as_str());
                 super::notify_fill(&self.notifier, &p.local, &digest, media_type, bytes.len() as u64);
@@ -307,6 +360,11 @@ impl Core {
         tags.sort();
         Some(tags)
     }
+}
+
+/// The coordinator's key for revalidating `tag` of a proxied repository.
+fn check_key(p: &Proxied, tag: &Tag) -> String {
+    format!("tag/{}:{tag}", p.local)
 }
 
 fn with_cache(head: Option<ManifestHead>, cache: CacheResult) -> ManifestHead {

@@ -38,6 +38,16 @@ pub fn open(root: &Path) -> Result<Store> {
     Ok(Store::new(Arc::new(blobs), uploads, meta))
 }
 
+/// Blob and upload files under `root` with metadata elsewhere (PostgreSQL): one replica's own
+/// disk. Nothing here is shared with another replica, so it suits a single replica on a shared
+/// database, not several (those use an object store).
+pub fn open_with_meta(root: &Path, meta: Arc<dyn Meta>) -> Result<Store> {
+    std::fs::create_dir_all(root)?;
+    let blobs = Blobs::open(root)?;
+    let uploads = Arc::new(Uploads::open(root, blobs.clone(), meta.clone())?);
+    Ok(Store::new(Arc::new(blobs), uploads, meta))
+}
+
 fn millis(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -49,8 +49,8 @@ type Client = Option<Extension<ClientAddr>>;
 pub struct Ui {
     services: Services,
     auth: Arc<Auth>,
-    /// Signs the delete forms' CSRF tokens; new each start, so a restart expires open forms
-    /// (process-local: cluster mode derives it from `auth.token_key` instead).
+    /// Signs the delete forms' CSRF tokens: [`Auth::csrf_key`], random each start unless
+    /// `auth.token_key` is set (always set in cluster mode, so any replica takes a form).
     csrf_key: ProcessLocalKey,
     /// Whether berth terminates TLS itself (the session cookie is then `Secure`).
     tls: bool,
@@ -60,8 +60,8 @@ impl Ui {
     pub fn new(services: Services, auth: Arc<Auth>, tls: bool) -> Ui {
         Ui {
             services,
+            csrf_key: auth.csrf_key().clone(),
             auth,
-            csrf_key: ProcessLocalKey::random(),
             tls,
         }
     }

@@ -296,6 +296,35 @@ async fn tag_ttl_revalidates_with_one_head_and_serves_stale_on_outage() {
 }
 
 #[tokio::test]
+async fn twenty_clients_after_the_tag_ttl_cause_one_upstream_head() {
+    let hub = Hub::start();
+    hub.seed(0);
+    let b = mirror_of(&hub.url, "2s", "");
+    let tag_url = b.at("/v2/library/alpine/manifests/latest");
+    let first = client().get(&tag_url).send().await.unwrap();
+    let digest = header(&first, "docker-content-digest");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    hub.reset_stats().await;
+    let pulls = (0..20).map(|_| {
+        let url = tag_url.clone();
+        tokio::spawn(async move { client().get(&url).send().await.unwrap() })
+    });
+    for pull in pulls {
+        let r = pull.await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(header(&r, "docker-content-digest"), digest);
+    }
+    let stats = hub.stats().await;
+    assert_eq!(
+        count(&stats, "requests", "HEAD manifest"),
+        1,
+        "20 pulls at once after the TTL revalidate once: {stats}"
+    );
+    assert_eq!(count(&stats, "requests", "GET manifest"), 0, "{stats}");
+    assert_no_internal_errors(&b);
+}
+
+#[tokio::test]
 async fn upstream_auth_uses_cdn_redirects_configured_credentials_and_cached_tokens() {
     let hub = Hub::start();
     hub.seed(0);

@@ -116,5 +116,9 @@ async fn sweep(shared: &Shared) -> Result<()> {
         )
         .await
         .map_err(db_err)?;
+    client
+        .execute("DELETE FROM checks WHERE until < now()", &[])
+        .await
+        .map_err(db_err)?;
     Ok(())
 }

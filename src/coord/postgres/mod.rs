@@ -12,6 +12,7 @@
 //! - Change notices travel over LISTEN/NOTIFY (`notices`); membership is heartbeat rows
 //!   (`members`).
 
+mod checks;
 mod leases;
 mod members;
 mod notices;
@@ -300,6 +301,14 @@ impl Coordinator for PgCoordinator {
                 other.map(|_| None)
             }
         }
+    }
+
+    async fn claim_check(&self, key: &str, window: Duration) -> Result<bool> {
+        checks::claim(&self.shared.pool, key, window).await
+    }
+
+    async fn release_check(&self, key: &str) -> Result<()> {
+        checks::release(&self.shared.pool, key).await
     }
 
     fn publish(&self, notice: Notice) {

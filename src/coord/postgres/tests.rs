@@ -47,7 +47,7 @@ async fn pg_coordinator_passes_the_coordinator_conformance_suite() {
     // One database per check, as the suite asks for a fresh coordinator each time; made up
     // front because the suite's constructor is synchronous.
     let mut urls = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..7 {
         urls.push(database(&pg).await);
     }
     let mut coordinators = Vec::new();

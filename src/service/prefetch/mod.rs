@@ -214,7 +214,7 @@ impl Prefetch {
             unreachable!("checked by the caller");
         };
         if let Reference::Tag(tag) = reference {
-            self.core.fresh_tags.lock().remove(&(p.local.clone(), tag.clone()));
+            self.core.release_tag_check(p, tag).await;
         }
         let accept: Vec<String> = ACCEPT.iter().map(|s| s.to_string()).collect();
         let body = match self.manifests.get(route, reference, &accept).await {

@@ -12,6 +12,7 @@ use crate::store::Result;
 pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/0001_metadata.sql")),
     (2, include_str!("migrations/0002_cluster.sql")),
+    (3, include_str!("migrations/0003_checks.sql")),
 ];
 
 /// The advisory lock key migrations run under (any constant; "berth" in ASCII).

@@ -40,7 +40,7 @@ impl App {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = state(&config, addr);
+        let state = state(&config, addr).await;
         let service = berth::app(state).into_make_service_with_connect_info::<SocketAddr>();
         let server = tokio::spawn(async move {
             axum::serve(listener, service).await.expect("serve");
@@ -56,9 +56,10 @@ impl App {
 }
 
 /// The application state `berth serve` builds from `config`, through the same wiring.
-fn state(config: &Config, addr: SocketAddr) -> AppState {
-    let store = berth::store::fs::open(&config.storage.root).expect("open the store");
-    let services = berth::wiring::services(config, store, format!("berth-test:{}", addr.port())).expect("the services");
+async fn state(config: &Config, addr: SocketAddr) -> AppState {
+    let backends = berth::wiring::open(config).await.expect("open the backends");
+    let services =
+        berth::wiring::services(config, &backends, format!("berth-test:{}", addr.port())).expect("the services");
     berth::wiring::app_state(config, services, false).expect("the app state")
 }
 

@@ -13,11 +13,13 @@ use toml::{Table, Value};
 
 mod notifications;
 mod prefetch;
+mod storage;
 mod upstream;
 pub mod value;
 
 pub use notifications::{NotificationEndpoint, NotificationSettings};
 pub use prefetch::{PrefetchEntry, PrefetchSettings, parse_image};
+pub use storage::{S3Config, StorageBackend};
 pub use upstream::{UpstreamConfig, UpstreamSettings};
 pub use value::MinFree;
 
@@ -380,6 +382,11 @@ pub struct Storage {
     /// Maintenance mode: pushes and deletes are refused with 405 UNSUPPORTED while pulls (and
     /// cache fills) go on (registry:2's `storage.maintenance.readonly.enabled`). Default `false`.
     pub read_only: bool,
+    // --- cluster mode (issue 14): the object store backend, see config/storage.rs ---
+    /// `"fs"` (files under `root`) or `"s3"` (`[storage.s3]`). Default `"fs"`.
+    pub backend: StorageBackend,
+    /// `[storage.s3]`, used when `backend = "s3"`.
+    pub s3: S3Config,
 }
 
 impl Default for Storage {
@@ -389,6 +396,8 @@ impl Default for Storage {
             min_free: MinFree::Bytes(1 << 30),
             delete: true,
             read_only: false,
+            backend: StorageBackend::Fs,
+            s3: S3Config::default(),
         }
     }
 }

@@ -18,6 +18,9 @@ const FLOORS: &[(&str, &[&str], &[&str])] = &[
     // `install_crypto_provider`), the listener, the batched log writer, and the wiring `berth
     // serve` and the in-process test app share. Only these name concrete backends.
     ("root", &[], &["main", "cli", "lib", "server", "batched_log", "wiring"]),
+    // Test infrastructure (`berth::testing`, only with `cfg(test)` or the `testing` feature):
+    // launchers of real engines. A floor of its own that nothing in the product imports.
+    ("testing", &[], &["testing"]),
     // The HTTP edges: the registry API and the web UI.
     ("edge", &[], &["api", "ui"]),
     // Who may do what. Both edges ask it; it asks nothing above the leaves (its clock is

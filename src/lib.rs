@@ -36,6 +36,8 @@ pub mod sendfile;
 pub mod server;
 pub mod service;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod ui;
 pub mod upstream;
 pub mod wiring;

@@ -38,6 +38,7 @@ pub(crate) mod meta_conformance;
 mod redb_handle;
 mod redb_meta;
 mod redb_registry;
+pub mod s3;
 mod spool;
 mod upload_store;
 mod uploads;

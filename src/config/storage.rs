@@ -67,3 +67,49 @@ impl Default for S3Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_default_is_the_filesystem_and_s3_settings_parse_typed() {
+        let c = Config::from_toml(crate::config::DEFAULT_TOML, std::iter::empty()).unwrap();
+        assert_eq!(
+            c.storage.backend,
+            StorageBackend::Fs,
+            "serve needs no object store by default"
+        );
+        assert_eq!(c.storage.s3.cache_max_size, 10 << 30);
+        let text = r#"
+[storage]
+backend = "s3"
+[storage.s3]
+endpoint = "http://127.0.0.1:3900"
+region = "garage"
+cache_max_size = "2GiB"
+redirect = true
+redirect_expiry = "90s"
+"#;
+        let c = Config::from_toml(
+            text,
+            std::iter::once(("BERTH_STORAGE_S3_BUCKET".to_owned(), "layers".to_owned())),
+        )
+        .unwrap();
+        let s3 = &c.storage.s3;
+        assert_eq!(c.storage.backend, StorageBackend::S3);
+        assert_eq!(
+            (s3.endpoint.as_str(), s3.region.as_str()),
+            ("http://127.0.0.1:3900", "garage")
+        );
+        assert_eq!(s3.bucket, "layers", "an environment override reaches [storage.s3]");
+        assert_eq!(s3.cache_max_size, 2 << 30);
+        assert!(s3.redirect && s3.path_style);
+        assert_eq!(s3.redirect_expiry, Duration::from_secs(90));
+        let bad = Config::from_toml("[storage.s3]\ncache_max_size = \"lots\"\n", std::iter::empty()).unwrap_err();
+        assert!(bad.to_string().contains("cache_max_size"), "{bad}");
+        let unknown = Config::from_toml("[storage]\nbackend = \"ftp\"\n", std::iter::empty()).unwrap_err();
+        assert!(unknown.to_string().contains("backend"), "{unknown}");
+    }
+}

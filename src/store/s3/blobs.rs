@@ -80,7 +80,13 @@ impl S3Blobs {
         let (temp, file) = unblock(move || cache.temp_file()).await?;
         let result = async {
             let mut spool = Spool::for_fill(file, Hasher::new(digest.algorithm()), |_| {});
-            let mut body = self.bucket.s3.get(&blob_key(digest)).await.map_err(s3_error)?.into_stream();
+            let mut body = self
+                .bucket
+                .s3
+                .get(&blob_key(digest))
+                .await
+                .map_err(s3_error)?
+                .into_stream();
             while let Some(chunk) = body.next().await {
                 spool.push(chunk.map_err(s3_error)?).await?;
             }
@@ -246,7 +252,12 @@ impl RangeRead for Ranged {
                 range: Some(GetRange::Bounded(start..start + len)),
                 ..Default::default()
             };
-            let got = self.bucket.s3.get_opts(&self.key, options).await.map_err(io::Error::other)?;
+            let got = self
+                .bucket
+                .s3
+                .get_opts(&self.key, options)
+                .await
+                .map_err(io::Error::other)?;
             Ok::<_, io::Error>(got.into_stream().map_err(io::Error::other))
         };
         Box::pin(futures_util::stream::once(opened).try_flatten())

@@ -82,7 +82,10 @@ impl DiskCache {
         for entry in std::fs::read_dir(&blobs)? {
             let entry = entry?;
             let name = entry.file_name();
-            let Some(digest) = name.to_str().and_then(|n| n.replacen('-', ":", 1).parse::<Digest>().ok()) else {
+            let Some(digest) = name
+                .to_str()
+                .and_then(|n| n.replacen('-', ":", 1).parse::<Digest>().ok())
+            else {
                 continue;
             };
             let meta = entry.metadata()?;
@@ -107,7 +110,8 @@ impl DiskCache {
 
     /// `blobs/<alg>-<hex>`.
     fn path(&self, digest: &Digest) -> PathBuf {
-        self.blobs.join(format!("{}-{}", digest.algorithm().as_str(), digest.hex()))
+        self.blobs
+            .join(format!("{}-{}", digest.algorithm().as_str(), digest.hex()))
     }
 
     /// A new file in the temporary area, open for reading and writing, and its path. Blocking.

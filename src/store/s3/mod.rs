@@ -24,7 +24,6 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-
 use std::io;
 use std::path::Path;
 use std::sync::Arc;

@@ -121,7 +121,10 @@ async fn an_object_is_invisible_until_commit_and_never_after_a_failed_verificati
     let mut writer = blobs.writer(&digest, Box::new(|_| {})).await.unwrap();
     writer.append(vec![bytes.clone()]).await.unwrap();
     writer.close().await.unwrap();
-    assert!(!in_bucket(bucket, &digest).await, "a written, uncommitted blob is invisible");
+    assert!(
+        !in_bucket(bucket, &digest).await,
+        "a written, uncommitted blob is invisible"
+    );
     assert_eq!(blobs.stat(&digest).await.unwrap(), None);
     writer.commit(&digest).await.unwrap();
     assert!(in_bucket(bucket, &digest).await, "published at commit");
@@ -133,7 +136,10 @@ async fn an_object_is_invisible_until_commit_and_never_after_a_failed_verificati
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
     // The abort runs in the background; the key must never appear, before or after it.
     for _ in 0..10 {
-        assert!(!in_bucket(bucket, &claimed).await, "a failed verification publishes nothing");
+        assert!(
+            !in_bucket(bucket, &claimed).await,
+            "a failed verification publishes nothing"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -164,13 +170,19 @@ async fn small_chunks_fold_into_parts_across_the_5_mib_boundary(bucket: &Bucket,
     let digest = Digest::sha256_of(&bytes);
     assert_eq!(open(99).finish(&id, &digest).await.unwrap(), bytes.len() as u64);
     let blobs = replica(bucket, &caches.join("chunks-read"), 1 << 30, false);
-    assert!(blobs.read(&digest).await.unwrap().unwrap() == bytes, "the parts and the tail, in order");
+    assert!(
+        blobs.read(&digest).await.unwrap().unwrap() == bytes,
+        "the parts and the tail, in order"
+    );
     let left: Vec<_> = bucket
         .s3
         .list(Some(&Key::from(format!("uploads/{id}"))))
         .collect()
         .await;
-    assert!(left.is_empty(), "a finished session leaves nothing in the bucket: {left:?}");
+    assert!(
+        left.is_empty(),
+        "a finished session leaves nothing in the bucket: {left:?}"
+    );
 }
 
 async fn the_disk_cache_serves_warm_reads_locally_and_evicts_past_its_cap(bucket: &Bucket, caches: &Path) {
@@ -185,7 +197,10 @@ async fn the_disk_cache_serves_warm_reads_locally_and_evicts_past_its_cap(bucket
     // Another replica, cold: its cache holds at most two of these blobs.
     let reader = replica(bucket, &caches.join("cache-reader"), 2 * size as u64 + 10, false);
     let cold = reader.open(&a).await.unwrap().unwrap();
-    assert!(matches!(cold, Stored::Stream(_)), "a cold large blob streams from the bucket");
+    assert!(
+        matches!(cold, Stored::Stream(_)),
+        "a cold large blob streams from the bucket"
+    );
     assert!(collect(cold).await == pattern(size, 4));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !matches!(reader.open(&a).await.unwrap(), Some(Stored::Local(_))) {
@@ -196,7 +211,10 @@ async fn the_disk_cache_serves_warm_reads_locally_and_evicts_past_its_cap(bucket
 
     let b = write(&reader, &pattern(size, 5)).await;
     let c = write(&reader, &pattern(size, 6)).await;
-    assert!(reader.cache.total() <= 2 * size as u64 + 10, "the cache stays under its cap");
+    assert!(
+        reader.cache.total() <= 2 * size as u64 + 10,
+        "the cache stays under its cap"
+    );
     assert!(
         matches!(reader.open(&a).await.unwrap(), Some(Stored::Stream(_))),
         "the least recently used blob was evicted"
@@ -205,7 +223,10 @@ async fn the_disk_cache_serves_warm_reads_locally_and_evicts_past_its_cap(bucket
         assert!(matches!(reader.open(d).await.unwrap(), Some(Stored::Local(_))));
     }
     assert!(reader.delete(&c).await.unwrap());
-    assert!(reader.open(&c).await.unwrap().is_none(), "a delete drops the cache entry too");
+    assert!(
+        reader.open(&c).await.unwrap().is_none(),
+        "a delete drops the cache entry too"
+    );
 }
 
 async fn a_redirect_is_a_presigned_url_that_serves_the_blob(bucket: &Bucket, caches: &Path) {
@@ -217,7 +238,10 @@ async fn a_redirect_is_a_presigned_url_that_serves_the_blob(bucket: &Bucket, cac
     let url = blobs.presign(&digest).await.unwrap().expect("a presigned URL");
     let got = reqwest::get(&url).await.unwrap();
     assert!(got.status().is_success(), "{}", got.status());
-    assert!(got.bytes().await.unwrap() == bytes, "the URL serves the blob without credentials");
+    assert!(
+        got.bytes().await.unwrap() == bytes,
+        "the URL serves the blob without credentials"
+    );
 }
 
 async fn a_killed_node_fails_no_read_or_write(garage: &mut Garage, bucket: &Bucket, caches: &Path) {
@@ -228,11 +252,17 @@ async fn a_killed_node_fails_no_read_or_write(garage: &mut Garage, bucket: &Buck
     assert!(garage.pid(2).is_none(), "node {pid} is gone");
     // Fresh replicas, so every read goes to the cluster, not to a disk cache.
     let blobs = replica(bucket, &caches.join("kill-1"), 1 << 30, false);
-    assert!(blobs.read(&old).await.unwrap().unwrap() == before, "a blob written before the failure");
+    assert!(
+        blobs.read(&old).await.unwrap().unwrap() == before,
+        "a blob written before the failure"
+    );
     let after = pattern(PART + (2 << 20), 9);
     let new = write(&blobs, &after).await;
     let reader = replica(bucket, &caches.join("kill-2"), 1 << 30, false);
-    assert!(reader.read(&new).await.unwrap().unwrap() == after, "a blob written after it");
+    assert!(
+        reader.read(&new).await.unwrap().unwrap() == after,
+        "a blob written after it"
+    );
     let meta: Arc<dyn Meta> = Arc::new(MemoryMeta::new());
     let uploads = S3Uploads::new(bucket.clone(), reader, meta);
     let repo: crate::oci::RepoName = "team/app".parse().unwrap();

@@ -97,15 +97,13 @@ impl S3Uploads {
 
     async fn session(&self, id: &str) -> Result<Session> {
         let record = self.meta.upload(id).await?.ok_or(Error::UploadUnknown)?;
-        let Some(UploadHandle::Multipart {
-            upload_id,
-            parts,
-            tail,
-        }) = record.handle.clone()
-        else {
+        let Some(UploadHandle::Multipart { upload_id, parts, tail }) = record.handle.clone() else {
             return Err(broken(id, "it is not an S3 multipart upload"));
         };
-        let state = record.state.as_ref().ok_or_else(|| broken(id, "it has no hash state"))?;
+        let state = record
+            .state
+            .as_ref()
+            .ok_or_else(|| broken(id, "it has no hash state"))?;
         let hasher = state
             .hasher()
             .ok_or_else(|| broken(id, "its recorded hash state is not one"))?;
@@ -124,12 +122,7 @@ impl S3Uploads {
         if session.tail == 0 {
             return Ok(Bytes::new());
         }
-        let got = self
-            .bucket
-            .s3
-            .get(&tail_key(id, session.len))
-            .await
-            .map_err(s3_error)?;
+        let got = self.bucket.s3.get(&tail_key(id, session.len)).await.map_err(s3_error)?;
         let bytes = got.bytes().await.map_err(s3_error)?;
         if bytes.len() as u64 != session.tail {
             return Err(broken(id, "its tail object is not as long as recorded"));
@@ -174,11 +167,7 @@ impl S3Uploads {
         if session.parts.is_empty() {
             return Ok(Assembled::Bytes(tail));
         }
-        let mut parts: Vec<PartId> = session
-            .parts
-            .iter()
-            .map(|p| PartId { content_id: p.clone() })
-            .collect();
+        let mut parts: Vec<PartId> = session.parts.iter().map(|p| PartId { content_id: p.clone() }).collect();
         if !tail.is_empty() {
             let last = self.put_part(id, &session.upload_id, parts.len(), tail.into()).await?;
             parts.push(PartId { content_id: last });
@@ -222,7 +211,12 @@ impl UploadStore for S3Uploads {
             return Err(Error::SessionLimit { limit });
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let upload_id = self.bucket.s3.create_multipart(&data_key(&id)).await.map_err(s3_error)?;
+        let upload_id = self
+            .bucket
+            .s3
+            .create_multipart(&data_key(&id))
+            .await
+            .map_err(s3_error)?;
         let record = UploadRecord {
             repo: repo.clone(),
             started: unix_now(),

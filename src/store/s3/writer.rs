@@ -119,9 +119,9 @@ impl S3Writer {
         let upload = self.upload.as_mut().expect("started above");
         let (s3, key, id) = (self.bucket.s3.clone(), self.key.clone(), upload.id.clone());
         let index = upload.done.len() + upload.in_flight.len();
-        upload
-            .in_flight
-            .push_back(tokio::spawn(async move { s3.put_part(&key, &id, index, payload).await }));
+        upload.in_flight.push_back(tokio::spawn(
+            async move { s3.put_part(&key, &id, index, payload).await },
+        ));
         while upload.in_flight.len() > PARTS_IN_FLIGHT {
             let part = next_part(&mut upload.in_flight).await?;
             upload.done.push(part);

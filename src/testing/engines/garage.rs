@@ -37,7 +37,10 @@ impl Garage {
     pub fn start() -> Garage {
         let bin = binary(
             "BERTH_GARAGE_BIN",
-            &format!("{}/.cache/berth/garage/root/bin/garage", std::env::var("HOME").unwrap_or_default()),
+            &format!(
+                "{}/.cache/berth/garage/root/bin/garage",
+                std::env::var("HOME").unwrap_or_default()
+            ),
             INSTALL,
         );
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -60,7 +63,9 @@ impl Garage {
         garage.retry(&["layout", "apply", "--version", "1"]);
         garage.retry(&["bucket", "create", BUCKET]);
         garage.retry(&["key", "import", "--yes", KEY_ID, SECRET_KEY]);
-        garage.retry(&["bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", KEY_ID]);
+        garage.retry(&[
+            "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", KEY_ID,
+        ]);
         for node in &mut garage.nodes {
             wait_for_port(node.s3_port, &mut node.process, Duration::from_secs(30));
         }

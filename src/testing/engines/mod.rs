@@ -93,6 +93,9 @@ pub fn binary(var: &str, default: &str, install: &str) -> PathBuf {
             .find(|p| p.is_file())
     };
     found.unwrap_or_else(|| {
-        panic!("{} is missing (set {var} to it): tests/run installs it with `{install}`", path.display())
+        panic!(
+            "{} is missing (set {var} to it): tests/run installs it with `{install}`",
+            path.display()
+        )
     })
 }

@@ -41,7 +41,12 @@ impl Seaweed {
             .arg(format!("-dir={}", data.display()))
             .arg(format!("-s3.config={}", s3_json.display()))
             .arg(format!("-bucket={BUCKET}"))
-            .args(["-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]);
+            .args([
+                "-admin.ui=false",
+                "-webdav=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ]);
         for flag in [
             "master.port",
             "master.port.grpc",

@@ -28,6 +28,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use object_store::ClientOptions;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 
@@ -49,6 +50,9 @@ const PART: usize = 8 << 20;
 
 /// Parts a blob writer uploads at once.
 const PARTS_IN_FLIGHT: usize = 2;
+
+/// How long a request may wait for the store's next bytes.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The bucket, shared by the blob and upload stores.
 #[derive(Clone, Debug)]
@@ -79,7 +83,15 @@ impl Bucket {
             .with_access_key_id(key_id)
             .with_secret_access_key(secret)
             .with_virtual_hosted_style_request(!cfg.path_style)
-            .with_allow_http(true);
+            // No cap on a whole request (object_store's default is 30 s, response body included):
+            // a blob streamed to a slow client takes as long as it takes. A store that stops
+            // sending is caught by the read timeout instead.
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(true)
+                    .with_timeout_disabled()
+                    .with_read_timeout(READ_TIMEOUT),
+            );
         if !cfg.endpoint.is_empty() {
             builder = builder.with_endpoint(&cfg.endpoint);
         }

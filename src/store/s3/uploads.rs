@@ -39,7 +39,7 @@ use parking_lot::Mutex;
 use super::super::meta::unix_now;
 use super::super::upload_store::{ChunkRange, UploadStore};
 use super::super::{BlobStore, ByteStream, Error, Meta, Result, UploadHandle, UploadRecord, UploadState};
-use super::writer::PartBuffer;
+use super::writer::{PartBuffer, PartQueue};
 use super::{Bucket, PART, S3Blobs, blob_key, s3_error};
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
 
@@ -255,7 +255,7 @@ impl UploadStore for S3Uploads {
         let (start, old_tail) = (session.len, session.tail);
         let mut buffer = PartBuffer::default();
         buffer.push(self.tail(id, &session).await?);
-        let mut new_parts = Vec::new();
+        let mut new_parts = PartQueue::default();
         let declared = range.map(|r| r.byte_count());
         let mut body = body;
         while let Some(chunk) = body.next().await {
@@ -275,8 +275,11 @@ impl UploadStore for S3Uploads {
             buffer.push(chunk);
             while buffer.len() >= PART {
                 let index = session.parts.len() + new_parts.len();
+                let (s3, key, upload_id) = (self.bucket.s3.clone(), data_key(id), session.upload_id.clone());
                 let part = buffer.take(PART);
-                new_parts.push(self.put_part(id, &session.upload_id, index, part).await?);
+                new_parts
+                    .push(async move { s3.put_part(&key, &upload_id, index, part).await })
+                    .await?;
             }
         }
         if let Some(d) = declared.filter(|&d| d != session.len - start) {
@@ -288,6 +291,7 @@ impl UploadStore for S3Uploads {
         if session.len == start {
             return Ok(start);
         }
+        let new_parts = new_parts.finish().await?;
         let tail = buffer.len() as u64;
         if tail > 0 {
             let rest = buffer.take(usize::MAX);
@@ -297,7 +301,7 @@ impl UploadStore for S3Uploads {
                 .await
                 .map_err(s3_error)?;
         }
-        session.parts.extend(new_parts);
+        session.parts.extend(new_parts.into_iter().map(|p| p.content_id));
         let record = UploadRecord {
             state: Some(UploadState::new(session.len, &session.hasher)),
             handle: Some(UploadHandle::Multipart {

@@ -9,6 +9,7 @@
 //! after it verified (one request instead of three, for manifests and configs).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,11 +62,58 @@ impl PartBuffer {
     }
 }
 
-/// A multipart upload in progress: parts done, in order, and parts still uploading.
+/// Part uploads in order: at most [`PARTS_IN_FLIGHT`] run at once, and those still running
+/// when the queue is dropped (a failed or cut-off write) are aborted.
+#[derive(Default)]
+pub(super) struct PartQueue {
+    running: VecDeque<JoinHandle<object_store::Result<PartId>>>,
+    done: Vec<PartId>,
+}
+
+impl PartQueue {
+    /// Parts queued so far: the index of the next one.
+    pub(super) fn len(&self) -> usize {
+        self.done.len() + self.running.len()
+    }
+
+    /// Start uploading a part, then wait while too many are running.
+    pub(super) async fn push(
+        &mut self,
+        upload: impl Future<Output = object_store::Result<PartId>> + Send + 'static,
+    ) -> Result<()> {
+        self.running.push_back(tokio::spawn(upload));
+        while self.running.len() > PARTS_IN_FLIGHT {
+            self.next().await?;
+        }
+        Ok(())
+    }
+
+    async fn next(&mut self) -> Result<()> {
+        let task = self.running.pop_front().expect("a part is uploading");
+        let part = task.await.map_err(io::Error::other)?.map_err(s3_error)?;
+        self.done.push(part);
+        Ok(())
+    }
+
+    /// Every part, once all are uploaded.
+    pub(super) async fn finish(&mut self) -> Result<Vec<PartId>> {
+        while !self.running.is_empty() {
+            self.next().await?;
+        }
+        Ok(std::mem::take(&mut self.done))
+    }
+}
+
+impl Drop for PartQueue {
+    fn drop(&mut self) {
+        self.running.iter().for_each(JoinHandle::abort);
+    }
+}
+
+/// A multipart upload in progress.
 struct Multipart {
     id: String,
-    done: Vec<PartId>,
-    in_flight: VecDeque<JoinHandle<object_store::Result<PartId>>>,
+    parts: PartQueue,
 }
 
 pub(super) struct S3Writer {
@@ -112,21 +160,16 @@ impl S3Writer {
             let id = self.bucket.s3.create_multipart(&self.key).await.map_err(s3_error)?;
             self.upload = Some(Multipart {
                 id,
-                done: Vec::new(),
-                in_flight: VecDeque::new(),
+                parts: PartQueue::default(),
             });
         }
         let upload = self.upload.as_mut().expect("started above");
         let (s3, key, id) = (self.bucket.s3.clone(), self.key.clone(), upload.id.clone());
-        let index = upload.done.len() + upload.in_flight.len();
-        upload.in_flight.push_back(tokio::spawn(
-            async move { s3.put_part(&key, &id, index, payload).await },
-        ));
-        while upload.in_flight.len() > PARTS_IN_FLIGHT {
-            let part = next_part(&mut upload.in_flight).await?;
-            upload.done.push(part);
-        }
-        Ok(())
+        let index = upload.parts.len();
+        upload
+            .parts
+            .push(async move { s3.put_part(&key, &id, index, payload).await })
+            .await
     }
 
     /// Upload what is buffered as the last part, wait for every part, and complete the upload.
@@ -137,15 +180,11 @@ impl S3Writer {
             self.bucket.s3.put(&self.key, rest).await.map_err(s3_error)?;
             return Ok(());
         };
-        if rest.content_length() > 0 || upload.done.is_empty() && upload.in_flight.is_empty() {
+        if rest.content_length() > 0 || upload.parts.len() == 0 {
             self.send_part(rest).await?;
         }
         let upload = self.upload.as_mut().expect("started");
-        while !upload.in_flight.is_empty() {
-            let part = next_part(&mut upload.in_flight).await?;
-            upload.done.push(part);
-        }
-        let parts = std::mem::take(&mut upload.done);
+        let parts = upload.parts.finish().await?;
         self.bucket
             .s3
             .complete_multipart(&self.key, &upload.id, parts)
@@ -154,12 +193,6 @@ impl S3Writer {
         self.upload = None;
         Ok(())
     }
-}
-
-/// The oldest part still uploading, once it is done.
-async fn next_part(in_flight: &mut VecDeque<JoinHandle<object_store::Result<PartId>>>) -> Result<PartId> {
-    let task = in_flight.pop_front().expect("a part is uploading");
-    task.await.map_err(io::Error::other)?.map_err(s3_error)
 }
 
 #[async_trait::async_trait]
@@ -220,9 +253,7 @@ impl Drop for S3Writer {
         {
             let (s3, key) = (self.bucket.s3.clone(), self.key.clone());
             runtime.spawn(async move {
-                for part in upload.in_flight {
-                    let _ = part.await;
-                }
+                drop(upload.parts); // aborts the parts still uploading
                 if let Err(e) = s3.abort_multipart(&key, &upload.id).await {
                     tracing::warn!(key = %key, error = %e, "aborting a multipart upload failed");
                 }

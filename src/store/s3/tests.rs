@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use object_store::multipart::MultipartStore;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::*;
@@ -78,6 +79,7 @@ async fn on_a_three_node_garage_cluster() {
 
     an_object_is_invisible_until_commit_and_never_after_a_failed_verification(&bucket, caches.path()).await;
     small_chunks_fold_into_parts_across_the_5_mib_boundary(&bucket, caches.path()).await;
+    a_cancelled_session_aborts_its_multipart_upload_and_orphans_are_removed(&bucket, caches.path()).await;
     the_disk_cache_serves_warm_reads_locally_and_evicts_past_its_cap(&bucket, caches.path()).await;
     a_redirect_is_a_presigned_url_that_serves_the_blob(&bucket, caches.path()).await;
     a_killed_node_fails_no_read_or_write(&mut garage, &bucket, caches.path()).await;
@@ -183,6 +185,62 @@ async fn small_chunks_fold_into_parts_across_the_5_mib_boundary(bucket: &Bucket,
         left.is_empty(),
         "a finished session leaves nothing in the bucket: {left:?}"
     );
+}
+
+/// What garbage collection's purge does to an abandoned session (it cancels it) and to objects a
+/// crash left without a session (orphans).
+async fn a_cancelled_session_aborts_its_multipart_upload_and_orphans_are_removed(bucket: &Bucket, caches: &Path) {
+    let meta: Arc<dyn Meta> = Arc::new(MemoryMeta::new());
+    let blobs = replica(bucket, &caches.join("cancel"), 1 << 30, false);
+    let uploads = S3Uploads::new(bucket.clone(), blobs, meta.clone());
+    let repo: crate::oci::RepoName = "team/app".parse().unwrap();
+    let id = uploads.create(&repo, "alice", true, 10).await.unwrap();
+    let body: ByteStream = Box::pin(futures_util::stream::iter([Ok(pattern(PART + 10, 10))]));
+    uploads.append(&id, None, body, 1 << 30).await.unwrap();
+    let Some(crate::store::UploadHandle::Multipart { upload_id, .. }) = meta.upload(&id).await.unwrap().unwrap().handle
+    else {
+        panic!("a multipart handle");
+    };
+    let data = Key::from(format!("uploads/{id}/data"));
+    uploads.cancel(&id).await.unwrap();
+    let late = bucket
+        .s3
+        .put_part(&data, &upload_id, 1, Bytes::from_static(b"late").into())
+        .await;
+    assert!(
+        late.is_err(),
+        "the multipart upload was aborted, so it takes no more parts"
+    );
+    let left: Vec<_> = bucket
+        .s3
+        .list(Some(&Key::from(format!("uploads/{id}"))))
+        .collect()
+        .await;
+    assert!(left.is_empty(), "its tail went too: {left:?}");
+
+    // A tail a crash left behind: no session owns it.
+    let stray = Key::from("uploads/0123456789abcdef0123456789abcdef/tail.5");
+    bucket
+        .s3
+        .put(&stray, Bytes::from_static(b"stray").into())
+        .await
+        .unwrap();
+    let live = uploads.create(&repo, "alice", true, 10).await.unwrap();
+    let body: ByteStream = Box::pin(futures_util::stream::iter([Ok(Bytes::from_static(b"live"))]));
+    uploads.append(&live, None, body, 1 << 20).await.unwrap();
+    let orphans = uploads.orphans(Duration::ZERO).await.unwrap();
+    assert_eq!(
+        orphans,
+        vec![stray.to_string()],
+        "only the stray object, not the live session's tail"
+    );
+    assert!(
+        uploads.orphans(Duration::from_secs(3600)).await.unwrap().is_empty(),
+        "too young"
+    );
+    uploads.remove_orphan(&orphans[0]).await.unwrap();
+    assert!(found(bucket.s3.head(&stray).await).unwrap().is_none());
+    uploads.cancel(&live).await.unwrap();
 }
 
 async fn the_disk_cache_serves_warm_reads_locally_and_evicts_past_its_cap(bucket: &Bucket, caches: &Path) {

@@ -139,7 +139,9 @@ impl BlobStore for S3Blobs {
         if meta.size <= READ_WHOLE {
             return Ok(self.fetch(digest).await?.map(|b| Stored::Local(LocalBlob::read(b))));
         }
-        self.fill_in_background(digest);
+        if self.cache.fits(meta.size) {
+            self.fill_in_background(digest);
+        }
         Ok(Some(Stored::Stream(RemoteBlob {
             size: meta.size,
             read: Box::new(Ranged {

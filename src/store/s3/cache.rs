@@ -125,6 +125,11 @@ impl DiskCache {
         Ok((path, file))
     }
 
+    /// Whether a blob of `size` bytes may be cached at all (it is not larger than the cache).
+    pub(super) fn fits(&self, size: u64) -> bool {
+        size <= self.max
+    }
+
     /// The cached blob, opened to serve (a small one read whole, as the filesystem backend
     /// does), and marked as just used. Blocking.
     pub(super) fn get(&self, digest: &Digest) -> io::Result<Option<LocalBlob>> {
@@ -161,7 +166,7 @@ impl DiskCache {
     /// Move `temp`, a verified copy of `digest` of `size` bytes, into the cache, then evict past
     /// the cap. A blob larger than the whole cache is not kept. Blocking.
     pub(super) fn insert(&self, temp: &Path, digest: &Digest, size: u64) -> io::Result<()> {
-        if size > self.max {
+        if !self.fits(size) {
             return std::fs::remove_file(temp);
         }
         // Replacing an entry is harmless: a digest names one content.

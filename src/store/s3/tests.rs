@@ -329,3 +329,19 @@ async fn a_killed_node_fails_no_read_or_write(garage: &mut Garage, bucket: &Buck
     uploads.append(&id, None, body, 1 << 20).await.unwrap();
     uploads.finish(&id, &Digest::sha256_of(b"still up")).await.unwrap();
 }
+
+#[test]
+fn missing_credentials_are_refused_with_the_variable_to_set() {
+    let storage = crate::config::Storage {
+        s3: S3Config {
+            endpoint: "http://127.0.0.1:9".into(),
+            access_key_id_env: "BERTH_TEST_S3_KEY_THAT_IS_NEVER_SET".into(),
+            ..S3Config::default()
+        },
+        ..crate::config::Storage::default()
+    };
+    let Err(err) = open(&storage, Arc::new(MemoryMeta::new())) else {
+        panic!("opened without credentials");
+    };
+    assert!(err.to_string().contains("BERTH_TEST_S3_KEY_THAT_IS_NEVER_SET"), "{err}");
+}

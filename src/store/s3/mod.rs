@@ -18,6 +18,7 @@
 
 mod blobs;
 mod cache;
+mod open_uploads;
 mod uploads;
 mod writer;
 
@@ -58,6 +59,8 @@ const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub(crate) struct Bucket {
     pub(crate) s3: Arc<AmazonS3>,
+    /// Lists open multipart uploads, which `s3` cannot.
+    lister: open_uploads::Lister,
 }
 
 impl Bucket {
@@ -96,7 +99,10 @@ impl Bucket {
             builder = builder.with_endpoint(&cfg.endpoint);
         }
         let s3 = builder.build().map_err(s3_error)?;
-        Ok(Bucket { s3: Arc::new(s3) })
+        Ok(Bucket {
+            s3: Arc::new(s3),
+            lister: open_uploads::Lister::new(cfg, key_id, secret)?,
+        })
     }
 }
 

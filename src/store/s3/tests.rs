@@ -218,29 +218,66 @@ async fn a_cancelled_session_aborts_its_multipart_upload_and_orphans_are_removed
         .await;
     assert!(left.is_empty(), "its tail went too: {left:?}");
 
-    // A tail a crash left behind: no session owns it.
+    // What crashes leave: a tail no session owns, a session's multipart upload whose record is
+    // gone, and a blob fill's multipart upload that was never completed nor aborted.
     let stray = Key::from("uploads/0123456789abcdef0123456789abcdef/tail.5");
     bucket
         .s3
         .put(&stray, Bytes::from_static(b"stray").into())
         .await
         .unwrap();
+    let lost = uploads.create(&repo, "alice", true, 10).await.unwrap();
+    let Some(crate::store::UploadHandle::Multipart {
+        upload_id: lost_upload, ..
+    }) = meta.upload(&lost).await.unwrap().unwrap().handle
+    else {
+        panic!("a multipart handle");
+    };
+    meta.delete_upload(&lost).await.unwrap();
+    let fill_key = blob_key(&Digest::sha256_of(b"a fill that crashed"));
+    let fill_upload = bucket.s3.create_multipart(&fill_key).await.unwrap();
     let live = uploads.create(&repo, "alice", true, 10).await.unwrap();
     let body: ByteStream = Box::pin(futures_util::stream::iter([Ok(Bytes::from_static(b"live"))]));
     uploads.append(&live, None, body, 1 << 20).await.unwrap();
+
     let orphans = uploads.orphans(Duration::ZERO).await.unwrap();
-    assert_eq!(
-        orphans,
-        vec![stray.to_string()],
-        "only the stray object, not the live session's tail"
+    // (Sessions the other checks left open in their own metadata are orphans here too.)
+    let lost_name = format!("uploads/{lost}/data?uploadId={lost_upload}");
+    assert!(
+        orphans.contains(&stray.to_string()) && orphans.contains(&lost_name),
+        "{orphans:?}"
     );
+    assert!(
+        !orphans.iter().any(|o| o.contains(&live)),
+        "not the live session's tail or upload"
+    );
+    let fill_name = format!("{fill_key}?uploadId={fill_upload}");
+    assert!(orphans.contains(&fill_name), "the crashed fill's upload: {orphans:?}");
     assert!(
         uploads.orphans(Duration::from_secs(3600)).await.unwrap().is_empty(),
         "too young"
     );
-    uploads.remove_orphan(&orphans[0]).await.unwrap();
+    for orphan in &orphans {
+        uploads.remove_orphan(orphan).await.unwrap();
+    }
     assert!(found(bucket.s3.head(&stray).await).unwrap().is_none());
+    for (key, id) in [(data_key_of(&lost), lost_upload), (fill_key, fill_upload)] {
+        let late = bucket
+            .s3
+            .put_part(&key, &id, 0, Bytes::from_static(b"late").into())
+            .await;
+        assert!(late.is_err(), "{key}: the orphaned upload was aborted");
+    }
+    let still = uploads.orphans(Duration::ZERO).await.unwrap();
+    assert!(
+        !still.iter().any(|o| orphans.contains(o)),
+        "every orphan was removed: {still:?}"
+    );
     uploads.cancel(&live).await.unwrap();
+}
+
+fn data_key_of(id: &str) -> Key {
+    Key::from(format!("uploads/{id}/data"))
 }
 
 async fn the_disk_cache_serves_warm_reads_locally_and_evicts_past_its_cap(bucket: &Bucket, caches: &Path) {

@@ -63,6 +63,9 @@ struct Session {
     tail: u64,
 }
 
+/// Between the key and the upload id in the name of an orphaned multipart upload.
+const UPLOAD_ID: &str = "?uploadId=";
+
 fn data_key(id: &str) -> Key {
     Key::from(format!("uploads/{id}/data"))
 }
@@ -89,6 +92,14 @@ impl S3Uploads {
             locks: Mutex::default(),
             admission: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Whether the session an `uploads/<id>/…` key belongs to has a record.
+    async fn has_session(&self, key: &str) -> Result<bool> {
+        let Some(id) = key.split('/').nth(1) else {
+            return Ok(false);
+        };
+        Ok(self.meta.upload(id).await?.is_some())
     }
 
     fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -365,10 +376,12 @@ impl UploadStore for S3Uploads {
         self.end(id, &session, false).await
     }
 
-    /// Objects under `uploads/` of sessions that have no record, older than `age`: tails a
-    /// crash left between a chunk's write and its commit, or data objects a crash left in
-    /// `finish`. (Multipart uploads a crash left unrecorded are not listed by the object store
-    /// API berth uses; a bucket lifecycle rule, AbortIncompleteMultipartUpload, reclaims them.)
+    /// What crashes left in the bucket, older than `age`: objects under `uploads/` of sessions
+    /// that have no record (a tail written before its chunk committed, a data object of an
+    /// interrupted `finish`), and open multipart uploads that nothing will complete: a session's
+    /// with no record, or a blob fill's (under `blobs/`) started before `age` (a fill runs for
+    /// minutes, and garbage collection passes its upload TTL, a day by default). A multipart
+    /// upload is named `<key>?uploadId=<id>`.
     async fn orphans(&self, age: Duration) -> Result<Vec<String>> {
         let cutoff = SystemTime::now() - age;
         let listed: Vec<_> = self
@@ -381,18 +394,33 @@ impl UploadStore for S3Uploads {
         let mut out = Vec::new();
         for object in listed {
             let key = object.location.to_string();
-            let Some(id) = key.split('/').nth(1) else { continue };
-            if SystemTime::from(object.last_modified) < cutoff && self.meta.upload(id).await?.is_none() {
+            if SystemTime::from(object.last_modified) < cutoff && !self.has_session(&key).await? {
                 out.push(key);
+            }
+        }
+        for prefix in ["uploads/", "blobs/"] {
+            for open in self.bucket.open_uploads(prefix).await? {
+                if open.initiated < cutoff && (prefix == "blobs/" || !self.has_session(&open.key).await?) {
+                    out.push(format!("{}{UPLOAD_ID}{}", open.key, open.upload_id));
+                }
             }
         }
         Ok(out)
     }
 
     async fn remove_orphan(&self, name: &str) -> Result<()> {
-        if !name.starts_with("uploads/") {
+        if !name.starts_with("uploads/") && !name.starts_with("blobs/") {
             return Err(Error::UploadUnknown);
         }
-        self.bucket.s3.delete(&Key::from(name)).await.map_err(s3_error)
+        match name.rsplit_once(UPLOAD_ID) {
+            Some((key, upload_id)) => self
+                .bucket
+                .s3
+                .abort_multipart(&Key::from(key), &upload_id.to_owned())
+                .await
+                .map_err(s3_error),
+            None if name.starts_with("uploads/") => self.bucket.s3.delete(&Key::from(name)).await.map_err(s3_error),
+            None => Err(Error::UploadUnknown),
+        }
     }
 }

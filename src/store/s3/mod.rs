@@ -6,14 +6,19 @@
 //! Bucket layout:
 //! ```text
 //! blobs/sha256/ab/abcdef…        published blobs: each completed only after its digest verified
-//! uploads/<id>/tail.<len>        an upload session's bytes past its last multipart part (< 5 MiB)
-//! uploads/<id>/data              the session's multipart upload (parts are invisible until done)
+//! uploads/<id>/tail.<len>        an upload session's bytes past its last multipart part (< 8 MiB)
+//! uploads/<id>/data              the session's multipart upload (parts are invisible until done);
+//!                                completed by `finish`, copied to its blob key and removed
 //! probe/<uuid>                   the readiness probe's write, removed at once
 //! ```
+//! Parts are 8 MiB: S3's 10,000 parts per upload cover 78 GiB, above berth's 64 GiB upload limit.
+//! Multipart uploads a crash leaves open are listed (`open_uploads`) and aborted by garbage
+//! collection, through [`UploadStore::orphans`].
+//!
 //! Nothing relies on conditional PUT (Garage ignores `If-None-Match`): keys are content
 //! addressed, so two replicas completing the same blob write the same bytes.
 //!
-//! Each replica keeps a bounded disk cache ([`cache`]) in front of the bucket, so a warm GET is a
+//! Each replica keeps a bounded disk cache (`cache`) in front of the bucket, so a warm GET is a
 //! local file served with `sendfile`, as on one host.
 
 mod blobs;

@@ -15,6 +15,7 @@ mod cluster;
 mod metadata;
 mod notifications;
 mod prefetch;
+mod storage;
 mod upstream;
 pub mod value;
 
@@ -22,6 +23,7 @@ pub use cluster::ClusterConfig;
 pub use metadata::{MetadataBackend, MetadataConfig};
 pub use notifications::{NotificationEndpoint, NotificationSettings};
 pub use prefetch::{PrefetchEntry, PrefetchSettings, parse_image};
+pub use storage::{S3Config, StorageBackend};
 pub use upstream::{UpstreamConfig, UpstreamSettings};
 pub use value::MinFree;
 
@@ -391,6 +393,11 @@ pub struct Storage {
     /// Maintenance mode: pushes and deletes are refused with 405 UNSUPPORTED while pulls (and
     /// cache fills) go on (registry:2's `storage.maintenance.readonly.enabled`). Default `false`.
     pub read_only: bool,
+    // --- cluster mode (issue 14): the object store backend, see config/storage.rs ---
+    /// `"fs"` (files under `root`) or `"s3"` (`[storage.s3]`). Default `"fs"`.
+    pub backend: StorageBackend,
+    /// `[storage.s3]`, used when `backend = "s3"`.
+    pub s3: S3Config,
 }
 
 impl Default for Storage {
@@ -400,6 +407,8 @@ impl Default for Storage {
             min_free: MinFree::Bytes(1 << 30),
             delete: true,
             read_only: false,
+            backend: StorageBackend::Fs,
+            s3: S3Config::default(),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::api::{AppState, ClientLimits};
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::config::MetadataBackend;
+use crate::config::{MetadataBackend, StorageBackend};
 use crate::coord::{self, Coordinator, postgres::PgCoordinator};
 use crate::service::{Core, Services};
 use crate::store::{self, Meta, Store};
@@ -34,16 +34,23 @@ impl Backends {
     }
 }
 
-/// Open the backends `config` names. The default, `[metadata] backend = "redb"`, is one process
-/// on one disk: the filesystem store and redb under `[storage] root`, and the in-process
-/// coordinator. `"postgres"` is cluster mode: metadata and coordination in PostgreSQL, which
-/// other replicas may share, so it first checks what every replica must agree on.
+/// Open the backends `config` names. The default (`[metadata] backend = "redb"`, `[storage]
+/// backend = "fs"`) is one process on one disk: the filesystem store and redb under `[storage]
+/// root`, and the in-process coordinator. `[storage] backend = "s3"` puts blobs and uploads in an
+/// object store (with a disk cache under the root). `[metadata] backend = "postgres"` is cluster
+/// mode: metadata and coordination in PostgreSQL, which other replicas may share, so it first
+/// checks what every replica must agree on.
 pub async fn open(config: &Config) -> Result<Backends, String> {
     let root = &config.storage.root;
-    match config.metadata.backend {
+    let opening = |e: store::Error| format!("opening the store at {}: {e}", root.display());
+    let (meta, coord, cluster): (Arc<dyn Meta>, Arc<dyn Coordinator>, _) = match config.metadata.backend {
+        MetadataBackend::Redb if config.storage.backend == StorageBackend::Fs => {
+            return Ok(Backends::local(store::fs::open(root).map_err(opening)?));
+        }
         MetadataBackend::Redb => {
-            let store = store::fs::open(root).map_err(|e| format!("opening the store at {}: {e}", root.display()))?;
-            Ok(Backends::local(store))
+            std::fs::create_dir_all(root).map_err(|e| opening(e.into()))?;
+            let meta = store::RedbMeta::open(&root.join("meta.redb")).map_err(opening)?;
+            (Arc::new(meta), coord::Local::shared(), None)
         }
         MetadataBackend::Postgres => {
             check_cluster(config)?;
@@ -54,16 +61,18 @@ pub async fn open(config: &Config) -> Result<Backends, String> {
             let cluster = PgCoordinator::new(meta.pool().clone(), &url, &config.cluster)
                 .await
                 .map_err(|e| format!("joining the cluster: {e}"))?;
-            let meta: Arc<dyn Meta> = meta;
-            let store = store::fs::open_with_meta(root, meta)
-                .map_err(|e| format!("opening the store at {}: {e}", root.display()))?;
-            Ok(Backends {
-                store,
-                coord: cluster.clone(),
-                cluster: Some(cluster),
-            })
+            (meta, cluster.clone(), Some(cluster))
         }
-    }
+    };
+    let store = match config.storage.backend {
+        StorageBackend::Fs => store::fs::open_with_meta(root, meta).map_err(opening)?,
+        StorageBackend::S3 => {
+            let (blobs, uploads) =
+                store::s3::open(&config.storage, meta.clone()).map_err(|e| format!("opening the S3 store: {e}"))?;
+            Store::new(blobs, uploads, meta)
+        }
+    };
+    Ok(Backends { store, coord, cluster })
 }
 
 /// What cluster mode needs before a replica joins: tokens and UI forms must verify on every

@@ -311,8 +311,9 @@ impl Drop for FileWriter {
     }
 }
 
-/// Maps what a [`FileWriter`] wrote: bytes below what it reported are never rewritten.
-struct FileReadBack(Arc<std::fs::File>);
+/// Maps what a [`FileWriter`] (or the S3 writer's local spool) wrote: bytes below what it
+/// reported are never rewritten.
+pub(super) struct FileReadBack(pub(super) Arc<std::fs::File>);
 
 #[async_trait::async_trait]
 impl ReadBack for FileReadBack {

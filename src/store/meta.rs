@@ -91,6 +91,17 @@ impl UploadState {
 pub enum UploadHandle {
     /// A file in the filesystem backend's uploads area.
     File { name: String },
+    /// An S3 multipart upload (the S3 backend, `store::s3`): the parts committed so far, and how
+    /// many bytes after them wait in a tail object, because every part but the last must be at
+    /// least 5 MiB.
+    Multipart {
+        /// The upload's id, as the object store named it.
+        upload_id: String,
+        /// The committed parts' ids (ETags), in order: `parts[i]` is part `i + 1`.
+        parts: Vec<String>,
+        /// Bytes after the last part, in the session's tail object (see `store::s3`).
+        tail: u64,
+    },
 }
 
 /// One image as an import commits it: every manifest of it (an index with its children and the

@@ -39,6 +39,7 @@ pub mod postgres;
 mod redb_handle;
 mod redb_meta;
 mod redb_registry;
+pub mod s3;
 mod spool;
 mod upload_store;
 mod uploads;

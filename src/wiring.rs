@@ -14,6 +14,10 @@ use crate::service::{Core, Services};
 use crate::store::{self, Meta, Store};
 use crate::upstream::Upstream;
 
+/// How long a replica trusts a memoized tag without hearing of a change: notices cross the
+/// network in cluster mode, and one lost while the listener reconnects must not pin a moved tag.
+const CLUSTER_MEMO_TAG_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The storage and coordination backends `config` names, opened.
 pub struct Backends {
     pub store: Store,
@@ -107,7 +111,11 @@ pub fn services(config: &Config, backends: &Backends, node: String) -> Result<Se
         .into_iter()
         .map(|settings| Upstream::new(settings).map_err(|e| format!("building an upstream client: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let core = Core::new(backends.store.clone(), upstreams, backends.coord.clone())
+    let mut core = Core::new(backends.store.clone(), upstreams, backends.coord.clone());
+    if backends.cluster.is_some() {
+        core = core.with_memo_tag_ttl(CLUSTER_MEMO_TAG_TTL);
+    }
+    let core = core
         .with_private_namespaces(config.private.namespaces.clone())
         .with_claim_on_push(config.private.claim_on_push)
         .with_upload_session_limit(config.limits.max_upload_sessions)

@@ -118,6 +118,12 @@ impl Core {
         self
     }
 
+    /// Let memoized tags expire `ttl` after they were stored, notices or not (cluster mode).
+    pub fn with_memo_tag_ttl(mut self, ttl: std::time::Duration) -> Core {
+        self.memo = Memo::with_tag_ttl(self.coord.clone(), Some(ttl));
+        self
+    }
+
     /// At most `limit` open upload sessions per client.
     pub fn with_upload_session_limit(mut self, limit: u32) -> Core {
         self.session_limit = limit;

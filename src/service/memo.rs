@@ -54,7 +54,18 @@ impl Memo {
     /// A memo that publishes its changes through `coord` and consumes everyone's. Inside a Tokio
     /// runtime it starts the task that receives notices (it ends when the memo is dropped).
     pub fn new(coord: Arc<dyn Coordinator>) -> Arc<Memo> {
-        let memo = Arc::new(Memo::detached(coord));
+        Memo::with_tag_ttl(coord, None)
+    }
+
+    /// [`Memo::new`] whose tag entries also expire `tag_ttl` after they were stored. Cluster
+    /// mode sets it: notices cross replicas over the network, and one lost in a reconnect must
+    /// not pin a moved tag here for long.
+    pub fn with_tag_ttl(coord: Arc<dyn Coordinator>, tag_ttl: Option<std::time::Duration>) -> Arc<Memo> {
+        let mut memo = Memo::detached(coord);
+        if let Some(ttl) = tag_ttl {
+            memo.tags = Cache::builder().max_capacity(TAGS).time_to_live(ttl).build();
+        }
+        let memo = Arc::new(memo);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(receive(memo.coord.subscribe(), Arc::downgrade(&memo)));
         }
@@ -180,6 +191,27 @@ mod tests {
         memo.put_tag(&repo, &tag, &digest, before_write);
         assert_eq!(memo.tag(&repo, &tag), None);
         assert!(memo.manifest(&repo, &digest).is_none());
+    }
+
+    #[test]
+    fn in_cluster_mode_a_tag_entry_expires_even_without_a_notice() {
+        let memo = Memo::with_tag_ttl(
+            crate::coord::Local::shared(),
+            Some(std::time::Duration::from_millis(200)),
+        );
+        let (repo, tag, digest): (RepoName, Tag, Digest) = (
+            "team/app".parse().unwrap(),
+            "1".parse().unwrap(),
+            Digest::sha256_of(b"m"),
+        );
+        memo.put_tag(&repo, &tag, &digest, memo.generation());
+        assert_eq!(memo.tag(&repo, &tag), Some(digest));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(
+            memo.tag(&repo, &tag),
+            None,
+            "a lost notice pins a tag for the TTL at most"
+        );
     }
 
     #[tokio::test]

@@ -28,10 +28,11 @@ pub struct S3Config {
     pub bucket: String,
     /// The region requests are signed for (Garage's default is `"garage"`). Default `"us-east-1"`.
     pub region: String,
-    /// The environment variable that holds the access key id. Default `"BERTH_S3_ACCESS_KEY_ID"`.
+    /// The environment variable that holds the access key id. Default `"AWS_ACCESS_KEY_ID"`, the
+    /// name every S3 tool reads (a `BERTH_` name would be taken for a config key override).
     pub access_key_id_env: String,
     /// The environment variable that holds the secret access key. Default
-    /// `"BERTH_S3_SECRET_ACCESS_KEY"`.
+    /// `"AWS_SECRET_ACCESS_KEY"`.
     pub secret_access_key_env: String,
     /// Path-style URLs (`endpoint/bucket/key`), which Garage, SeaweedFS and MinIO on one host
     /// need; `false`: virtual-hosted style (`bucket.endpoint/key`). Default `true`.
@@ -57,8 +58,8 @@ impl Default for S3Config {
             endpoint: String::new(),
             bucket: "berth".into(),
             region: "us-east-1".into(),
-            access_key_id_env: "BERTH_S3_ACCESS_KEY_ID".into(),
-            secret_access_key_env: "BERTH_S3_SECRET_ACCESS_KEY".into(),
+            access_key_id_env: "AWS_ACCESS_KEY_ID".into(),
+            secret_access_key_env: "AWS_SECRET_ACCESS_KEY".into(),
             path_style: true,
             cache_dir: PathBuf::new(),
             cache_max_size: 10 << 30,

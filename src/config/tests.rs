@@ -270,3 +270,36 @@ fn metadata_and_cluster_default_to_redb_and_take_typed_values() {
     };
     assert!(missing.url().unwrap_err().contains("BERTH_TEST_NO_SUCH_VARIABLE"));
 }
+
+#[test]
+fn the_cluster_examples_replica_config_is_cluster_mode_on_s3_and_takes_its_advertise_url_from_the_environment() {
+    let text = include_str!("../../docker/cluster/replica.toml");
+    let c = Config::from_toml(
+        text,
+        env(&[
+            ("BERTH_CLUSTER_ADVERTISE", "http://berth2:5000"),
+            ("AWS_ACCESS_KEY_ID", "ignored"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.storage.backend, StorageBackend::S3);
+    assert_eq!(c.metadata.backend, MetadataBackend::Postgres);
+    assert_eq!(c.cluster.advertise, "http://berth2:5000");
+    assert_eq!(c.auth.token_key, "/etc/berth/token.key");
+    // The credentials' variables are not BERTH_* names, which would be read as config keys.
+    for name in [
+        &c.storage.s3.access_key_id_env,
+        &c.storage.s3.secret_access_key_env,
+        &c.metadata.url_env,
+        &c.cluster.secret_env,
+    ] {
+        assert!(!name.starts_with("BERTH_"), "{name}");
+    }
+    let defaults = Config::default();
+    for name in [
+        &defaults.storage.s3.access_key_id_env,
+        &defaults.storage.s3.secret_access_key_env,
+    ] {
+        assert!(!name.starts_with("BERTH_"), "{name}");
+    }
+}

@@ -16,6 +16,9 @@
 //! cache_fills_in_flight                           blob fills running now
 //! cache_fill_waiters                              clients attached to a running fill
 //! cache_fill_joins_total                          clients that joined a fill instead of starting one
+//! cluster_fills_from_peers_total                  fills whose bytes streamed from the replica leading them
+//! cluster_fills_served_to_peers_total             blob responses to other replicas' fills (internal endpoint)
+//! cluster_fill_takeovers_total                    fills taken over from a leader that died, resumed upstream
 //! upstream_requests_total{upstream,code}          upstream HTTP exchanges, by status
 //! upstream_request_duration_seconds{upstream}     time to the upstream's response headers
 //! upstream_errors_total{upstream,reason}          connect, status, rate_limited, body, invalid
@@ -317,6 +320,12 @@ pub struct Metrics {
     pub fill_waiters: Gauge,
     /// Clients that joined a running fill instead of starting another upstream fetch.
     pub fill_joins: Counter,
+    /// Fills led by another replica whose bytes this one streamed from it (cluster mode).
+    pub fills_from_peers: Counter,
+    /// Blob responses to other replicas' fills, on the internal endpoint (cluster mode).
+    pub fills_served_to_peers: Counter,
+    /// Fills whose leader died mid-fill, taken over here and resumed from the upstream.
+    pub fill_takeovers: Counter,
     upstream_requests: Family<UpstreamCodeLabels, Counter>,
     upstream_latency: HistogramFamily<UpstreamLabels>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -403,6 +412,24 @@ impl Metrics {
             "cache_fill_joins",
             "Clients that joined a running fill instead of starting another upstream fetch",
             fill_joins.clone(),
+        );
+        let fills_from_peers = Counter::default();
+        r.register(
+            "cluster_fills_from_peers",
+            "Blob fills led by another replica whose bytes streamed from it instead of the upstream",
+            fills_from_peers.clone(),
+        );
+        let fills_served_to_peers = Counter::default();
+        r.register(
+            "cluster_fills_served_to_peers",
+            "Blob responses to other replicas' fills on the internal endpoint",
+            fills_served_to_peers.clone(),
+        );
+        let fill_takeovers = Counter::default();
+        r.register(
+            "cluster_fill_takeovers",
+            "Blob fills whose leading replica died mid-fill, taken over and resumed from the upstream",
+            fill_takeovers.clone(),
         );
         let upstream_requests = Family::<UpstreamCodeLabels, Counter>::default();
         r.register(
@@ -498,6 +525,9 @@ impl Metrics {
             fills_in_flight,
             fill_waiters,
             fill_joins,
+            fills_from_peers,
+            fills_served_to_peers,
+            fill_takeovers,
             upstream_requests,
             upstream_latency,
             upstream_errors,

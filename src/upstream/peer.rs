@@ -70,6 +70,8 @@ impl Peers {
     /// GET blob `digest` of `repo` (the local repository name, which routes the same on every
     /// replica) from the replica at `base`, from byte `from` on. The answer's `size` is the
     /// number of bytes from `from` to the end; a peer that answers another range is refused.
+    /// `Invalid` when the peer refuses the secret (a misconfiguration, which retrying cannot
+    /// mend); `Unavailable` when it cannot be reached or fails.
     pub async fn get_blob(&self, base: &str, repo: &RepoName, digest: &Digest, from: u64) -> Result<RemoteBlob> {
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("repo", repo.as_str())
@@ -79,10 +81,7 @@ impl Peers {
             upstream: base.to_owned(),
             reason,
         };
-        let mut request = self
-            .http
-            .get(&url)
-            .header(PEER_SECRET_HEADER, &self.secret);
+        let mut request = self.http.get(&url).header(PEER_SECRET_HEADER, &self.secret);
         if from > 0 {
             request = request.header(RANGE, format!("bytes={from}-"));
         }
@@ -92,10 +91,21 @@ impl Peers {
             StatusCode::PARTIAL_CONTENT if from > 0 => {
                 let answered = response.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok());
                 if !answered.is_some_and(|a| a.starts_with(&format!("bytes {from}-"))) {
-                    return Err(unavailable(format!("asked from byte {from}, got Content-Range {answered:?}")));
+                    return Err(unavailable(format!(
+                        "asked from byte {from}, got Content-Range {answered:?}"
+                    )));
                 }
             }
             StatusCode::NOT_FOUND => return Err(Error::NotFound),
+            // A configuration error, not an outage: waiting would not mend it.
+            status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                return Err(Error::Invalid {
+                    upstream: base.to_owned(),
+                    reason: format!(
+                        "the replica refused this one's cluster secret ({status}); is secret_env the same on every replica?"
+                    ),
+                });
+            }
             status => return Err(unavailable(format!("peer answered {status}"))),
         }
         Ok(blob_response(response, self.metrics.clone(), base.to_owned()))
@@ -111,7 +121,13 @@ mod tests {
         crate::install_crypto_provider();
         let peers = Peers::new("s3cret-value".into()).unwrap();
         assert!(peers.admits(Some("s3cret-value")));
-        for wrong in [None, Some(""), Some("s3cret-valu"), Some("s3cret-value "), Some("S3CRET-VALUE")] {
+        for wrong in [
+            None,
+            Some(""),
+            Some("s3cret-valu"),
+            Some("s3cret-value "),
+            Some("S3CRET-VALUE"),
+        ] {
             assert!(!peers.admits(wrong), "{wrong:?}");
         }
         assert!(Peers::new(String::new()).is_err(), "an empty secret would admit anyone");

@@ -188,7 +188,12 @@ fn a_cold_blob_herd_over_three_replicas_makes_one_upstream_fetch_and_non_owners_
         hub.fault(json!({"bandwidth_mbps": 48})).await;
         // The first client makes replica 0 the owner: it claims the fill before anyone else asks.
         let owner = tokio::spawn(pull(replicas[0].url.clone(), "library/herd", digest.clone()));
-        until(&replicas[0], "berth_upstream_received_bytes_total{upstream=\"docker.io\"}", 1).await;
+        until(
+            &replicas[0],
+            "berth_upstream_received_bytes_total{upstream=\"docker.io\"}",
+            1,
+        )
+        .await;
         let mut herd = Vec::new();
         for i in 0..8 {
             let base = replicas[i % 3].url.clone();
@@ -214,7 +219,11 @@ fn a_cold_blob_herd_over_three_replicas_makes_one_upstream_fetch_and_non_owners_
     let upstream: u64 = replicas.iter().map(Replica::upstream_bytes).sum();
     assert_eq!(upstream, size, "the cluster read the blob from the upstream once");
     for follower in &replicas[1..] {
-        assert_eq!(follower.metric("berth_cluster_fills_from_peers_total"), 1, "a non-owner streamed from the owner");
+        assert_eq!(
+            follower.metric("berth_cluster_fills_from_peers_total"),
+            1,
+            "a non-owner streamed from the owner"
+        );
     }
     assert!(replicas[0].metric("berth_cluster_fills_served_to_peers_total") >= 2);
 }
@@ -242,7 +251,12 @@ fn when_the_owner_dies_mid_fill_the_survivor_takes_over_and_resumes_with_a_range
             .map(|_| tokio::spawn(pull(survivor.url.clone(), "library/orphan", digest.clone())))
             .collect();
         // Kill the owner about halfway through.
-        until(&owner, "berth_upstream_received_bytes_total{upstream=\"docker.io\"}", size / 2).await;
+        until(
+            &owner,
+            "berth_upstream_received_bytes_total{upstream=\"docker.io\"}",
+            size / 2,
+        )
+        .await;
         until(&owner, "berth_cluster_fills_served_to_peers_total", 1).await;
         owner.kill();
         for client in clients {
@@ -250,8 +264,16 @@ fn when_the_owner_dies_mid_fill_the_survivor_takes_over_and_resumes_with_a_range
             assert_eq!(pulled.digest, digest, "a survivor's client gets the whole, right blob");
         }
         let stats = hub.stats().await;
-        assert_eq!(count(&stats, "cdn_gets", &digest), 2, "the owner's GET and the resume: {stats}");
-        assert_eq!(count(&stats, "cdn_range_gets", &digest), 1, "the resume is ranged: {stats}");
+        assert_eq!(
+            count(&stats, "cdn_gets", &digest),
+            2,
+            "the owner's GET and the resume: {stats}"
+        );
+        assert_eq!(
+            count(&stats, "cdn_range_gets", &digest),
+            1,
+            "the resume is ranged: {stats}"
+        );
     });
     let upstream = owner.upstream_bytes() + survivor.upstream_bytes();
     assert!(
@@ -277,7 +299,11 @@ fn the_internal_endpoint_refuses_a_missing_or_wrong_secret_and_serves_the_right_
                 request = request.header("x-berth-cluster-secret", secret);
             }
             let (status, code, _) = oci_error(request.send().await.unwrap()).await;
-            assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"), "{secret:?}");
+            assert_eq!(
+                (status, code.as_str()),
+                (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+                "{secret:?}"
+            );
         }
         let r = client()
             .get(&url)
@@ -303,7 +329,10 @@ fn the_internal_endpoint_refuses_a_missing_or_wrong_secret_and_serves_the_right_
         // Without cluster mode the endpoint does not exist.
         let single = crate::support::in_process::App::start("").await;
         let r = client()
-            .get(format!("{}/_berth/cluster/blobs/{digest}?repo=library/internal", single.url))
+            .get(format!(
+                "{}/_berth/cluster/blobs/{digest}?repo=library/internal",
+                single.url
+            ))
             .header("x-berth-cluster-secret", SECRET)
             .send()
             .await

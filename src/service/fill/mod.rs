@@ -164,23 +164,25 @@ impl Fills {
         });
         let (lease, source) = match coord.claim_fill(digest, fill.clone()).await {
             Ok(FillClaim::Lead(lease)) => (Some(lease), Source::Upstream),
-            Ok(FillClaim::Follow(leader)) => match (leader.local.and_then(|f| f.downcast::<Fill>().ok()), leader.leader_url) {
-                (Some(leader), _) => {
-                    self.metrics.fill_joins.inc();
-                    return leader;
-                }
-                (None, Some(url)) if !for_peer && self.cluster.is_some() => match self.follow(&fill) {
-                    Some(running) => {
+            Ok(FillClaim::Follow(leader)) => {
+                match (leader.local.and_then(|f| f.downcast::<Fill>().ok()), leader.leader_url) {
+                    (Some(leader), _) => {
                         self.metrics.fill_joins.inc();
-                        return running;
+                        return leader;
                     }
-                    None => (None, Source::Peer(url)),
-                },
-                // Led by another replica, but this request is a peer's (which must not follow
-                // in turn), or there are no peers to stream from: fetching again is correct, only
-                // not single-flight.
-                _ => (None, Source::Upstream),
-            },
+                    (None, Some(url)) if !for_peer && self.cluster.is_some() => match self.follow(&fill) {
+                        Some(running) => {
+                            self.metrics.fill_joins.inc();
+                            return running;
+                        }
+                        None => (None, Source::Peer(url)),
+                    },
+                    // Led by another replica, but this request is a peer's (which must not follow
+                    // in turn), or there are no peers to stream from: fetching again is correct, only
+                    // not single-flight.
+                    _ => (None, Source::Upstream),
+                }
+            }
             // Coordination is down: serving the client matters more than single-flight.
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "fill claim failed; fetching without one");

@@ -66,7 +66,13 @@ impl Blobs {
     }
 
     /// Blob `digest` of `repo` from byte `from` on, for the replica that presented `secret`.
-    pub async fn for_peer(&self, secret: Option<&str>, repo: &RepoName, digest: &Digest, from: u64) -> Result<PeerBlob> {
+    pub async fn for_peer(
+        &self,
+        secret: Option<&str>,
+        repo: &RepoName,
+        digest: &Digest,
+        from: u64,
+    ) -> Result<PeerBlob> {
         let Some(cluster) = self.core.fills.cluster() else {
             return Err(Error::Unsupported("cluster mode is off"));
         };
@@ -88,11 +94,13 @@ impl Core {
         if let Some(blob) = self.cached_blob(p, digest).await? {
             let size = blob.size();
             if from > size {
-                return Err(Error::ContentRange(format!("byte {from} is past the end of the blob ({size})")));
+                return Err(Error::ContentRange(format!(
+                    "byte {from} is past the end of the blob ({size})"
+                )));
             }
-            let body = blob
-                .range(from, size - from)
-                .ok_or(Error::Unsupported("a blob served by redirect cannot stream to a replica"))?;
+            let body = blob.range(from, size - from).ok_or(Error::Unsupported(
+                "a blob served by redirect cannot stream to a replica",
+            ))?;
             self.metrics.fills_served_to_peers.inc();
             return Ok(PeerBlob {
                 size: Some(size),

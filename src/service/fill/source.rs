@@ -77,18 +77,34 @@ impl Job {
     ) -> Result<RemoteBlob, FillError> {
         loop {
             let url = match &self.source {
-                Source::Upstream => return self.from_upstream(from, size).await,
+                Source::Upstream => return self.upstream_body(from, size).await,
                 Source::Peer(url) => url.clone(),
             };
-            let cluster = self.cluster.clone().expect("a fill follows a replica only in cluster mode");
-            match cluster.peers().get_blob(&url, &self.local, &self.fill.digest, from).await {
+            let cluster = self
+                .cluster
+                .clone()
+                .expect("a fill follows a replica only in cluster mode");
+            match cluster
+                .peers()
+                .get_blob(&url, &self.local, &self.fill.digest, from)
+                .await
+            {
                 Ok(blob) => {
                     if from == 0 {
                         self.fills.metrics.fills_from_peers.inc();
                     }
                     return Ok(blob);
                 }
-                Err(e) => tracing::debug!(digest = %self.fill.digest, %url, error = %e, "the leading replica did not answer"),
+                // The replicas disagree on the secret: serve the clients from the upstream, not
+                // single-flight, rather than wait for a lease that never ends.
+                Err(e @ upstream::Error::Invalid { .. }) => {
+                    tracing::error!(digest = %self.fill.digest, %url, error = %e, "cannot stream from the leading replica; fetching from the upstream");
+                    self.source = Source::Upstream;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(digest = %self.fill.digest, %url, error = %e, "the leading replica did not answer")
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(FillError::Upstream(upstream::Error::Unavailable {
@@ -124,7 +140,7 @@ impl Job {
     }
 
     /// The blob from the upstream, from byte `from` on: a ranged request when resuming.
-    async fn from_upstream(&self, from: u64, size: Option<u64>) -> Result<RemoteBlob, FillError> {
+    async fn upstream_body(&self, from: u64, size: Option<u64>) -> Result<RemoteBlob, FillError> {
         let digest = &self.fill.digest;
         if from == 0 {
             return self

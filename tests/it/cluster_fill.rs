@@ -65,6 +65,11 @@ struct Replica {
 impl Replica {
     /// Start a replica whose fill leases last `lease`. Call outside any runtime.
     fn start(shared: &Shared, lease: &str) -> Replica {
+        Replica::start_with(shared, lease, SECRET)
+    }
+
+    /// [`Replica::start`], with its own idea of the cluster secret.
+    fn start_with(shared: &Shared, lease: &str, secret: &str) -> Replica {
         berth::install_crypto_provider();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -91,7 +96,7 @@ impl Replica {
                 .into_iter()
                 .map(|s| Upstream::new(s).unwrap())
                 .collect();
-            let peers = ClusterPeers::new(SECRET.into(), config.cluster.lease).unwrap();
+            let peers = ClusterPeers::new(secret.into(), config.cluster.lease).unwrap();
             let core = Core::new(store, upstreams, coord).with_cluster(peers);
             let metrics = core.metrics().clone();
             let app = berth::app(AppState::open(Services::new(core)));
@@ -339,4 +344,42 @@ fn the_internal_endpoint_refuses_a_missing_or_wrong_secret_and_serves_the_right_
             .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
     });
+}
+
+#[test]
+fn a_replica_with_another_secret_serves_its_clients_from_the_upstream_instead_of_waiting() {
+    let pg = Postgres::start();
+    let hub = Hub::start();
+    let driver = tokio::runtime::Runtime::new().unwrap();
+    let digest = hub.push_blob("library/misconfigured", 4, 17);
+    let shared = driver.block_on(Shared::new(&pg, &hub));
+    let owner = Replica::start(&shared, "10s");
+    let odd = Replica::start_with(&shared, "10s", "not-the-cluster-secret");
+    driver.block_on(async {
+        hub.reset_stats().await;
+        hub.fault(json!({"bandwidth_mbps": 16})).await;
+        let first = tokio::spawn(pull(owner.url.clone(), "library/misconfigured", digest.clone()));
+        until(&owner, "berth_upstream_received_bytes_total{upstream=\"docker.io\"}", 1).await;
+        let started = Instant::now();
+        let pulled = pull(odd.url.clone(), "library/misconfigured", digest.clone()).await;
+        assert_eq!(pulled.digest, digest);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the refused replica waited out the owner's lease instead of fetching: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(first.await.unwrap().digest, digest);
+        let stats = hub.stats().await;
+        assert_eq!(
+            count(&stats, "cdn_gets", &digest),
+            2,
+            "not single-flight, but served: {stats}"
+        );
+    });
+    assert_eq!(odd.metric("berth_cluster_fills_from_peers_total"), 0);
+    assert_eq!(
+        odd.metric("berth_cluster_fill_takeovers_total"),
+        0,
+        "it fetched at once, not after waiting for the owner's lease to end"
+    );
 }

@@ -37,7 +37,7 @@ pub(super) struct Job {
     pub(super) cluster: Option<ClusterPeers>,
     /// When a follower whose leader stopped gives up waiting for a takeover; renewed whenever
     /// bytes came in since (see `source`).
-    pub(super) stuck_since: Option<tokio::time::Instant>,
+    pub(super) give_up_at: Option<tokio::time::Instant>,
 }
 
 impl Job {

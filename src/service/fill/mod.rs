@@ -200,7 +200,7 @@ impl Fills {
             source,
             coord: coord.clone(),
             cluster: self.cluster.clone(),
-            stuck_since: None,
+            give_up_at: None,
         };
         tokio::spawn(job.run());
         fill

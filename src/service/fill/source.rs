@@ -57,10 +57,10 @@ impl Job {
         size: Option<u64>,
         progressed: bool,
     ) -> Result<futures_util::stream::BoxStream<'static, upstream::Result<bytes::Bytes>>, FillError> {
-        if progressed || self.stuck_since.is_none() {
-            self.stuck_since = Some(self.deadline());
+        if progressed || self.give_up_at.is_none() {
+            self.give_up_at = Some(self.deadline());
         }
-        let deadline = self.stuck_since.expect("set above");
+        let deadline = self.give_up_at.expect("set above");
         Ok(self.open_by(from, size, deadline).await?.body)
     }
 

@@ -18,7 +18,7 @@
 //! cache_fill_joins_total                          clients that joined a fill instead of starting one
 //! cluster_fills_from_peers_total                  fills whose bytes streamed from the replica leading them
 //! cluster_fills_served_to_peers_total             blob responses to other replicas' fills (internal endpoint)
-//! cluster_fill_takeovers_total                    fills taken over from a leader that died, resumed upstream
+//! cluster_fills_resumed_upstream_total            fills whose leader's stream broke, taken over and resumed upstream
 //! upstream_requests_total{upstream,code}          upstream HTTP exchanges, by status
 //! upstream_request_duration_seconds{upstream}     time to the upstream's response headers
 //! upstream_errors_total{upstream,reason}          connect, status, rate_limited, body, invalid
@@ -324,8 +324,9 @@ pub struct Metrics {
     pub fills_from_peers: Counter,
     /// Blob responses to other replicas' fills, on the internal endpoint (cluster mode).
     pub fills_served_to_peers: Counter,
-    /// Fills whose leader died mid-fill, taken over here and resumed from the upstream.
-    pub fill_takeovers: Counter,
+    /// Fills whose leading replica's stream broke (it died), taken over here and resumed from
+    /// the upstream with a `Range`. The coordinator's `cluster_lease_takeovers` counts leases.
+    pub fills_resumed_upstream: Counter,
     upstream_requests: Family<UpstreamCodeLabels, Counter>,
     upstream_latency: HistogramFamily<UpstreamLabels>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -425,11 +426,11 @@ impl Metrics {
             "Blob responses to other replicas' fills on the internal endpoint",
             fills_served_to_peers.clone(),
         );
-        let fill_takeovers = Counter::default();
+        let fills_resumed_upstream = Counter::default();
         r.register(
-            "cluster_fill_takeovers",
-            "Blob fills whose leading replica died mid-fill, taken over and resumed from the upstream",
-            fill_takeovers.clone(),
+            "cluster_fills_resumed_upstream",
+            "Blob fills whose leading replica's stream broke, taken over and resumed from the upstream with a Range",
+            fills_resumed_upstream.clone(),
         );
         let upstream_requests = Family::<UpstreamCodeLabels, Counter>::default();
         r.register(
@@ -527,7 +528,7 @@ impl Metrics {
             fill_joins,
             fills_from_peers,
             fills_served_to_peers,
-            fill_takeovers,
+            fills_resumed_upstream,
             upstream_requests,
             upstream_latency,
             upstream_errors,

@@ -285,7 +285,7 @@ fn when_the_owner_dies_mid_fill_the_survivor_takes_over_and_resumes_with_a_range
         upstream * 10 <= size * 11,
         "upstream bytes {upstream} exceed 1.1x the blob ({size})"
     );
-    assert_eq!(survivor.metric("berth_cluster_fill_takeovers_total"), 1);
+    assert_eq!(survivor.metric("berth_cluster_fills_resumed_upstream_total"), 1);
 }
 
 #[test]
@@ -378,7 +378,7 @@ fn a_replica_with_another_secret_serves_its_clients_from_the_upstream_instead_of
     });
     assert_eq!(odd.metric("berth_cluster_fills_from_peers_total"), 0);
     assert_eq!(
-        odd.metric("berth_cluster_fill_takeovers_total"),
+        odd.metric("berth_cluster_fills_resumed_upstream_total"),
         0,
         "it fetched at once, not after waiting for the owner's lease to end"
     );

@@ -125,7 +125,7 @@ impl Job {
         match self.coord.claim_fill(&self.fill.digest, self.fill.clone()).await {
             Ok(FillClaim::Lead(lease)) => {
                 tracing::info!(digest = %self.fill.digest, generation = lease.generation(), "took over the fill from a replica that stopped");
-                self.fills.metrics.fill_takeovers.inc();
+                self.fills.metrics.fills_resumed_upstream.inc();
                 self.lease = Some(lease);
                 self.source = Source::Upstream;
             }

@@ -59,6 +59,8 @@ impl Shared {
 struct Replica {
     url: String,
     metrics: Arc<Metrics>,
+    /// Its coordinator, for the counts it keeps (a dead replica's stays readable).
+    coord: Arc<PgCoordinator>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -76,7 +78,7 @@ impl Replica {
             .enable_all()
             .build()
             .unwrap();
-        let (url, metrics) = runtime.block_on(async {
+        let (url, metrics, coord) = runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
             let toml = format!(
@@ -97,16 +99,17 @@ impl Replica {
                 .map(|s| Upstream::new(s).unwrap())
                 .collect();
             let peers = ClusterPeers::new(secret.into(), config.cluster.lease).unwrap();
-            let core = Core::new(store, upstreams, coord).with_cluster(peers);
+            let core = Core::new(store, upstreams, coord.clone()).with_cluster(peers);
             let metrics = core.metrics().clone();
             let app = berth::app(AppState::open(Services::new(core)));
             let service = app.into_make_service_with_connect_info::<SocketAddr>();
             tokio::spawn(async move { axum::serve(listener, service).await.expect("serve") });
-            (url, metrics)
+            (url, metrics, coord)
         });
         Replica {
             url,
             metrics,
+            coord,
             runtime: Some(runtime),
         }
     }
@@ -286,6 +289,15 @@ fn when_the_owner_dies_mid_fill_the_survivor_takes_over_and_resumes_with_a_range
         "upstream bytes {upstream} exceed 1.1x the blob ({size})"
     );
     assert_eq!(survivor.metric("berth_cluster_fills_resumed_upstream_total"), 1);
+    assert_eq!(
+        survivor
+            .coord
+            .stats()
+            .takeovers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the survivor won the lease once it expired: the dead owner never released it"
+    );
 }
 
 #[test]

@@ -16,6 +16,9 @@
 //! cache_fills_in_flight                           blob fills running now
 //! cache_fill_waiters                              clients attached to a running fill
 //! cache_fill_joins_total                          clients that joined a fill instead of starting one
+//! cluster_fills_from_peers_total                  fills whose bytes streamed from the replica leading them
+//! cluster_fills_served_to_peers_total             blob responses to other replicas' fills (internal endpoint)
+//! cluster_fills_resumed_upstream_total            fills whose leader's stream broke, taken over and resumed upstream
 //! upstream_requests_total{upstream,code}          upstream HTTP exchanges, by status
 //! upstream_request_duration_seconds{upstream}     time to the upstream's response headers
 //! upstream_errors_total{upstream,reason}          connect, status, rate_limited, body, invalid
@@ -322,6 +325,13 @@ pub struct Metrics {
     pub fill_waiters: Gauge,
     /// Clients that joined a running fill instead of starting another upstream fetch.
     pub fill_joins: Counter,
+    /// Fills led by another replica whose bytes this one streamed from it (cluster mode).
+    pub fills_from_peers: Counter,
+    /// Blob responses to other replicas' fills, on the internal endpoint (cluster mode).
+    pub fills_served_to_peers: Counter,
+    /// Fills whose leading replica's stream broke (it died), taken over here and resumed from
+    /// the upstream with a `Range`. The coordinator's `cluster_lease_takeovers` counts leases.
+    pub fills_resumed_upstream: Counter,
     upstream_requests: Family<UpstreamCodeLabels, Counter>,
     upstream_latency: HistogramFamily<UpstreamLabels>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -410,6 +420,24 @@ impl Metrics {
             "cache_fill_joins",
             "Clients that joined a running fill instead of starting another upstream fetch",
             fill_joins.clone(),
+        );
+        let fills_from_peers = Counter::default();
+        r.register(
+            "cluster_fills_from_peers",
+            "Blob fills led by another replica whose bytes streamed from it instead of the upstream",
+            fills_from_peers.clone(),
+        );
+        let fills_served_to_peers = Counter::default();
+        r.register(
+            "cluster_fills_served_to_peers",
+            "Blob responses to other replicas' fills on the internal endpoint",
+            fills_served_to_peers.clone(),
+        );
+        let fills_resumed_upstream = Counter::default();
+        r.register(
+            "cluster_fills_resumed_upstream",
+            "Blob fills whose leading replica's stream broke, taken over and resumed from the upstream with a Range",
+            fills_resumed_upstream.clone(),
         );
         let upstream_requests = Family::<UpstreamCodeLabels, Counter>::default();
         r.register(
@@ -505,6 +533,9 @@ impl Metrics {
             fills_in_flight,
             fill_waiters,
             fill_joins,
+            fills_from_peers,
+            fills_served_to_peers,
+            fills_resumed_upstream,
             upstream_requests,
             upstream_latency,
             upstream_errors,

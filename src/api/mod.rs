@@ -5,6 +5,7 @@
 mod access;
 pub mod admin;
 mod blobs;
+mod cluster;
 mod drain;
 pub mod endpoint;
 mod error;
@@ -40,7 +41,7 @@ pub use uploads::parse_content_range;
 
 use crate::auth::{Action, Auth, Denied, Identity, Scope, User};
 use crate::oci::{NameError, RepoName};
-use crate::service::{Error, Route, Services};
+use crate::service::{Error, PEER_BLOB_PATH, Route, Services};
 
 /// Everything a request handler needs.
 #[derive(Clone)]
@@ -101,6 +102,7 @@ pub fn router_with(state: AppState, pages: Router) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route(&format!("{PEER_BLOB_PATH}{{digest}}"), get(cluster::blob))
         .fallback(dispatch)
         .with_state(state.clone())
         .merge(pages)

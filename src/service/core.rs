@@ -143,6 +143,15 @@ impl Core {
         self
     }
 
+    /// Cluster mode: a fill another replica leads streams from it (through `peers`), and the
+    /// internal endpoint serves this replica's fills to the others. Without it, a fill led
+    /// elsewhere is fetched again and the internal endpoint does not exist.
+    pub fn with_cluster(mut self, peers: super::ClusterPeers) -> Core {
+        let fills = fill::Fills::new(self.metrics.clone(), self.notifier.clone()).with_cluster(peers);
+        self.fills = Arc::new(fills);
+        self
+    }
+
     /// The notification sink of push, pull, delete and fill events.
     pub fn notifier(&self) -> &Arc<Notifier> {
         &self.notifier

@@ -36,6 +36,7 @@ pub use admin::Admin;
 pub use blobs::Blobs;
 pub use browse::{Browse, Item, ManifestView, RepoList, RepoSummary, RepoView, TagRow};
 pub use core::Core;
+pub use fill::{ClusterPeers, PeerBlob};
 pub use listing::{Page, listing_limit};
 pub use manifests::{ManifestBody, ManifestHead, Manifests, PutManifest};
 pub use prefetch::Prefetch;
@@ -47,6 +48,8 @@ pub use usage::{Part, Usage};
 // "Layers"): `Error` wraps these two, and blob bodies and chunk uploads carry the store's types.
 pub use crate::store::Error as StoreError;
 pub use crate::upstream::Error as UpstreamError;
+/// The internal blob endpoint's path and secret header (cluster mode), for the API to route.
+pub use crate::upstream::{PEER_BLOB_PATH, PEER_SECRET_HEADER};
 
 use crate::notify::Notifier;
 use crate::oci::{Digest, NameError, RepoName};

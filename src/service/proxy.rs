@@ -260,14 +260,7 @@ impl Core {
         }
         let fill = self
             .fills
-            .join_or_start(
-                self.coord.as_ref(),
-                &self.store,
-                &p.upstream,
-                &p.remote,
-                &p.local,
-                digest,
-            )
+            .join_or_start(&self.coord, &self.store, p, digest, false)
             .await;
         if fill.repo != p.local || fill.upstream != p.upstream.name() {
             // A fill is keyed by digest alone: joining one started for another repository
@@ -310,7 +303,7 @@ impl Core {
     /// The stored blob when this repository may serve it. A blob cached for another repository is
     /// linked here only after the upstream confirms this repository has it, so a digest alone
     /// never reveals another repository's (possibly private) content.
-    async fn cached_blob(&self, p: &Proxied, digest: &Digest) -> Result<Option<Stored>> {
+    pub(super) async fn cached_blob(&self, p: &Proxied, digest: &Digest) -> Result<Option<Stored>> {
         let Some(blob) = self.store.blobs.open(digest).await? else {
             return Ok(None);
         };
@@ -326,7 +319,7 @@ impl Core {
     }
 
     /// Ask the repository's upstream whether that repository has `digest`.
-    async fn confirm_upstream_has(&self, p: &Proxied, digest: &Digest) -> Result<()> {
+    pub(super) async fn confirm_upstream_has(&self, p: &Proxied, digest: &Digest) -> Result<()> {
         match p.upstream.head_blob(&p.remote, digest).await {
             Ok(_) => Ok(()),
             Err(e) => Err(blob_error(e, digest)),
@@ -380,7 +373,7 @@ fn is_outage(e: &upstream::Error) -> bool {
 }
 
 /// The error an offline upstream's client gives, without a request.
-fn upstream_offline(p: &Proxied) -> upstream::Error {
+pub(super) fn upstream_offline(p: &Proxied) -> upstream::Error {
     upstream::Error::Offline {
         upstream: p.upstream.name().to_owned(),
     }
@@ -406,7 +399,7 @@ pub(super) fn manifest_error(e: upstream::Error, p: &Proxied, reference: &Refere
 }
 
 /// An upstream failure to fetch blob `digest`, as a client of berth sees it.
-fn blob_error(e: upstream::Error, digest: &Digest) -> Error {
+pub(super) fn blob_error(e: upstream::Error, digest: &Digest) -> Error {
     match e {
         upstream::Error::NotFound => Error::BlobUnknown(digest.clone()),
         upstream::Error::Offline { upstream } => Error::BlobOffline {
@@ -417,7 +410,7 @@ fn blob_error(e: upstream::Error, digest: &Digest) -> Error {
     }
 }
 
-fn fill_error(e: FillError, digest: &Digest) -> Error {
+pub(super) fn fill_error(e: FillError, digest: &Digest) -> Error {
     match e {
         FillError::Upstream(e) => blob_error(e, digest),
         FillError::Corrupt(reason) => Error::Upstream(upstream::Error::Invalid {

@@ -9,8 +9,10 @@ mod auth;
 mod budget;
 #[cfg(test)]
 pub(crate) mod fault;
+mod peer;
 mod remote;
 
+pub use peer::{PEER_BLOB_PATH, PEER_SECRET_HEADER, Peers};
 pub use remote::{Remote, RemoteBlob};
 
 /// Public for the fuzz target in fuzz/: challenges come from upstreams, untrusted.
@@ -87,12 +89,7 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     pub fn new(settings: UpstreamSettings) -> Result<Upstream, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none()) // followed by hand, without Authorization
-            .connect_timeout(settings.timeout)
-            .read_timeout(settings.timeout)
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = http_client(settings.timeout)?;
         let budget = budget::Budget::new(settings.requests_per_second, settings.burst, settings.max_retry_after);
         Ok(Upstream {
             offline: AtomicBool::new(settings.offline),
@@ -258,24 +255,7 @@ impl Upstream {
 
     /// A blob response's headers and streaming body.
     fn blob_response(&self, response: Response) -> RemoteBlob {
-        let (metrics, upstream) = (self.metrics.clone(), self.settings.name.clone());
-        RemoteBlob {
-            size: response.content_length(),
-            content_type: header(&response, CONTENT_TYPE.as_str()),
-            digest: header(&response, "docker-content-digest").and_then(|d| d.parse().ok()),
-            body: response
-                .bytes_stream()
-                .map(move |chunk| {
-                    chunk.map_err(|e| {
-                        metrics.error(UpstreamError::Body);
-                        Error::Unavailable {
-                            upstream: upstream.clone(),
-                            reason: format!("reading blob: {e}"),
-                        }
-                    })
-                })
-                .boxed(),
-        }
+        blob_response(response, self.metrics.clone(), self.settings.name.clone())
     }
 
     fn token_key(&self, scope: &str) -> String {
@@ -514,6 +494,41 @@ impl Remote for Upstream {
         })?;
         self.metrics.received(bytes.len() as u64);
         Ok(bytes)
+    }
+}
+
+/// The HTTP client of berth's outgoing requests (upstreams and, in cluster mode, peer
+/// replicas): redirects are not followed automatically (an upstream's are followed by hand,
+/// without `Authorization`; a peer's are refused), and a connection that goes quiet for `timeout`
+/// fails.
+fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .read_timeout(timeout)
+        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A blob response's headers and streaming body; a broken body counts in `metrics` and is
+/// `Unavailable` from `source`.
+fn blob_response(response: Response, metrics: UpstreamMetrics, source: String) -> RemoteBlob {
+    RemoteBlob {
+        size: response.content_length(),
+        content_type: header(&response, CONTENT_TYPE.as_str()),
+        digest: header(&response, "docker-content-digest").and_then(|d| d.parse().ok()),
+        body: response
+            .bytes_stream()
+            .map(move |chunk| {
+                chunk.map_err(|e| {
+                    metrics.error(UpstreamError::Body);
+                    Error::Unavailable {
+                        upstream: source.clone(),
+                        reason: format!("reading blob: {e}"),
+                    }
+                })
+            })
+            .boxed(),
     }
 }
 

@@ -7,6 +7,7 @@ mod support;
 mod api;
 mod auth_abuse;
 mod clients;
+mod cluster_fill;
 mod crash;
 mod disk;
 mod image;

@@ -9,30 +9,40 @@
 //! writer instead.
 //!
 //! Who leads a fill is the [`Coordinator`]'s decision (single-flight per digest); a request that
-//! follows a fill led in this process joins its window and readers.
+//! follows a fill led in this process joins its window and readers. In cluster mode a fill led by
+//! another replica is followed by one local fill whose source is that replica (`source`), so this
+//! replica's clients share one window as well, and get bytes before the leader has them all;
+//! `peer` serves the other side, a replica's request for a fill led here.
 //!
 //! A reader never gets the last byte before the digest has verified, so a response of unverified
 //! bytes cannot complete normally: on a mismatch the writer is dropped (which discards its bytes)
 //! and every reader's body ends in an error, which aborts the HTTP response.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use crate::coord::{Coordinator, FillClaim, FillLease};
-use crate::metrics::{FillResult, Metrics, Tracked, UpstreamError};
+use crate::coord::{Coordinator, FillClaim};
+use crate::metrics::{Metrics, Tracked};
 use crate::oci::{Digest, RepoName};
-use crate::store::{self, BlobWriter, Origin, ReadBack, Store, Written};
-use crate::upstream::{self, Remote, RemoteBlob};
+use crate::store::{self, ReadBack, Store};
+use crate::upstream;
 
+use super::route::Proxied;
+
+mod job;
 mod lazy;
+mod peer;
 mod reader;
+mod source;
 pub use lazy::{Early, ranged};
+pub use peer::{ClusterPeers, PeerBlob};
 use reader::Recent;
+use source::Source;
 
 /// The progress of one fill, broadcast to its readers.
 #[derive(Clone, Debug)]
@@ -90,15 +100,37 @@ pub struct Fill {
     recent: Mutex<Recent>,
 }
 
-/// Starts and joins fills; which fills are in flight is the coordinator's to know.
+/// Starts and joins fills; which fills are in flight is the coordinator's to know, except the
+/// ones following another replica (the coordinator knows leaders only).
 pub struct Fills {
     metrics: Arc<Metrics>,
     notifier: Arc<crate::notify::Notifier>,
+    /// Cluster mode: the other replicas, to stream fills they lead from.
+    cluster: Option<ClusterPeers>,
+    /// Fills of this process that follow another replica, so this process's other requests for
+    /// the digest join them instead of opening a second stream.
+    following: Mutex<HashMap<Digest, Arc<Fill>>>,
 }
 
 impl Fills {
     pub fn new(metrics: Arc<Metrics>, notifier: Arc<crate::notify::Notifier>) -> Fills {
-        Fills { metrics, notifier }
+        Fills {
+            metrics,
+            notifier,
+            cluster: None,
+            following: Mutex::default(),
+        }
+    }
+
+    /// Stream fills that another replica leads from it (cluster mode).
+    pub fn with_cluster(mut self, cluster: ClusterPeers) -> Fills {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// The cluster's peers, in cluster mode.
+    pub fn cluster(&self) -> Option<&ClusterPeers> {
+        self.cluster.as_ref()
     }
 
     /// Count a client waiting for (or streaming from) a fill, for as long as the guard lives.
@@ -106,225 +138,91 @@ impl Fills {
         Tracked::new(&self.metrics.fill_waiters)
     }
 
-    /// Join the fill of `digest`, or start one from `upstream`: `coord` decides which.
+    /// Join the fill of `digest` for the proxied repository `p`, or start one: `coord` decides
+    /// which. `for_peer`: the request comes from another replica's fill, so it must not follow
+    /// another replica in turn (no chains, no cycles): it joins a fill led here, or leads.
     pub async fn join_or_start(
         self: &Arc<Self>,
-        coord: &dyn Coordinator,
+        coord: &Arc<dyn Coordinator>,
         store: &Store,
-        upstream: &Arc<dyn Remote>,
-        remote: &str,
-        local: &RepoName,
+        p: &Proxied,
         digest: &Digest,
+        for_peer: bool,
     ) -> Arc<Fill> {
+        if !for_peer && let Some(following) = self.following.lock().get(digest).cloned() {
+            self.metrics.fill_joins.inc();
+            return following;
+        }
         let (progress, _) = watch::channel(FillProgress::Connecting);
         let fill = Arc::new(Fill {
             digest: digest.clone(),
-            repo: local.clone(),
-            upstream: upstream.name().to_owned(),
+            repo: p.local.clone(),
+            upstream: p.upstream.name().to_owned(),
             written: OnceLock::new(),
             progress,
             recent: Mutex::default(),
         });
-        let lease = match coord.claim_fill(digest, fill.clone()).await {
-            Ok(FillClaim::Lead(lease)) => Some(lease),
-            Ok(FillClaim::Follow(leader)) => match leader.local.and_then(|f| f.downcast::<Fill>().ok()) {
-                Some(leader) => {
-                    self.metrics.fill_joins.inc();
-                    return leader;
+        let (lease, source) = match coord.claim_fill(digest, fill.clone()).await {
+            Ok(FillClaim::Lead(lease)) => (Some(lease), Source::Upstream),
+            Ok(FillClaim::Follow(leader)) => {
+                match (leader.local.and_then(|f| f.downcast::<Fill>().ok()), leader.leader_url) {
+                    (Some(leader), _) => {
+                        self.metrics.fill_joins.inc();
+                        return leader;
+                    }
+                    (None, Some(url)) if !for_peer && self.cluster.is_some() => match self.follow(&fill) {
+                        Some(running) => {
+                            self.metrics.fill_joins.inc();
+                            return running;
+                        }
+                        None => (None, Source::Peer(url)),
+                    },
+                    // Led by another replica, but this request is a peer's (which must not follow
+                    // in turn), or there are no peers to stream from: fetching again is correct, only
+                    // not single-flight.
+                    _ => (None, Source::Upstream),
                 }
-                // Led by another replica. Streaming from it comes with cluster mode; until then
-                // fetching again is correct, only not single-flight.
-                None => None,
-            },
+            }
             // Coordination is down: serving the client matters more than single-flight.
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "fill claim failed; fetching without one");
-                None
+                (None, Source::Upstream)
             }
         };
-        let job = Job {
+        let job = job::Job {
             lease,
             fills: self.clone(),
             fill: fill.clone(),
             store: store.clone(),
-            upstream: upstream.clone(),
-            remote: remote.to_owned(),
-            local: local.clone(),
+            upstream: p.upstream.clone(),
+            remote: p.remote.clone(),
+            local: p.local.clone(),
+            source,
+            coord: coord.clone(),
+            cluster: self.cluster.clone(),
+            give_up_at: None,
         };
         tokio::spawn(job.run());
         fill
     }
-}
 
-struct Job {
-    /// Held until the fill ends; `None` when no claim could be had (see `join_or_start`).
-    lease: Option<FillLease>,
-    fills: Arc<Fills>,
-    fill: Arc<Fill>,
-    store: Store,
-    upstream: Arc<dyn Remote>,
-    remote: String,
-    local: RepoName,
-}
-
-impl Job {
-    async fn run(mut self) {
-        let _running = Tracked::new(&self.fills.metrics.fills_in_flight);
-        // On failure the writer was dropped inside, which discarded its bytes.
-        let outcome = self.fetch().await;
-        // Release the claim before announcing the end, so a request that arrives after the
-        // announcement finds the blob in the store (or starts a fresh fill after a failure).
-        drop(self.lease.take());
-        self.fills.metrics.fill_done(match &outcome {
-            Ok(_) => FillResult::Ok,
-            Err(FillError::Corrupt(_)) => FillResult::Corrupt,
-            Err(_) => FillResult::Failed,
-        });
-        let final_state = match outcome {
-            Ok(size) => {
-                super::notify_fill(&self.fills.notifier, &self.local, &self.fill.digest, None, size);
-                FillProgress::Done { size }
-            }
-            Err(e) => {
-                tracing::warn!(digest = %self.fill.digest, upstream = %self.upstream.name(), error = ?e, "cache fill failed");
-                FillProgress::Failed(e)
-            }
-        };
-        // Readers still behind now read back through the writer (published, or discarded but
-        // still readable by them).
-        self.fill.recent.lock().clear();
-        self.fill.progress.send_replace(final_state);
-    }
-
-    async fn fetch(&self) -> Result<u64, FillError> {
-        let digest = &self.fill.digest;
-        let response = self
-            .upstream
-            .get_blob(&self.remote, digest)
-            .await
-            .map_err(FillError::Upstream)?;
-        let size = response.size;
-        let io = FillError::from;
-        let fill = self.fill.clone();
-        let mut writer = self
-            .store
-            .blobs
-            .writer(digest, Box::new(move |written| fill.written(written)))
-            .await
-            .map_err(io)?;
-        let _ = self.fill.written.set(writer.read_back());
-        self.fill.progress.send_replace(FillProgress::Streaming {
-            size,
-            received: 0,
-            written: 0,
-        });
-        let received = self.receive(response, size, writer.as_mut()).await;
-        // The writer's error (a full disk, say) explains a failed hand-off better than it does.
-        let Written {
-            len: written,
-            digest: actual,
-        } = writer.close().await.map_err(io)?;
-        let received = received?;
-        if actual != *digest || size.is_some_and(|s| s != written) || received != written {
-            self.upstream.metrics().error(UpstreamError::Invalid);
-            return Err(FillError::Corrupt(format!(
-                "upstream bytes hash to {actual} ({written} bytes), not {digest}"
-            )));
+    /// Record `fill` as this process's follower of its digest, unless a concurrent request
+    /// recorded one first: then that one, to join.
+    fn follow(&self, fill: &Arc<Fill>) -> Option<Arc<Fill>> {
+        let mut following = self.following.lock();
+        if let Some(running) = following.get(&fill.digest) {
+            return Some(running.clone());
         }
-        // Readers may finish now; making the blob durable is the cache's business, not theirs.
-        self.fill
-            .progress
-            .send_replace(FillProgress::Verified { size: written });
-        // Registered before it is published, so its grace period covers it until the link.
-        super::register(self.store.meta.as_ref(), digest, written)
-            .await
-            .map_err(FillError::from)?;
-        writer.commit(digest).await.map_err(io)?;
-        let origin = Origin::Proxied {
-            upstream: self.upstream.name().to_owned(),
-        };
-        self.store
-            .meta
-            .link_blob(&self.local, digest, origin)
-            .await
-            .map_err(FillError::from)?;
-        tracing::info!(%digest, bytes = written, upstream = %self.upstream.name(), "cached blob");
-        Ok(written)
+        following.insert(fill.digest.clone(), fill.clone());
+        None
     }
 
-    /// Read the upstream body, handing what arrives to the readers (through `recent`) and to the
-    /// writer, in batches of [`store::WRITE_BATCH`] bytes. Readers are handed bytes whenever the upstream has nothing more ready, so a slow
-    /// upstream's bytes reach them as they arrive, and in batches when it is fast. A fill that
-    /// stays below the upstream's minimum rate for a whole window is aborted. Returns how many
-    /// bytes arrived.
-    async fn receive(
-        &self,
-        response: RemoteBlob,
-        size: Option<u64>,
-        writer: &mut dyn BlobWriter,
-    ) -> Result<u64, FillError> {
-        let io = FillError::from;
-        let mut body = response.body;
-        let mut received = 0u64;
-        let mut pace = Pace::new(self.upstream.settings());
-        let mut unoffered: Vec<Bytes> = Vec::new();
-        // Buffers received but not yet handed to the writer, and their length.
-        let (mut unwritten, mut unwritten_len): (Vec<Bytes>, usize) = (Vec::new(), 0);
-        loop {
-            let next = match body.next().now_or_never() {
-                Some(next) => next,
-                None => {
-                    self.offer(&mut unoffered, received);
-                    match tokio::time::timeout_at(pace.window_end, body.next()).await {
-                        Ok(next) => next,
-                        Err(_) => {
-                            pace.check(0).map_err(|e| self.stalled(e))?;
-                            continue;
-                        }
-                    }
-                }
-            };
-            let Some(chunk) = next.transpose().map_err(FillError::Upstream)? else {
-                if !unwritten.is_empty() {
-                    writer.append(unwritten).await.map_err(io)?;
-                }
-                self.offer(&mut unoffered, received);
-                return Ok(received);
-            };
-            self.upstream.metrics().received(chunk.len() as u64);
-            received += chunk.len() as u64;
-            if size.is_some_and(|s| received > s) {
-                self.upstream.metrics().error(UpstreamError::Invalid);
-                return Err(FillError::Corrupt(format!(
-                    "upstream sent more than its Content-Length {size:?}"
-                )));
-            }
-            pace.check(chunk.len() as u64).map_err(|e| self.stalled(e))?;
-            // The buffers are shared, not copied.
-            unoffered.push(chunk.clone());
-            unwritten_len += chunk.len();
-            unwritten.push(chunk);
-            if unwritten_len >= store::WRITE_BATCH {
-                writer.append(std::mem::take(&mut unwritten)).await.map_err(io)?;
-                unwritten_len = 0;
-                self.offer(&mut unoffered, received);
-            }
+    /// Forget `fill` as a follower (it ended).
+    fn unfollow(&self, fill: &Arc<Fill>) {
+        let mut following = self.following.lock();
+        if following.get(&fill.digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+            following.remove(&fill.digest);
         }
-    }
-
-    fn offer(&self, unoffered: &mut Vec<Bytes>, received: u64) {
-        if !unoffered.is_empty() {
-            self.fill.offer(unoffered, received);
-            unoffered.clear();
-        }
-    }
-
-    fn stalled(&self, reason: String) -> FillError {
-        self.upstream.metrics().error(UpstreamError::Body);
-        FillError::Upstream(upstream::Error::Unavailable {
-            upstream: self.upstream.name().to_owned(),
-            reason,
-        })
     }
 }
 
@@ -391,45 +289,6 @@ impl Fill {
                 return Err(FillError::Io("fill ended without a result".into()));
             }
         }
-    }
-}
-
-/// The minimum-progress rule of a fill: at least `fill_min_rate` bytes per second, averaged over
-/// each `fill_rate_window`. A read timeout alone cannot catch an upstream that drips one byte at
-/// a time.
-struct Pace {
-    window: std::time::Duration,
-    needed: u64,
-    window_end: tokio::time::Instant,
-    in_window: u64,
-}
-
-impl Pace {
-    fn new(settings: &crate::config::UpstreamSettings) -> Pace {
-        let window = settings.fill_rate_window;
-        Pace {
-            window,
-            needed: (settings.fill_min_rate as f64 * window.as_secs_f64()) as u64,
-            window_end: tokio::time::Instant::now() + window,
-            in_window: 0,
-        }
-    }
-
-    /// Count `bytes` that just arrived; at the end of a window, fail if too few came in it.
-    fn check(&mut self, bytes: u64) -> Result<(), String> {
-        self.in_window += bytes;
-        if tokio::time::Instant::now() < self.window_end {
-            return Ok(());
-        }
-        if self.in_window < self.needed {
-            return Err(format!(
-                "blob fetch stalled: {} bytes in {:?}, below the minimum of {} per window",
-                self.in_window, self.window, self.needed
-            ));
-        }
-        self.in_window = 0;
-        self.window_end = tokio::time::Instant::now() + self.window;
-        Ok(())
     }
 }
 

@@ -78,6 +78,16 @@ impl Fill {
         self.read_from(0, u64::MAX, true, waiter)
     }
 
+    /// The blob's bytes from `from` on as they arrive; the final byte only after verification
+    /// (a replica resuming its copy of the blob, see `peer`).
+    pub(super) fn stream_from(
+        self: Arc<Self>,
+        from: u64,
+        waiter: Tracked,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        self.read_from(from, u64::MAX, true, waiter)
+    }
+
     /// The bytes `start..end` of the blob as they arrive, the last one included without waiting
     /// for verification (see [`super::lazy`] for why a part may go out unverified). The body still
     /// ends in an error if the fill fails while any of the part is unsent.

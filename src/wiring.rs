@@ -10,7 +10,7 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::config::{MetadataBackend, StorageBackend};
 use crate::coord::{self, Coordinator, postgres::PgCoordinator};
-use crate::service::{Core, Services};
+use crate::service::{ClusterPeers, Core, Services};
 use crate::store::{self, Meta, Store};
 use crate::upstream::Upstream;
 
@@ -113,7 +113,16 @@ pub fn services(config: &Config, backends: &Backends, node: String) -> Result<Se
         .collect::<Result<Vec<_>, _>>()?;
     let mut core = Core::new(backends.store.clone(), upstreams, backends.coord.clone());
     if backends.cluster.is_some() {
-        core = core.with_memo_tag_ttl(CLUSTER_MEMO_TAG_TTL);
+        // Checked by `open` already; read again here so the secret lives only where it is used.
+        let secret = std::env::var(&config.cluster.secret_env).map_err(|_| {
+            format!(
+                "cluster mode needs the replicas' shared secret in ${}",
+                config.cluster.secret_env
+            )
+        })?;
+        core = core
+            .with_memo_tag_ttl(CLUSTER_MEMO_TAG_TTL)
+            .with_cluster(ClusterPeers::new(secret, config.cluster.lease)?);
     }
     let core = core
         .with_private_namespaces(config.private.namespaces.clone())

@@ -11,21 +11,24 @@ import os, pwd, shutil, socket, subprocess, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import MB, BenchError, System, Table, curl, hub_fetches, interleave, log, push_blob, random_file, run, wait_quiet
+from benchlib import (MB, BenchError, System, Table, curl, hub_fetches, interleave, log, push_blob, random_file, run,
+                      wait_quiet)
 
 GARAGE = Path(os.environ.get("BERTH_GARAGE_BIN", Path.home() / ".cache/berth/garage/root/bin/garage"))
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # As in src/testing/engines/garage.rs: Garage's key format is GK + 24 hex digits and a 64-hex secret.
 KEY_ID, SECRET = "GK0123456789abcdef01234567", "0123456789abcdef" * 4
 BUCKET, REGION, REPLICAS = "berth", "garage", 3
+PROFILED = {"C1": 0, "C2": 0, "C3": 1}  # the replica `benches/run --profile` records in each workload
 
 
 def missing_engines():
     """What the cluster rows need and this machine lacks, each with where it comes from."""
     out = []
     if not GARAGE.exists():
-        out.append(f"Garage is not at {GARAGE}: tests/run builds it there (SODIUM_USE_PKG_CONFIG=1 "
-                   "cargo install garage --locked --root ~/.cache/berth/garage/root)")
+        out.append(f"Garage is not at {GARAGE} ($BERTH_GARAGE_BIN, default ~/.cache/berth/garage/root/bin/garage): "
+                   "tests/run builds it there (SODIUM_USE_PKG_CONFIG=1 cargo install garage --locked "
+                   "--root ~/.cache/berth/garage/root)")
     if not (PG_BIN / "postgres").exists():
         out.append(f"PostgreSQL 15 is not in {PG_BIN}: apt-get install postgresql-15")
     return out
@@ -172,8 +175,9 @@ def fetch(url):
 
 def c1(bench):
     """--herd clients at once GET one cold blob through single-node berth (all of them) and through
-    the cluster (client i on replica i mod 3). Counts the hub's fetches of it; `max TTFB s` shows
-    whether clients on non-owner replicas got bytes before the fill ended."""
+    the cluster (client i on replica i mod 3). Counts the hub's fetches of it (the goal is 1 for the
+    whole cluster, issue 14); `max TTFB s` shows whether clients on replicas that do not own the
+    fill got bytes before it ended."""
     n, cluster, bad = bench.args.herd, bench.cluster, {}
     single = System("berth proxy (1 node)", "single", bench.proxy[1].url)
     spread = System(f"berth cluster ({REPLICAS} replicas)", "cluster", cluster.urls[0])
@@ -253,5 +257,5 @@ def c3(bench):
     t = Table("C3", f"cold {bench.args.mib} MiB blob GET from S3 through a replica",
               "seconds, lower is better; direct = curl --aws-sigv4 from the same Garage node", vs="direct",
               better="lower")
-    t.add_all(interleave([direct, replica], bench.args.reps, measure, quiet=True))
+    t.add_all(interleave([direct, replica], bench.args.reps, measure))
     return t

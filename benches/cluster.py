@@ -14,7 +14,7 @@ from pathlib import Path
 from benchlib import (MB, BenchError, System, Table, curl, hub_fetches, interleave, log, push_blob, random_file, run,
                       wait_quiet)
 
-GARAGE = Path(os.environ.get("BERTH_GARAGE_BIN", Path.home() / ".cache/berth/garage/root/bin/garage"))
+GARAGE = Path(os.environ.get("GARAGE_BIN", Path.home() / ".cache/berth/garage/root/bin/garage"))
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # As in src/testing/engines/garage.rs: Garage's key format is GK + 24 hex digits and a 64-hex secret.
 KEY_ID, SECRET = "GK0123456789abcdef01234567", "0123456789abcdef" * 4
@@ -26,7 +26,7 @@ def missing_engines():
     """What the cluster rows need and this machine lacks, each with where it comes from."""
     out = []
     if not GARAGE.exists():
-        out.append(f"Garage is not at {GARAGE} ($BERTH_GARAGE_BIN, default ~/.cache/berth/garage/root/bin/garage): "
+        out.append(f"Garage is not at {GARAGE} ($GARAGE_BIN, default ~/.cache/berth/garage/root/bin/garage): "
                    "tests/run builds it there (SODIUM_USE_PKG_CONFIG=1 cargo install garage --locked "
                    "--root ~/.cache/berth/garage/root)")
     if not (PG_BIN / "postgres").exists():
@@ -80,7 +80,7 @@ class Cluster:
                 f'[storage]\nroot = "{root}"\nbackend = "s3"\n'
                 f'[storage.s3]\nendpoint = "{endpoint}"\nbucket = "{BUCKET}"\nregion = "{REGION}"\n'
                 f'path_style = true\ncache_dir = "{root}/cache"\n'
-                # Not the BERTH_S3_* defaults: berth reads every BERTH_* variable as a config override.
+                # Named here, never BERTH_*: berth reads those as config overrides.
                 'access_key_id_env = "S3_KEY_ID"\nsecret_access_key_env = "S3_SECRET"\n'
                 f'[metadata]\nbackend = "postgres"\n[cluster]\nadvertise = "{url}"\n'
                 f'[auth]\ntoken_key = "{work}/token.key"\n'

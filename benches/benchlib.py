@@ -6,11 +6,13 @@ Nothing here starts or stops a server; benches/run owns the systems under test.
 import hashlib, http.client, json, os, re, resource, statistics, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from collections import namedtuple
 from urllib.parse import quote, urljoin, urlsplit
 
 MIB, MB = 1 << 20, 1e6  # sizes are MiB, rates are MB/s (10^6 bytes), as curl reports them
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 QUIET_LIMIT = [15.0]  # seconds wait_quiet() waits at most; --quick lowers it
+System = namedtuple("System", "name kind url")  # kind: plain, proxy, ceiling, direct, single, cluster
 
 
 class BenchError(Exception):

@@ -82,6 +82,7 @@ async fn on_a_three_node_garage_cluster() {
     a_cancelled_session_aborts_its_multipart_upload_and_orphans_are_removed(&bucket, caches.path()).await;
     the_disk_cache_serves_warm_reads_locally_and_evicts_past_its_cap(&bucket, caches.path()).await;
     a_redirect_is_a_presigned_url_that_serves_the_blob(&bucket, caches.path()).await;
+    two_replicas_writing_one_blob_at_once_both_commit_and_the_object_is_whole(&bucket, caches.path()).await;
     a_killed_node_fails_no_read_or_write(&mut garage, &bucket, caches.path()).await;
 }
 
@@ -337,6 +338,67 @@ async fn a_redirect_is_a_presigned_url_that_serves_the_blob(bucket: &Bucket, cac
         got.bytes().await.unwrap() == bytes,
         "the URL serves the blob without credentials"
     );
+}
+
+/// A fill's owner and a replica following it (or one that took over) write the same digest at
+/// once, each with a multipart upload of the same key. Garage lets only one complete; the other
+/// writer's parts or completion fail, and that must not fail its write.
+async fn two_replicas_writing_one_blob_at_once_both_commit_and_the_object_is_whole(bucket: &Bucket, caches: &Path) {
+    let bytes = pattern(3 * PART + 12345, 77);
+    let digest = Digest::sha256_of(&bytes);
+    let (owner, follower) = (
+        replica(bucket, &caches.join("owner"), 1 << 30, false),
+        replica(bucket, &caches.join("follower"), 1 << 30, false),
+    );
+    let mut a = owner.writer(&digest, Box::new(|_| {})).await.unwrap();
+    let mut b = follower.writer(&digest, Box::new(|_| {})).await.unwrap();
+    let (first, rest) = bytes.split_at(2 * PART);
+    a.append(vec![bytes.slice_ref(first)]).await.unwrap();
+    b.append(vec![bytes.slice_ref(first)]).await.unwrap();
+    a.append(vec![bytes.slice_ref(rest)]).await.unwrap();
+    assert_eq!(a.commit(&digest).await.unwrap(), bytes.len() as u64);
+    // The owner's upload completed over the follower's: its next parts may fail.
+    b.append(vec![bytes.slice_ref(rest)]).await.unwrap();
+    assert_eq!(b.commit(&digest).await.unwrap(), bytes.len() as u64);
+    let stored = bucket.s3.get(&blob_key(&digest)).await.unwrap().bytes().await.unwrap();
+    assert!(stored == bytes, "the published object is the blob");
+    for blobs in [&owner, &follower] {
+        assert_eq!(
+            collect(blobs.open(&digest).await.unwrap().unwrap()).await,
+            bytes.to_vec()
+        );
+    }
+
+    // The other order: the follower's writer started its upload first and completes last.
+    let bytes = pattern(2 * PART + 99, 78);
+    let digest = Digest::sha256_of(&bytes);
+    let mut b = follower.writer(&digest, Box::new(|_| {})).await.unwrap();
+    b.append(vec![bytes.slice(..PART + 1)]).await.unwrap();
+    write(&owner, &bytes).await;
+    b.append(vec![bytes.slice(PART + 1..)]).await.unwrap();
+    assert_eq!(b.commit(&digest).await.unwrap(), bytes.len() as u64);
+    let stored = bucket.s3.get(&blob_key(&digest)).await.unwrap().bytes().await.unwrap();
+    assert!(stored == bytes);
+
+    // Three at once, parts in flight together, as a herd's fills on three replicas.
+    let bytes = pattern(4 * PART + 7, 79);
+    let digest = Digest::sha256_of(&bytes);
+    let third = replica(bucket, &caches.join("third"), 1 << 30, false);
+    let writes = [&owner, &follower, &third].map(|blobs| {
+        let (blobs, bytes, digest) = (blobs.clone(), bytes.clone(), digest.clone());
+        tokio::spawn(async move {
+            let mut w = blobs.writer(&digest, Box::new(|_| {})).await.unwrap();
+            for chunk in bytes.chunks(1 << 20) {
+                w.append(vec![bytes.slice_ref(chunk)]).await.unwrap();
+            }
+            w.commit(&digest).await
+        })
+    });
+    for write in writes {
+        assert_eq!(write.await.unwrap().unwrap(), bytes.len() as u64);
+    }
+    let stored = bucket.s3.get(&blob_key(&digest)).await.unwrap().bytes().await.unwrap();
+    assert!(stored == bytes);
 }
 
 async fn a_killed_node_fails_no_read_or_write(garage: &mut Garage, bucket: &Bucket, caches: &Path) {

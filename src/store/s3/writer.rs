@@ -7,6 +7,14 @@
 //!
 //! A blob shorter than one part never starts a multipart upload: it is buffered and put whole
 //! after it verified (one request instead of three, for manifests and configs).
+//!
+//! Two writers of one digest may overlap: the replica leading a fill and one that follows it
+//! (cluster mode), or a takeover after the owner stalled. Garage keeps one upload per key in
+//! flight: when one completes, the other's parts and completion fail (`NoSuchUpload`,
+//! `InvalidPart`). Content addressing makes whichever completes first the right object, so a
+//! part that fails stops this writer's upload but not the write: the spool still takes every
+//! byte, and `commit` finds the object published by the other writer, or uploads the verified
+//! spool itself when there is none (an owner that died, an outage that passed).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -127,6 +135,8 @@ pub(super) struct S3Writer {
     written: Option<Written>,
     buffer: PartBuffer,
     upload: Option<Multipart>,
+    /// A part failed: no more parts are sent; `commit` uploads the spool if it must.
+    detached: bool,
 }
 
 impl S3Writer {
@@ -150,6 +160,7 @@ impl S3Writer {
             written: None,
             buffer: PartBuffer::default(),
             upload: None,
+            detached: false,
         })
     }
 
@@ -195,6 +206,93 @@ impl S3Writer {
     }
 }
 
+impl S3Writer {
+    /// Whether the blob's object exists (any writer's: they all hold the same bytes).
+    async fn published(&self) -> Result<bool> {
+        Ok(found(self.bucket.s3.head(&self.key).await)?.is_some())
+    }
+
+    /// Stop this writer's multipart upload (aborted in the background); the spool goes on.
+    fn detach(&mut self) {
+        self.detached = true;
+        if let Some(upload) = self.upload.take() {
+            abort_in_background(&self.bucket, &self.key, upload);
+        }
+    }
+
+    /// Upload the verified spool file as the blob: one PUT, or a multipart upload of `PART`s
+    /// read from the file one at a time.
+    async fn upload_spool(&mut self, len: u64) -> Result<()> {
+        let file = self.file.clone();
+        let read = move |at: u64, n: usize| {
+            let file = file.clone();
+            unblock(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0; n];
+                file.read_exact_at(&mut buf, at)?;
+                Ok(Bytes::from(buf))
+            })
+        };
+        if len <= PART as u64 {
+            let bytes = read(0, len as usize).await?;
+            return self
+                .bucket
+                .s3
+                .put(&self.key, bytes.into())
+                .await
+                .map(drop)
+                .map_err(s3_error);
+        }
+        let s3 = &self.bucket.s3;
+        let id = s3.create_multipart(&self.key).await.map_err(s3_error)?;
+        let mut parts = Vec::new();
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(PART as u64) as usize;
+            let part = match read(at, n).await {
+                Ok(bytes) => s3
+                    .put_part(&self.key, &id, parts.len(), bytes.into())
+                    .await
+                    .map_err(s3_error),
+                Err(e) => Err(e.into()),
+            };
+            match part {
+                Ok(part) => parts.push(part),
+                Err(e) => {
+                    abort_in_background(
+                        &self.bucket,
+                        &self.key,
+                        Multipart {
+                            id,
+                            parts: PartQueue::default(),
+                        },
+                    );
+                    return Err(e);
+                }
+            }
+            at += n as u64;
+        }
+        s3.complete_multipart(&self.key, &id, parts)
+            .await
+            .map(drop)
+            .map_err(s3_error)
+    }
+}
+
+/// Abort `upload` from a spawned task (a drop cannot wait), freeing its parts.
+fn abort_in_background(bucket: &Bucket, key: &Key, upload: Multipart) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (s3, key) = (bucket.s3.clone(), key.clone());
+    runtime.spawn(async move {
+        drop(upload.parts); // aborts the parts still uploading
+        if let Err(e) = s3.abort_multipart(&key, &upload.id).await {
+            tracing::warn!(key = %key, error = %e, "aborting a multipart upload failed");
+        }
+    });
+}
+
 #[async_trait::async_trait]
 impl BlobWriter for S3Writer {
     async fn append(&mut self, batch: Vec<Bytes>) -> Result<()> {
@@ -206,9 +304,15 @@ impl BlobWriter for S3Writer {
         for bytes in batch {
             self.buffer.push(bytes);
         }
-        while self.buffer.len() >= PART {
+        while !self.detached && self.buffer.len() >= PART {
             let part = self.buffer.take(PART);
-            self.send_part(part).await?;
+            if let Err(e) = self.send_part(part).await {
+                tracing::info!(key = %self.key, error = %e, "a part upload failed; the blob is kept in the spool and uploaded from it at commit unless another writer publishes it first");
+                self.detach();
+            }
+        }
+        if self.detached {
+            self.buffer = PartBuffer::default();
         }
         Ok(())
     }
@@ -234,8 +338,17 @@ impl BlobWriter for S3Writer {
     async fn commit(mut self: Box<Self>, expected: &Digest) -> Result<u64> {
         let written = self.close().await?;
         verify(&written, expected)?;
-        if found(self.bucket.s3.head(&self.key).await)?.is_none() {
-            self.complete().await?;
+        if self.published().await? {
+            self.detach();
+        } else if self.detached {
+            self.upload_spool(written.len).await?;
+        } else if let Err(e) = self.complete().await {
+            // Another writer's upload may have completed over ours: then the object is there.
+            self.detach();
+            if !self.published().await? {
+                tracing::info!(key = %self.key, error = %e, "completing the upload failed; uploading the verified spool again");
+                self.upload_spool(written.len).await?;
+            }
         }
         let temp = self.temp.take().expect("not published yet");
         let (cache, digest) = (self.cache.clone(), expected.clone());
@@ -248,16 +361,8 @@ impl Drop for S3Writer {
     /// Not committed (or a commit that failed): abort the multipart upload, so its parts are
     /// freed and nothing is ever published, and discard the spool.
     fn drop(&mut self) {
-        if let Some(upload) = self.upload.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let (s3, key) = (self.bucket.s3.clone(), self.key.clone());
-            runtime.spawn(async move {
-                drop(upload.parts); // aborts the parts still uploading
-                if let Err(e) = s3.abort_multipart(&key, &upload.id).await {
-                    tracing::warn!(key = %key, error = %e, "aborting a multipart upload failed");
-                }
-            });
+        if let Some(upload) = self.upload.take() {
+            abort_in_background(&self.bucket, &self.key, upload);
         }
         if let Some(temp) = self.temp.take() {
             super::remove_quietly(&temp);

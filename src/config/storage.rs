@@ -28,10 +28,11 @@ pub struct S3Config {
     pub bucket: String,
     /// The region requests are signed for (Garage's default is `"garage"`). Default `"us-east-1"`.
     pub region: String,
-    /// The environment variable that holds the access key id. Default `"BERTH_S3_ACCESS_KEY_ID"`.
+    /// The environment variable that holds the access key id. Default `"AWS_ACCESS_KEY_ID"`, the
+    /// name every S3 tool reads; not a `BERTH_*` name, which berth would read as a config override.
     pub access_key_id_env: String,
     /// The environment variable that holds the secret access key. Default
-    /// `"BERTH_S3_SECRET_ACCESS_KEY"`.
+    /// `"AWS_SECRET_ACCESS_KEY"`.
     pub secret_access_key_env: String,
     /// Path-style URLs (`endpoint/bucket/key`), which Garage, SeaweedFS and MinIO on one host
     /// need; `false`: virtual-hosted style (`bucket.endpoint/key`). Default `true`.
@@ -57,8 +58,8 @@ impl Default for S3Config {
             endpoint: String::new(),
             bucket: "berth".into(),
             region: "us-east-1".into(),
-            access_key_id_env: "BERTH_S3_ACCESS_KEY_ID".into(),
-            secret_access_key_env: "BERTH_S3_SECRET_ACCESS_KEY".into(),
+            access_key_id_env: "AWS_ACCESS_KEY_ID".into(),
+            secret_access_key_env: "AWS_SECRET_ACCESS_KEY".into(),
             path_style: true,
             cache_dir: PathBuf::new(),
             cache_max_size: 10 << 30,
@@ -111,5 +112,22 @@ redirect_expiry = "90s"
         assert!(bad.to_string().contains("cache_max_size"), "{bad}");
         let unknown = Config::from_toml("[storage]\nbackend = \"ftp\"\n", std::iter::empty()).unwrap_err();
         assert!(unknown.to_string().contains("backend"), "{unknown}");
+    }
+
+    #[test]
+    fn the_default_secret_variables_can_be_set_beside_the_config() {
+        // Every `BERTH_*` variable is a config override, and one naming no key is refused: a
+        // default variable for a secret must not be such a name, or setting it as documented
+        // would stop berth from starting.
+        let c = Config::default();
+        let secrets = [
+            c.storage.s3.access_key_id_env.clone(),
+            c.storage.s3.secret_access_key_env.clone(),
+            c.metadata.url_env.clone(),
+            c.cluster.secret_env.clone(),
+        ];
+        let env = secrets.iter().map(|name| (name.clone(), "value".to_owned()));
+        let loaded = Config::from_toml(crate::config::DEFAULT_TOML, env);
+        assert!(loaded.is_ok(), "{secrets:?}: {:?}", loaded.err());
     }
 }

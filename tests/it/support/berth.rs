@@ -61,14 +61,15 @@ impl Berth {
         Berth::start_in_with_env(dir, extra, &[])
     }
 
-    fn start_in_with_env(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Berth {
+    /// [`Berth::start_in`] with `env` set for the server process (and its commands, [`Berth::cli`]).
+    pub fn start_in_with_env(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Berth {
         let mut b = Berth::configure(dir, extra, env);
         b.spawn();
         b
     }
 
-    /// Write the config in `dir`; the process is not started yet.
-    fn configure(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Berth {
+    /// Write the config in `dir`; the process is not started yet ([`Berth::spawn`] starts it).
+    pub fn configure(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Berth {
         let port = super::free_port();
         let root = dir.join("data");
         let config = dir.join("mirror.toml");
@@ -92,7 +93,15 @@ impl Berth {
         }
     }
 
-    fn spawn(&mut self) {
+    /// Set `name` for the server process from its next start on (and for [`Berth::cli`]).
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_owned(), value.to_owned()));
+    }
+
+    /// Start the process (again, after [`Berth::stop`] or [`Berth::kill`]) on the same store,
+    /// config and port, and wait until it listens.
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -223,6 +232,7 @@ impl Berth {
             .arg("--config")
             .arg(&self.config)
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run berth")
     }

@@ -6,6 +6,7 @@
 pub mod berth;
 pub mod chromium;
 pub mod client;
+pub mod cluster;
 pub mod dockerd;
 pub mod hub;
 pub mod in_process;

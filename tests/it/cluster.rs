@@ -204,6 +204,46 @@ async fn cluster_mode_refuses_to_start_without_a_token_key() {
 }
 
 #[tokio::test]
+async fn a_token_issued_by_one_replica_is_accepted_by_every_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = crate::support::htpasswd(dir.path(), &[("alice", "wonderland")]);
+    let cluster = Cluster::start(3, &format!("[auth]\nhtpasswd = \"{}\"\n", users.display()));
+    let c = client::client();
+    let refused = c
+        .post(cluster.replicas[1].at("/v2/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "a push needs a login");
+    let login = c
+        .get(cluster.replicas[0].at("/token?service=berth&scope=repository:team/app:push,pull"))
+        .basic_auth("alice", Some("wonderland"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    let token = login.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let alice = Client::builder().default_headers(headers).build().unwrap();
+    // Replica 0 signed it; replica 1 takes the push and replica 2 serves the pull.
+    let digest = push(&alice, &cluster.replicas[1].url, "team/app", "1", 2, 64 << 10, 4).await;
+    let digest = digest.expect("the push with replica 0's token");
+    assert_eq!(
+        pull(&alice, &cluster.replicas[2].url, "team/app", "1").await,
+        Ok(digest)
+    );
+    let anonymous = pull(&c, &cluster.replicas[2].url, "team/app", "1").await;
+    assert!(
+        anonymous.is_err_and(|e| e.contains("401")),
+        "a private image needs the login"
+    );
+}
+
+#[tokio::test]
 async fn readiness_fails_with_a_reason_when_postgres_stops_and_metrics_count_the_members() {
     let mut cluster = Cluster::start(3, "");
     wait_for_members(&cluster, 3).await;

@@ -244,6 +244,47 @@ async fn a_token_issued_by_one_replica_is_accepted_by_every_other() {
 }
 
 #[tokio::test]
+async fn berth_delete_du_and_prefetch_work_against_the_cluster() {
+    let cluster = Cluster::start(3, "");
+    let c = client::client();
+    let digest = push(&c, &cluster.replicas[0].url, "team/app", "1", 2, 64 << 10, 5).await;
+    let digest = digest.unwrap();
+    for b in &cluster.replicas {
+        assert_eq!(pull(&c, &b.url, "team/app", "1").await, Ok(digest.clone()));
+    }
+    // A command run with any replica's config works on the cluster's database and bucket.
+    cluster.replicas[1].cli_ok(&["prefetch", "alpine:3.20"]);
+    let du = cluster.replicas[2].cli_ok(&["du"]);
+    assert!(du.contains("team/app") && du.contains("library/alpine"), "{du}");
+    cluster.hub.reset_stats().await;
+    let (seeded_digest, alpine) = (seeded(&cluster, "library/alpine:3.20"), "library/alpine");
+    assert_eq!(
+        pull(&c, &cluster.replicas[0].url, alpine, "3.20").await,
+        Ok(seeded_digest)
+    );
+    let stats = cluster.hub.stats().await;
+    assert_eq!(
+        count(&stats, "requests", "GET manifest"),
+        0,
+        "prefetched into the cluster: {stats}"
+    );
+    assert!(stats["blob_gets"].as_object().is_none_or(|m| m.is_empty()), "{stats}");
+
+    // Deleted by a command: no replica serves the tag any more, at once (every one had it
+    // memoized from the pulls above).
+    cluster.replicas[0].cli_ok(&["delete", "team/app:1"]);
+    for b in &cluster.replicas {
+        let r = c.get(b.at("/v2/team/app/manifests/1")).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_FOUND,
+            "{} still serves a deleted tag",
+            b.url
+        );
+    }
+}
+
+#[tokio::test]
 async fn readiness_fails_with_a_reason_when_postgres_stops_and_metrics_count_the_members() {
     let mut cluster = Cluster::start(3, "");
     wait_for_members(&cluster, 3).await;
@@ -541,9 +582,13 @@ async fn a_garage_node_killed_during_pulls_fails_no_pull() {
     }
 }
 
+/// The GC test's heartbeat: long enough to tell a member that left from one that fell silent.
+const HEARTBEAT: Duration = Duration::from_secs(3);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_on_one_replica_under_load_fails_nothing_and_two_at_once_give_one_run() {
-    let cluster = Cluster::start(3, "");
+    let cluster = Cluster::start(3, &format!("[cluster]\nheartbeat = \"{}s\"\n", HEARTBEAT.as_secs()));
+    wait_for_members(&cluster, 3).await;
     let c = client::client();
     let base_image = push(&c, &cluster.url, "team/base", "1", 3, 256 << 10, 10)
         .await
@@ -588,6 +633,7 @@ async fn gc_on_one_replica_under_load_fails_nothing_and_two_at_once_give_one_run
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let gc = tokio::task::block_in_place(|| cluster.replicas[0].cli(&["gc", "--grace", "2s"]));
+    let exited = Instant::now();
     let report = String::from_utf8_lossy(&gc.stdout).into_owned();
     assert!(
         gc.status.success(),
@@ -604,6 +650,18 @@ async fn gc_on_one_replica_under_load_fails_nothing_and_two_at_once_give_one_run
     }
     let push_failures = push_failures.lock().await.clone();
     assert!(push_failures.is_empty(), "pushes failed during GC: {push_failures:#?}");
+
+    // The command joined the cluster to work on it and left when it was done: from one heartbeat
+    // on (the gauge is read every heartbeat) it counts 3 members. A member that just fell silent
+    // would still count for two heartbeats at least (three after its last beat, at most one
+    // before it exited).
+    assert!(exited.elapsed() < HEARTBEAT * 3 / 2, "the load stopped in time to look");
+    tokio::time::sleep((HEARTBEAT * 3 / 2).saturating_sub(exited.elapsed())).await;
+    while exited.elapsed() < HEARTBEAT * 2 {
+        let members = client::metric(&cluster.replicas[1].url, "berth_cluster_members").await;
+        assert_eq!(members, Some(3.0), "berth gc counts as a member after it exited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let deleted = report.lines().filter(|l| l.starts_with("blob deleted")).count();
     assert!(deleted >= 20, "the garbage was collected: {report}");
 

@@ -61,8 +61,7 @@ impl Berth {
         Berth::start_in_with_env(dir, extra, &[])
     }
 
-    /// [`Berth::start_in`] with `env` set for the server process (and its commands, [`Berth::cli`]).
-    pub fn start_in_with_env(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Berth {
+    fn start_in_with_env(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Berth {
         let mut b = Berth::configure(dir, extra, env);
         b.spawn();
         b
@@ -225,7 +224,8 @@ impl Berth {
         self.spawn();
     }
 
-    /// Run `berth ARGS --config <this berth's config>` (gc, delete, du) and return its output.
+    /// Run `berth ARGS --config <this berth's config>` (gc, delete, du), with the variables the
+    /// server gets, and return its output.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(args)

@@ -13,6 +13,7 @@ pub mod in_process;
 pub mod podman;
 pub mod store_layout;
 pub mod tls;
+pub mod traffic;
 pub mod ui;
 pub mod verify;
 

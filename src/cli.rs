@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use berth::api::admin::{SOCKET_FILE, parse_grace};
-use berth::cache::Pulls;
 use berth::config::{Config, MetadataBackend};
 use berth::oci::{RepoName, parse_image_ref};
 use berth::service::gc::{self, DiskUsage, GcProgress, Report};
@@ -222,22 +221,17 @@ pub async fn gc(config: &Config, dry_run: bool, grace: Option<&str>) -> anyhow::
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let report = match target(config).await? {
-        Target::Direct(Backends { store, coord, .. }) => {
+        Target::Direct(backends) => {
             let mut policy = gc_policy(config)?;
             if let Some((_, g)) = grace {
                 policy.grace = g;
             }
-            // The coordinator's GC lead keeps this run from overlapping another (a replica's).
-            gc::run(
-                &store,
-                &Pulls::default(),
-                None,
-                &policy,
-                dry_run,
-                &show_progress,
-                coord.as_ref(),
-            )
-            .await?
+            // The coordinator's GC lead keeps this run from overlapping another (a replica's, or
+            // another command's): collect_garbage takes it or steps aside.
+            let services = Services::new(Core::new(backends.store.clone(), Vec::new(), backends.coord.clone()));
+            let run = services.admin.collect_garbage(&policy, dry_run, &show_progress).await;
+            backends.leave().await;
+            run?.context("another garbage collection is running; try again when it has finished")?
         }
         Target::Server { socket, http } => {
             let mut query = vec![("dry_run", dry_run.to_string())];
@@ -276,13 +270,15 @@ pub async fn delete(config: &Config, reference: Option<String>, repository: Opti
         _ => bail!("give REPO:TAG, REPO@DIGEST, or --repository REPO"),
     };
     match target(config).await? {
-        Target::Direct(Backends { store, coord, .. }) => {
-            let services = Services::new(Core::new(store, Vec::new(), coord));
+        Target::Direct(backends) => {
+            let services = Services::new(Core::new(backends.store.clone(), Vec::new(), backends.coord.clone()));
             services.admin.apply_switches(&config.storage); // [storage] delete and read_only hold here too
-            match &what {
-                Ok((repo, r)) => services.manifests.delete_image(repo, r).await?,
-                Err(repo) => services.manifests.remove_repository(repo).await?,
-            }
+            let deleted = match &what {
+                Ok((repo, r)) => services.manifests.delete_image(repo, r).await,
+                Err(repo) => services.manifests.remove_repository(repo).await,
+            };
+            backends.leave().await;
+            deleted?
         }
         Target::Server { socket, http } => {
             let query = match (&reference, &repository) {
@@ -307,7 +303,11 @@ pub async fn delete(config: &Config, reference: Option<String>, repository: Opti
 
 pub async fn du(config: &Config) -> anyhow::Result<()> {
     let usage: DiskUsage = match target(config).await? {
-        Target::Direct(b) => gc::disk_usage(&b.store).await?,
+        Target::Direct(b) => {
+            let usage = gc::disk_usage(&b.store).await;
+            b.leave().await;
+            usage?
+        }
         Target::Server { socket, http } => ask(&socket, http.get("http://berth/du")).await?.json().await?,
     };
     println!(

@@ -279,12 +279,8 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
     // before the process exits 0, and queued notifications get a moment to go out.
     write_pulls(&services).await;
     services.core.notifier().flush(NOTIFY_FLUSH).await;
-    if let Some(cluster) = &backends.cluster {
-        // The others take over this replica's leases now instead of when they expire.
-        if let Err(e) = cluster.leave().await {
-            tracing::warn!(error = %e, "could not leave the cluster; its leases expire on their own");
-        }
-    }
+    // The others take over this replica's leases now instead of when they expire.
+    backends.leave().await;
     tracing::info!("berth stopped");
     Ok(())
 }

@@ -36,6 +36,17 @@ impl Backends {
             cluster: None,
         }
     }
+
+    /// Leave the cluster if this process joined one (a server stopping, a maintenance command
+    /// done): the replicas stop counting it as a member now rather than three heartbeats later,
+    /// and its leases end. A failure is only logged: the row and leases then expire on their own.
+    pub async fn leave(&self) {
+        if let Some(cluster) = &self.cluster
+            && let Err(e) = cluster.leave().await
+        {
+            tracing::warn!(error = %e, "could not leave the cluster; its leases expire on their own");
+        }
+    }
 }
 
 /// Open the backends `config` names. The default (`[metadata] backend = "redb"`, `[storage]

@@ -91,14 +91,14 @@ impl From<ImportArgs> for ImportOptions {
 }
 
 /// A registry over the stopped store, routed as the server would route it.
-fn direct(config: &Config, backends: Backends) -> anyhow::Result<Services> {
+fn direct(config: &Config, backends: &Backends) -> anyhow::Result<Services> {
     let upstreams = config
         .upstream_settings()?
         .into_iter()
         .map(|s| berth::upstream::Upstream::new(s).context("building an upstream client"))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let services = Services::new(
-        Core::new(backends.store, upstreams, backends.coord)
+        Core::new(backends.store.clone(), upstreams, backends.coord.clone())
             .with_private_namespaces(config.private.namespaces.clone())
             .with_claim_on_push(config.private.claim_on_push),
     );
@@ -153,8 +153,10 @@ pub async fn export(config: &Config, mut opts: ExportOptions) -> anyhow::Result<
     opts.output = std::path::absolute(&opts.output)?;
     let report: ExportReport = match target(config).await? {
         Target::Direct(backends) => {
-            let services = direct(config, backends)?;
-            services.admin.export(&opts, sink(), &CancellationToken::new()).await?
+            let services = direct(config, &backends)?;
+            let report = services.admin.export(&opts, sink(), &CancellationToken::new()).await;
+            backends.leave().await;
+            report?
         }
         Target::Server { socket, http } => {
             let request = http.post(admin_url("export", &[])).json(&opts);
@@ -185,8 +187,10 @@ pub async fn import(config: &Config, mut opts: ImportOptions) -> anyhow::Result<
     opts.path = std::path::absolute(&opts.path)?;
     let report: ImportReport = match target(config).await? {
         Target::Direct(backends) => {
-            let services = direct(config, backends)?;
-            services.admin.import(&opts, sink(), &CancellationToken::new()).await?
+            let services = direct(config, &backends)?;
+            let report = services.admin.import(&opts, sink(), &CancellationToken::new()).await;
+            backends.leave().await;
+            report?
         }
         Target::Server { socket, http } => {
             let request = http.post(admin_url("import", &[])).json(&opts);

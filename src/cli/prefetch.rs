@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, bail};
-use berth::config::Config;
+use berth::config::{Config, MetadataBackend};
 use berth::service::gc;
 use berth::service::prefetch::{Event as PrefetchEvent, ImageReport, Job as PrefetchJob};
 use berth::service::{Core, Services};
@@ -105,7 +105,8 @@ pub async fn prefetch(config: &Config, platforms: &[String], referrers: bool, im
     let root = &config.storage.root;
     // Unlike gc or du, a prefetch may prepare a store that never served yet (a site set up
     // before it goes offline).
-    let target = if root.join("meta.redb").is_file() {
+    // A cluster's store is its database and bucket, never a new local one.
+    let target = if config.metadata.backend == MetadataBackend::Postgres || root.join("meta.redb").is_file() {
         target(config).await?
     } else {
         eprintln!("berth: no store at {} yet; creating it", root.display());
@@ -114,7 +115,8 @@ pub async fn prefetch(config: &Config, platforms: &[String], referrers: bool, im
         ))
     };
     let reports: Vec<ImageReport> = match target {
-        Target::Direct(Backends { store, coord, .. }) => {
+        Target::Direct(backends) => {
+            let (store, coord) = (backends.store.clone(), backends.coord.clone());
             let upstreams = config
                 .upstream_settings()
                 .context("no server runs, so berth prefetch contacts the upstreams itself and needs their credentials (password_env) in its environment")?
@@ -126,7 +128,9 @@ pub async fn prefetch(config: &Config, platforms: &[String], referrers: bool, im
             );
             let reports = services.prefetch.run(&jobs, &show).await;
             // The runs count as pulls for TTL eviction, as they do on a server.
-            store.meta.record_pulls(&services.core.pulls().drain()).await?;
+            let recorded = store.meta.record_pulls(&services.core.pulls().drain()).await;
+            backends.leave().await;
+            recorded?;
             reports
         }
         Target::Server { socket, http } => {

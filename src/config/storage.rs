@@ -113,4 +113,21 @@ redirect_expiry = "90s"
         let unknown = Config::from_toml("[storage]\nbackend = \"ftp\"\n", std::iter::empty()).unwrap_err();
         assert!(unknown.to_string().contains("backend"), "{unknown}");
     }
+
+    #[test]
+    fn the_default_secret_variables_can_be_set_beside_the_config() {
+        // Every `BERTH_*` variable is a config override, and one naming no key is refused: a
+        // default variable for a secret must not be such a name, or setting it as documented
+        // would stop berth from starting.
+        let c = Config::default();
+        let secrets = [
+            c.storage.s3.access_key_id_env.clone(),
+            c.storage.s3.secret_access_key_env.clone(),
+            c.metadata.url_env.clone(),
+            c.cluster.secret_env.clone(),
+        ];
+        let env = secrets.iter().map(|name| (name.clone(), "value".to_owned()));
+        let loaded = Config::from_toml(crate::config::DEFAULT_TOML, env);
+        assert!(loaded.is_ok(), "{secrets:?}: {:?}", loaded.err());
+    }
 }

@@ -8,6 +8,7 @@ mod api;
 mod auth_abuse;
 mod clients;
 mod cluster_fill;
+mod cluster;
 mod crash;
 mod disk;
 mod image;

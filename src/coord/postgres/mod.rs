@@ -19,7 +19,7 @@ mod notices;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,6 +40,9 @@ const NOTICE_BACKLOG: usize = 1024;
 
 /// How long [`PgCoordinator::new`] waits for its LISTEN to be in place.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long leaving waits for queued notices to go out (a database that does not answer must
+/// not hold a shutdown).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn db_err(e: tokio_postgres::Error) -> Error {
     Error(format!("postgres: {e}"))
@@ -75,6 +78,8 @@ struct Shared {
     /// Tasks led in this process, with their lease generation (0 while being claimed).
     tasks: Mutex<HashMap<Task, u64>>,
     stats: Stats,
+    /// Notices published and not yet sent (or given up on) by the publisher.
+    unsent: AtomicUsize,
 }
 
 impl Shared {
@@ -129,6 +134,7 @@ impl PgCoordinator {
             fills: Mutex::default(),
             tasks: Mutex::default(),
             stats: Stats::default(),
+            unsent: AtomicUsize::new(0),
         });
         members::beat(&shared).await?;
         let notices = broadcast::channel(NOTICE_BACKLOG).0;
@@ -172,6 +178,18 @@ impl PgCoordinator {
     /// delete the membership row and end this replica's leases, so the others take over without
     /// waiting for them to expire. The coordinator is of no further use.
     pub async fn leave(&self) -> Result<()> {
+        // Notices still queued go out first: a command such as `berth delete` publishes one
+        // and leaves at once, and the replicas that memoized the tag must hear of it.
+        let flushed = tokio::time::timeout(FLUSH_TIMEOUT, async {
+            while self.shared.unsent.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        if flushed.await.is_err() {
+            tracing::warn!(
+                "change notices were still unsent on leaving; other replicas' memo entries expire on their own"
+            );
+        }
         self.stop();
         members::leave(&self.shared).await
     }
@@ -314,7 +332,10 @@ impl Coordinator for PgCoordinator {
     fn publish(&self, notice: Notice) {
         // This process's subscribers hear it at once; the others through NOTIFY.
         let _ = self.notices.send(notice.clone());
-        let _ = self.outbox.send(notice);
+        self.shared.unsent.fetch_add(1, Ordering::AcqRel);
+        if self.outbox.send(notice).is_err() {
+            self.shared.unsent.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn subscribe(&self) -> Notices {

@@ -100,6 +100,7 @@ pub(super) async fn publish(shared: Arc<Shared>, mut queue: mpsc::UnboundedRecei
         if let Err(e) = sent.await {
             tracing::warn!(error = %e, "a change notice could not be sent to the other replicas");
         }
+        shared.unsent.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -169,6 +169,32 @@ async fn eventually_lead(replica: &PgCoordinator, what: &str) -> crate::coord::L
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_leaves_sends_its_queued_notices_first() {
+    // `berth delete` on a cluster publishes a notice and leaves right away; the notice must
+    // still reach the replicas that memoized the tag.
+    let pg = Postgres::start();
+    let url = database(&pg).await;
+    let (one, two) = (
+        replica(&url, "http://one:5000").await,
+        replica(&url, "http://two:5000").await,
+    );
+    let mut heard = one.subscribe();
+    let notices: Vec<Notice> = (0..20)
+        .map(|i| Notice::TagMoved {
+            repo: "team/app".parse().unwrap(),
+            tag: format!("t{i}").parse().unwrap(),
+        })
+        .collect();
+    for notice in &notices {
+        two.publish(notice.clone());
+    }
+    two.leave().await.unwrap();
+    for notice in &notices {
+        assert_eq!(&next(&mut heard, "a queued notice arrives").await, notice);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_join_and_leave_without_restarting_the_others() {
     let pg = Postgres::start();
     let url = database(&pg).await;

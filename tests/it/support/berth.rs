@@ -67,8 +67,8 @@ impl Berth {
         b
     }
 
-    /// Write the config in `dir`; the process is not started yet.
-    fn configure(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Berth {
+    /// Write the config in `dir`; the process is not started yet ([`Berth::spawn`] starts it).
+    pub fn configure(dir: &Path, extra: &str, env: &[(&str, &str)]) -> Berth {
         let port = super::free_port();
         let root = dir.join("data");
         let config = dir.join("mirror.toml");
@@ -92,7 +92,15 @@ impl Berth {
         }
     }
 
-    fn spawn(&mut self) {
+    /// Set `name` for the server process from its next start on (and for [`Berth::cli`]).
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.retain(|(k, _)| k != name);
+        self.env.push((name.to_owned(), value.to_owned()));
+    }
+
+    /// Start the process (again, after [`Berth::stop`] or [`Berth::kill`]) on the same store,
+    /// config and port, and wait until it listens.
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -216,13 +224,15 @@ impl Berth {
         self.spawn();
     }
 
-    /// Run `berth ARGS --config <this berth's config>` (gc, delete, du) and return its output.
+    /// Run `berth ARGS --config <this berth's config>` (gc, delete, du), with the variables the
+    /// server gets, and return its output.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(args)
             .arg("--config")
             .arg(&self.config)
             .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run berth")
     }

@@ -6,12 +6,14 @@
 pub mod berth;
 pub mod chromium;
 pub mod client;
+pub mod cluster;
 pub mod dockerd;
 pub mod hub;
 pub mod in_process;
 pub mod podman;
 pub mod store_layout;
 pub mod tls;
+pub mod traffic;
 pub mod ui;
 pub mod verify;
 

@@ -528,3 +528,163 @@ async fn gc_on_one_replica_under_load_fails_nothing_and_two_at_once_give_one_run
     let deleted = text(ran[0]).lines().filter(|l| l.starts_with("blob deleted")).count();
     assert!(deleted >= 300, "the one run collected everything: {}", text(ran[0]));
 }
+
+/// One client's GET of a blob: when its first byte and its last arrived, and the digest of what
+/// it received (hashed as it streams: 48 copies of 256 MiB do not fit in memory).
+struct Fetched {
+    first_byte: Instant,
+    done: Instant,
+    digest: String,
+}
+
+async fn fetch_blob(base: String, repo: &'static str, digest: String) -> Result<Fetched, String> {
+    use futures_util::StreamExt;
+    use sha2::Digest as _;
+    let r = client::client()
+        .get(format!("{base}/v2/{repo}/blobs/{digest}"))
+        .send()
+        .await
+        .map_err(|e| format!("{base}: {e}"))?;
+    if r.status() != StatusCode::OK {
+        return Err(format!("{base}: {}", r.status()));
+    }
+    let mut body = r.bytes_stream();
+    let mut hasher = sha2::Sha256::new();
+    let mut first_byte = None;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("{base}: the body broke: {e}"))?;
+        first_byte.get_or_insert_with(Instant::now);
+        hasher.update(&chunk);
+    }
+    Ok(Fetched {
+        first_byte: first_byte.ok_or_else(|| format!("{base}: an empty body"))?,
+        done: Instant::now(),
+        digest: format!("sha256:{}", hex::encode(hasher.finalize())),
+    })
+}
+
+/// A replica's count of bytes received from the hub.
+async fn upstream_bytes(base: &str) -> u64 {
+    client::metric(base, "berth_upstream_received_bytes_total{upstream=\"docker.io\"}")
+        .await
+        .unwrap_or(0.0) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_eight_clients_over_three_replicas_get_a_cold_256_mib_blob_from_one_upstream_fetch() {
+    let cluster = Cluster::start(3, "");
+    let digest = cluster.hub.push_blob("library/herd", 256, 48);
+    // About 3 s for the whole blob from the hub, so the fill is still running while the herd
+    // arrives everywhere.
+    cluster.hub.reset_stats().await;
+    cluster.hub.fault(serde_json::json!({"bandwidth_mbps": 700})).await;
+    let started = Instant::now();
+    let clients: Vec<_> = (0..48)
+        .map(|i| {
+            let base = cluster.replicas[i % 3].url.clone();
+            tokio::spawn(fetch_blob(base, "library/herd", digest.clone()))
+        })
+        .collect();
+    let mut fetched = Vec::new();
+    for c in clients {
+        fetched.push(c.await.unwrap().expect("every client gets the blob"));
+    }
+    for f in &fetched {
+        assert_eq!(f.digest, digest, "every body verifies");
+    }
+    let stats = cluster.hub.stats().await;
+    assert_eq!(
+        count(&stats, "cdn_gets", &digest),
+        1,
+        "one upstream fetch cluster-wide: {stats}"
+    );
+    // The last byte is held until the digest verified, so no client finishes before the fill
+    // has every byte: whoever got a first byte before the earliest finish streamed from the
+    // fill (its own replica's, or the owner's through the internal endpoint) while it ran.
+    let earliest_done = fetched.iter().map(|f| f.done).min().unwrap();
+    let late: Vec<_> = fetched
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.first_byte >= earliest_done)
+        .map(|(i, f)| {
+            format!(
+                "client {i} on replica {}: first byte at {:?}",
+                i % 3,
+                f.first_byte - started
+            )
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "clients waited for the whole fill before their first byte (earliest finish at {:?}): {late:?}",
+        earliest_done - started
+    );
+    let owned: Vec<f64> = futures_util::future::join_all(
+        cluster
+            .replicas
+            .iter()
+            .map(|b| client::metric_or_zero(&b.url, "berth_cluster_fills_owned_total")),
+    )
+    .await;
+    assert_eq!(owned.iter().sum::<f64>(), 1.0, "one replica owned the fill: {owned:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_owner_mid_fill_leaves_every_survivor_client_with_the_right_blob() {
+    let mut cluster = Cluster::start(3, "");
+    let mib = 64;
+    let size = (mib as u64) << 20;
+    let digest = cluster.hub.push_blob("library/orphan", mib, 49);
+    cluster.hub.reset_stats().await;
+    // About 7 s for the whole blob.
+    cluster.hub.fault(serde_json::json!({"bandwidth_mbps": 80})).await;
+    let owner = cluster.replicas[0].url.clone();
+    // The owner's own client, which dies with it.
+    let _doomed = tokio::spawn(fetch_blob(owner.clone(), "library/orphan", digest.clone()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while upstream_bytes(&owner).await == 0 {
+        assert!(Instant::now() < deadline, "the owner never started its fill");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let survivors: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(fetch_blob(
+                cluster.replicas[1 + i % 2].url.clone(),
+                "library/orphan",
+                digest.clone(),
+            ))
+        })
+        .collect();
+    let mut owner_bytes = 0;
+    while owner_bytes < size / 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the owner's fill stalled at {owner_bytes} bytes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        owner_bytes = upstream_bytes(&owner).await;
+    }
+    cluster.replicas[0].kill();
+    for s in survivors {
+        let f = s
+            .await
+            .unwrap()
+            .expect("a survivor's client finishes: a pause, not an error");
+        assert_eq!(f.digest, digest, "a survivor's client gets the whole, right blob");
+    }
+    let survivors_bytes =
+        upstream_bytes(&cluster.replicas[1].url).await + upstream_bytes(&cluster.replicas[2].url).await;
+    // The owner's count was read just before the SIGKILL: the bytes it took after are a few
+    // milliseconds' worth at this rate.
+    let total = owner_bytes + survivors_bytes;
+    assert!(
+        total * 10 <= size * 11,
+        "upstream bytes {total} (owner {owner_bytes}, survivors {survivors_bytes}) exceed 1.1x the blob ({size})"
+    );
+    let stats = cluster.hub.stats().await;
+    assert_eq!(
+        count(&stats, "cdn_range_gets", &digest),
+        1,
+        "the survivor resumed with a Range: {stats}"
+    );
+}

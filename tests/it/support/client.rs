@@ -52,6 +52,11 @@ pub async fn metric(base: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// [`metric`], 0 for a series not exposed yet (a counter nothing has counted).
+pub async fn metric_or_zero(base: &str, series: &str) -> f64 {
+    metric(base, series).await.unwrap_or(0.0)
+}
+
 /// A counter of `/stats` JSON (`stats[section][key]`), 0 when absent.
 pub fn count(stats: &Value, section: &str, key: &str) -> u64 {
     stats[section][key].as_u64().unwrap_or(0)

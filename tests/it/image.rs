@@ -347,3 +347,39 @@ fn compose_file_is_valid_for_docker_compose_1_29_with_both_setups() {
         "the mirror runs the default mirror.toml:\n{config}"
     );
 }
+
+/// docker/compose.cluster.yml as Debian 12's docker-compose 1.29 reads it: PostgreSQL, Garage,
+/// three replicas that each advertise their own name, and nginx running the load balancer the
+/// cluster tests run (docker/cluster/nginx.conf, whose `server berth-N` lines name these services).
+#[test]
+fn cluster_compose_file_is_valid_and_runs_the_tested_load_balancer() {
+    support::require("docker-compose");
+    let out = run(Command::new("docker-compose")
+        .current_dir(Path::new(REPO).join("docker"))
+        .args(["-f", "compose.cluster.yml", "config"])
+        .env("POSTGRES_PASSWORD", "p")
+        .env("CLUSTER_SECRET", "s")
+        .env("S3_ACCESS_KEY_ID", "k")
+        .env("S3_SECRET_ACCESS_KEY", "x")
+        .stdin(Stdio::null()));
+    let nginx = std::fs::read_to_string(Path::new(REPO).join("docker/cluster/nginx.conf")).unwrap();
+    for i in 1..=3 {
+        assert!(out.contains(&format!("\n  berth-{i}:\n")), "service berth-{i}:\n{out}");
+        assert!(
+            out.contains(&format!("BERTH_CLUSTER_ADVERTISE: http://berth-{i}:5000")),
+            "{out}"
+        );
+        assert!(
+            nginx.contains(&format!("server berth-{i}:5000")),
+            "nginx.conf balances over berth-{i}"
+        );
+    }
+    for expected in [
+        "docker/cluster/nginx.conf:/etc/nginx/nginx.conf:ro",
+        "docker/cluster/replica.toml:/etc/berth/mirror.toml:ro",
+        "DATABASE_URL: postgres://berth:p@postgres:5432/berth",
+        "published: 5000",
+    ] {
+        assert!(out.contains(expected), "compose config has {expected:?}:\n{out}");
+    }
+}

@@ -120,6 +120,15 @@ impl Spool {
         drop(self.queue);
         self.writer.await.map_err(io::Error::other)?
     }
+
+    /// Close a fill's spool (made with a hasher): its length and digest, for `BlobWriter::close`.
+    pub(super) async fn written(self) -> io::Result<super::Written> {
+        let spooled = self.close().await?;
+        Ok(super::Written {
+            len: spooled.len,
+            digest: spooled.digest.expect("a fill's spool is given a hasher"),
+        })
+    }
 }
 
 struct Writer {

@@ -323,11 +323,7 @@ impl BlobWriter for S3Writer {
 
     async fn close(&mut self) -> Result<Written> {
         if let Some(spool) = self.spool.take() {
-            let spooled = spool.close().await?;
-            self.written = Some(Written {
-                len: spooled.len,
-                digest: spooled.digest.expect("the spool was given a hasher"),
-            });
+            self.written = Some(spool.written().await?);
         }
         Ok(self.written.clone().expect("closed above"))
     }

@@ -40,7 +40,7 @@ enum Target {
 async fn target(config: &Config) -> anyhow::Result<Target> {
     if config.metadata.backend == MetadataBackend::Postgres {
         return Ok(Target::Direct(
-            berth::wiring::open(config).await.map_err(anyhow::Error::msg)?,
+            berth::wiring::open_for_tool(config).await.map_err(anyhow::Error::msg)?,
         ));
     }
     let root = &config.storage.root;

@@ -56,6 +56,17 @@ impl Backends {
 /// mode: metadata and coordination in PostgreSQL, which other replicas may share, so it first
 /// checks what every replica must agree on.
 pub async fn open(config: &Config) -> Result<Backends, String> {
+    open_as(config, true).await
+}
+
+/// [`open`] for a maintenance command (`berth gc`, `du`, `delete`, `prefetch`, …): in cluster
+/// mode it coordinates with the replicas (GC's lead, fill leases, notices) without counting as a
+/// member or offering fills to stream, and needs none of a serving replica's settings.
+pub async fn open_for_tool(config: &Config) -> Result<Backends, String> {
+    open_as(config, false).await
+}
+
+async fn open_as(config: &Config, replica: bool) -> Result<Backends, String> {
     let root = &config.storage.root;
     let opening = |e: store::Error| format!("opening the store at {}: {e}", root.display());
     let (meta, coord, cluster): (Arc<dyn Meta>, Arc<dyn Coordinator>, _) = match config.metadata.backend {
@@ -68,14 +79,20 @@ pub async fn open(config: &Config) -> Result<Backends, String> {
             (Arc::new(meta), coord::Local::shared(), None)
         }
         MetadataBackend::Postgres => {
-            check_cluster(config)?;
+            if replica {
+                check_cluster(config)?;
+            }
             let url = config.metadata.url()?;
             let meta = store::postgres::connect(&config.metadata)
                 .await
                 .map_err(|e| format!("opening the PostgreSQL metadata store: {e}"))?;
-            let cluster = PgCoordinator::new(meta.pool().clone(), &url, &config.cluster)
-                .await
-                .map_err(|e| format!("joining the cluster: {e}"))?;
+            let pool = meta.pool().clone();
+            let cluster = if replica {
+                PgCoordinator::new(pool, &url, &config.cluster).await
+            } else {
+                PgCoordinator::for_tool(pool, &url, &config.cluster).await
+            }
+            .map_err(|e| format!("joining the cluster: {e}"))?;
             (meta, cluster.clone(), Some(cluster))
         }
     };

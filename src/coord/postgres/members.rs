@@ -88,7 +88,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
         if last_beat.elapsed() >= shared.heartbeat {
             last_beat = tokio::time::Instant::now();
-            if let Err(e) = beat(&shared).await {
+            if shared.member
+                && let Err(e) = beat(&shared).await
+            {
                 tracing::warn!(error = %e, "membership heartbeat failed");
             }
             if let Err(e) = sweep(&shared).await {

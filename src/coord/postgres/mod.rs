@@ -80,6 +80,8 @@ struct Shared {
     stats: Stats,
     /// Notices published and not yet sent (or given up on) by the publisher.
     unsent: AtomicUsize,
+    /// A replica (a membership row, renewed every heartbeat), not a maintenance command.
+    member: bool,
 }
 
 impl Shared {
@@ -122,6 +124,21 @@ impl PgCoordinator {
                 "[cluster] advertise is required: the URL other replicas reach this one at".into(),
             ));
         }
+        PgCoordinator::start(pool, url, cfg, true).await
+    }
+
+    /// Coordinate a maintenance command (`berth gc`, `delete`, `prefetch`, …) with the replicas:
+    /// its leases and notices count as any replica's, but it is no member (the gauge counts
+    /// replicas) and its leases name no URL, since no replica can stream a fill from a command.
+    pub async fn for_tool(pool: Pool, url: &str, cfg: &ClusterConfig) -> Result<Arc<PgCoordinator>> {
+        let cfg = ClusterConfig {
+            advertise: String::new(),
+            ..cfg.clone()
+        };
+        PgCoordinator::start(pool, url, &cfg, false).await
+    }
+
+    async fn start(pool: Pool, url: &str, cfg: &ClusterConfig, member: bool) -> Result<Arc<PgCoordinator>> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error(format!("the PostgreSQL URL does not parse: {e}")))?;
@@ -135,8 +152,11 @@ impl PgCoordinator {
             tasks: Mutex::default(),
             stats: Stats::default(),
             unsent: AtomicUsize::new(0),
+            member,
         });
-        members::beat(&shared).await?;
+        if member {
+            members::beat(&shared).await?;
+        }
         let notices = broadcast::channel(NOTICE_BACKLOG).0;
         let (outbox, queue) = mpsc::unbounded_channel();
         let (listening, mut ready) = watch::channel(false);
@@ -287,7 +307,8 @@ impl Coordinator for PgCoordinator {
                 Ok(FillClaim::Follow(FillFollower {
                     generation: holder.generation,
                     local: None,
-                    leader_url: Some(holder.url),
+                    // A maintenance command leads with no URL: fetch, as without a peer.
+                    leader_url: Some(holder.url).filter(|url| !url.is_empty()),
                 }))
             }
         }

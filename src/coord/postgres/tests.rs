@@ -264,3 +264,39 @@ async fn a_listener_that_loses_its_connection_reconnects_and_says_everything_cha
     let got = next(&mut heard, "notices flow again").await;
     assert_eq!(got, notice);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_command_coordinates_with_the_replicas_without_being_a_member() {
+    let pg = Postgres::start();
+    let url = database(&pg).await;
+    let serving = replica(&url, "http://replica:5000").await;
+    let cfg = ClusterConfig {
+        advertise: "http://replica:5000".into(), // the replica's own file, as `berth gc --config` reads it
+        lease: Duration::from_secs(1),
+        heartbeat: Duration::from_millis(200),
+        ..ClusterConfig::default()
+    };
+    let tool = PgCoordinator::for_tool(crate::store::postgres::pool(&url, 4).unwrap(), &url, &cfg)
+        .await
+        .unwrap();
+    // Several heartbeats: the command's loop renews its leases but writes no membership row.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let members = serving.members().await.unwrap();
+    assert_eq!(members.len(), 1, "only the replica is a member: {members:?}");
+    let gc = tool.lead(&Task::Gc).await.unwrap();
+    assert!(gc.is_some(), "the command leads GC");
+    assert!(
+        serving.lead(&Task::Gc).await.unwrap().is_none(),
+        "and the replica steps aside"
+    );
+    // A fill the command leads offers no URL: the replica fetches itself rather than stream
+    // from a process that serves nothing.
+    let digest = Digest::sha256_of(b"prefetched");
+    let FillClaim::Lead(_lease) = tool.claim_fill(&digest, Arc::new(())).await.unwrap() else {
+        panic!("the command leads the fill");
+    };
+    let FillClaim::Follow(follower) = serving.claim_fill(&digest, Arc::new(())).await.unwrap() else {
+        panic!("the replica follows while the command holds the lease");
+    };
+    assert_eq!(follower.leader_url, None);
+}

@@ -220,6 +220,16 @@ pub trait Meta: Send + Sync {
     async fn tag_targets(&self, repo: &RepoName) -> Result<Vec<(String, Digest)>>;
 
     async fn put_upload(&self, id: &str, record: &UploadRecord) -> Result<()>;
+    /// Store a new session's record unless its owner holds `limit` sessions already
+    /// (`Error::SessionLimit`). A backend shared by several processes makes the count and the
+    /// insert one step, so the limit holds cluster-wide; this default counts, then stores, which
+    /// is exact for one process whose upload store admits one session at a time.
+    async fn open_upload(&self, id: &str, record: &UploadRecord, limit: u32) -> Result<()> {
+        if self.upload_count(&record.owner).await? >= limit as usize {
+            return Err(super::Error::SessionLimit { limit });
+        }
+        self.put_upload(id, record).await
+    }
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>>;
     async fn delete_upload(&self, id: &str) -> Result<()>;
     /// Upload sessions started before `before` (unix seconds), for purging stale ones.

@@ -288,6 +288,25 @@ impl Meta for PgMeta {
         self.read(async |db| uploads::put(db, id, record).await).await
     }
 
+    async fn open_upload(&self, id: &str, record: &UploadRecord, limit: u32) -> Result<()> {
+        let admitted = transaction!(self, |tx| {
+            // One owner's admissions wait for each other, whichever replica they land on, until
+            // this transaction ends: the count and the insert are one step cluster-wide.
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&record.owner])
+                .await?;
+            if uploads::count(&tx, &record.owner).await? >= limit as usize {
+                return Ok(false);
+            }
+            uploads::put(&tx, id, record).await?;
+            Ok(true)
+        })?;
+        if admitted {
+            Ok(())
+        } else {
+            Err(Error::SessionLimit { limit })
+        }
+    }
+
     async fn upload(&self, id: &str) -> Result<Option<UploadRecord>> {
         self.read(async |db| uploads::get(db, id).await).await
     }

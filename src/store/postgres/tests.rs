@@ -77,6 +77,35 @@ async fn two_replicas_on_one_database_see_each_others_writes() {
     }
     assert_eq!(one.upload_count("alice").await.unwrap(), 2);
     assert_eq!(two.upload_count("alice").await.unwrap(), 2);
+    // Admissions racing on both replicas never exceed the limit (bob may hold 3).
+    let start = Arc::new(tokio::sync::Barrier::new(40));
+    let attempts: Vec<_> = (0..40)
+        .map(|i| {
+            let meta = if i % 2 == 0 { one.clone() } else { two.clone() };
+            let start = start.clone();
+            let record = crate::store::UploadRecord {
+                repo: repo.clone(),
+                started: 1,
+                owner: "bob".into(),
+                state: None,
+                handle: None,
+            };
+            tokio::spawn(async move {
+                start.wait().await;
+                meta.open_upload(&format!("b{i}"), &record, 3).await
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for a in attempts {
+        match a.await.unwrap() {
+            Ok(()) => admitted += 1,
+            Err(Error::SessionLimit { limit: 3 }) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(admitted, 3, "the session limit holds across replicas admitting at once");
+    assert_eq!(one.upload_count("bob").await.unwrap(), 3);
     // A mark on one replica refuses a link on the other.
     let loose = Digest::sha256_of(b"loose");
     two.register_blob(&loose, 1).await.unwrap();

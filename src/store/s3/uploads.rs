@@ -239,7 +239,8 @@ impl UploadStore for S3Uploads {
                 tail: 0,
             }),
         };
-        if let Err(e) = self.meta.put_upload(&id, &record).await {
+        // Counted again with the insert: another replica may have admitted one meanwhile.
+        if let Err(e) = self.meta.open_upload(&id, &record, limit).await {
             let _ = self.bucket.s3.abort_multipart(&data_key(&id), &upload_id).await;
             return Err(e);
         }

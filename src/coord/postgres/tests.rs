@@ -28,15 +28,19 @@ async fn database(pg: &Postgres) -> String {
     url
 }
 
-/// A replica advertised as `advertise`, with a short lease so takeovers are quick to test.
-async fn replica(url: &str, advertise: &str) -> Arc<PgCoordinator> {
-    let cfg = ClusterConfig {
+/// `[cluster]` advertising `advertise`, with a short lease so takeovers are quick to test.
+fn config(advertise: &str) -> ClusterConfig {
+    ClusterConfig {
         advertise: advertise.into(),
         lease: Duration::from_secs(1),
         heartbeat: Duration::from_millis(200),
         ..ClusterConfig::default()
-    };
-    PgCoordinator::new(crate::store::postgres::pool(url, 4).unwrap(), url, &cfg)
+    }
+}
+
+/// A replica advertised as `advertise` (see [`config`]).
+async fn replica(url: &str, advertise: &str) -> Arc<PgCoordinator> {
+    PgCoordinator::new(crate::store::postgres::pool(url, 4).unwrap(), url, &config(advertise))
         .await
         .unwrap()
 }
@@ -270,12 +274,8 @@ async fn a_maintenance_command_coordinates_with_the_replicas_without_being_a_mem
     let pg = Postgres::start();
     let url = database(&pg).await;
     let serving = replica(&url, "http://replica:5000").await;
-    let cfg = ClusterConfig {
-        advertise: "http://replica:5000".into(), // the replica's own file, as `berth gc --config` reads it
-        lease: Duration::from_secs(1),
-        heartbeat: Duration::from_millis(200),
-        ..ClusterConfig::default()
-    };
+    // The replica's own file, as `berth gc --config` reads it.
+    let cfg = config("http://replica:5000");
     let tool = PgCoordinator::for_tool(crate::store::postgres::pool(&url, 4).unwrap(), &url, &cfg)
         .await
         .unwrap();

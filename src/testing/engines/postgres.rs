@@ -16,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use super::free_port;
+
 /// Where Debian's `postgresql-15` puts the server binaries.
 pub const BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -196,14 +198,6 @@ fn postgres_user() -> Option<(u32, u32)> {
     let entry = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
     // SAFETY: a non-null result points at a valid passwd record.
     (!entry.is_null()).then(|| unsafe { ((*entry).pw_uid, (*entry).pw_gid) })
-}
-
-/// A port of 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 #[cfg(test)]

@@ -62,13 +62,7 @@ pub fn require(tool: &str) {
 }
 
 /// A free port on 127.0.0.1 (closed again, so the caller can bind it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use ::berth::testing::engines::free_port;
 
 /// Run a command to completion; panic with its output if it fails. Returns stdout.
 pub fn run(cmd: &mut Command) -> String {

@@ -119,8 +119,13 @@ fn check_cluster(config: &Config) -> Result<(), String> {
     if config.cluster.advertise.is_empty() {
         return Err("cluster mode needs [cluster] advertise: the URL the other replicas reach this one at".into());
     }
+    cluster_secret(config).map(drop)
+}
+
+/// The replicas' shared secret, from the variable `[cluster] secret_env` names.
+fn cluster_secret(config: &Config) -> Result<String, String> {
     match std::env::var(&config.cluster.secret_env) {
-        Ok(secret) if !secret.is_empty() => Ok(()),
+        Ok(secret) if !secret.is_empty() => Ok(secret),
         _ => Err(format!(
             "cluster mode needs the replicas' shared secret in ${} ([cluster] secret_env)",
             config.cluster.secret_env
@@ -141,13 +146,8 @@ pub fn services(config: &Config, backends: &Backends, node: String) -> Result<Se
         .collect::<Result<Vec<_>, _>>()?;
     let mut core = Core::new(backends.store.clone(), upstreams, backends.coord.clone());
     if backends.cluster.is_some() {
-        // Checked by `open` already; read again here so the secret lives only where it is used.
-        let secret = std::env::var(&config.cluster.secret_env).map_err(|_| {
-            format!(
-                "cluster mode needs the replicas' shared secret in ${}",
-                config.cluster.secret_env
-            )
-        })?;
+        // Checked by `open` already; read here so the secret lives only where it is used.
+        let secret = cluster_secret(config)?;
         core = core
             .with_memo_tag_ttl(CLUSTER_MEMO_TAG_TTL)
             .with_cluster(ClusterPeers::new(secret, config.cluster.lease)?);

@@ -33,7 +33,9 @@ pub struct Core {
     /// `[private] claim_on_push`: a push may claim an unclaimed name.
     pub(super) claim_on_push: bool,
     pub(super) fills: Arc<fill::Fills>,
-    /// When each proxied tag was last confirmed with its upstream.
+    /// When each proxied tag was last confirmed with its upstream, here or (as the coordinator's
+    /// `claim_check` said) by another request or replica: a process-local cache in front of the
+    /// coordinator, so a warm tag costs no coordination round trip.
     pub(super) fresh_tags: Arc<Mutex<HashMap<(RepoName, Tag), Instant>>>,
     /// Subjects of proxied repositories the upstream listed no referrers for, and when.
     pub(super) no_referrers: Arc<referrers::Absent>,

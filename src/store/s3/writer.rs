@@ -243,39 +243,29 @@ impl S3Writer {
                 .map(drop)
                 .map_err(s3_error);
         }
-        let s3 = &self.bucket.s3;
+        let s3 = self.bucket.s3.clone();
         let id = s3.create_multipart(&self.key).await.map_err(s3_error)?;
+        // Held as this writer's upload until it completes: a failure, or a commit cut off
+        // midway, drops the writer, whose `Drop` aborts it.
+        self.upload = Some(Multipart {
+            id: id.clone(),
+            parts: PartQueue::default(),
+        });
         let mut parts = Vec::new();
         let mut at = 0;
         while at < len {
             let n = (len - at).min(PART as u64) as usize;
-            let part = match read(at, n).await {
-                Ok(bytes) => s3
-                    .put_part(&self.key, &id, parts.len(), bytes.into())
+            let bytes = read(at, n).await?;
+            parts.push(
+                s3.put_part(&self.key, &id, parts.len(), bytes.into())
                     .await
-                    .map_err(s3_error),
-                Err(e) => Err(e.into()),
-            };
-            match part {
-                Ok(part) => parts.push(part),
-                Err(e) => {
-                    abort_in_background(
-                        &self.bucket,
-                        &self.key,
-                        Multipart {
-                            id,
-                            parts: PartQueue::default(),
-                        },
-                    );
-                    return Err(e);
-                }
-            }
+                    .map_err(s3_error)?,
+            );
             at += n as u64;
         }
-        s3.complete_multipart(&self.key, &id, parts)
-            .await
-            .map(drop)
-            .map_err(s3_error)
+        s3.complete_multipart(&self.key, &id, parts).await.map_err(s3_error)?;
+        self.upload = None;
+        Ok(())
     }
 }
 

@@ -104,6 +104,7 @@ async fn notices_reach_every_subscriber_in_order(c: Arc<dyn Coordinator>) {
         },
         Notice::RepoRemoved { repo },
         Notice::ManifestsChanged,
+        Notice::BlobsChanged,
     ];
     for n in &sent {
         c.publish(n.clone());

@@ -154,6 +154,8 @@ pub enum Notice {
     RepoRemoved { repo: RepoName },
     /// Many manifests changed at once (GC eviction, an import).
     ManifestsChanged,
+    /// Blobs were unlinked from a repository or deleted (a blob `DELETE`, a GC sweep).
+    BlobsChanged,
 }
 
 /// Receives every [`Notice`] published after it subscribed, in order. A receiver that falls too

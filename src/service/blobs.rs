@@ -2,7 +2,9 @@
 
 use super::route::Route;
 use super::{BlobBody, CacheResult, Core, Error, Result};
+use crate::coord::Notice;
 use crate::oci::{Digest, RepoName};
+use crate::store::{LocalBlob, Stored};
 use std::sync::Arc;
 
 /// Reads and deletes of the blobs of a repository.
@@ -18,14 +20,17 @@ impl Blobs {
     pub async fn get(&self, route: &Route, digest: &Digest, whole: bool) -> Result<BlobBody> {
         match route {
             Route::Private(repo) => {
+                if let Some(bytes) = self.core.memo.blob(repo, digest) {
+                    return Ok(BlobBody::Stored(Stored::Local(LocalBlob::read(bytes)), None));
+                }
+                let generation = self.core.memo.generation();
                 if !self.core.store.meta.blob_linked(repo, digest).await? {
                     return Err(Error::BlobUnknown(digest.clone()));
                 }
                 let blob = self.core.store.blobs.open(digest).await?;
-                Ok(BlobBody::Stored(
-                    blob.ok_or_else(|| Error::BlobUnknown(digest.clone()))?,
-                    None,
-                ))
+                let blob = blob.ok_or_else(|| Error::BlobUnknown(digest.clone()))?;
+                self.core.memoize_blob(repo, digest, &blob, generation);
+                Ok(BlobBody::Stored(blob, None))
             }
             Route::Proxied(p) => self.core.proxied_blob(p, digest, whole).await,
         }
@@ -64,6 +69,7 @@ impl Blobs {
         if !self.core.store.meta.unlink_blob(repo, digest).await? {
             return Err(Error::BlobUnknown(digest.clone()));
         }
+        self.core.memo.changed(Notice::BlobsChanged);
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use crate::coord::Coordinator;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::oci::{Digest, Reference, RepoName, Tag};
-use crate::store::{self, Store};
+use crate::store::{self, Store, Stored};
 use crate::upstream::{Remote, Upstream};
 
 /// What every service shares, held once behind an `Arc` (see [`super::Services`]): the store,
@@ -216,6 +216,15 @@ impl Core {
             .ok_or_else(|| Error::ManifestUnknown(reference.to_string()))?;
         let m = memo.put_manifest(repo, &digest, record.media_type, bytes, generation);
         Ok((digest, m))
+    }
+
+    /// Keep a small blob read whole (see `service::memo`) for the next GET of it from `repo`.
+    pub(super) fn memoize_blob(&self, repo: &RepoName, digest: &Digest, blob: &Stored, generation: u64) {
+        if let Stored::Local(local) = blob
+            && let Some(bytes) = local.in_memory()
+        {
+            self.memo.put_blob(repo, digest, bytes.clone(), generation);
+        }
     }
 
     /// A stored manifest's head.

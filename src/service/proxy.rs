@@ -304,17 +304,21 @@ impl Core {
     /// linked here only after the upstream confirms this repository has it, so a digest alone
     /// never reveals another repository's (possibly private) content.
     pub(super) async fn cached_blob(&self, p: &Proxied, digest: &Digest) -> Result<Option<Stored>> {
+        if let Some(bytes) = self.memo.blob(&p.local, digest) {
+            return Ok(Some(Stored::Local(crate::store::LocalBlob::read(bytes))));
+        }
+        let generation = self.memo.generation();
         let Some(blob) = self.store.blobs.open(digest).await? else {
             return Ok(None);
         };
-        if self.store.meta.blob_linked(&p.local, digest).await? {
-            return Ok(Some(blob));
+        if !self.store.meta.blob_linked(&p.local, digest).await? {
+            self.confirm_upstream_has(p, digest).await?;
+            let origin = Origin::Proxied {
+                upstream: p.upstream.name().to_owned(),
+            };
+            self.store.meta.link_blob(&p.local, digest, origin).await?;
         }
-        self.confirm_upstream_has(p, digest).await?;
-        let origin = Origin::Proxied {
-            upstream: p.upstream.name().to_owned(),
-        };
-        self.store.meta.link_blob(&p.local, digest, origin).await?;
+        self.memoize_blob(&p.local, digest, &blob, generation);
         Ok(Some(blob))
     }
 

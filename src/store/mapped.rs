@@ -48,8 +48,8 @@ impl LocalBlob {
         }
     }
 
-    /// A blob of at most [`READ_WHOLE`] bytes, read.
-    pub(super) fn read(bytes: Bytes) -> LocalBlob {
+    /// A blob of at most [`READ_WHOLE`] bytes, read (here, or earlier and kept in memory).
+    pub fn read(bytes: Bytes) -> LocalBlob {
         LocalBlob {
             size: bytes.len() as u64,
             source: Source::Memory(bytes),
@@ -58,6 +58,14 @@ impl LocalBlob {
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The whole blob, when it was read into memory rather than mapped.
+    pub fn in_memory(&self) -> Option<&Bytes> {
+        match &self.source {
+            Source::Memory(bytes) => Some(bytes),
+            Source::File(_) => None,
+        }
     }
 
     /// The bytes `start..start + len` of the blob, one mapped window at a time (a small blob's,

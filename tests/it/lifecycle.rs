@@ -262,6 +262,8 @@ async fn gc_dry_run_lists_exactly_what_gc_removes_and_delete_reclaims_only_unsha
     let r = client().get(b.at("/v2/team/a/manifests/1")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND, "the tag is gone");
 
+    // Still linked, and served: a small blob is then answered from memory (`service::memo`).
+    fetch_blob(&b, "team/a", &sha256(b"only in a")).await;
     let dry = b.cli_ok(&["gc", "--dry-run"]);
     assert!(dry.contains("blob eligible for deletion: "), "{dry}");
     // `du` calls unreferenced exactly what gc would reclaim (one rule for both).
@@ -298,6 +300,16 @@ async fn gc_dry_run_lists_exactly_what_gc_removes_and_delete_reclaims_only_unsha
         "dry run and real run agree:\n{dry}\n{real}"
     );
     assert!(!has_blob(&b.root, &sha256(b"only in a")));
+    let r = client()
+        .get(b.at(&format!("/v2/team/a/blobs/{}", sha256(b"only in a"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "a collected blob is not served from memory"
+    );
     assert!(has_blob(&b.root, &sha256(shared)));
     assert_eq!(assert_registry_consistent(&b.url).await, 1, "team/b:1 intact");
 }

@@ -146,6 +146,8 @@ async fn the_registry2_seed_workflows_run_as_written_on_the_default_config() {
     let config_json = json_of(&curl(&["-sS", &format!("{uri}/v2/my-alpine/blobs/{config}")]));
     assert_eq!(config_json["rootfs"]["type"], "layers", "{config_json}");
     assert_eq!(status("DELETE", &format!("/v2/my-alpine/blobs/{config}")), "202");
+    // It was just served (from memory, for a small blob); deleted, it is gone at once.
+    assert_eq!(status("GET", &format!("/v2/my-alpine/blobs/{config}")), "404");
     assert_eq!(status("DELETE", &format!("/v2/my-alpine/blobs/{layer}")), "202");
 
     // The default grace period holds the garbage back, and the dry run says until when.

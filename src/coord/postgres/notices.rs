@@ -37,6 +37,7 @@ enum Wire {
     ManifestDeleted { repo: String, digest: String },
     RepoRemoved { repo: String },
     ManifestsChanged,
+    BlobsChanged,
 }
 
 pub(super) fn encode(from: &str, notice: &Notice) -> String {
@@ -51,6 +52,7 @@ pub(super) fn encode(from: &str, notice: &Notice) -> String {
         },
         Notice::RepoRemoved { repo } => Wire::RepoRemoved { repo: repo.to_string() },
         Notice::ManifestsChanged => Wire::ManifestsChanged,
+        Notice::BlobsChanged => Wire::BlobsChanged,
     };
     serde_json::to_string(&Envelope {
         from: from.to_owned(),
@@ -80,6 +82,7 @@ pub(super) fn decode(payload: &str) -> (String, Notice) {
         })(),
         Wire::RepoRemoved { repo } => repo.parse().ok().map(|repo| Notice::RepoRemoved { repo }),
         Wire::ManifestsChanged => Some(Notice::ManifestsChanged),
+        Wire::BlobsChanged => Some(Notice::BlobsChanged),
     };
     (envelope.from, parsed.unwrap_or(Notice::ManifestsChanged))
 }

@@ -158,7 +158,7 @@ pub async fn run(
     let swept = if dry_run {
         candidates
     } else {
-        sweep(store, cutoff_ms, progress).await?
+        sweep(store, cutoff_ms, progress, coord).await?
     };
     let uploads = purge_uploads(store, policy.upload_ttl, dry_run, progress).await?;
 
@@ -198,6 +198,7 @@ async fn sweep(
     store: &Store,
     cutoff_ms: u64,
     progress: &(dyn Fn(GcProgress) + Send + Sync),
+    coord: &dyn crate::coord::Coordinator,
 ) -> store::Result<Vec<BlobRecord>> {
     let mut removed = Vec::new();
     let mut done = 0;
@@ -218,6 +219,8 @@ async fn sweep(
         }
         done += gone.len();
         store.meta.forget_blobs(&gone).await?;
+        // Memos keep small blobs with their links; these are gone.
+        coord.publish(crate::coord::Notice::BlobsChanged);
         progress(GcProgress::Sweep { done, total: done });
     }
 }

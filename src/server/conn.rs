@@ -56,6 +56,17 @@ impl<A> Limited<A> {
             body_timeout: limits.body_timeout,
         }
     }
+
+    /// The same limits (the same connection slots) around another acceptor.
+    pub fn wrap<B>(&self, inner: B) -> Limited<B> {
+        Limited {
+            inner,
+            slots: self.slots.clone(),
+            slot_wait: self.slot_wait,
+            idle: self.idle,
+            body_timeout: self.body_timeout,
+        }
+    }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;

@@ -310,6 +310,56 @@ async fn sigterm_lets_a_large_download_finish_then_exits_zero() {
     );
 }
 
+/// berth serves on one listening socket per core (`SO_REUSEPORT`, see `server::serve`), which
+/// must not let a second server join the port and take half its connections.
+#[tokio::test]
+async fn a_second_berth_on_a_port_in_use_refuses_to_start_and_the_first_serves_on() {
+    let first = Berth::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mirror.toml");
+    let root = dir.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "upstream = []\n[server]\nlisten = \"{}\"\n[storage]\nroot = \"{}\"\n",
+            first.addr,
+            root.display()
+        ),
+    )
+    .unwrap();
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!(
+                "a second berth started on {} and is serving beside the first",
+                first.addr
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "the second server exits: {stderr}");
+    assert!(stderr.contains(&format!("serving on {}", first.addr)), "{stderr}");
+    assert!(stderr.contains("in use"), "{stderr}");
+    for _ in 0..20 {
+        let r = client().get(first.at("/v2/")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "every connection reaches the first server");
+    }
+}
+
 #[tokio::test]
 async fn drain_timeout_cuts_off_a_stalled_download_and_berth_still_exits_zero() {
     let mut b = Berth::start("[server]\ndrain_timeout = \"1s\"\n");

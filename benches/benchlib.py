@@ -226,12 +226,14 @@ def interleave(systems, reps, measure, before_round=None, quiet=False):
 
 
 def wrk_get(url, conns, duration, *opts):
-    """wrk -t2: req/s, p99, requests that got a 2xx, and errors (non-2xx plus socket errors)."""
+    """wrk -t2: req/s, p99 (and p50, to tell a tail from a slow middle), requests that got a 2xx, and errors (non-2xx plus socket errors)."""
     out = run(["wrk", "-t2", f"-c{conns}", f"-d{duration}s", "--latency", "-H", f"Accept: {MANIFEST_V2}", *opts, url])
-    p99, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out).groups()
+    def percentile(p):
+        value, unit = re.search(p + r"%\s+([\d.]+)(us|ms|s)\b", out).groups()
+        return float(value) * {"us": 1e-3, "ms": 1, "s": 1e3}[unit]
     non2xx = int(re.search(r"Non-2xx or 3xx responses: (\d+)", out)[1]) if "Non-2xx" in out else 0
     return {"req/s": float(re.search(r"Requests/sec:\s*([\d.]+)", out)[1]),
-            "p99 ms": float(p99) * {"us": 1e-3, "ms": 1, "s": 1e3}[unit],
+            "p99 ms": percentile("99"), "p50 ms": percentile("50"),
             "n": int(re.search(r"(\d+) requests in", out)[1]) - non2xx,
             "errs": non2xx + sum(map(int, re.findall(r"(?:connect|read|write|timeout) (\d+)", out)))}
 

@@ -13,6 +13,11 @@
 //! own and berth's peak RSS on the cold path rose by about 11 MiB. The binary caps the arenas at
 //! one per core before the runtime starts (`bound_malloc_arenas` in main.rs), which brought it
 //! back to the pre-seam figure (BENCHMARKS.md, "Round 2, after the storage seam").
+//!
+//! Requests are served on current-thread runtimes (`server::serve`), where there is no other
+//! worker to hand tasks to: there a transaction runs inline and holds up that thread's other
+//! connections for its duration, microseconds for a read and one fsync for a commit. The warm
+//! read paths (manifests by tag, small blobs) are answered by the memo without a transaction.
 
 use std::path::Path;
 

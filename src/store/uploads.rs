@@ -38,7 +38,7 @@ use tokio::io::AsyncReadExt;
 
 use super::blobs::Blobs;
 use super::meta::{Meta, UploadHandle, UploadRecord, UploadState, unix_now};
-use super::spool::Spool;
+use super::spool::{Hashing, Spool};
 use super::upload_store::{ChunkRange, UploadStore};
 use super::{ByteStream, Error, Result};
 use crate::oci::{Algorithm, Digest, Hasher, RepoName};
@@ -466,6 +466,8 @@ where
     S: Stream<Item = Result<Bytes, io::Error>> + Unpin,
 {
     let start = session.len;
+    // Started by the first full batch: a small body is hashed here, without a thread hop.
+    let mut hashing: Option<Hashing> = None;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(Error::Body)?;
         let received = session.len - start + chunk.len() as u64;
@@ -478,9 +480,12 @@ where
         if session.len + chunk.len() as u64 > limit {
             return Err(Error::TooLarge { limit });
         }
-        session.hasher.update(&chunk);
         session.len += chunk.len() as u64;
-        spool.push(chunk).await?;
+        // The batch went to the writer; the hashing thread takes it too.
+        if let Some(batch) = spool.push(chunk).await? {
+            let hashing = hashing.get_or_insert_with(|| Hashing::start(session.hasher.clone()));
+            hashing.send(batch).await?;
+        }
     }
     if let Some(d) = declared.filter(|&d| d != session.len - start) {
         return Err(Error::ChunkLength {
@@ -488,7 +493,14 @@ where
             got: session.len - start,
         });
     }
-    spool.flush().await?;
+    let rest = spool.flush().await?.unwrap_or_default();
+    match hashing {
+        Some(hashing) => {
+            hashing.send(rest).await?;
+            session.hasher = hashing.finish().await?;
+        }
+        None => rest.iter().for_each(|b| session.hasher.update(b)),
+    }
     Ok(())
 }
 

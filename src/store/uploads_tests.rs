@@ -161,3 +161,48 @@ async fn a_session_recorded_before_hash_states_resumes_by_hashing_its_file_once(
         "hashed once, then continued"
     );
 }
+
+/// Chunks larger than a spool batch are hashed on a thread beside the receive (`spool::Hashing`);
+/// the session's hash state must still cover every byte, in order, across chunks and a restart.
+#[tokio::test]
+async fn large_chunks_hashed_beside_the_receive_cover_every_byte_across_chunks_and_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let blob: Vec<u8> = (0..(3 * crate::store::spool::BATCH + 12_345))
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let (first, second) = blob.split_at(crate::store::spool::BATCH * 2 + 7);
+    // Many small buffers, as a socket delivers them.
+    let pieces = |part: &[u8]| -> ByteStream {
+        let chunks: Vec<_> = part.chunks(16 << 10).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        Box::pin(futures_util::stream::iter(chunks))
+    };
+    let id = {
+        let (uploads, _, _) = open(root.path());
+        let id = uploads.create(&repo(), "alice", true, 10).await.unwrap();
+        assert_eq!(
+            uploads.append(&id, None, pieces(first), 1 << 30).await.unwrap(),
+            first.len() as u64
+        );
+        id
+    };
+    let (uploads, _, blobs) = open(root.path());
+    assert_eq!(
+        uploads.append(&id, None, pieces(second), 1 << 30).await.unwrap(),
+        blob.len() as u64
+    );
+    let wrong = Digest::sha256_of(&blob[1..]);
+    let right = Digest::sha256_of(&blob);
+    assert_eq!(
+        uploads.rehashed.load(Ordering::Relaxed),
+        0,
+        "the committed hash state was used"
+    );
+    assert!(matches!(
+        uploads.finish(&id, &wrong).await,
+        Err(Error::DigestMismatch { .. })
+    ));
+    let id = uploads.create(&repo(), "alice", true, 10).await.unwrap();
+    uploads.append(&id, None, pieces(&blob), 1 << 30).await.unwrap();
+    assert_eq!(uploads.finish(&id, &right).await.unwrap(), blob.len() as u64);
+    assert_eq!(blobs.read(&right).await.unwrap().unwrap().as_ref(), &blob[..]);
+}

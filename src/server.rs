@@ -54,14 +54,13 @@ pub struct Options {
 /// Serve `app` until SIGTERM, Ctrl-C or `stop`, then drain connections and return.
 ///
 /// Connections are served on [`connection_threads`] threads, each running a current-thread
-/// runtime with its own accept loop on the one listening socket; everything else (background
-/// tasks, the admin socket) stays on the caller's multi-threaded runtime. Why: with 1,000
+/// runtime with its own accept loop and listening socket ([`listeners`]); everything else
+/// (background tasks, the admin socket) stays on the caller's multi-threaded runtime. Why: with 1,000
 /// keep-alive connections on the work-stealing runtime, a few connections waited far behind
 /// the rest (benchmark W10: p99 75-240 ms against nginx's 17-49 ms, with a median below
 /// nginx's), and neither `event_interval`, `global_queue_interval` nor disabling the LIFO slot
 /// fixed it; one current-thread runtime gave a p99 of 1.0-1.2x nginx's. A thread's connections
-/// take turns in the order they became ready, as in nginx's workers. Each thread has its own
-/// listening socket on the address (see [`listeners`]).
+/// take turns in the order they became ready, as in nginx's workers.
 ///
 /// A metadata transaction that blocks (redb) runs on the connection's thread, which a
 /// current-thread runtime cannot hand off: reads take microseconds, a commit one fsync.

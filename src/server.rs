@@ -68,17 +68,11 @@ pub async fn serve(app: Router, options: Options, stop: CancellationToken) -> st
     let handle = Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone(), stop, options.drain_timeout));
     let listeners = listeners(options.addr, connection_threads())?;
-    let tls = match &options.tls {
+    let tls = match options.tls {
         None => None,
         Some(files) => {
             let config = RustlsConfig::from_pem_file(&files.cert, &files.key).await?;
-            tokio::spawn(reload_certificates(
-                config.clone(),
-                TlsFiles {
-                    cert: files.cert.clone(),
-                    key: files.key.clone(),
-                },
-            ));
+            tokio::spawn(reload_certificates(config.clone(), files));
             Some(config)
         }
     };

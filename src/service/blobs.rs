@@ -4,7 +4,6 @@ use super::route::Route;
 use super::{BlobBody, CacheResult, Core, Error, Result};
 use crate::coord::Notice;
 use crate::oci::{Digest, RepoName};
-use crate::store::{LocalBlob, Stored};
 use std::sync::Arc;
 
 /// Reads and deletes of the blobs of a repository.
@@ -20,8 +19,8 @@ impl Blobs {
     pub async fn get(&self, route: &Route, digest: &Digest, whole: bool) -> Result<BlobBody> {
         match route {
             Route::Private(repo) => {
-                if let Some(bytes) = self.core.memo.blob(repo, digest) {
-                    return Ok(BlobBody::Stored(Stored::Local(LocalBlob::read(bytes)), None));
+                if let Some(blob) = self.core.memoized_blob(repo, digest) {
+                    return Ok(BlobBody::Stored(blob, None));
                 }
                 let generation = self.core.memo.generation();
                 if !self.core.store.meta.blob_linked(repo, digest).await? {

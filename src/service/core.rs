@@ -218,6 +218,12 @@ impl Core {
         Ok((digest, m))
     }
 
+    /// A small blob of `repo` kept by [`Core::memoize_blob`] and still current.
+    pub(super) fn memoized_blob(&self, repo: &RepoName, digest: &Digest) -> Option<Stored> {
+        let bytes = self.memo.blob(repo, digest)?;
+        Some(Stored::Local(store::LocalBlob::read(bytes)))
+    }
+
     /// Keep a small blob read whole (see `service::memo`) for the next GET of it from `repo`.
     pub(super) fn memoize_blob(&self, repo: &RepoName, digest: &Digest, blob: &Stored, generation: u64) {
         if let Stored::Local(local) = blob

@@ -34,7 +34,7 @@ const MANIFEST_BYTES: u64 = 64 << 20;
 const TAGS: u64 = 100_000;
 /// Bytes of small blobs kept in memory at most, and the largest blob kept.
 const BLOB_BYTES: u64 = 16 << 20;
-pub const SMALL_BLOB: usize = 64 << 10;
+const SMALL_BLOB: usize = 64 << 10;
 
 /// A stored manifest, ready to answer.
 #[derive(Debug)]

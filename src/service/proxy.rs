@@ -304,8 +304,8 @@ impl Core {
     /// linked here only after the upstream confirms this repository has it, so a digest alone
     /// never reveals another repository's (possibly private) content.
     pub(super) async fn cached_blob(&self, p: &Proxied, digest: &Digest) -> Result<Option<Stored>> {
-        if let Some(bytes) = self.memo.blob(&p.local, digest) {
-            return Ok(Some(Stored::Local(crate::store::LocalBlob::read(bytes))));
+        if let Some(blob) = self.memoized_blob(&p.local, digest) {
+            return Ok(Some(blob));
         }
         let generation = self.memo.generation();
         let Some(blob) = self.store.blobs.open(digest).await? else {

@@ -269,8 +269,10 @@ impl Core {
         }
         let waiter = self.fills.waiter();
         // Asked for before the fill's answer is in, so the two upstream round trips overlap.
-        let early = range.and_then(|r| super::fill::Early::start(&fill, &p.upstream, &p.remote, r));
-        let size = fill.started().await.map_err(|e| fill_error(e, digest))?;
+        let mut early = range.and_then(|r| super::fill::Early::start(&fill, &p.upstream, &p.remote, r));
+        let size = super::fill::known_size(&fill, early.as_mut())
+            .await
+            .map_err(|e| fill_error(e, digest))?;
         if let (Some(_), Some(size), false) = (range, size, fill.verified()) {
             let (upstream, remote) = (p.upstream.clone(), p.remote.clone());
             let part = super::fill::ranged(fill, size, upstream, remote, early, waiter);

@@ -106,6 +106,7 @@ impl Remote for Faulty {
         };
         Ok(RemoteBlob {
             size: Some(self.blob.len() as u64),
+            whole: Some(self.blob.len() as u64),
             content_type: Some("application/octet-stream".into()),
             digest: Some(self.digest()),
             body,

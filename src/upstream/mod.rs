@@ -439,21 +439,25 @@ impl Remote for Upstream {
             )
             .await?;
         let partial = response.status() == StatusCode::PARTIAL_CONTENT;
+        let mut whole = response.content_length();
         if partial {
             let answered = header(&response, "content-range");
             let expected = format!("bytes {start}-{}/", start + len.max(1) - 1);
-            if !answered.as_deref().is_some_and(|a| a.starts_with(&expected)) {
+            let Some(total) = answered.as_deref().and_then(|a| a.strip_prefix(&expected)) else {
                 self.metrics.error(UpstreamError::Invalid);
                 return Err(Error::Invalid {
                     upstream: self.settings.name.clone(),
                     reason: format!("asked for {range}, got Content-Range {answered:?}"),
                 });
-            }
+            };
+            // `*` when the upstream does not know the whole size.
+            whole = total.parse().ok();
         }
         let blob = self.blob_response(response);
         let skip = if partial { 0 } else { start };
         Ok(RemoteBlob {
             size: Some(len),
+            whole,
             body: remote::part_of(blob.body, skip, len, self.settings.name.clone()),
             ..blob
         })
@@ -515,6 +519,7 @@ fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
 fn blob_response(response: Response, metrics: UpstreamMetrics, source: String) -> RemoteBlob {
     RemoteBlob {
         size: response.content_length(),
+        whole: response.content_length(),
         content_type: header(&response, CONTENT_TYPE.as_str()),
         digest: header(&response, "docker-content-digest").and_then(|d| d.parse().ok()),
         body: response

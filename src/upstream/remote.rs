@@ -16,6 +16,9 @@ use crate::oci::Digest;
 pub struct RemoteBlob {
     /// The announced length (`Content-Length`), when the upstream sent one.
     pub size: Option<u64>,
+    /// The whole blob's size when the upstream told it: the announced length of a whole body, or
+    /// the total of a part's `Content-Range`.
+    pub whole: Option<u64>,
     pub content_type: Option<String>,
     /// The upstream's `Docker-Content-Digest`, when sent (unverified: the caller hashes).
     pub digest: Option<Digest>,
@@ -28,6 +31,7 @@ impl std::fmt::Debug for RemoteBlob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteBlob")
             .field("size", &self.size)
+            .field("whole", &self.whole)
             .field("content_type", &self.content_type)
             .field("digest", &self.digest)
             .finish_non_exhaustive()

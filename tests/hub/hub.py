@@ -363,9 +363,7 @@ class Handler(BaseHTTPRequestHandler):
             if span:
                 headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
             if self.command == "GET":
-                st.bump("cdn_gets", digest)
-                if span:
-                    st.bump("cdn_range_gets", digest)
+                st.cdn_get(digest, bool(span))
             self.head(206 if span else 200, headers)
             if self.command == "GET":
                 flip = size // 2 if st.faults.get("corrupt_blob") == digest else -1

@@ -32,8 +32,8 @@ SERVICE = "registry.docker.io"        # what Docker Hub's challenge names, so cl
 ISSUER = "berth-test-hub"
 USERS = {"hubuser": "hubpass"}
 RATE_WINDOW = 21600                   # Docker Hub's 6-hour window, only echoed in the headers
-STAT_SECTIONS = ("requests", "responses", "blob_gets", "cdn_gets", "cdn_range_gets", "manifest_gets",
-                 "manifest_heads", "token_requests")
+STAT_SECTIONS = ("requests", "responses", "blob_gets", "cdn_gets", "cdn_range_gets", "cdn_first_ranged",
+                 "manifest_gets", "manifest_heads", "token_requests")
 FAULT_KEYS = {"corrupt_blob": str, "latency_ms": float, "bandwidth_mbps": float, "rate_limit": int, "down": bool,
               "drip_bps": float, "retry_after": str}  # expected types
 V2_PATH = re.compile(r"/v2/(.+)/(manifests|blobs|tags)/(.+)")  # greedy: repo names may contain "tags"
@@ -109,6 +109,16 @@ class State:
     def bump(self, section, key):
         with self.lock:
             self.stats[section][key] += 1
+
+    def cdn_get(self, digest, ranged):
+        """Count a served CDN GET; the first one of a digest since the last reset is also
+        counted in cdn_first_ranged when it asked for a Range."""
+        with self.lock:
+            if ranged and not self.stats["cdn_gets"][digest]:
+                self.stats["cdn_first_ranged"][digest] += 1
+            self.stats["cdn_gets"][digest] += 1
+            if ranged:
+                self.stats["cdn_range_gets"][digest] += 1
 
     def snapshot(self):
         with self.lock:

@@ -73,6 +73,9 @@ impl Job {
     async fn fetch(&mut self) -> Result<u64, FillError> {
         let digest = self.fill.digest.clone();
         let followed = self.source.is_peer();
+        if !followed {
+            self.fill.let_a_part_go_first().await;
+        }
         let response = self.open(0, None).await?;
         let size = response.size;
         let io = FillError::from;

@@ -6,7 +6,10 @@
 //! when the fill has already received the part's first byte, otherwise by a ranged upstream
 //! request beside the fill. The fill itself goes on and is verified and cached as before. An
 //! explicit range (`bytes=a-b`, what lazy clients send) is asked for upstream at once ([`Early`]),
-//! beside the fill's own request, so the client waits for one upstream round trip, not two.
+//! beside the fill's own request, so the client waits for one upstream round trip, not two. The
+//! fill's own request waits until that part's answer has begun (at most [`PART_FIRST_WAIT`]): an
+//! upstream already streaming the whole blob answered the part three times slower (W9 in
+//! BENCHMARKS.md).
 //!
 //! Why a part may go out before the fill verifies, when a whole body may not (promise 1): a whole
 //! response that completes is the blob, and a client takes it as such. A part cannot be checked
@@ -22,6 +25,7 @@
 //!   not trusted for its parts either). A part already sent in full cannot be taken back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 
@@ -60,7 +64,29 @@ pub fn ranged(
 pub struct Early {
     start: u64,
     len: u64,
-    task: tokio::task::JoinHandle<upstream::Result<upstream::RemoteBlob>>,
+    /// The upstream's name, for an answer lost with its task.
+    upstream: String,
+    answer: Answer,
+}
+
+enum Answer {
+    Pending(tokio::task::JoinHandle<upstream::Result<upstream::RemoteBlob>>),
+    Ready(upstream::Result<upstream::RemoteBlob>),
+}
+
+/// How long a fill's own upstream request waits for an early part's answer to begin. A part is
+/// answered in milliseconds; an upstream slower than this delays the whole blob by this at most.
+const PART_FIRST_WAIT: Duration = Duration::from_millis(200);
+
+impl Fill {
+    /// Before the fill's own upstream request: wait for an early part's answer, if one was asked
+    /// for before this fill started.
+    pub(super) async fn let_a_part_go_first(&self) {
+        let part = self.part_first.lock().take();
+        if let Some(part) = part {
+            let _ = tokio::time::timeout(PART_FIRST_WAIT, part).await;
+        }
+    }
 }
 
 impl Early {
@@ -71,21 +97,76 @@ impl Early {
         if first < fill.received() || fill.verified() {
             return None;
         }
+        let name = upstream.name().to_owned();
         let (upstream, remote, digest) = (upstream.clone(), remote.to_owned(), fill.digest.clone());
         let len = last - first + 1;
-        let task = tokio::spawn(async move { upstream.get_blob_range(&remote, &digest, first, len).await });
+        // The fill waits for this answer unless its own request has already gone out; either way
+        // the answer (or its failure) drops `answered`, which lets it go.
+        let (answered, part_first) = tokio::sync::oneshot::channel::<()>();
+        if matches!(*fill.progress.borrow(), FillProgress::Connecting) {
+            *fill.part_first.lock() = Some(part_first);
+        }
+        let task = tokio::spawn(async move {
+            let answer = upstream.get_blob_range(&remote, &digest, first, len).await;
+            drop(answered);
+            answer
+        });
         Some(Early {
             start: first,
             len,
-            task,
+            upstream: name,
+            answer: Answer::Pending(task),
         })
+    }
+
+    /// Wait for the part's answer: the whole blob's size if the upstream told it (the total of
+    /// its `Content-Range`). The fill's own request waits for this answer, so the size comes from
+    /// here first; it is checked against the bytes when the fill completes, like the fill's own.
+    pub async fn whole_size(&mut self) -> Option<u64> {
+        if let Answer::Pending(task) = &mut self.answer {
+            let answer = task.await.unwrap_or_else(|e| {
+                Err(upstream::Error::Unavailable {
+                    upstream: self.upstream.clone(),
+                    reason: format!("ranged request: {e}"),
+                })
+            });
+            self.answer = Answer::Ready(answer);
+        }
+        match &self.answer {
+            Answer::Ready(Ok(part)) => part.whole,
+            _ => None,
+        }
+    }
+
+    /// The part's answer, once it is in.
+    async fn answer(mut self) -> upstream::Result<upstream::RemoteBlob> {
+        self.whole_size().await;
+        match std::mem::replace(&mut self.answer, Answer::Ready(Err(upstream::Error::NotFound))) {
+            Answer::Ready(answer) => answer,
+            Answer::Pending(_) => unreachable!("whole_size waited for the answer"),
+        }
     }
 }
 
 impl Drop for Early {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Answer::Pending(task) = &self.answer {
+            task.abort();
+        }
     }
+}
+
+/// The blob's size, to serve a part of it: from an early part's answer when that comes first (the
+/// fill's own request waits for it), else when the fill's upstream answers.
+pub async fn known_size(fill: &Fill, early: Option<&mut Early>) -> Result<Option<u64>, FillError> {
+    if let Some(early) = early {
+        tokio::select! {
+            biased;
+            started = fill.started() => return started,
+            Some(size) = early.whole_size() => return Ok(Some(size)),
+        }
+    }
+    fill.started().await
 }
 
 /// `bytes=a-b` as `(a, b)`; `None` for any other form (a suffix, an open end, several ranges),
@@ -124,13 +205,8 @@ impl RangeRead for Lazy {
         }
         let digest = fill.digest.clone();
         match early.filter(|e| (e.start, e.len) == (start, len)) {
-            Some(mut early) => {
-                let answer = async move {
-                    (&mut early.task).await.map_err(|e| upstream::Error::Unavailable {
-                        upstream: upstream.name().to_owned(),
-                        reason: format!("ranged request: {e}"),
-                    })?
-                };
+            Some(early) => {
+                let answer = early.answer();
                 Box::pin(fetched(fill, answer, waiter))
             }
             None => {

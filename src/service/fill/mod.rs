@@ -39,7 +39,7 @@ mod lazy;
 mod peer;
 mod reader;
 mod source;
-pub use lazy::{Early, ranged};
+pub use lazy::{Early, known_size, ranged};
 pub use peer::{ClusterPeers, PeerBlob};
 use reader::Recent;
 use source::Source;
@@ -98,6 +98,9 @@ pub struct Fill {
     written: OnceLock<Arc<dyn ReadBack>>,
     progress: watch::Sender<FillProgress>,
     recent: Mutex<Recent>,
+    /// Set by a ranged request asked for upstream before this fill's own request ([`Early`]):
+    /// the fill's request waits for that part's answer to begin (see `lazy`).
+    part_first: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 /// Starts and joins fills; which fills are in flight is the coordinator's to know, except the
@@ -161,6 +164,7 @@ impl Fills {
             written: OnceLock::new(),
             progress,
             recent: Mutex::default(),
+            part_first: Mutex::default(),
         });
         let (lease, source) = match coord.claim_fill(digest, fill.clone()).await {
             Ok(FillClaim::Lead(lease)) => (Some(lease), Source::Upstream),

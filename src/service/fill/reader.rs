@@ -235,6 +235,7 @@ mod tests {
             written: std::sync::OnceLock::new(),
             progress,
             recent: Mutex::default(),
+            part_first: Mutex::default(),
         })
     }
 

@@ -159,6 +159,7 @@ impl Job {
             // Every byte is in; only the end of the stream was missing.
             return Ok(RemoteBlob {
                 size: Some(0),
+                whole: Some(size),
                 content_type: None,
                 digest: None,
                 body: futures_util::stream::empty().boxed(),

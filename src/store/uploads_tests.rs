@@ -162,15 +162,15 @@ async fn a_session_recorded_before_hash_states_resumes_by_hashing_its_file_once(
     );
 }
 
-/// Chunks larger than a spool batch are hashed on a thread beside the receive (`spool::Hashing`);
+/// Chunks larger than an upload's spool batch are hashed on a thread beside the receive (`spool::Hashing`);
 /// the session's hash state must still cover every byte, in order, across chunks and a restart.
 #[tokio::test]
 async fn large_chunks_hashed_beside_the_receive_cover_every_byte_across_chunks_and_a_restart() {
     let root = tempfile::tempdir().unwrap();
-    let blob: Vec<u8> = (0..(3 * crate::store::spool::BATCH + 12_345))
+    let blob: Vec<u8> = (0..(3 * crate::store::spool::UPLOAD_BATCH + 12_345))
         .map(|i| (i % 253) as u8)
         .collect();
-    let (first, second) = blob.split_at(crate::store::spool::BATCH * 2 + 7);
+    let (first, second) = blob.split_at(crate::store::spool::UPLOAD_BATCH * 2 + 7);
     // Many small buffers, as a socket delivers them.
     let pieces = |part: &[u8]| -> ByteStream {
         let chunks: Vec<_> = part.chunks(16 << 10).map(|c| Ok(Bytes::copy_from_slice(c))).collect();

@@ -88,6 +88,18 @@ def curl(url, *opts, headers=None, size=None):
     return r
 
 
+def curl_kept(url, n, size):
+    """n GETs of url to /dev/null by one curl on one keep-alive connection; curl's -w %{json} per
+    GET. Anything but a 200 with exactly `size` bytes is an error."""
+    out = run(["curl", "-sS", "-w", "%{json}\\n", *[a for _ in range(n) for a in ("-o", "/dev/null", url)]])
+    rs = [json.loads(line) for line in out.splitlines() if line.strip()]
+    if len(rs) != n or any(r["http_code"] != 200 or r["size_download"] != size for r in rs):
+        raise BenchError(f"GET {url} x{n} on one connection: {[(r['http_code'], r['size_download']) for r in rs]}")
+    if any(r.get("num_connects", 0) for r in rs[1:]):
+        raise BenchError(f"GET {url} x{n}: curl opened more than one connection")
+    return rs
+
+
 def curl_range(url, start, length, out, headers=None):
     """GET bytes start..start+length-1 with curl -L -r (kept across the CDN redirect) into `out`:
     (curl's -w %{json}, the requested bytes). A server that ignores Range and answers 200 with

@@ -85,22 +85,29 @@ impl<S> axum_server::accept::Accept<TcpStream, S> for Acceptor {
     type Service = S;
     type Future = std::future::Ready<io::Result<(Stream, S)>>;
 
-    /// With `TCP_NODELAY`, as nginx (keep-alive) and Go's servers have it: a blob's windows are
-    /// sent one `sendfile` at a time, and each ends in a segment shorter than the MSS, which
-    /// Nagle's algorithm held back until the receiver's (often delayed) ACK; 256 MiB GETs on new
-    /// connections took a median 91-100 ms without it, 79-95 ms with it (BENCHMARKS.md, W1).
     fn accept(&self, tcp: TcpStream, service: S) -> Self::Future {
-        std::future::ready(tcp.set_nodelay(true).map(|()| (Stream { tcp }, service)))
+        std::future::ready(Ok((Stream { tcp, nodelay: false }, service)))
     }
 }
 
 /// A plain TCP connection that sends mapped blob bytes with `sendfile`.
 pub struct Stream {
     tcp: TcpStream,
+    /// `TCP_NODELAY` is set: from the connection's first `sendfile` on.
+    nodelay: bool,
 }
 
 impl Stream {
-    fn poll_sendfile(&self, cx: &mut Context<'_>, file: RawFd, offset: u64, len: usize) -> Poll<io::Result<usize>> {
+    fn poll_sendfile(&mut self, cx: &mut Context<'_>, file: RawFd, offset: u64, len: usize) -> Poll<io::Result<usize>> {
+        // A blob's windows go out one `sendfile` at a time, and each ends in a segment shorter
+        // than the MSS, which Nagle's rule held back until the receiver's (often delayed) ACK:
+        // 256 MiB GETs on new connections took a median 91-100 ms without `TCP_NODELAY`, 79-95 ms
+        // with it (BENCHMARKS.md, W1). Only for blobs: set on every connection, it doubled the p99
+        // of 1,000 connections' small GETs (W10).
+        if !self.nodelay {
+            self.nodelay = true;
+            self.tcp.set_nodelay(true)?;
+        }
         loop {
             ready!(self.tcp.poll_write_ready(cx))?;
             match self

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
-use axum_server::accept::NoDelayAcceptor;
+use axum_server::accept::DefaultAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use axum_server::{Handle, Server};
 use tokio::signal::unix::{SignalKind, signal};
@@ -158,7 +158,7 @@ async fn serve_on(
         Some(config) => {
             let acceptor = RustlsAcceptor::new(config)
                 .handshake_timeout(limits.header_timeout)
-                .acceptor(limited.wrap(NoDelayAcceptor));
+                .acceptor(limited.wrap(DefaultAcceptor));
             with_limits(server.acceptor(acceptor), &limits)
                 .handle(handle)
                 .serve(service)

@@ -101,9 +101,9 @@ impl Stream {
     fn poll_sendfile(&mut self, cx: &mut Context<'_>, file: RawFd, offset: u64, len: usize) -> Poll<io::Result<usize>> {
         // A blob's windows go out one `sendfile` at a time, and each ends in a segment shorter
         // than the MSS, which Nagle's rule held back until the receiver's (often delayed) ACK:
-        // 256 MiB GETs on new connections took a median 91-100 ms without `TCP_NODELAY`, 79-95 ms
-        // with it (BENCHMARKS.md, W1). Only for blobs: set on every connection, it doubled the p99
-        // of 1,000 connections' small GETs (W10).
+        // 256 MiB GETs on new connections took a median 97-123 ms without `TCP_NODELAY`, 79-100 ms
+        // with it (BENCHMARKS.md, W1). Only for blobs: set on every accepted connection, the p99
+        // of 1,000 connections' small GETs (W10) was 2.7-3.0x nginx's against 1.2-2.4x.
         if !self.nodelay {
             self.nodelay = true;
             self.tcp.set_nodelay(true)?;

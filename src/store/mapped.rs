@@ -80,10 +80,11 @@ impl LocalBlob {
             .step_by(WINDOW as usize)
             .map(move |pos| (pos, (end - pos).min(WINDOW)));
         // Mapped on the thread that sends, not on the blocking pool: a hand-off per window woke a
-        // pool thread 256 times per 256 MiB GET, on the core the client was reading on (median
-        // 71-82 ms against 79-100 ms per GET on new connections, BENCHMARKS.md, W1). Mapping
-        // takes microseconds; `madvise(WILLNEED)` only starts the readahead. The disk is waited
-        // for where it always was: in `sendfile` (or, over TLS, when the pages are read).
+        // pool thread 256 times per 256 MiB GET, on the core the client was reading on (with
+        // `TCP_NODELAY`, medians of 71-97 ms per GET on new connections against 79-100 ms with
+        // it alone, BENCHMARKS.md, W1). Mapping takes microseconds; `madvise(WILLNEED)` only
+        // starts the readahead. The disk is waited for where it always was: in `sendfile` (or,
+        // over TLS, when the pages are read).
         let mapped = futures_util::stream::iter(windows).map(move |(pos, n)| map(&file, pos, n as usize));
         Either::Right(mapped)
     }

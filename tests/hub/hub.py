@@ -89,6 +89,10 @@ class Hub(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"   # keep-alive; every response is length-delimited or chunked
+    # TCP_NODELAY, as Docker Hub's and its CDN's servers have it. Without it a response's body,
+    # written after its headers, waited on a kept-alive connection for the client's delayed ACK
+    # (40 ms on Linux): the bimodal 10 ms / 55 ms TTFBs in BENCHMARKS.md, W6 and W9.
+    disable_nagle_algorithm = True
     server_version = "berth-test-hub"
     sys_version = ""
     timeout = 300                   # drop connections idle this long

@@ -305,6 +305,13 @@ class Table:
                           "max": max(main, default=None),
                           "extra": {k: (sum if k == "errs" else statistics.median)(v) for k, v in extra.items() if v}})
 
+    def per_ceiling(self, metric, name):
+        """Add `name` to every other row: its median `metric` over the ceiling row's."""
+        ceiling = next((r["extra"].get(metric) for r in self.rows if r["kind"] == "ceiling"), None)
+        for r in self.rows:
+            if r["kind"] != "ceiling" and ceiling and r["extra"].get(metric) is not None:
+                r["extra"][name] = r["extra"][metric] / ceiling
+
     def add_all(self, measured):
         for system, (results, errors) in measured.items():
             self.add(system, results, errors)

@@ -4,12 +4,13 @@
 //! after the other they added up. The buffers are handed over as they arrived, in batches, and
 //! written with `writev`: no copy on the way.
 //!
-//! Where the hashing goes is the caller's choice, by measurement: a push hands each batch to a
-//! [`Hashing`] thread as well, so receiving, hashing and writing run at once (on the
-//! current-thread runtimes that serve requests, hashing inline stopped the connection's thread
-//! for the whole hash), while a cache fill, whose receiving thread also feeds the waiting
-//! clients, lets the writer hash (0.41 s against 0.49 s for a cold 256 MiB GET; a hashing thread
-//! beside its writer gained nothing there).
+//! Hashing runs on a [`Hashing`] thread of its own, beside the writer, so receiving, hashing and
+//! writing run at once: a push hands each batch to one itself (the spool returns the batch), and
+//! a cache fill's spool does it for the fill. On the current-thread runtimes that serve requests,
+//! hashing inline stopped the connection's thread for the whole hash; and a fill's writer that
+//! hashed, then wrote, took as long as both together: with an upstream that sends 256 MiB in
+//! 40 ms, the writer's 0.13 s of SHA-256 plus 0.04 s of page-cache copy was the cold GET's
+//! whole time (BENCHMARKS.md, W6).
 
 use std::io::{self, IoSlice, Write};
 
@@ -41,7 +42,9 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 
 pub struct Spool {
     queue: mpsc::Sender<Vec<Bytes>>,
-    writer: JoinHandle<io::Result<Spooled>>,
+    writer: JoinHandle<io::Result<u64>>,
+    /// A fill's hashing thread, fed the same batches as the writer.
+    hashing: Option<Hashing>,
     batch: Vec<Bytes>,
     batch_len: usize,
     /// Bytes gathered before a hand-off.
@@ -51,7 +54,7 @@ pub struct Spool {
 /// What a closed spool wrote.
 pub struct Spooled {
     pub len: u64,
-    /// The digest of the bytes written, when the writer was given a hasher.
+    /// The digest of the bytes written, when the spool was given a hasher.
     pub digest: Option<Digest>,
 }
 
@@ -64,8 +67,8 @@ impl Spool {
         Spool::start(file, None, Some(busy), |_| {})
     }
 
-    /// For a cache fill: the writer hashes, and tells `on_written` how far the file goes after
-    /// each batch. No early writeback: no response waits for the fsync, and on this VM's disk
+    /// For a cache fill: the spool hashes (on its own thread), and the writer tells `on_written`
+    /// how far the file goes after each batch. No early writeback: no response waits for the fsync, and on this VM's disk
     /// writeback during the transfer slowed cold GETs.
     pub(super) fn for_fill(file: std::fs::File, hasher: Hasher, on_written: impl FnMut(u64) + Send + 'static) -> Spool {
         Spool::start(file, Some(hasher), None, on_written)
@@ -79,21 +82,22 @@ impl Spool {
         on_written: impl FnMut(u64) + Send + 'static,
     ) -> Spool {
         let writeback = busy.is_some();
-        let (batch_size, queue) = if writeback {
+        let (batch_size, queue_len) = if writeback {
             (UPLOAD_BATCH, UPLOAD_QUEUE)
         } else {
             (BATCH, QUEUE)
         };
-        let (queue, batches) = mpsc::channel(queue);
+        let (queue, batches) = mpsc::channel(queue_len);
         let writer = Writer {
             file,
-            hasher,
             writeback,
             _busy: busy,
         };
         Spool {
             queue,
             writer: tokio::task::spawn_blocking(move || writer.run(batches, on_written)),
+            // As many batches may wait for it as for the writer: the same memory bound.
+            hashing: hasher.map(|h| Hashing::with_queue(h, queue_len)),
             batch: Vec::new(),
             batch_len: 0,
             batch_size,
@@ -114,6 +118,14 @@ impl Spool {
     /// Hand a whole batch to the writer (after anything queued).
     pub async fn send(&mut self, batch: Vec<Bytes>) -> io::Result<()> {
         self.flush().await?;
+        self.hand_over(batch).await
+    }
+
+    /// To the writer, and to the hashing thread if the spool hashes (the buffers are shared).
+    async fn hand_over(&mut self, batch: Vec<Bytes>) -> io::Result<()> {
+        if let Some(hashing) = &self.hashing {
+            hashing.send(batch.clone()).await?;
+        }
         self.queue
             .send(batch)
             .await
@@ -127,10 +139,7 @@ impl Spool {
         }
         let batch = std::mem::take(&mut self.batch);
         self.batch_len = 0;
-        self.queue
-            .send(batch.clone())
-            .await
-            .map_err(|_| io::Error::other("the file writer stopped"))?;
+        self.hand_over(batch.clone()).await?;
         Ok(Some(batch))
     }
 
@@ -138,7 +147,13 @@ impl Spool {
     /// what was written, or the writer's error, which explains a failed `push`.
     pub async fn close(self) -> io::Result<Spooled> {
         drop(self.queue);
-        self.writer.await.map_err(io::Error::other)?
+        // The writer's error first: it explains a failed hand-off (a full disk, say).
+        let len = self.writer.await.map_err(io::Error::other)??;
+        let digest = match self.hashing {
+            Some(hashing) => Some(hashing.finish().await?.finish()),
+            None => None,
+        };
+        Ok(Spooled { len, digest })
     }
 
     /// Close a fill's spool (made with a hasher): its length and digest, for `BlobWriter::close`.
@@ -151,17 +166,21 @@ impl Spool {
     }
 }
 
-/// Hashing a stream of an upload's batches on a blocking thread, beside whoever receives them. At
-/// most [`UPLOAD_QUEUE`] batches wait for it, so it holds as much memory as the upload's spool.
+/// Hashing a stream of batches on a blocking thread, beside whoever receives and writes them.
 pub struct Hashing {
     queue: mpsc::Sender<Vec<Bytes>>,
     thread: JoinHandle<Hasher>,
 }
 
 impl Hashing {
-    /// Continue `hasher` with the batches sent.
-    pub fn start(mut hasher: Hasher) -> Hashing {
-        let (queue, mut batches) = mpsc::channel::<Vec<Bytes>>(UPLOAD_QUEUE);
+    /// Continue `hasher` with an upload's batches. At most [`UPLOAD_QUEUE`] wait for it, so it
+    /// holds as much memory as the upload's spool.
+    pub fn start(hasher: Hasher) -> Hashing {
+        Hashing::with_queue(hasher, UPLOAD_QUEUE)
+    }
+
+    fn with_queue(mut hasher: Hasher, queue: usize) -> Hashing {
+        let (queue, mut batches) = mpsc::channel::<Vec<Bytes>>(queue);
         let thread = tokio::task::spawn_blocking(move || {
             while let Some(batch) = batches.blocking_recv() {
                 batch.iter().for_each(|b| hasher.update(b));
@@ -187,19 +206,16 @@ impl Hashing {
 
 struct Writer {
     file: std::fs::File,
-    hasher: Option<Hasher>,
     writeback: bool,
     /// Released when the writer thread is done with the file (see `for_upload`).
     _busy: Option<OwnedMutexGuard<()>>,
 }
 
 impl Writer {
-    fn run(mut self, mut batches: mpsc::Receiver<Vec<Bytes>>, mut on_written: impl FnMut(u64)) -> io::Result<Spooled> {
+    /// Append every batch; returns the bytes written.
+    fn run(mut self, mut batches: mpsc::Receiver<Vec<Bytes>>, mut on_written: impl FnMut(u64)) -> io::Result<u64> {
         let mut written = 0u64;
         while let Some(batch) = batches.blocking_recv() {
-            if let Some(hasher) = &mut self.hasher {
-                batch.iter().for_each(|b| hasher.update(b));
-            }
             let mut slices: Vec<IoSlice> = batch.iter().map(|b| IoSlice::new(b)).collect();
             // `Write::write_all_vectored` is not stable yet; this is its loop.
             let mut rest = &mut slices[..];
@@ -219,9 +235,6 @@ impl Writer {
             }
             on_written(written);
         }
-        Ok(Spooled {
-            len: written,
-            digest: self.hasher.map(Hasher::finish),
-        })
+        Ok(written)
     }
 }
